@@ -1,0 +1,50 @@
+"""Rotations and their fusion into the weights (the paper's deployment form; FORMAT.md has the math).
+
+Layer l carries its residual stream in the basis of Q_l: r = x @ Q_l. Because rms(x Q) = rms(x),
+the scale-free norm u = x / rms(x) rotates with it, u_rot = u @ Q_l, and every weight that reads
+u gets diag(g) Q_l folded in on its input side; every weight that writes r gets Q_l on its output side.
+"""
+from __future__ import annotations
+
+import torch
+
+from .model import Layer
+
+
+def rotation_from_moments(H: torch.Tensor) -> torch.Tensor:
+    """Q [d, d] float64: eigenvectors of the second-moment matrix H, largest eigenvalue first."""
+    H = H.double()
+    H = 0.5 * (H + H.T)
+    _, V = torch.linalg.eigh(H)
+    return V.flip(-1).contiguous()
+
+
+def source_layer(w: dict[str, torch.Tensor]) -> Layer:
+    """The original layer (weights W[out, in] from the GGUF) in the reference's input-major form."""
+    return Layer(
+        wqkv=torch.cat([w["attn_q"], w["attn_k"], w["attn_v"]], dim=0).T.contiguous(),
+        wo=w["attn_output"].T.contiguous(),
+        wgu=torch.cat([w["ffn_gate"], w["ffn_up"]], dim=0).T.contiguous(),
+        wdown=w["ffn_down"].T.contiguous(),
+        attn_norm=w["attn_norm"], ffn_norm=w["ffn_norm"])
+
+
+def fuse_layer(src: Layer, Q: torch.Tensor, adapter: torch.Tensor | None) -> Layer:
+    """src in original form (norm scales present), Q = Q_l; adapter = Q_{l-1}^T Q_l or None."""
+    Qf = Q.float()
+    return Layer(
+        wqkv=Qf.T @ (src.attn_norm[:, None] * src.wqkv),   # u_rot Q^T diag(g) W
+        wo=src.wo @ Qf,                                       # writes the rotated residual
+        wgu=Qf.T @ (src.ffn_norm[:, None] * src.wgu),
+        wdown=src.wdown @ Qf,
+        adapter=None if adapter is None else adapter.float())
+
+
+def adapter(Q_prev: torch.Tensor | None, Q: torch.Tensor) -> torch.Tensor:
+    """Change of basis from layer l-1's residual to layer l's: Q_{l-1}^T Q_l (Q_{-1} = I)."""
+    return Q.clone() if Q_prev is None else Q_prev.T @ Q
+
+
+def fuse_head(head: torch.Tensor, out_norm: torch.Tensor, Q_last: torch.Tensor) -> torch.Tensor:
+    """Untied head [vocab, d]: logits = u_rot Q^T diag(g) W^T, so head' = W diag(g) Q."""
+    return (head * out_norm[None, :]) @ Q_last.float()

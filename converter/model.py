@@ -1,0 +1,118 @@
+"""A LLaMA forward pass in torch: the reference for calibration and for the C runtime.
+
+One function serves both the original model and the fused LaRoSA model; they differ only in
+their weights (see FORMAT.md). Conventions: activations are row vectors, every linear is
+stored input-major, y = x @ W with W [in, out]. With `ks` given, Top-K keeps the k largest
+|x| of each block input per token (ties: the lower index wins), as the C runtime does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as Fn
+
+from larosa.runtime.format import HParams
+
+
+@dataclass
+class Layer:
+    wqkv: torch.Tensor                     # [d, (nh + 2 nkv) hd]
+    wo: torch.Tensor                       # [nh hd, d]
+    wgu: torch.Tensor                      # [d, 2 ff]  gate columns, then up
+    wdown: torch.Tensor                    # [ff, d]
+    attn_norm: torch.Tensor | None = None  # [d] RMSNorm scale; None once folded into wqkv
+    ffn_norm: torch.Tensor | None = None   # [d]
+    adapter: torch.Tensor | None = None    # [d, d] change of basis of the residual: r <- r @ adapter
+
+
+@dataclass
+class Weights:
+    hp: HParams
+    embd: torch.Tensor                       # [vocab, d] rows looked up per token
+    head: torch.Tensor                       # [vocab, d] logits = h @ head^T
+    layers: list[Layer]
+    out_norm: torch.Tensor | None = None     # [d]
+    out_adapter: torch.Tensor | None = None  # [d, d]
+    rope_freqs: torch.Tensor | None = None   # [hd/2] frequency divisors (llama3 style)
+
+
+@dataclass
+class TopK:
+    """k per layer for each of the four block inputs (FORMAT.md, format.BLOCK_INPUTS)."""
+    attn_in: list[int]
+    attn_out: list[int]
+    mlp_in: list[int]
+    mlp_out: list[int]
+
+
+def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return x if w is None else x * w
+
+
+def topk_keep(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero all but the k largest |x| along the last dim; ties keep the lower index."""
+    n = x.shape[-1]
+    if k >= n:
+        return x
+    idx = torch.argsort(-x.abs(), dim=-1, stable=True)[..., :k]
+    mask = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, idx, True)
+    return x * mask
+
+
+def rope_tables(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None, offset: int = 0):
+    """cos/sin [T, hd/2] for llama's pairing: (x[2i], x[2i+1]) rotates by pos * base^(-2i/hd)."""
+    i = torch.arange(0, hp.head_dim, 2, dtype=torch.float64)
+    inv_freq = hp.rope_base ** (-i / hp.head_dim)
+    if rope_freqs is not None:
+        inv_freq = inv_freq / rope_freqs.double()
+    ang = torch.arange(offset, offset + n_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x [B, T, H, hd]; cos/sin [T, hd/2]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+
+
+def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | None = None,
+                  l: int = 0) -> torch.Tensor:
+    """One decoder layer on the residual r [B, T, d] (positions 0..T-1, causal)."""
+    def keep(x, which):
+        return x if ks is None else topk_keep(x, getattr(ks, which)[l])
+
+    B, T, _ = r.shape
+    nh, nkv, hd = hp.n_heads, hp.n_kv_heads, hp.head_dim
+    if lw.adapter is not None:
+        r = r @ lw.adapter
+    h = keep(rmsnorm(r, lw.attn_norm, hp.norm_eps), "attn_in")
+    q, k, v = (h @ lw.wqkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q = apply_rope(q.view(B, T, nh, hd), cos, sin).transpose(1, 2)
+    k = apply_rope(k.view(B, T, nkv, hd), cos, sin).transpose(1, 2)
+    v = v.view(B, T, nkv, hd).transpose(1, 2)
+    a = Fn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
+    a = keep(a.transpose(1, 2).reshape(B, T, nh * hd), "attn_out")
+    r = r + a @ lw.wo
+    h = keep(rmsnorm(r, lw.ffn_norm, hp.norm_eps), "mlp_in")
+    gate, up = (h @ lw.wgu).chunk(2, dim=-1)
+    m = keep(Fn.silu(gate) * up, "mlp_out")
+    return r + m @ lw.wdown
+
+
+def head_forward(w: Weights, r: torch.Tensor) -> torch.Tensor:
+    if w.out_adapter is not None:
+        r = r @ w.out_adapter
+    return rmsnorm(r, w.out_norm, w.hp.norm_eps) @ w.head.T
+
+
+@torch.inference_mode()
+def forward(w: Weights, tokens: torch.Tensor, ks: TopK | None = None) -> torch.Tensor:
+    """tokens [B, T] int -> logits [B, T, vocab] (float32)."""
+    cos, sin = rope_tables(w.hp, tokens.shape[1], w.rope_freqs)
+    r = w.embd[tokens]
+    for l, lw in enumerate(w.layers):
+        r = layer_forward(lw, r, w.hp, cos, sin, ks, l)
+    return head_forward(w, r)

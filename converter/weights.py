@@ -1,0 +1,51 @@
+"""Whole models in the reference's Weights form: the original (from a llama GGUF) and the fused
+LaRoSA model (from a converted file, dequantized). For tests and the reference simulation; the
+converter itself streams layer by layer."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import quants
+
+from larosa.runtime import format as F
+from larosa.runtime.gguf_file import tensor_rows_cols
+from larosa.runtime.loader import LarosaFile, load
+
+from .fuse import source_layer
+from .model import Layer, TopK, Weights
+from .source import SourceModel
+
+
+def source_weights(src: SourceModel) -> Weights:
+    """The original model, in the reference's input-major form with its norm scales."""
+    hp = src.hp
+    embd = src.weight("token_embd.weight")
+    return Weights(
+        hp=hp, embd=embd, head=embd if hp.tied else src.weight("output.weight"),
+        layers=[source_layer(src.layer(l)) for l in range(hp.n_layers)],
+        out_norm=src.weight("output_norm.weight"),
+        rope_freqs=src.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in src.tensors else None)
+
+
+def larosa_weights(f: LarosaFile | str) -> Weights:
+    """The fused model exactly as stored (dequantized to float32)."""
+    f = load(f) if isinstance(f, str) else f
+    hp = f.hp
+
+    def get(name: str) -> torch.Tensor | None:
+        t = f.tensors.get(name)
+        if t is None:
+            return None
+        arr = quants.dequantize(np.asarray(t.data), t.tensor_type)
+        return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(tensor_rows_cols(t)))
+
+    layers = [Layer(wqkv=get(F.T_QKV(l)), wo=get(F.T_O(l)), wgu=get(F.T_GATE_UP(l)),
+                    wdown=get(F.T_DOWN(l)), adapter=get(F.T_ADAPTER(l))) for l in range(hp.n_layers)]
+    embd = get(F.T_EMBD)
+    return Weights(hp=hp, embd=embd, head=embd if hp.tied else get(F.T_OUTPUT), layers=layers,
+                   out_norm=get(F.T_OUTPUT_NORM), out_adapter=get(F.T_OUTPUT_ADAPTER),
+                   rope_freqs=get(F.T_ROPE_FREQS))
+
+
+def topk_of(f: LarosaFile, sparsity: float | None = None) -> TopK:
+    return TopK(**f.ks(sparsity))

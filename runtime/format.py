@@ -1,0 +1,195 @@
+"""The LaRoSA GGUF format: key names, tensor names and the Top-K rule (see FORMAT.md).
+
+This module is the single place where the format is spelled out in code: the converter
+writes what it says, the runtime checks files against it. No torch here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as QT
+
+from .errors import UnsupportedError
+
+ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
+FORMAT_VERSION = 1
+
+# The four block inputs of a decoder layer, each with its own Top-K.
+#   attn_in : RMSNorm output feeding q/k/v    (rotated, width d)
+#   attn_out: concatenated heads feeding o     (plain,   width n_head * head_dim)
+#   mlp_in  : RMSNorm output feeding gate/up   (rotated, width d)
+#   mlp_out : silu(gate) * up feeding down     (plain,   width ff)
+BLOCK_INPUTS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+PAPER_COEFS = {"attn_in": 0.8, "attn_out": 1.2, "mlp_in": 0.8, "mlp_out": 1.2}
+METHODS = ("larosa",)
+
+# --type choices for the block weights.
+WEIGHT_TYPES = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
+# Adapters (d x d changes of basis) carry the whole residual stream, so their error compounds
+# through every layer: measured on SmolLM2, Q8_0 adapters cost +4.8% perplexity, F16 +0.02%.
+# Default: F16 (F32 with --type f32). See FORMAT.md.
+DEFAULT_ADAPTER_TYPE = {QT.F32: QT.F32, QT.F16: QT.F16, QT.Q8_0: QT.F16, QT.Q4_0: QT.F16}
+RUNTIME_TYPES = (QT.F32, QT.F16, QT.Q8_0, QT.Q4_0)   # what the runtime can read, for any tensor
+
+
+def key(name: str) -> str:
+    return f"{ARCH}.{name}"
+
+
+# hyper-parameters, mirrored from llama.* of the source file
+K_CONTEXT = key("context_length")
+K_DIM = key("embedding_length")
+K_FF = key("feed_forward_length")
+K_LAYERS = key("block_count")
+K_HEADS = key("attention.head_count")
+K_KV_HEADS = key("attention.head_count_kv")
+K_HEAD_DIM = key("attention.key_length")
+K_EPS = key("attention.layer_norm_rms_epsilon")
+K_ROPE_BASE = key("rope.freq_base")
+K_ROPE_DIM = key("rope.dimension_count")
+K_VOCAB = key("vocab_size")
+# LaRoSA keys
+K_VERSION = key("format_version")
+K_METHOD = key("method")
+K_SPARSITY = key("sparsity")
+K_TIED = key("tied_embeddings")
+K_SOURCE_ARCH = key("source.architecture")
+K_SOURCE_FILE = key("source.file")
+K_CALIB_SOURCE = key("calibration.source")
+K_CALIB_SHA256 = key("calibration.sha256")
+K_CALIB_TOKENS = key("calibration.tokens")
+K_CALIB_WINDOW = key("calibration.window")
+
+
+def K_COEF(block_input: str) -> str:
+    return key(f"coef.{block_input}")   # float32[n_layer]
+
+
+def K_K(block_input: str) -> str:
+    return key(f"k.{block_input}")      # uint32[n_layer], k at the default sparsity
+
+
+# tensors; shapes are [rows, cols] row-major (ggml ne = [cols, rows]); "input-major" = one row per input
+T_EMBD = "token_embd.weight"          # [vocab, d]  lookup rows (rotated by Q_0 when untied)
+T_OUTPUT = "output.weight"            # [vocab, d]  untied only: head, logits = u_rot @ output^T
+T_OUTPUT_NORM = "output_norm.weight"  # [d] F32     tied only: g_out
+T_OUTPUT_ADAPTER = "output_adapter.weight"  # [d, d] tied only: Q_{L-1}^T, back to the embedding basis
+T_ROPE_FREQS = "rope_freqs.weight"    # [head_dim/2] F32, optional (llama3-style frequency factors)
+
+
+def T_ADAPTER(l: int) -> str:   # [d, d] input-major; r <- r @ A_l. l=0 only when tied.
+    return f"blk.{l}.adapter.weight"
+
+
+def T_QKV(l: int) -> str:       # [d, (n_head + 2 n_kv) head_dim] input-major
+    return f"blk.{l}.attn_qkv.weight"
+
+
+def T_O(l: int) -> str:         # [n_head head_dim, d] input-major
+    return f"blk.{l}.attn_output.weight"
+
+
+def T_GATE_UP(l: int) -> str:   # [d, 2 ff] input-major, gate columns first
+    return f"blk.{l}.ffn_gate_up.weight"
+
+
+def T_DOWN(l: int) -> str:      # [ff, d] input-major
+    return f"blk.{l}.ffn_down.weight"
+
+
+@dataclass(frozen=True)
+class HParams:
+    n_vocab: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    norm_eps: float
+    rope_base: float
+    n_ctx: int
+    tied: bool
+
+    @property
+    def qkv_dim(self) -> int:
+        return (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+
+    def block_input_width(self, block_input: str) -> int:
+        return {"attn_in": self.dim, "attn_out": self.n_heads * self.head_dim,
+                "mlp_in": self.dim, "mlp_out": self.ffn_dim}[block_input]
+
+
+def kept(n: int, coef: float, sparsity: float) -> int:
+    """k = the number of the n inputs that Top-K keeps: floor((1 - min(coef * s, 1)) * n), at least 1.
+
+    Computed in float64 with a 1e-9 guard so that exact products (0.5 * 576) do not round down.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    s = min(coef * sparsity, 1.0)
+    return max(1, min(n, math.floor((1.0 - s) * n + 1e-9)))
+
+
+def ks_for(hp: HParams, coefs: dict[str, list[float]], sparsity: float) -> dict[str, list[int]]:
+    """Per block input, per layer k at the given sparsity."""
+    return {b: [kept(hp.block_input_width(b), c, sparsity) for c in coefs[b]] for b in BLOCK_INPUTS}
+
+
+def row_bytes(qtype: QT, n: int) -> int:
+    """Bytes of one row of n values of type qtype (n a multiple of the block size)."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    return n // block * size
+
+
+def check_row_length(qtype: QT, n: int, what: str) -> None:
+    block = GGML_QUANT_SIZES[qtype][0]
+    if n % block:
+        raise UnsupportedError(f"{what}: rows of {n} values cannot be stored as {qtype.name} "
+                               f"(needs a multiple of {block}); use --type f16 or f32")
+
+
+# which block input each layer weight reads: its rows are that input's channels
+WEIGHT_INPUT = {"attn_qkv": "attn_in", "attn_output": "attn_out", "ffn_gate_up": "mlp_in", "ffn_down": "mlp_out"}
+
+
+def expected_tensors(hp: HParams, has_rope_freqs: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a LaRoSA file and its [rows, cols] shape, in file order."""
+    d, q = hp.dim, hp.n_heads * hp.head_dim
+    t: dict[str, tuple[int, ...]] = {}
+    for l in range(hp.n_layers):
+        if l > 0 or hp.tied:
+            t[T_ADAPTER(l)] = (d, d)
+        t[T_QKV(l)] = (d, hp.qkv_dim)
+        t[T_O(l)] = (q, d)
+        t[T_GATE_UP(l)] = (d, 2 * hp.ffn_dim)
+        t[T_DOWN(l)] = (hp.ffn_dim, d)
+    t[T_EMBD] = (hp.n_vocab, d)
+    if hp.tied:
+        t[T_OUTPUT_ADAPTER] = (d, d)
+        t[T_OUTPUT_NORM] = (d,)
+    else:
+        t[T_OUTPUT] = (hp.n_vocab, d)
+    if has_rope_freqs:
+        t[T_ROPE_FREQS] = (hp.head_dim // 2,)
+    return t
+
+
+def bytes_per_token(hp: HParams, types: dict[str, QT], ks: dict[str, list[int]] | None) -> int:
+    """Weight bytes one decode step reads: k rows of each block weight (all rows when ks is None),
+    the adapters and the head in full, one embedding row."""
+    shapes = expected_tensors(hp)
+    total = row_bytes(types[T_EMBD], hp.dim)
+    for name, shape in shapes.items():
+        if name == T_EMBD or len(shape) == 1:
+            continue
+        kind = name.split(".")[2] if name.startswith("blk.") else ""
+        rows = shape[0]
+        if kind in WEIGHT_INPUT and ks is not None:
+            rows = ks[WEIGHT_INPUT[kind]][int(name.split(".")[1])]
+        total += rows * row_bytes(types[name], shape[1])
+    if hp.tied:
+        total += hp.n_vocab * row_bytes(types[T_EMBD], hp.dim)  # the head reads the embedding
+    return total

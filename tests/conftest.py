@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny synthetic llama GGUFs, the real SmolLM2 file, the shared data folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from larosa.tools.fetch_model import fetch_smollm2
+from larosa.tools.make_synthetic import make_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("LAROSA_DATA", ROOT.parent / "shared" / "data"))
+
+# name -> make_synthetic arguments. Sizes are multiples of 32 where a quantized type needs it.
+TINY = {
+    "untied_f32": dict(dim=64, ff=96, layers=2, heads=4, kv_heads=4, vocab=320, qtype="f32", tied=False),
+    "tied_gqa_q8": dict(dim=64, ff=128, layers=3, heads=4, kv_heads=1, vocab=512, qtype="q8_0", tied=True),
+    "odd_f16": dict(dim=48, ff=80, layers=2, heads=3, kv_heads=1, vocab=301, qtype="f16", tied=False),
+    "gqa_q4_1": dict(dim=128, ff=256, layers=2, heads=8, kv_heads=2, vocab=400, qtype="q4_1", tied=True),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """name -> path of a tiny synthetic llama GGUF (written once per session)."""
+    d = tmp_path_factory.mktemp("tiny")
+    return {n: make_synthetic(str(d / f"{n}.gguf"), seed=i, **a) for i, (n, a) in enumerate(TINY.items())}
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    return str(fetch_smollm2(quiet=True))
+
+
+@pytest.fixture(scope="session")
+def calib_text() -> str:
+    p = DATA / "calibration" / "wikitext2_raw_train_first1MB.txt"
+    if not p.exists():
+        pytest.skip(f"shared data not found at {DATA} (set LAROSA_DATA)")
+    return str(p)
+
+
+def random_calibration(n_vocab: int, n_win: int = 2, window: int = 24, seed: int = 0):
+    from larosa.converter.calibrate import Calibration
+    rng = np.random.default_rng(seed)
+    return Calibration(rng.integers(0, n_vocab, (n_win, window), dtype=np.int32), "test:random", "")
