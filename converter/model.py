@@ -39,11 +39,16 @@ class Weights:
 
 @dataclass
 class TopK:
-    """k per layer for each of the four block inputs (FORMAT.md, format.BLOCK_INPUTS)."""
+    """k per layer for each of the four block inputs (FORMAT.md, format.BLOCK_INPUTS).
+
+    Test hooks: `forced[b][l]`, a 0/1 mask [B, T, n], replaces the selection (to replay the C
+    runtime's decisions); `seen[b][l]` receives each block input before masking."""
     attn_in: list[int]
     attn_out: list[int]
     mlp_in: list[int]
     mlp_out: list[int]
+    forced: dict | None = None
+    seen: dict | None = None
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -82,7 +87,13 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
                   l: int = 0) -> torch.Tensor:
     """One decoder layer on the residual r [B, T, d] (positions 0..T-1, causal)."""
     def keep(x, which):
-        return x if ks is None else topk_keep(x, getattr(ks, which)[l])
+        if ks is None:
+            return x
+        if ks.seen is not None:
+            ks.seen.setdefault(which, {})[l] = x
+        if ks.forced is not None:
+            return x * ks.forced[which][l]
+        return topk_keep(x, getattr(ks, which)[l])
 
     B, T, _ = r.shape
     nh, nkv, hd = hp.n_heads, hp.n_kv_heads, hp.head_dim

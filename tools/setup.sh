@@ -11,7 +11,7 @@ LLAMA_CPP_VERSION=0.3.36
 PY="$VENV/bin/python"
 pip() { "$PY" -m pip --disable-pip-version-check -q "$@"; }
 
-pip install --upgrade pip "setuptools>=68" wheel "cffi>=1.16"
+pip install --upgrade pip "setuptools>=77" wheel "cffi>=1.16"
 
 # torch, CPU build. On the project's machines pip finds a local wheel of torch 2.13.0. Elsewhere a
 # bare "pip install torch" may fetch a multi-GB CUDA build; take the CPU wheel instead with

@@ -1,0 +1,291 @@
+/* Scalar reference kernels (always compiled: the portable path and the oracle of the SIMD ones),
+ * the SIMD dispatch, Top-K, and the checked public kernel entry points. */
+#include <stdlib.h>
+
+#include "kernels.h"
+
+/* ---- input-major sparse matvec: y[c0:c1] = sum_j x[i_j] W[i_j, c0:c1] ------------------------ */
+
+#define ROW_OF(j) (idx ? idx[j] : (j))
+
+static void spmv_f32(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y,
+                     int32_t c0, int32_t c1) {
+    for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
+    for (int32_t j = 0; j < k; j++) {
+        const int32_t i = ROW_OF(j);
+        const float a = x[i], *row = (const float *)lr_row(w, i);
+        for (int32_t c = c0; c < c1; c++) y[c] += a * row[c];
+    }
+}
+
+static void spmv_f16(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y,
+                     int32_t c0, int32_t c1) {
+    for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
+    for (int32_t j = 0; j < k; j++) {
+        const int32_t i = ROW_OF(j);
+        const float a = x[i];
+        const uint16_t *row = (const uint16_t *)lr_row(w, i);
+        for (int32_t c = c0; c < c1; c++) y[c] += a * fp16_to_fp32(row[c]);
+    }
+}
+
+static void spmv_q8_0(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y,
+                      int32_t c0, int32_t c1) {
+    for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
+    for (int32_t j = 0; j < k; j++) {
+        const int32_t i = ROW_OF(j);
+        const block_q8_0 *b = (const block_q8_0 *)lr_row(w, i);
+        for (int32_t blk = c0 / QK; blk < c1 / QK; blk++) {
+            const float a = x[i] * fp16_to_fp32(b[blk].d);
+            float *yb = y + blk * QK;
+            for (int t = 0; t < QK; t++) yb[t] += a * (float)b[blk].qs[t];
+        }
+    }
+}
+
+static void spmv_q4_0(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y,
+                      int32_t c0, int32_t c1) {
+    for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
+    for (int32_t j = 0; j < k; j++) {
+        const int32_t i = ROW_OF(j);
+        const block_q4_0 *b = (const block_q4_0 *)lr_row(w, i);
+        for (int32_t blk = c0 / QK; blk < c1 / QK; blk++) {
+            const float a = x[i] * fp16_to_fp32(b[blk].d);
+            float *yb = y + blk * QK;
+            for (int t = 0; t < QK / 2; t++) {
+                yb[t] += a * (float)((int)(b[blk].qs[t] & 0x0f) - 8);
+                yb[t + QK / 2] += a * (float)((int)(b[blk].qs[t] >> 4) - 8);
+            }
+        }
+    }
+}
+
+/* ---- output-major dot products: y[r] = W[r, :] . x ------------------------------------------ */
+
+static void dot_f32(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
+    for (int32_t r = r0; r < r1; r++) {
+        const float *row = (const float *)lr_row(w, r);
+        float s = 0.0f;
+        for (int32_t c = 0; c < w->cols; c++) s += row[c] * x[c];
+        y[r] = s;
+    }
+}
+
+static void dot_f16(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
+    for (int32_t r = r0; r < r1; r++) {
+        const uint16_t *row = (const uint16_t *)lr_row(w, r);
+        float s = 0.0f;
+        for (int32_t c = 0; c < w->cols; c++) s += fp16_to_fp32(row[c]) * x[c];
+        y[r] = s;
+    }
+}
+
+static void dot_q8_0(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
+    for (int32_t r = r0; r < r1; r++) {
+        const block_q8_0 *b = (const block_q8_0 *)lr_row(w, r);
+        float s = 0.0f;
+        for (int32_t blk = 0; blk < w->cols / QK; blk++) {
+            float sb = 0.0f;
+            for (int t = 0; t < QK; t++) sb += (float)b[blk].qs[t] * x[blk * QK + t];
+            s += sb * fp16_to_fp32(b[blk].d);
+        }
+        y[r] = s;
+    }
+}
+
+static void dot_q4_0(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
+    for (int32_t r = r0; r < r1; r++) {
+        const block_q4_0 *b = (const block_q4_0 *)lr_row(w, r);
+        float s = 0.0f;
+        for (int32_t blk = 0; blk < w->cols / QK; blk++) {
+            const float *xb = x + blk * QK;
+            float sb = 0.0f;
+            for (int t = 0; t < QK / 2; t++) {
+                sb += (float)((int)(b[blk].qs[t] & 0x0f) - 8) * xb[t];
+                sb += (float)((int)(b[blk].qs[t] >> 4) - 8) * xb[t + QK / 2];
+            }
+            s += sb * fp16_to_fp32(b[blk].d);
+        }
+        y[r] = s;
+    }
+}
+
+const lr_kernel_table lr_kernels_scalar = {
+    {spmv_f32, spmv_f16, spmv_q8_0, spmv_q4_0},
+    {dot_f32, dot_f16, dot_q8_0, dot_q4_0},
+};
+
+/* ---- SIMD dispatch -------------------------------------------------------------------------- */
+
+static int32_t g_simd = -1;   /* -1: not chosen yet */
+
+int32_t lr_simd_available(int32_t level) {
+    switch (level) {
+    case LR_SIMD_SCALAR: return 1;
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
+    case LR_SIMD_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                              __builtin_cpu_supports("f16c");
+    case LR_SIMD_AVX512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#endif
+#if defined(__aarch64__)
+    case LR_SIMD_NEON: return 1;
+#endif
+    default: return 0;
+    }
+}
+
+static int32_t best_simd(void) {
+    const char *env = getenv("LAROSA_SIMD");   /* scalar | avx2 | avx512 | neon: force a level */
+    if (env) {
+        static const char *names[] = {"scalar", "avx2", "avx512", "neon"};
+        for (int32_t l = 0; l < 4; l++)
+            if (!strcmp(env, names[l]) && lr_simd_available(l)) return l;
+    }
+    for (int32_t l = LR_SIMD_NEON; l > LR_SIMD_SCALAR; l--)
+        if (lr_simd_available(l)) return l;
+    return LR_SIMD_SCALAR;
+}
+
+int32_t lr_set_simd(int32_t level) {
+    if (level < 0 || level > LR_SIMD_NEON || !lr_simd_available(level)) return LR_ERANGE;
+    g_simd = level;
+    return LR_OK;
+}
+
+int32_t lr_get_simd(void) {
+    if (g_simd < 0) g_simd = best_simd();
+    return g_simd;
+}
+
+const lr_kernel_table *lr_kernels(void) {
+    switch (lr_get_simd()) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case LR_SIMD_AVX2: return &lr_kernels_avx2;
+    case LR_SIMD_AVX512: return &lr_kernels_avx512;
+#endif
+#if defined(__aarch64__)
+    case LR_SIMD_NEON: return &lr_kernels_neon;
+#endif
+    default: return &lr_kernels_scalar;
+    }
+}
+
+/* ---- Top-K: exact, by |x|, ties to the lower index; idx comes out in ascending order --------- */
+
+/* |x| as an order-preserving unsigned key (NaN sorts above +inf) */
+static inline uint32_t abs_key(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u & 0x7fffffffu;
+}
+
+/* Radix select of the k-th largest key, 8 bits at a time over the surviving candidates, then one
+ * pass in index order: keys above the threshold, plus the first (k - above) keys equal to it. */
+int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *cand) {
+    if (k >= n) {
+        for (int32_t i = 0; i < n; i++) idx[i] = i;
+        return n;
+    }
+    uint32_t prefix = 0, mask = 0;
+    int32_t need = k;                  /* how many of the candidates must still be taken */
+    int32_t m = n;
+    for (int32_t i = 0; i < n; i++) cand[i] = abs_key(x[i]);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        uint32_t hist[256] = {0};
+        for (int32_t i = 0; i < m; i++) hist[(cand[i] >> shift) & 0xff]++;
+        int32_t bucket = 255;
+        for (; bucket > 0; bucket--) {   /* walk from the top until the bucket holding the k-th */
+            if ((int32_t)hist[bucket] >= need) break;
+            need -= (int32_t)hist[bucket];
+        }
+        prefix |= (uint32_t)bucket << shift;
+        mask |= 0xffu << shift;
+        int32_t mm = 0;                  /* keep only the candidates inside that bucket */
+        for (int32_t i = 0; i < m; i++)
+            if ((cand[i] & mask) == prefix) cand[mm++] = cand[i];
+        m = mm;
+    }
+    /* prefix is the threshold key; `need` of the keys equal to it are taken, lowest index first */
+    const uint32_t thr = prefix;
+    int32_t out = 0, eq_left = need;
+    for (int32_t i = 0; i < n; i++) {
+        const uint32_t key = abs_key(x[i]);
+        if (key > thr || (key == thr && eq_left-- > 0)) idx[out++] = i;
+    }
+    return out;
+}
+
+/* ---- checked entry points ------------------------------------------------------------------- */
+
+int32_t lr_tensor_check(const lr_tensor *w, int32_t rows, int32_t cols, int f32_only) {
+    if (!w || !w->data) return LR_EARG;
+    if (w->rows != rows || w->cols != cols || rows <= 0 || cols <= 0) return LR_ESHAPE;
+    if (lr_type_slot(w->type) < 0 || (f32_only && w->type != LR_F32)) return LR_ETYPE;
+    if ((w->type == LR_Q8_0 || w->type == LR_Q4_0) && cols % QK) return LR_ESHAPE;
+    if (w->nbytes != lr_row_bytes(w->type, cols) * (uint64_t)rows) return LR_ESHAPE;
+    return LR_OK;
+}
+
+void lr_dequant_row(const lr_tensor *w, int64_t r, float *out) {
+    const uint8_t *row = lr_row(w, r);
+    switch (w->type) {
+    case LR_F32: memcpy(out, row, (size_t)w->cols * 4); break;
+    case LR_F16:
+        for (int32_t c = 0; c < w->cols; c++) out[c] = fp16_to_fp32(((const uint16_t *)row)[c]);
+        break;
+    case LR_Q8_0:
+        for (int32_t blk = 0; blk < w->cols / QK; blk++) {
+            const block_q8_0 *b = (const block_q8_0 *)row + blk;
+            const float d = fp16_to_fp32(b->d);
+            for (int t = 0; t < QK; t++) out[blk * QK + t] = d * (float)b->qs[t];
+        }
+        break;
+    case LR_Q4_0:
+        for (int32_t blk = 0; blk < w->cols / QK; blk++) {
+            const block_q4_0 *b = (const block_q4_0 *)row + blk;
+            const float d = fp16_to_fp32(b->d);
+            for (int t = 0; t < QK / 2; t++) {
+                out[blk * QK + t] = d * (float)((int)(b->qs[t] & 0x0f) - 8);
+                out[blk * QK + t + QK / 2] = d * (float)((int)(b->qs[t] >> 4) - 8);
+            }
+        }
+        break;
+    }
+}
+
+int32_t lr_topk(const float *x, int32_t n, int32_t k, int32_t *idx) {
+    if (!x || !idx || n <= 0 || k < 1 || k > n) return LR_EARG;
+    uint32_t *scratch = malloc((size_t)n * sizeof(uint32_t));
+    if (!scratch) return LR_ENOMEM;
+    int32_t got = lr_topk_impl(x, n, k, idx, scratch);
+    free(scratch);
+    return got;
+}
+
+int32_t lr_spmv(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y) {
+    if (!w || !x || !y) return LR_EARG;
+    int32_t rc = lr_tensor_check(w, w->rows, w->cols, 0);
+    if (rc) return rc;
+    if (k < 0 || k > w->rows || (!idx && k != w->rows)) return LR_ERANGE;
+    for (int32_t j = 0; idx && j < k; j++)
+        if (idx[j] < 0 || idx[j] >= w->rows) return LR_ERANGE;
+    lr_kernels()->spmv[lr_type_slot(w->type)](w, x, idx, k, y, 0, w->cols);
+    return LR_OK;
+}
+
+int32_t lr_dot_rows(const lr_tensor *w, const float *x, float *y) {
+    if (!w || !x || !y) return LR_EARG;
+    int32_t rc = lr_tensor_check(w, w->rows, w->cols, 0);
+    if (rc) return rc;
+    lr_kernels()->dot_rows[lr_type_slot(w->type)](w, x, y, 0, w->rows);
+    return LR_OK;
+}
+
+int32_t lr_get_row(const lr_tensor *w, int32_t row, float *out) {
+    if (!w || !out) return LR_EARG;
+    int32_t rc = lr_tensor_check(w, w->rows, w->cols, 0);
+    if (rc) return rc;
+    if (row < 0 || row >= w->rows) return LR_ERANGE;
+    lr_dequant_row(w, row, out);
+    return LR_OK;
+}

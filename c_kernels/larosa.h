@@ -1,0 +1,78 @@
+/* larosa: the C side of the runtime. A decode step of a LaRoSA model (FORMAT.md) and its kernels.
+ *
+ * Conventions: activations are float32 row vectors. A tensor is [rows, cols] row-major; type is
+ * ggml's id (F32 0, F16 1, Q4_0 2, Q8_0 8). Layer weights are input-major (row i = input i).
+ * Every entry point checks its arguments and returns a negative LR_E* code instead of crashing.
+ * Lines starting with '#' are skipped when cffi reads this header.
+ */
+#ifndef LAROSA_H
+#define LAROSA_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int32_t type;        /* LR_F32 / LR_F16 / LR_Q4_0 / LR_Q8_0 */
+    int32_t rows, cols;
+    const void *data;    /* NULL: tensor absent */
+    uint64_t nbytes;     /* checked against rows, cols and type */
+} lr_tensor;
+
+typedef struct {
+    lr_tensor adapter;   /* [d, d] or absent */
+    lr_tensor wqkv;      /* [d, (nh + 2 nkv) hd] */
+    lr_tensor wo;        /* [nh hd, d] */
+    lr_tensor wgu;       /* [d, 2 ff] */
+    lr_tensor wdown;     /* [ff, d] */
+} lr_layer;
+
+typedef struct {
+    int32_t n_vocab, dim, n_layers, n_heads, n_kv_heads, head_dim, ffn_dim;
+    float norm_eps, rope_base;
+    lr_tensor embd;          /* [vocab, d] output-major */
+    lr_tensor head;          /* [vocab, d] output-major (the same data as embd when tied) */
+    lr_tensor out_adapter;   /* [d, d] or absent */
+    lr_tensor out_norm;      /* [d] F32 or absent */
+    lr_tensor rope_freqs;    /* [hd / 2] F32 or absent */
+    const lr_layer *layers;  /* n_layers entries; copied by lr_model_new */
+} lr_model_desc;
+
+typedef struct lr_model lr_model;
+
+/* error codes */
+enum { LR_OK = 0, LR_EARG = -1, LR_ESHAPE = -2, LR_ETYPE = -3, LR_ENOMEM = -4, LR_ERANGE = -5,
+       LR_ENAN = -6, LR_ETHREAD = -7 };
+/* tensor types (ggml ids) */
+enum { LR_F32 = 0, LR_F16 = 1, LR_Q4_0 = 2, LR_Q8_0 = 8 };
+/* SIMD levels */
+enum { LR_SIMD_SCALAR = 0, LR_SIMD_AVX2 = 1, LR_SIMD_AVX512 = 2, LR_SIMD_NEON = 3 };
+
+/* model: n_ctx positions of KV cache, n_threads >= 1. err receives a message on failure. */
+lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threads, char *err, int32_t err_len);
+void lr_model_free(lr_model *m);
+/* k per layer for the four block inputs (attn_in, attn_out, mlp_in, mlp_out), each n_layers long */
+int32_t lr_model_set_topk(lr_model *m, const int32_t *k_attn_in, const int32_t *k_attn_out,
+                          const int32_t *k_mlp_in, const int32_t *k_mlp_out);
+/* Evaluates n tokens at positions pos0..pos0+n-1 (pos0 must equal the number of cached positions,
+ * or be smaller to rewind). logits: n * n_vocab floats when all_logits, else n_vocab (last token),
+ * or NULL. Returns LR_OK, or LR_ENAN if a logit is not finite. */
+int32_t lr_eval(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);
+int32_t lr_model_n_ctx(const lr_model *m);
+/* Test hook: every Top-K decision of lr_eval is recorded into masks as 0/1 bytes, in order of
+ * computation (token, layer, block input), n bytes each, until capacity is full. Returns the bytes
+ * written into the previous buffer and starts recording into this one (NULL: recording off). */
+int64_t lr_model_trace(lr_model *m, uint8_t *masks, int64_t capacity);
+
+/* SIMD level used by all kernels; lr_set_simd returns LR_ERANGE if not compiled in / supported */
+int32_t lr_simd_available(int32_t level);
+int32_t lr_set_simd(int32_t level);
+int32_t lr_get_simd(void);
+
+/* kernels, exposed for tests and benchmarks */
+int32_t lr_topk(const float *x, int32_t n, int32_t k, int32_t *idx);
+int32_t lr_spmv(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y);
+int32_t lr_dot_rows(const lr_tensor *w, const float *x, float *y);
+int32_t lr_get_row(const lr_tensor *w, int32_t row, float *out);
+/* best-of-reps read bandwidth (bytes/s) of a buffer of `bytes` summed by n_threads threads; -1 on error */
+double lr_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t reps);
+
+#endif

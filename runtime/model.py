@@ -1,0 +1,206 @@
+"""Model: a LaRoSA GGUF loaded memory-mapped and evaluated by the C library, one call per batch.
+
+    m = Model("smollm2.larosa-q8_0.gguf", sparsity=0.4, n_threads=2)
+    for piece in m.generate("The capital of France is", max_tokens=32, temperature=0):
+        print(piece, end="")
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from larosa._kernels import ffi, lib
+
+from . import format as F
+from .errors import LarosaError
+from .generate import Sampling, generate_text, generate_tokens
+from .loader import LarosaFile, load
+from .tokenizer import Tokenizer
+
+_TYPE_IDS = {"F32": lib.LR_F32, "F16": lib.LR_F16, "Q8_0": lib.LR_Q8_0, "Q4_0": lib.LR_Q4_0}
+_ERRORS = {lib.LR_EARG: "invalid argument", lib.LR_ESHAPE: "tensor shape or size mismatch",
+           lib.LR_ETYPE: "unsupported tensor type", lib.LR_ENOMEM: "out of memory",
+           lib.LR_ERANGE: "value out of range", lib.LR_ENAN: "non-finite values in the logits",
+           lib.LR_ETHREAD: "cannot start threads"}
+DEFAULT_N_CTX = 4096
+
+
+class ContextError(LarosaError):
+    """The tokens do not fit the context window (n_ctx)."""
+
+
+class NumericsError(LarosaError):
+    """The model produced NaN or Inf (a broken file or an overflow)."""
+
+
+@dataclass
+class Timings:
+    """Wall-clock figures of the last eval/generate call."""
+    prompt_tokens: int = 0
+    prompt_seconds: float = 0.0
+    decode_tokens: int = 0        # tokens evaluated one at a time after the prompt
+    decode_seconds: float = 0.0   # their evaluation time (sampling excluded, as in llama.cpp)
+    sample_seconds: float = 0.0
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class _Keep:
+    """Python objects whose memory the C model points into."""
+    arrays: list = field(default_factory=list)
+
+
+class Model:
+    """A converted model ready to evaluate. Not safe to share between threads; two Model objects
+    (of the same or different files) are independent."""
+
+    def __init__(self, path: str | os.PathLike, sparsity: float | None = None,
+                 n_threads: int | None = None, n_ctx: int | None = None):
+        self.file: LarosaFile = load(path)
+        hp = self.hp = self.file.hp
+        self.n_threads = n_threads if n_threads is not None else min(os.cpu_count() or 1, 8)
+        if not isinstance(self.n_threads, int) or not 1 <= self.n_threads <= 512:
+            raise ValueError(f"n_threads must be an integer in [1, 512], got {n_threads}")
+        self.n_ctx = min(hp.n_ctx, DEFAULT_N_CTX) if n_ctx is None else n_ctx
+        if not isinstance(self.n_ctx, int) or not 1 <= self.n_ctx <= hp.n_ctx:
+            raise ValueError(f"n_ctx must be an integer in [1, {hp.n_ctx}] (the model's context), got {n_ctx}")
+        self.tokenizer = Tokenizer.from_metadata(self.file.reader, hp, self.file.path)
+        if self.tokenizer.n_vocab != hp.n_vocab:
+            raise LarosaError(f"{self.file.path}: tokenizer has {self.tokenizer.n_vocab} tokens, "
+                              f"the embedding {hp.n_vocab}")
+        self._keep = _Keep()
+        desc = self._describe()
+        err = ffi.new("char[]", 256)
+        ptr = lib.lr_model_new(desc, self.n_ctx, self.n_threads, err, 256)
+        if ptr == ffi.NULL:
+            raise LarosaError(f"{self.file.path}: {ffi.string(err).decode()}")
+        self._m = ffi.gc(ptr, lib.lr_model_free)
+        self.tokens: list[int] = []          # what the KV cache holds, position by position
+        self.timings = Timings()
+        self.set_sparsity(self.file.sparsity if sparsity is None else sparsity)
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _tensor(self, name: str, ct) -> None:
+        t = self.file.tensors.get(name)
+        if t is None:
+            ct.data = ffi.NULL
+            return
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        rows, cols = shape if len(shape) == 2 else (1, shape[0])
+        buf = ffi.from_buffer("char[]", t.data)
+        self._keep.arrays.append(buf)
+        ct.type, ct.rows, ct.cols, ct.data, ct.nbytes = _TYPE_IDS[t.tensor_type.name], rows, cols, buf, t.data.nbytes
+
+    def _describe(self):
+        hp = self.hp
+        d = ffi.new("lr_model_desc *")
+        layers = ffi.new("lr_layer[]", hp.n_layers)
+        self._keep.arrays += [d, layers]
+        d.n_vocab, d.dim, d.n_layers = hp.n_vocab, hp.dim, hp.n_layers
+        d.n_heads, d.n_kv_heads, d.head_dim, d.ffn_dim = hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn_dim
+        d.norm_eps, d.rope_base = hp.norm_eps, hp.rope_base
+        self._tensor(F.T_EMBD, d.embd)
+        self._tensor(F.T_EMBD if hp.tied else F.T_OUTPUT, d.head)
+        self._tensor(F.T_OUTPUT_ADAPTER, d.out_adapter)
+        self._tensor(F.T_OUTPUT_NORM, d.out_norm)
+        self._tensor(F.T_ROPE_FREQS, d.rope_freqs)
+        for l in range(hp.n_layers):
+            L = layers[l]
+            self._tensor(F.T_ADAPTER(l), L.adapter)
+            self._tensor(F.T_QKV(l), L.wqkv)
+            self._tensor(F.T_O(l), L.wo)
+            self._tensor(F.T_GATE_UP(l), L.wgu)
+            self._tensor(F.T_DOWN(l), L.wdown)
+        d.layers = layers
+        return d
+
+    def set_sparsity(self, sparsity: float) -> None:
+        """Switches the Top-K to another model sparsity (FORMAT.md: k from the stored coefficients);
+        the cached context is dropped."""
+        ks = self.file.ks(sparsity)
+        arrays = [ffi.new("int32_t[]", ks[b]) for b in F.BLOCK_INPUTS]
+        self._check(lib.lr_model_set_topk(self._m, *arrays))
+        self.sparsity, self.ks = float(sparsity), ks
+        self.reset()   # cached keys and values were computed at the old sparsity
+
+    def _check(self, rc: int) -> None:
+        if rc == lib.LR_ENAN:
+            raise NumericsError(f"{self.file.path}: NaN or Inf in the logits")
+        if rc != lib.LR_OK:
+            raise LarosaError(f"C runtime: {_ERRORS.get(rc, rc)}")
+
+    # -- tokens -------------------------------------------------------------------------------
+    def tokenize(self, text: str | bytes, add_bos: bool | None = None, special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        return self.tokenizer.decode(tokens, special=special)
+
+    def reset(self) -> None:
+        """Forgets the cached context."""
+        self.tokens = []
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def eval(self, tokens: list[int], all_logits: bool = False, reuse_prefix: bool = True) -> np.ndarray:
+        """Appends tokens to the context and returns the logits of the last one ([n_vocab]) or of all
+        ([n, n_vocab]). With reuse_prefix, a context that already starts with the same tokens is
+        re-used instead of recomputed (only for last-token logits)."""
+        arr = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if arr.size == 0:
+            raise ValueError("eval needs at least one token")
+        if arr.min() < 0 or arr.max() >= self.hp.n_vocab:
+            bad = int(arr[(arr < 0) | (arr >= self.hp.n_vocab)][0])
+            raise ValueError(f"token id {bad} outside the vocabulary (0..{self.hp.n_vocab - 1})")
+        if len(self.tokens) + arr.size > self.n_ctx:
+            raise ContextError(f"{len(self.tokens)} cached + {arr.size} new tokens exceed n_ctx = {self.n_ctx}")
+        toks = ffi.new("int32_t[]", arr.astype(np.int32).tolist())
+        n = int(arr.size)
+        out = np.empty((n, self.hp.n_vocab) if all_logits else self.hp.n_vocab, dtype=np.float32)
+        rc = lib.lr_eval(self._m, toks, n, len(self.tokens), ffi.from_buffer("float[]", out), int(all_logits))
+        if rc == lib.LR_OK or rc == lib.LR_ENAN:
+            self.tokens += arr.tolist()
+        self._check(rc)
+        return out
+
+    def eval_prompt(self, tokens: list[int]) -> tuple[np.ndarray, int]:
+        """Logits after `tokens` and how many tokens were evaluated: the longest cached prefix is
+        re-used (the last token always runs)."""
+        common = 0
+        for a, b in zip(self.tokens, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)
+        self.tokens = self.tokens[:common]
+        return self.eval(tokens[common:]), len(tokens) - common
+
+    def bytes_per_token(self) -> int:
+        """Weight bytes one decode step reads at the current sparsity."""
+        return self.file.bytes_per_token(self.sparsity)
+
+    def __repr__(self) -> str:
+        return (f"Model({os.path.basename(self.file.path)!r}, sparsity={self.sparsity}, "
+                f"n_threads={self.n_threads}, n_ctx={self.n_ctx})")
+
+    def generate_tokens(self, prompt: list[int], max_tokens: int = 128, sampling: Sampling | None = None):
+        """Yields generated token ids after the prompt (see generate.generate_tokens)."""
+        return generate_tokens(self, prompt, max_tokens, sampling or Sampling())
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 128, stop: list[str] | None = None,
+                 **sampling) -> Iterator[str]:
+        """Streams generated text (UTF-8 safe) after prompt; sampling: temperature, top_k, top_p,
+        min_p, repeat_penalty, seed (generate.Sampling). Ends at an end-of-generation token, a stop
+        string (not included), max_tokens, or a full context."""
+        return generate_text(self, prompt, max_tokens, stop or [], Sampling(**sampling))
+
