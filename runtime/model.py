@@ -151,11 +151,16 @@ class Model:
         """Forgets the cached context."""
         self.tokens = []
 
+    def rewind(self, n: int) -> None:
+        """Keeps only the first n cached tokens (the next eval continues from position n)."""
+        if not 0 <= n <= len(self.tokens):
+            raise ValueError(f"cannot rewind to {n}: {len(self.tokens)} tokens are cached")
+        self.tokens = self.tokens[:n]
+
     # -- evaluation ---------------------------------------------------------------------------
-    def eval(self, tokens: list[int], all_logits: bool = False, reuse_prefix: bool = True) -> np.ndarray:
-        """Appends tokens to the context and returns the logits of the last one ([n_vocab]) or of all
-        ([n, n_vocab]). With reuse_prefix, a context that already starts with the same tokens is
-        re-used instead of recomputed (only for last-token logits)."""
+    def eval(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
+        """Appends tokens to the cached context and returns the logits of the last one ([n_vocab])
+        or of all of them ([n, n_vocab])."""
         arr = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if arr.size == 0:
             raise ValueError("eval needs at least one token")
