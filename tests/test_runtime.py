@@ -1,0 +1,179 @@
+"""The C runtime against the torch reference simulation of the same converted file.
+
+Top-K decisions are discontinuous: two correct float32 implementations can pick different
+coordinates when two magnitudes agree to ~1e-6, and one different pick changes everything after
+it. So the comparison replays the C runtime's recorded selections in the reference and checks two
+things: (1) given the same selections, the logits agree tightly; (2) every selection the C runtime
+made is an exact Top-K of the reference's activations, up to float noise at the threshold.
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from larosa._kernels import ffi, lib
+from larosa.converter.model import forward
+from larosa.converter.weights import larosa_weights, topk_of
+from larosa.runtime import format as F
+from larosa.runtime import perplexity as P
+from larosa.runtime.model import Model
+
+from conftest import CONVERTED
+
+
+def traced_eval(m: Model, tokens: list[int]):
+    """All logits of tokens, and the C runtime's Top-K masks as forced[b][l] = [1, T, n]."""
+    hp = m.hp
+    widths = [hp.block_input_width(b) for b in F.BLOCK_INPUTS]
+    per_token = hp.n_layers * sum(widths)
+    buf = np.zeros(len(tokens) * per_token, np.uint8)
+    lib.lr_model_trace(m._m, ffi.from_buffer("uint8_t[]", buf), buf.size)
+    m.reset()
+    logits = m.eval(tokens, all_logits=True)
+    assert lib.lr_model_trace(m._m, ffi.NULL, 0) == buf.size
+    masks = buf.reshape(len(tokens), -1)
+    forced = {b: {} for b in F.BLOCK_INPUTS}
+    off = 0
+    for l in range(hp.n_layers):
+        for b, n in zip(F.BLOCK_INPUTS, widths):
+            forced[b][l] = torch.from_numpy(masks[:, off:off + n].astype(np.float32))[None]
+            off += n
+    return logits, forced
+
+
+def check_against_reference(m: Model, tokens: list[int], rtol: float) -> None:
+    logits, forced = traced_eval(m, tokens)
+    ks = topk_of(m.file, m.sparsity)
+    ks.forced, ks.seen = forced, {}
+    ref = forward(larosa_weights(m.file), torch.tensor([tokens]), ks)[0].numpy()
+    scale = np.abs(ref).max()
+    assert scale > 0.1
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=rtol * scale)
+    for b in F.BLOCK_INPUTS:
+        for l in range(m.hp.n_layers):
+            x = ks.seen[b][l][0].abs()
+            mask = forced[b][l][0].bool()
+            k = getattr(ks, b)[l]
+            assert (mask.sum(-1) == k).all(), (b, l)
+            if k == x.shape[-1]:
+                continue
+            smallest_kept = x.masked_fill(~mask, float("inf")).min(-1).values
+            largest_dropped = x.masked_fill(mask, -1.0).max(-1).values
+            assert (largest_dropped <= smallest_kept * (1 + 1e-4) + 1e-7).all(), (b, l)
+
+
+@pytest.fixture(params=sorted({lib.LR_SIMD_SCALAR, lib.lr_get_simd()}), ids=lambda l: f"simd{l}")
+def simd(request):
+    before = lib.lr_get_simd()
+    lib.lr_set_simd(request.param)
+    yield request.param
+    lib.lr_set_simd(before)
+
+
+@pytest.mark.parametrize("name", list(CONVERTED))
+@pytest.mark.parametrize("sparsity", [0.0, 0.4])
+def test_tiny_models_match_reference(converted, name, sparsity, simd):
+    m = Model(converted[name], sparsity=sparsity, n_threads=2)
+    tokens = np.random.default_rng(3).integers(0, m.hp.n_vocab, 23).tolist()
+    check_against_reference(m, tokens, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.4])
+def test_smollm2_matches_reference(smollm2_q8, sparsity, simd):
+    m = Model(smollm2_q8, sparsity=sparsity, n_threads=2)
+    tokens = m.tokenize("The quick brown fox jumps over the lazy dog. Paris is the capital of France, "
+                        "and Rome is")
+    check_against_reference(m, tokens, rtol=1e-4)
+
+
+def test_sparsity_changes_work_and_output(smollm2_q8):
+    m = Model(smollm2_q8, sparsity=0.0, n_threads=2)
+    tokens = m.tokenize("One two three four five six")
+    dense = m.eval(tokens)
+    dense_bytes = m.bytes_per_token()
+    m.set_sparsity(0.4)
+    assert m.tokens == []                      # the cache was computed at the old sparsity
+    sparse = m.eval(tokens)
+    assert m.bytes_per_token() < 0.8 * dense_bytes
+    assert not np.allclose(dense, sparse)
+    assert m.ks["attn_in"][0] == F.kept(m.hp.dim, 0.8, 0.4)
+
+
+def test_prefix_reuse_equals_fresh_eval(converted):
+    m = Model(converted["tied_q8"], sparsity=0.4, n_threads=1)
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, m.hp.n_vocab, 12).tolist()
+    b = a[:7] + rng.integers(0, m.hp.n_vocab, 4).tolist()
+    m.eval_prompt(a)
+    logits, n = m.eval_prompt(b)
+    assert n == 4 and m.tokens == b
+    m.reset()
+    np.testing.assert_array_equal(logits, m.eval(b))
+
+
+def test_greedy_generation_is_deterministic(smollm2_q8):
+    outs = []
+    for threads in (1, 2, 2):
+        m = Model(smollm2_q8, sparsity=0.4, n_threads=threads)
+        outs.append("".join(m.generate("The capital of France is", max_tokens=24, temperature=0)))
+    assert outs[0] == outs[1] == outs[2]        # outputs are split across threads, sums are not
+    assert "Paris" in outs[0]
+
+
+def test_seeded_sampling_is_reproducible(smollm2_q8):
+    m = Model(smollm2_q8, n_threads=2)
+    a = "".join(m.generate("Once upon a time", max_tokens=20, temperature=0.9, seed=11))
+    b = "".join(m.generate("Once upon a time", max_tokens=20, temperature=0.9, seed=11))
+    c = "".join(m.generate("Once upon a time", max_tokens=20, temperature=0.9, seed=12))
+    assert a == b and a != c
+
+
+def test_stop_strings_and_max_tokens(smollm2_q8):
+    m = Model(smollm2_q8, n_threads=2)
+    full = "".join(m.generate("1, 2, 3, 4,", max_tokens=16, temperature=0))
+    assert " 5" in full
+    cut = "".join(m.generate("1, 2, 3, 4,", max_tokens=16, temperature=0, stop=[" 7"]))
+    assert full.startswith(cut) and " 7" not in cut and len(cut) < len(full)
+    m.generate_tokens(m.tokenize("hi"), max_tokens=0)
+    assert len(list(m.generate_tokens(m.tokenize("Count: 1, 2,"), max_tokens=5))) == 5
+
+
+def P_TEXT():
+    from conftest import DATA
+    p = DATA / "wikitext-2-raw" / "wiki.test.raw"
+    if not p.exists():
+        pytest.skip("shared data missing")
+    return p
+
+
+def test_tokenizer_matches_llama_cpp_on_wikitext(smollm2, smollm2_q8):
+    from llama_cpp import Llama
+    text = open(P_TEXT(), encoding="utf-8").read()
+    m = Model(smollm2_q8, n_threads=1, n_ctx=64)
+    ref = Llama(smollm2, vocab_only=True, verbose=False)
+    ours = m.tokenize(text)
+    assert len(ours) > 250_000
+    assert ours == ref.tokenize(text.encode("utf-8"), add_bos=ref.metadata.get("tokenizer.ggml.add_bos_token") == "true",
+                                special=False)
+    assert m.detokenize(ours[:5000]) == ref.detokenize(ref.tokenize(text.encode())[:5000]).decode("utf-8", "replace")
+
+
+def test_cli_run_and_perplexity(smollm2_q8, tmp_path):
+    r = subprocess.run([sys.executable, "-c", "import sys; from larosa.runtime.cli import run_main; "
+                        "sys.exit(run_main())", "-m", smollm2_q8, "-p", "The capital of France is",
+                        "-n", "8", "--temp", "0", "-t", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is") and "Paris" in r.stdout
+    assert "decode: 8 tokens" not in r.stderr or "tok/s" in r.stderr
+    assert "tok/s" in r.stderr.strip().splitlines()[-1]
+    text = tmp_path / "t.txt"
+    text.write_text(open(P_TEXT(), encoding="utf-8").read()[:8000])
+    r = subprocess.run([sys.executable, "-c", "import sys; from larosa.runtime.cli import perplexity_main; "
+                        "sys.exit(perplexity_main())", "-m", smollm2_q8, "-f", str(text), "-c", "64",
+                        "--chunks", "2", "--json", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["tokens"] == 2 * 63 and out["sparsity"] == pytest.approx(0.4) and 1 < out["ppl"] < 1000
