@@ -13,7 +13,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["kernels.c", "simd_x86.c", "simd_neon.c", "threads.c", "forward.c", "membw.c"]
+SOURCES = ["kernels.c", "simd_x86.c", "simd_neon.c", "threads.c", "forward.c", "prefill.c", "membw.c"]
 
 
 def _cdef() -> str:
@@ -24,7 +24,7 @@ def _cdef() -> str:
 def _cflags() -> list[str]:
     if "LAROSA_CFLAGS" in os.environ:
         return shlex.split(os.environ["LAROSA_CFLAGS"])
-    flags = ["-O3", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wno-unused-function"]
+    flags = ["-O3", "-std=c11", "-D_GNU_SOURCE", "-fopenmp-simd", "-Wall", "-Wno-unused-function"]
     if platform.machine().lower() in ("x86_64", "amd64", "aarch64", "arm64"):
         flags.append("-march=native" if platform.machine().lower() in ("x86_64", "amd64") else "-mcpu=native")
     return flags

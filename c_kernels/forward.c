@@ -1,34 +1,11 @@
 /* A LaRoSA decode step in one file: embedding, per layer (adapter, norm, Top-K, sparse q/k/v,
  * RoPE, grouped-query attention over the KV cache, Top-K, sparse o, norm, Top-K, sparse gate/up,
- * SwiGLU, Top-K, sparse down), final adapter, norm and head. FORMAT.md has the math. */
+ * SwiGLU, Top-K, sparse down), final adapter, norm and head. FORMAT.md has the math.
+ * Prompts of more than one token take the batched path in prefill.c. */
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "kernels.h"
-#include "threads.h"
-
-enum { ATTN_IN = 0, ATTN_OUT = 1, MLP_IN = 2, MLP_OUT = 3 };
-
-struct lr_model {
-    lr_model_desc d;
-    lr_layer *layers;
-    int32_t n_ctx, n_past;     /* KV cache capacity, positions filled */
-    int32_t *k[4];             /* per block input: k of each layer */
-    float *key_cache;          /* [L][n_ctx][nkv hd] */
-    float *value_cache;
-    float *x, *xn, *tmp;       /* [d] residual, normalized input, matvec output */
-    float *qkv;                /* [(nh + 2 nkv) hd] */
-    float *att;                /* [nh][n_ctx] attention scores */
-    float *ao;                 /* [nh hd] attention output */
-    float *gu, *hm;            /* [2 ff], [ff] */
-    int32_t *idx;              /* [max width] Top-K indices */
-    uint32_t *topk_scratch;
-    double *inv_freq;          /* [hd / 2] */
-    float *rope_cos, *rope_sin;
-    lr_pool *pool;
-    uint8_t *trace;            /* test hook: Top-K masks (lr_model_trace) */
-    int64_t trace_cap, trace_len;
-};
+#include "model.h"
 
 /* ---- parallel sections ---------------------------------------------------------------------- */
 
@@ -67,49 +44,62 @@ static void dot_task(void *p, int ith, int nth) {
 
 typedef struct { lr_model *m; int32_t layer, pos; } attn_job;
 
-/* grouped-query attention of the heads [h0, h1) at position pos over the cached positions 0..pos */
 static void attn_task(void *p, int ith, int nth) {
     attn_job *j = p;
     lr_model *m = j->m;
-    const int32_t nh = m->d.n_heads, hd = m->d.head_dim, kvd = m->d.n_kv_heads * hd;
-    const int32_t group = nh / m->d.n_kv_heads, per = (nh + nth - 1) / nth;
+    const int32_t nh = m->d.n_heads, hd = m->d.head_dim, per = (nh + nth - 1) / nth;
+    for (int32_t h = ith * per; h < (ith + 1) * per && h < nh; h++)
+        lr_attend_head(m, j->layer, j->pos, h, m->qkv + (size_t)h * hd, m->ao + (size_t)h * hd,
+                       m->att + (size_t)h * m->n_ctx);
+}
+
+/* ---- shared small pieces (also used by prefill.c) ------------------------------------------ */
+
+void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,
+                    float *out, float *att) {
+    const int32_t hd = m->d.head_dim, kvd = m->d.n_kv_heads * hd;
+    const int32_t kvh = head / (m->d.n_heads / m->d.n_kv_heads);   /* grouped-query: shared kv head */
     const float scale = 1.0f / sqrtf((float)hd);
-    const float *kc = m->key_cache + (size_t)j->layer * m->n_ctx * kvd;
-    const float *vc = m->value_cache + (size_t)j->layer * m->n_ctx * kvd;
-    for (int32_t h = ith * per; h < (ith + 1) * per && h < nh; h++) {
-        const float *q = m->qkv + (size_t)h * hd;
-        const int32_t kvh = h / group;
-        float *att = m->att + (size_t)h * m->n_ctx, mx = -INFINITY, sum = 0.0f;
-        for (int32_t t = 0; t <= j->pos; t++) {
-            const float *kt = kc + (size_t)t * kvd + (size_t)kvh * hd;
-            float s = 0.0f;
-            for (int32_t i = 0; i < hd; i++) s += q[i] * kt[i];
-            att[t] = s * scale;
-            if (att[t] > mx) mx = att[t];
-        }
-        for (int32_t t = 0; t <= j->pos; t++) {
-            att[t] = expf(att[t] - mx);
-            sum += att[t];
-        }
-        float *out = m->ao + (size_t)h * hd;
-        for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
-        for (int32_t t = 0; t <= j->pos; t++) {
-            const float a = att[t] / sum, *vt = vc + (size_t)t * kvd + (size_t)kvh * hd;
-            for (int32_t i = 0; i < hd; i++) out[i] += a * vt[i];
-        }
+    const float *kc = m->key_cache + (size_t)layer * m->n_ctx * kvd + (size_t)kvh * hd;
+    const float *vc = m->value_cache + (size_t)layer * m->n_ctx * kvd + (size_t)kvh * hd;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int32_t t = 0; t <= pos; t++) {
+        const float *kt = kc + (size_t)t * kvd;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int32_t i = 0; i < hd; i++) s += q[i] * kt[i];
+        att[t] = s * scale;
+        mx = att[t] > mx ? att[t] : mx;
+    }
+    for (int32_t t = 0; t <= pos; t++) {
+        att[t] = expf(att[t] - mx);
+        sum += att[t];
+    }
+    for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
+    for (int32_t t = 0; t <= pos; t++) {
+        const float a = att[t] / sum, *vt = vc + (size_t)t * kvd;
+#pragma omp simd
+        for (int32_t i = 0; i < hd; i++) out[i] += a * vt[i];
     }
 }
 
-/* ---- small serial pieces -------------------------------------------------------------------- */
-
-static void rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w) {
+void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w) {
     float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
     for (int32_t i = 0; i < n; i++) ss += x[i] * x[i];
     const float r = 1.0f / sqrtf(ss / (float)n + eps);
     for (int32_t i = 0; i < n; i++) out[i] = x[i] * r * (w ? w[i] : 1.0f);
 }
 
-static void rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s) {
+void lr_rope_angles(const lr_model *m, int32_t pos, float *c, float *s) {
+    for (int32_t i = 0; i < m->d.head_dim / 2; i++) {
+        const double a = (double)pos * m->inv_freq[i];
+        c[i] = (float)cos(a);
+        s[i] = (float)sin(a);
+    }
+}
+
+void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s) {
     for (int32_t h = 0; h < n_heads; h++, v += hd)
         for (int32_t i = 0; i < hd / 2; i++) {
             const float x0 = v[2 * i], x1 = v[2 * i + 1];
@@ -118,22 +108,20 @@ static void rope(float *v, int32_t n_heads, int32_t hd, const float *c, const fl
         }
 }
 
-static void record(lr_model *m, const int32_t *idx, int32_t n, int32_t k) {
-    if (m->trace_len + n > m->trace_cap) return;
-    uint8_t *mask = m->trace + m->trace_len;
-    memset(mask, idx ? 0 : 1, (size_t)n);
-    for (int32_t j = 0; idx && j < k; j++) mask[idx[j]] = 1;
-    m->trace_len += n;
-}
-
-/* Top-K of x into m->idx; returns the index list, or NULL when every input is kept */
-static const int32_t *select_topk(lr_model *m, const float *x, int32_t n, int32_t k) {
-    const int32_t *idx = NULL;
-    if (k < n) {
-        lr_topk_impl(x, n, k, m->idx, m->topk_scratch);
-        idx = m->idx;
+const int32_t *lr_select(lr_model *m, const float *x, int32_t n, int32_t k, int32_t *idx,
+                         uint32_t *scratch, int32_t t, int32_t layer, int32_t block) {
+    if (k < n) lr_topk_impl(x, n, k, idx, scratch);
+    else idx = NULL;
+    if (m->trace) {   /* masks laid out by (token, layer, block input) */
+        const int64_t per_layer = m->width[0] + m->width[1] + m->width[2] + m->width[3];
+        int64_t off = (m->trace_tokens + t) * per_layer * m->d.n_layers + layer * per_layer;
+        for (int b = 0; b < block; b++) off += m->width[b];
+        if (off + n <= m->trace_cap) {
+            uint8_t *mask = m->trace + off;
+            memset(mask, idx ? 0 : 1, (size_t)n);
+            for (int32_t j = 0; idx && j < k; j++) mask[idx[j]] = 1;
+        }
     }
-    if (m->trace) record(m, idx, n, k);
     return idx;
 }
 
@@ -152,51 +140,44 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
         memcpy(m->x, m->tmp, (size_t)dim * sizeof(float));
     }
     /* attention */
-    rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
+    lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
     k = m->k[ATTN_IN][l];
-    idx = select_topk(m, m->xn, dim, k);
+    idx = lr_select(m, m->xn, dim, k, m->idx, m->topk_scratch, 0, l, ATTN_IN);
     matvec(m, &L->wqkv, m->xn, idx, idx ? k : dim, m->qkv);
-    rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
-    rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
+    lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
+    lr_rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
     const size_t off = ((size_t)l * m->n_ctx + pos) * kvd;
     memcpy(m->key_cache + off, m->qkv + qd, (size_t)kvd * sizeof(float));
     memcpy(m->value_cache + off, m->qkv + qd + kvd, (size_t)kvd * sizeof(float));
     attn_job aj = {m, l, pos};
     lr_pool_run(m->pool, attn_task, &aj);
     k = m->k[ATTN_OUT][l];
-    idx = select_topk(m, m->ao, qd, k);
+    idx = lr_select(m, m->ao, qd, k, m->idx, m->topk_scratch, 0, l, ATTN_OUT);
     matvec(m, &L->wo, m->ao, idx, idx ? k : qd, m->tmp);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
     /* MLP */
-    rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
+    lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
     k = m->k[MLP_IN][l];
-    idx = select_topk(m, m->xn, dim, k);
+    idx = lr_select(m, m->xn, dim, k, m->idx, m->topk_scratch, 0, l, MLP_IN);
     matvec(m, &L->wgu, m->xn, idx, idx ? k : dim, m->gu);
     for (int32_t i = 0; i < ff; i++) {
         const float g = m->gu[i];
         m->hm[i] = g / (1.0f + expf(-g)) * m->gu[ff + i];
     }
     k = m->k[MLP_OUT][l];
-    idx = select_topk(m, m->hm, ff, k);
+    idx = lr_select(m, m->hm, ff, k, m->idx, m->topk_scratch, 0, l, MLP_OUT);
     matvec(m, &L->wdown, m->hm, idx, idx ? k : ff, m->tmp);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
 }
 
-static int32_t forward_token(lr_model *m, int32_t token, int32_t pos, float *logits) {
+/* logits of the residual m->x: final adapter, norm, head */
+static int32_t head(lr_model *m, float *logits) {
     const lr_model_desc *d = &m->d;
-    lr_dequant_row(&d->embd, token, m->x);
-    for (int32_t i = 0; i < d->head_dim / 2; i++) {
-        const double a = (double)pos * m->inv_freq[i];
-        m->rope_cos[i] = (float)cos(a);
-        m->rope_sin[i] = (float)sin(a);
-    }
-    for (int32_t l = 0; l < d->n_layers; l++) forward_layer(m, l, pos);
-    if (!logits) return LR_OK;
     if (d->out_adapter.data) {
         matvec(m, &d->out_adapter, m->x, NULL, d->dim, m->tmp);
         memcpy(m->x, m->tmp, (size_t)d->dim * sizeof(float));
     }
-    rmsnorm(m->xn, m->x, d->dim, d->norm_eps, d->out_norm.data ? (const float *)d->out_norm.data : NULL);
+    lr_rmsnorm(m->xn, m->x, d->dim, d->norm_eps, d->out_norm.data ? (const float *)d->out_norm.data : NULL);
     dot_job dj = {&d->head, m->xn, logits, lr_kernels()};
     lr_pool_run(m->pool, dot_task, &dj);
     for (int32_t v = 0; v < d->n_vocab; v++)
@@ -204,20 +185,28 @@ static int32_t forward_token(lr_model *m, int32_t token, int32_t pos, float *log
     return LR_OK;
 }
 
+static int32_t forward_token(lr_model *m, int32_t token, int32_t pos, float *logits) {
+    lr_dequant_row(&m->d.embd, token, m->x);
+    lr_rope_angles(m, pos, m->rope_cos, m->rope_sin);
+    for (int32_t l = 0; l < m->d.n_layers; l++) forward_layer(m, l, pos);
+    return logits ? head(m, logits) : LR_OK;
+}
+
 int32_t lr_eval(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits) {
     if (!m || !tokens || n < 1) return LR_EARG;
     if (pos0 < 0 || pos0 > m->n_past || n > m->n_ctx - pos0) return LR_ERANGE;
     for (int32_t t = 0; t < n; t++)
         if (tokens[t] < 0 || tokens[t] >= m->d.n_vocab) return LR_ERANGE;
-    for (int32_t t = 0; t < n; t++) {
-        float *out = NULL;
-        if (logits && all_logits) out = logits + (size_t)t * m->d.n_vocab;
-        else if (logits && t == n - 1) out = logits;
-        const int32_t rc = forward_token(m, tokens[t], pos0 + t, out);
-        m->n_past = pos0 + t + 1;
-        if (rc) return rc;
+    int32_t rc;
+    if (n == 1) {
+        rc = forward_token(m, tokens[0], pos0, logits);
+        m->n_past = pos0 + 1;
+    } else {
+        rc = lr_prefill(m, tokens, n, pos0, logits, all_logits);
+        if (rc == LR_OK && logits && !all_logits) rc = head(m, logits);   /* prefill leaves the last residual in m->x */
     }
-    return LR_OK;
+    m->trace_tokens += n;
+    return rc;
 }
 
 /* ---- construction --------------------------------------------------------------------------- */
@@ -270,12 +259,10 @@ void lr_model_free(lr_model *m) {
     if (!m) return;
     if (m->pool) lr_pool_free(m->pool);
     for (int i = 0; i < 4; i++) free(m->k[i]);
-    free(m->layers);
-    free(m->key_cache);
-    free(m->value_cache);
-    free(m->x); free(m->xn); free(m->tmp); free(m->qkv); free(m->att); free(m->ao);
-    free(m->gu); free(m->hm); free(m->idx); free(m->topk_scratch);
-    free(m->inv_freq); free(m->rope_cos); free(m->rope_sin);
+    void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
+                    m->gu, m->hm, m->idx, m->topk_scratch, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
+                    m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
 }
 
@@ -292,27 +279,42 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->n_ctx = n_ctx;
     const int32_t L = desc->n_layers, dim = desc->dim, hd = desc->head_dim;
     const int32_t qd = desc->n_heads * hd, kvd = desc->n_kv_heads * hd, ff = desc->ffn_dim;
+    const int32_t qkvd = qd + 2 * kvd;
     int32_t widest = dim > qd ? dim : qd;
     if (ff > widest) widest = ff;
-    const size_t kv = (size_t)L * (size_t)n_ctx * (size_t)kvd;
+    int32_t out_widest = 2 * ff > qkvd ? 2 * ff : qkvd;     /* widest matvec output */
+    if (dim > out_widest) out_widest = dim;
+    m->widest = widest;
+    m->width[ATTN_IN] = dim, m->width[ATTN_OUT] = qd, m->width[MLP_IN] = dim, m->width[MLP_OUT] = ff;
+    const size_t kv = (size_t)L * (size_t)n_ctx * (size_t)kvd, B = LR_BATCH;
     m->layers = malloc((size_t)L * sizeof(lr_layer));
     m->key_cache = calloc(kv, sizeof(float));
     m->value_cache = calloc(kv, sizeof(float));
     m->x = calloc((size_t)dim, sizeof(float));
     m->xn = calloc((size_t)dim, sizeof(float));
     m->tmp = calloc((size_t)dim, sizeof(float));
-    m->qkv = calloc((size_t)(qd + 2 * kvd), sizeof(float));
+    m->qkv = calloc((size_t)qkvd, sizeof(float));
     m->att = calloc((size_t)desc->n_heads * (size_t)n_ctx, sizeof(float));
     m->ao = calloc((size_t)qd, sizeof(float));
     m->gu = calloc((size_t)2 * ff, sizeof(float));
     m->hm = calloc((size_t)ff, sizeof(float));
     m->idx = calloc((size_t)widest, sizeof(int32_t));
     m->topk_scratch = calloc((size_t)widest, sizeof(uint32_t));
+    m->bx = calloc(B * (size_t)dim, sizeof(float));
+    m->bxn = calloc(B * (size_t)widest, sizeof(float));
+    m->by = calloc(B * (size_t)out_widest, sizeof(float));
+    m->bqkv = calloc(B * (size_t)qkvd, sizeof(float));
+    m->bao = calloc(B * (size_t)qd, sizeof(float));
+    m->bgu = calloc(B * (size_t)2 * ff, sizeof(float));
+    m->panels = calloc((size_t)n_threads * (size_t)(widest > dim ? widest : dim) * QK, sizeof(float));
+    m->scratch_len = n_ctx > dim ? n_ctx : dim;   /* attention scores, or one head row */
+    m->scores = calloc((size_t)n_threads * (size_t)m->scratch_len, sizeof(float));
     m->inv_freq = calloc((size_t)hd / 2, sizeof(double));
     m->rope_cos = calloc((size_t)hd / 2, sizeof(float));
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
     int ok = m->layers && m->key_cache && m->value_cache && m->x && m->xn && m->tmp && m->qkv && m->att &&
-             m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->inv_freq && m->rope_cos && m->rope_sin;
+             m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->bx && m->bxn && m->by && m->bqkv &&
+             m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin;
     for (int i = 0; i < 4 && ok; i++) ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) != NULL;
     if (!ok) {
         lr_model_free(m);
@@ -321,9 +323,8 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     }
     memcpy(m->layers, desc->layers, (size_t)L * sizeof(lr_layer));
     m->d.layers = m->layers;
-    const int32_t widths[4] = {dim, qd, dim, ff};
     for (int i = 0; i < 4; i++)
-        for (int32_t l = 0; l < L; l++) m->k[i][l] = widths[i];   /* dense until set */
+        for (int32_t l = 0; l < L; l++) m->k[i][l] = m->width[i];   /* dense until set */
     const float *freqs = desc->rope_freqs.data;
     for (int32_t i = 0; i < hd / 2; i++) {
         m->inv_freq[i] = pow((double)desc->rope_base, -(double)(2 * i) / (double)hd);
@@ -341,10 +342,9 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
 int32_t lr_model_set_topk(lr_model *m, const int32_t *k0, const int32_t *k1, const int32_t *k2, const int32_t *k3) {
     if (!m || !k0 || !k1 || !k2 || !k3) return LR_EARG;
     const int32_t *ks[4] = {k0, k1, k2, k3};
-    const int32_t widths[4] = {m->d.dim, m->d.n_heads * m->d.head_dim, m->d.dim, m->d.ffn_dim};
     for (int i = 0; i < 4; i++)
         for (int32_t l = 0; l < m->d.n_layers; l++)
-            if (ks[i][l] < 1 || ks[i][l] > widths[i]) return LR_ERANGE;
+            if (ks[i][l] < 1 || ks[i][l] > m->width[i]) return LR_ERANGE;
     for (int i = 0; i < 4; i++) memcpy(m->k[i], ks[i], (size_t)m->d.n_layers * sizeof(int32_t));
     return LR_OK;
 }
@@ -353,9 +353,11 @@ int32_t lr_model_n_ctx(const lr_model *m) { return m ? m->n_ctx : 0; }
 
 int64_t lr_model_trace(lr_model *m, uint8_t *masks, int64_t capacity) {
     if (!m || capacity < 0) return LR_EARG;
-    const int64_t written = m->trace_len;
+    const int64_t per_token = (int64_t)(m->width[0] + m->width[1] + m->width[2] + m->width[3]) * m->d.n_layers;
+    int64_t written = m->trace ? m->trace_tokens * per_token : 0;
+    if (written > m->trace_cap) written = m->trace_cap / per_token * per_token;
     m->trace = masks;
     m->trace_cap = masks ? capacity : 0;
-    m->trace_len = 0;
+    m->trace_tokens = 0;
     return written;
 }

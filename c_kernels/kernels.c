@@ -110,9 +110,64 @@ static void dot_q4_0(const lr_tensor *w, const float *x, float *y, int32_t r0, i
     }
 }
 
+/* ---- batch x panel product (prefill) -------------------------------------------------------- */
+
+static void gemm32(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n) {
+    for (int32_t t = 0; t < n; t++) {
+        float acc[QK] = {0};
+        const float *x = X + (int64_t)t * ldx;
+        for (int32_t k = 0; k < K; k++)
+            for (int j = 0; j < QK; j++) acc[j] += x[k] * P[(int64_t)k * QK + j];
+        memcpy(C + (int64_t)t * ldc, acc, sizeof(acc));
+    }
+}
+
+/* panels: P[k][0:32] = W[k][c0:c0+32] */
+static void panel_f32(const lr_tensor *w, int32_t c0, float *P) {
+    for (int32_t k = 0; k < w->rows; k++) memcpy(P + (int64_t)k * QK, (const float *)lr_row(w, k) + c0, QK * sizeof(float));
+}
+
+static void panel_f16(const lr_tensor *w, int32_t c0, float *P) {
+    for (int32_t k = 0; k < w->rows; k++)
+        for (int j = 0; j < QK; j++) P[(int64_t)k * QK + j] = fp16_to_fp32(((const uint16_t *)lr_row(w, k))[c0 + j]);
+}
+
+static void panel_q8_0(const lr_tensor *w, int32_t c0, float *P) {
+    for (int32_t k = 0; k < w->rows; k++) {
+        const block_q8_0 *b = (const block_q8_0 *)lr_row(w, k) + c0 / QK;
+        const float d = fp16_to_fp32(b->d);
+        for (int j = 0; j < QK; j++) P[(int64_t)k * QK + j] = d * (float)b->qs[j];
+    }
+}
+
+static void panel_q4_0(const lr_tensor *w, int32_t c0, float *P) {
+    for (int32_t k = 0; k < w->rows; k++) {
+        const block_q4_0 *b = (const block_q4_0 *)lr_row(w, k) + c0 / QK;
+        const float d = fp16_to_fp32(b->d);
+        float *p = P + (int64_t)k * QK;
+        for (int j = 0; j < QK / 2; j++) {
+            p[j] = d * (float)((int)(b->qs[j] & 0x0f) - 8);
+            p[j + QK / 2] = d * (float)((int)(b->qs[j] >> 4) - 8);
+        }
+    }
+}
+
+void lr_panel_partial(const lr_tensor *w, int32_t c0, float *P) {
+    const int32_t width = w->cols - c0 < QK ? w->cols - c0 : QK;   /* float types only */
+    for (int32_t k = 0; k < w->rows; k++) {
+        float *p = P + (int64_t)k * QK;
+        for (int32_t j = 0; j < QK; j++)
+            p[j] = j >= width ? 0.0f
+                 : w->type == LR_F32 ? ((const float *)lr_row(w, k))[c0 + j]
+                                     : fp16_to_fp32(((const uint16_t *)lr_row(w, k))[c0 + j]);
+    }
+}
+
 const lr_kernel_table lr_kernels_scalar = {
     {spmv_f32, spmv_f16, spmv_q8_0, spmv_q4_0},
     {dot_f32, dot_f16, dot_q8_0, dot_q4_0},
+    gemm32,
+    {panel_f32, panel_f16, panel_q8_0, panel_q4_0},
 };
 
 /* ---- SIMD dispatch -------------------------------------------------------------------------- */

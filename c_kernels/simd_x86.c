@@ -1,8 +1,10 @@
 /* AVX2 and AVX-512 kernels. Compiled on any x86-64 through per-function target attributes and
  * chosen at run time (kernels.c), so one build runs everywhere; each mirrors a scalar kernel.
  *
- * spmv keeps a tile of output columns in registers while it walks the selected rows: each weight
- * row segment is read once and y is written once per tile.
+ * spmv walks the selected rows in their (ascending) order, four at a time, each over the thread's
+ * whole column range: every row segment is one contiguous read that the prefetchers follow, and y
+ * (a few KiB per thread) stays in L1, loaded and stored once per four rows. The two ISAs share the
+ * kernel bodies below; only the vector type and the block decoders differ.
  */
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -13,163 +15,208 @@
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
+/* ---- shared kernel bodies ------------------------------------------------------------------ */
+
+/* quantized: QV vectors of V floats per 32-value block; DECODE(block, VEC v[QV]) gives q as floats */
+#define SPMV_Q(ATTR, NAME, BLOCK, VEC, QV, LOAD, STORE, SET1, ZERO, FMA, DECODE)                   \
+    ATTR static void NAME(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,       \
+                          float *y, int32_t c0, int32_t c1) {                                      \
+        const int32_t b0 = c0 / QK, nb = c1 / QK - b0, V = QK / QV;                                \
+        float *yb = y + (int64_t)b0 * QK;                                                          \
+        for (int32_t t = 0; t < nb * QV; t++) STORE(yb + V * t, ZERO());                           \
+        int32_t j = 0;                                                                             \
+        for (; j + 4 <= k; j += 4) {                                                               \
+            const BLOCK *r[4];                                                                     \
+            float a[4];                                                                            \
+            for (int u = 0; u < 4; u++) {                                                          \
+                const int32_t i = ROW_OF(j + u);                                                   \
+                r[u] = (const BLOCK *)lr_row(w, i) + b0;                                           \
+                a[u] = x[i];                                                                       \
+            }                                                                                      \
+            for (int32_t b = 0; b < nb; b++) {                                                     \
+                VEC acc[QV], q[QV];                                                                \
+                for (int t = 0; t < QV; t++) acc[t] = LOAD(yb + b * QK + V * t);                   \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) {                              \
+                    const VEC s = SET1(a[u] * _cvtsh_ss(r[u][b].d));                               \
+                    DECODE(&r[u][b], q);                                                           \
+                    for (int t = 0; t < QV; t++) acc[t] = FMA(s, q[t], acc[t]);                    \
+                }                                                                                  \
+                for (int t = 0; t < QV; t++) STORE(yb + b * QK + V * t, acc[t]);                   \
+            }                                                                                      \
+        }                                                                                          \
+        for (; j < k; j++) {                                                                       \
+            const int32_t i = ROW_OF(j);                                                           \
+            const BLOCK *r = (const BLOCK *)lr_row(w, i) + b0;                                     \
+            for (int32_t b = 0; b < nb; b++) {                                                     \
+                const VEC s = SET1(x[i] * _cvtsh_ss(r[b].d));                                      \
+                VEC q[QV];                                                                         \
+                DECODE(&r[b], q);                                                                  \
+                for (int t = 0; t < QV; t++)                                                       \
+                    STORE(yb + b * QK + V * t, FMA(s, q[t], LOAD(yb + b * QK + V * t)));          \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+/* float weights: LDW(row, col) loads V weights as floats, LD1(row, col) one */
+#define SPMV_F(ATTR, NAME, VEC, V, LOAD, STORE, SET1, ZERO, FMA, LDW, LD1)                         \
+    ATTR static void NAME(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,       \
+                          float *y, int32_t c0, int32_t c1) {                                      \
+        const int32_t cv = c0 + (c1 - c0) / V * V;   /* vector part [c0, cv), scalar tail */       \
+        for (int32_t c = c0; c < cv; c += V) STORE(y + c, ZERO());                                 \
+        for (int32_t c = cv; c < c1; c++) y[c] = 0.0f;                                             \
+        int32_t j = 0;                                                                             \
+        for (; j + 4 <= k; j += 4) {                                                               \
+            const void *r[4];                                                                      \
+            float a[4];                                                                            \
+            VEC av[4];                                                                             \
+            for (int u = 0; u < 4; u++) {                                                          \
+                const int32_t i = ROW_OF(j + u);                                                   \
+                r[u] = lr_row(w, i);                                                               \
+                a[u] = x[i];                                                                       \
+                av[u] = SET1(a[u]);                                                                \
+            }                                                                                      \
+            for (int32_t c = c0; c < cv; c += V) {                                                 \
+                VEC acc = LOAD(y + c);                                                             \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) acc = FMA(av[u], LDW(r[u], c), acc); \
+                STORE(y + c, acc);                                                                 \
+            }                                                                                      \
+            for (int32_t c = cv; c < c1; c++)                                                      \
+                for (int u = 0; u < 4; u++) y[c] += a[u] * LD1(r[u], c);                           \
+        }                                                                                          \
+        for (; j < k; j++) {                                                                       \
+            const int32_t i = ROW_OF(j);                                                           \
+            const void *r = lr_row(w, i);                                                          \
+            const VEC av = SET1(x[i]);                                                             \
+            for (int32_t c = c0; c < cv; c += V) STORE(y + c, FMA(av, LDW(r, c), LOAD(y + c)));    \
+            for (int32_t c = cv; c < c1; c++) y[c] += x[i] * LD1(r, c);                            \
+        }                                                                                          \
+    }
+
+/* panels (prefill): P[k][0:32] = W[k][c0:c0+32] as floats */
+#define PANEL_Q(ATTR, NAME, BLOCK, VEC, QV, STORE, SET1, MUL, DECODE)                              \
+    ATTR static void NAME(const lr_tensor *w, int32_t c0, float *P) {                              \
+        for (int32_t k = 0; k < w->rows; k++) {                                                    \
+            const BLOCK *b = (const BLOCK *)lr_row(w, k) + c0 / QK;                                \
+            const VEC d = SET1(_cvtsh_ss(b->d));                                                   \
+            VEC q[QV];                                                                             \
+            DECODE(b, q);                                                                          \
+            for (int t = 0; t < QV; t++) STORE(P + (int64_t)k * QK + t * (QK / QV), MUL(d, q[t])); \
+        }                                                                                          \
+    }
+#define PANEL_F(ATTR, NAME, V, STORE, LDW)                                                         \
+    ATTR static void NAME(const lr_tensor *w, int32_t c0, float *P) {                              \
+        for (int32_t k = 0; k < w->rows; k++)                                                      \
+            for (int t = 0; t < QK / V; t++) STORE(P + (int64_t)k * QK + t * V, LDW(lr_row(w, k), c0 + t * V)); \
+    }
+
 /* ================================ AVX-512 ================================================== */
 
-AVX512 static inline __m512 q8_lo_512(const block_q8_0 *b) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->qs)));
+AVX512 static inline void q8_512(const block_q8_0 *b, __m512 v[2]) {
+    v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->qs)));
+    v[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + 16))));
 }
-AVX512 static inline __m512 q8_hi_512(const block_q8_0 *b) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + 16))));
-}
-AVX512 static inline void q4_512(const block_q4_0 *b, __m512 *lo, __m512 *hi) {
+AVX512 static inline void q4_512(const block_q4_0 *b, __m512 v[2]) {
     const __m128i q = _mm_loadu_si128((const __m128i *)b->qs), m = _mm_set1_epi8(0x0f), e = _mm_set1_epi8(8);
-    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(q, m), e)));
-    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m), e)));
+    v[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(q, m), e)));
+    v[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m), e)));
 }
-
-/* quantized spmv, 8 blocks (256 columns, 16 accumulators) per tile */
-#define SPMV_Q_512(NAME, BLOCK, DECODE)                                                            \
-    AVX512 static void NAME(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,     \
-                            float *y, int32_t c0, int32_t c1) {                                    \
-        int32_t b = c0 / QK;                                                                       \
-        const int32_t bend = c1 / QK;                                                              \
-        for (; b + 8 <= bend; b += 8) {                                                            \
-            __m512 acc[16];                                                                        \
-            for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();                             \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                const BLOCK *bl = (const BLOCK *)lr_row(w, i) + b;                                 \
-                if (j + 1 < k) _mm_prefetch((const char *)((const BLOCK *)lr_row(w, ROW_OF(j + 1)) + b), _MM_HINT_T0); \
-                const float a = x[i];                                                              \
-                _Pragma("GCC unroll 8") for (int t = 0; t < 8; t++) {                              \
-                    const __m512 s = _mm512_set1_ps(a * _cvtsh_ss(bl[t].d));                       \
-                    __m512 lo, hi;                                                                 \
-                    DECODE(&bl[t], &lo, &hi);                                                      \
-                    acc[2 * t] = _mm512_fmadd_ps(s, lo, acc[2 * t]);                               \
-                    acc[2 * t + 1] = _mm512_fmadd_ps(s, hi, acc[2 * t + 1]);                       \
-                }                                                                                  \
-            }                                                                                      \
-            for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (int64_t)b * QK + 16 * t, acc[t]);   \
-        }                                                                                          \
-        for (; b < bend; b++) {                                                                    \
-            __m512 lo_acc = _mm512_setzero_ps(), hi_acc = _mm512_setzero_ps();                     \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                const BLOCK *bl = (const BLOCK *)lr_row(w, i) + b;                                 \
-                const __m512 s = _mm512_set1_ps(x[i] * _cvtsh_ss(bl->d));                          \
-                __m512 lo, hi;                                                                     \
-                DECODE(bl, &lo, &hi);                                                              \
-                lo_acc = _mm512_fmadd_ps(s, lo, lo_acc);                                           \
-                hi_acc = _mm512_fmadd_ps(s, hi, hi_acc);                                           \
-            }                                                                                      \
-            _mm512_storeu_ps(y + (int64_t)b * QK, lo_acc);                                         \
-            _mm512_storeu_ps(y + (int64_t)b * QK + 16, hi_acc);                                    \
-        }                                                                                          \
-    }
-
-AVX512 static inline void dec_q8_512(const block_q8_0 *b, __m512 *lo, __m512 *hi) {
-    *lo = q8_lo_512(b);
-    *hi = q8_hi_512(b);
-}
-SPMV_Q_512(spmv_q8_0_512, block_q8_0, dec_q8_512)
-SPMV_Q_512(spmv_q4_0_512, block_q4_0, q4_512)
-
-AVX512 static inline __m512 ld_f32_512(const void *row, int64_t c) { return _mm512_loadu_ps((const float *)row + c); }
-AVX512 static inline __m512 ld_f16_512(const void *row, int64_t c) {
+AVX512 static inline __m512 ldw_f32_512(const void *row, int64_t c) { return _mm512_loadu_ps((const float *)row + c); }
+AVX512 static inline __m512 ldw_f16_512(const void *row, int64_t c) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + c)));
 }
-AVX512 static inline float ld1_f32(const void *row, int64_t c) { return ((const float *)row)[c]; }
-AVX512 static inline float ld1_f16(const void *row, int64_t c) { return _cvtsh_ss(((const uint16_t *)row)[c]); }
+AVX512 static inline float ld1_f32_512(const void *row, int64_t c) { return ((const float *)row)[c]; }
+AVX512 static inline float ld1_f16_512(const void *row, int64_t c) { return _cvtsh_ss(((const uint16_t *)row)[c]); }
 
-/* float spmv: tiles of 256 columns, then 16-wide chunks, then a scalar tail */
-#define SPMV_F_512(NAME, LD, LD1)                                                                  \
-    AVX512 static void NAME(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,     \
-                            float *y, int32_t c0, int32_t c1) {                                    \
-        int32_t c = c0;                                                                            \
-        for (; c + 256 <= c1; c += 256) {                                                          \
-            __m512 acc[16];                                                                        \
-            for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();                             \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                const void *row = lr_row(w, i);                                                    \
-                const __m512 a = _mm512_set1_ps(x[i]);                                             \
-                _Pragma("GCC unroll 16") for (int t = 0; t < 16; t++)                              \
-                    acc[t] = _mm512_fmadd_ps(a, LD(row, c + 16 * t), acc[t]);                      \
+SPMV_Q(AVX512, spmv_q8_0_512, block_q8_0, __m512, 2, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
+       _mm512_setzero_ps, _mm512_fmadd_ps, q8_512)
+SPMV_Q(AVX512, spmv_q4_0_512, block_q4_0, __m512, 2, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
+       _mm512_setzero_ps, _mm512_fmadd_ps, q4_512)
+SPMV_F(AVX512, spmv_f32_512, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
+       _mm512_setzero_ps, _mm512_fmadd_ps, ldw_f32_512, ld1_f32_512)
+SPMV_F(AVX512, spmv_f16_512, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
+       _mm512_setzero_ps, _mm512_fmadd_ps, ldw_f16_512, ld1_f16_512)
+
+/* dot products over rows (the output-major head): one row at a time, two accumulators */
+#define DOT_Q_512(NAME, BLOCK, DECODE)                                                             \
+    AVX512 static void NAME(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) { \
+        const int32_t nb = w->cols / QK;                                                           \
+        for (int32_t r = r0; r < r1; r++) {                                                        \
+            const BLOCK *b = (const BLOCK *)lr_row(w, r);                                          \
+            __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), v[2];                   \
+            for (int32_t blk = 0; blk < nb; blk++) {                                               \
+                const __m512 d = _mm512_set1_ps(_cvtsh_ss(b[blk].d));                              \
+                DECODE(&b[blk], v);                                                                \
+                acc0 = _mm512_fmadd_ps(_mm512_mul_ps(d, v[0]), _mm512_loadu_ps(x + blk * QK), acc0); \
+                acc1 = _mm512_fmadd_ps(_mm512_mul_ps(d, v[1]), _mm512_loadu_ps(x + blk * QK + 16), acc1); \
             }                                                                                      \
-            for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + c + 16 * t, acc[t]);                 \
-        }                                                                                          \
-        for (; c + 16 <= c1; c += 16) {                                                            \
-            __m512 acc = _mm512_setzero_ps();                                                      \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(x[i]), LD(lr_row(w, i), c), acc);            \
-            }                                                                                      \
-            _mm512_storeu_ps(y + c, acc);                                                          \
-        }                                                                                          \
-        for (; c < c1; c++) {                                                                      \
-            float s = 0.0f;                                                                        \
-            for (int32_t j = 0; j < k; j++) s += x[ROW_OF(j)] * LD1(lr_row(w, ROW_OF(j)), c);      \
-            y[c] = s;                                                                              \
+            y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));                                \
         }                                                                                          \
     }
+DOT_Q_512(dot_q8_0_512, block_q8_0, q8_512)
+DOT_Q_512(dot_q4_0_512, block_q4_0, q4_512)
 
-SPMV_F_512(spmv_f32_512, ld_f32_512, ld1_f32)
-SPMV_F_512(spmv_f16_512, ld_f16_512, ld1_f16)
-
-/* dot products over rows (output-major head) */
-AVX512 static void dot_q8_0_512(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
-    const int32_t nb = w->cols / QK;
-    for (int32_t r = r0; r < r1; r++) {
-        const block_q8_0 *b = (const block_q8_0 *)lr_row(w, r);
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        for (int32_t blk = 0; blk < nb; blk++) {
-            const __m512 d = _mm512_set1_ps(_cvtsh_ss(b[blk].d));
-            acc0 = _mm512_fmadd_ps(_mm512_mul_ps(d, q8_lo_512(&b[blk])), _mm512_loadu_ps(x + blk * QK), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_mul_ps(d, q8_hi_512(&b[blk])), _mm512_loadu_ps(x + blk * QK + 16), acc1);
-        }
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    }
-}
-
-AVX512 static void dot_q4_0_512(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
-    const int32_t nb = w->cols / QK;
-    for (int32_t r = r0; r < r1; r++) {
-        const block_q4_0 *b = (const block_q4_0 *)lr_row(w, r);
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-        for (int32_t blk = 0; blk < nb; blk++) {
-            const __m512 d = _mm512_set1_ps(_cvtsh_ss(b[blk].d));
-            __m512 lo, hi;
-            q4_512(&b[blk], &lo, &hi);
-            acc0 = _mm512_fmadd_ps(_mm512_mul_ps(d, lo), _mm512_loadu_ps(x + blk * QK), acc0);
-            acc1 = _mm512_fmadd_ps(_mm512_mul_ps(d, hi), _mm512_loadu_ps(x + blk * QK + 16), acc1);
-        }
-        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-    }
-}
-
-#define DOT_F_512(NAME, LD, LD1)                                                                   \
+#define DOT_F_512(NAME, LDW, LD1)                                                                  \
     AVX512 static void NAME(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) { \
         for (int32_t r = r0; r < r1; r++) {                                                        \
             const void *row = lr_row(w, r);                                                        \
             __m512 acc = _mm512_setzero_ps();                                                      \
             int32_t c = 0;                                                                         \
-            for (; c + 16 <= w->cols; c += 16) acc = _mm512_fmadd_ps(LD(row, c), _mm512_loadu_ps(x + c), acc); \
+            for (; c + 16 <= w->cols; c += 16) acc = _mm512_fmadd_ps(LDW(row, c), _mm512_loadu_ps(x + c), acc); \
             float s = _mm512_reduce_add_ps(acc);                                                   \
             for (; c < w->cols; c++) s += LD1(row, c) * x[c];                                      \
             y[r] = s;                                                                              \
         }                                                                                          \
     }
-DOT_F_512(dot_f32_512, ld_f32_512, ld1_f32)
-DOT_F_512(dot_f16_512, ld_f16_512, ld1_f16)
+DOT_F_512(dot_f32_512, ldw_f32_512, ld1_f32_512)
+DOT_F_512(dot_f16_512, ldw_f16_512, ld1_f16_512)
+
+/* batch x panel: 6 rows of X at a time against the 32 panel columns (12 accumulators) */
+AVX512 static void gemm32_512(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n) {
+    int32_t t = 0;
+    for (; t + 6 <= n; t += 6) {
+        __m512 acc[6][2];
+        for (int u = 0; u < 6; u++) acc[u][0] = acc[u][1] = _mm512_setzero_ps();
+        const float *x = X + (int64_t)t * ldx;
+        for (int32_t k = 0; k < K; k++) {
+            const __m512 p0 = _mm512_loadu_ps(P + (int64_t)k * QK), p1 = _mm512_loadu_ps(P + (int64_t)k * QK + 16);
+            _Pragma("GCC unroll 6") for (int u = 0; u < 6; u++) {
+                const __m512 xb = _mm512_set1_ps(x[(int64_t)u * ldx + k]);
+                acc[u][0] = _mm512_fmadd_ps(xb, p0, acc[u][0]);
+                acc[u][1] = _mm512_fmadd_ps(xb, p1, acc[u][1]);
+            }
+        }
+        for (int u = 0; u < 6; u++) {
+            _mm512_storeu_ps(C + (int64_t)(t + u) * ldc, acc[u][0]);
+            _mm512_storeu_ps(C + (int64_t)(t + u) * ldc + 16, acc[u][1]);
+        }
+    }
+    for (; t < n; t++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        const float *x = X + (int64_t)t * ldx;
+        for (int32_t k = 0; k < K; k++) {
+            const __m512 xb = _mm512_set1_ps(x[k]);
+            a0 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(P + (int64_t)k * QK), a0);
+            a1 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(P + (int64_t)k * QK + 16), a1);
+        }
+        _mm512_storeu_ps(C + (int64_t)t * ldc, a0);
+        _mm512_storeu_ps(C + (int64_t)t * ldc + 16, a1);
+    }
+}
+
+PANEL_Q(AVX512, panel_q8_0_512, block_q8_0, __m512, 2, _mm512_storeu_ps, _mm512_set1_ps, _mm512_mul_ps, q8_512)
+PANEL_Q(AVX512, panel_q4_0_512, block_q4_0, __m512, 2, _mm512_storeu_ps, _mm512_set1_ps, _mm512_mul_ps, q4_512)
+PANEL_F(AVX512, panel_f32_512, 16, _mm512_storeu_ps, ldw_f32_512)
+PANEL_F(AVX512, panel_f16_512, 16, _mm512_storeu_ps, ldw_f16_512)
 
 const lr_kernel_table lr_kernels_avx512 = {
     {spmv_f32_512, spmv_f16_512, spmv_q8_0_512, spmv_q4_0_512},
     {dot_f32_512, dot_f16_512, dot_q8_0_512, dot_q4_0_512},
+    gemm32_512,
+    {panel_f32_512, panel_f16_512, panel_q8_0_512, panel_q4_0_512},
 };
 
 /* ================================ AVX2 ===================================================== */
 
-/* a 32-value block as four 8-wide vectors */
 AVX2 static inline void q8_256(const block_q8_0 *b, __m256 v[4]) {
     for (int t = 0; t < 4; t++)
         v[t] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->qs + 8 * t))));
@@ -183,86 +230,21 @@ AVX2 static inline void q4_256(const block_q4_0 *b, __m256 v[4]) {
     v[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
     v[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
 }
-
-/* quantized spmv, 2 blocks (64 columns, 8 accumulators) per tile */
-#define SPMV_Q_256(NAME, BLOCK, DECODE)                                                            \
-    AVX2 static void NAME(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,       \
-                          float *y, int32_t c0, int32_t c1) {                                      \
-        int32_t b = c0 / QK;                                                                       \
-        const int32_t bend = c1 / QK;                                                              \
-        for (; b + 2 <= bend; b += 2) {                                                            \
-            __m256 acc[8];                                                                         \
-            for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();                              \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                const BLOCK *bl = (const BLOCK *)lr_row(w, i) + b;                                 \
-                const float a = x[i];                                                              \
-                _Pragma("GCC unroll 2") for (int t = 0; t < 2; t++) {                              \
-                    const __m256 s = _mm256_set1_ps(a * _cvtsh_ss(bl[t].d));                       \
-                    __m256 v[4];                                                                   \
-                    DECODE(&bl[t], v);                                                             \
-                    _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++)                            \
-                        acc[4 * t + u] = _mm256_fmadd_ps(s, v[u], acc[4 * t + u]);                 \
-                }                                                                                  \
-            }                                                                                      \
-            for (int t = 0; t < 8; t++) _mm256_storeu_ps(y + (int64_t)b * QK + 8 * t, acc[t]);    \
-        }                                                                                          \
-        for (; b < bend; b++) {                                                                    \
-            __m256 acc[4];                                                                         \
-            for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();                              \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                const BLOCK *bl = (const BLOCK *)lr_row(w, i) + b;                                 \
-                const __m256 s = _mm256_set1_ps(x[i] * _cvtsh_ss(bl->d));                          \
-                __m256 v[4];                                                                       \
-                DECODE(bl, v);                                                                     \
-                for (int u = 0; u < 4; u++) acc[u] = _mm256_fmadd_ps(s, v[u], acc[u]);             \
-            }                                                                                      \
-            for (int t = 0; t < 4; t++) _mm256_storeu_ps(y + (int64_t)b * QK + 8 * t, acc[t]);    \
-        }                                                                                          \
-    }
-SPMV_Q_256(spmv_q8_0_256, block_q8_0, q8_256)
-SPMV_Q_256(spmv_q4_0_256, block_q4_0, q4_256)
-
-AVX2 static inline __m256 ld_f32_256(const void *row, int64_t c) { return _mm256_loadu_ps((const float *)row + c); }
-AVX2 static inline __m256 ld_f16_256(const void *row, int64_t c) {
+AVX2 static inline __m256 ldw_f32_256(const void *row, int64_t c) { return _mm256_loadu_ps((const float *)row + c); }
+AVX2 static inline __m256 ldw_f16_256(const void *row, int64_t c) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c)));
 }
-AVX2 static inline float ld1_f32_2(const void *row, int64_t c) { return ((const float *)row)[c]; }
-AVX2 static inline float ld1_f16_2(const void *row, int64_t c) { return _cvtsh_ss(((const uint16_t *)row)[c]); }
+AVX2 static inline float ld1_f32_256(const void *row, int64_t c) { return ((const float *)row)[c]; }
+AVX2 static inline float ld1_f16_256(const void *row, int64_t c) { return _cvtsh_ss(((const uint16_t *)row)[c]); }
 
-#define SPMV_F_256(NAME, LD, LD1)                                                                  \
-    AVX2 static void NAME(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,       \
-                          float *y, int32_t c0, int32_t c1) {                                      \
-        int32_t c = c0;                                                                            \
-        for (; c + 64 <= c1; c += 64) {                                                            \
-            __m256 acc[8];                                                                         \
-            for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();                              \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                const void *row = lr_row(w, i);                                                    \
-                const __m256 a = _mm256_set1_ps(x[i]);                                             \
-                _Pragma("GCC unroll 8") for (int t = 0; t < 8; t++)                                \
-                    acc[t] = _mm256_fmadd_ps(a, LD(row, c + 8 * t), acc[t]);                       \
-            }                                                                                      \
-            for (int t = 0; t < 8; t++) _mm256_storeu_ps(y + c + 8 * t, acc[t]);                   \
-        }                                                                                          \
-        for (; c + 8 <= c1; c += 8) {                                                              \
-            __m256 acc = _mm256_setzero_ps();                                                      \
-            for (int32_t j = 0; j < k; j++) {                                                      \
-                const int32_t i = ROW_OF(j);                                                       \
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(x[i]), LD(lr_row(w, i), c), acc);            \
-            }                                                                                      \
-            _mm256_storeu_ps(y + c, acc);                                                          \
-        }                                                                                          \
-        for (; c < c1; c++) {                                                                      \
-            float s = 0.0f;                                                                        \
-            for (int32_t j = 0; j < k; j++) s += x[ROW_OF(j)] * LD1(lr_row(w, ROW_OF(j)), c);      \
-            y[c] = s;                                                                              \
-        }                                                                                          \
-    }
-SPMV_F_256(spmv_f32_256, ld_f32_256, ld1_f32_2)
-SPMV_F_256(spmv_f16_256, ld_f16_256, ld1_f16_2)
+SPMV_Q(AVX2, spmv_q8_0_256, block_q8_0, __m256, 4, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+       _mm256_setzero_ps, _mm256_fmadd_ps, q8_256)
+SPMV_Q(AVX2, spmv_q4_0_256, block_q4_0, __m256, 4, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+       _mm256_setzero_ps, _mm256_fmadd_ps, q4_256)
+SPMV_F(AVX2, spmv_f32_256, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+       _mm256_setzero_ps, _mm256_fmadd_ps, ldw_f32_256, ld1_f32_256)
+SPMV_F(AVX2, spmv_f16_256, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps,
+       _mm256_setzero_ps, _mm256_fmadd_ps, ldw_f16_256, ld1_f16_256)
 
 AVX2 static inline float hsum_256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -295,24 +277,62 @@ AVX2 static inline float hsum_256(__m256 v) {
 DOT_Q_256(dot_q8_0_256, block_q8_0, q8_256)
 DOT_Q_256(dot_q4_0_256, block_q4_0, q4_256)
 
-#define DOT_F_256(NAME, LD, LD1)                                                                   \
+#define DOT_F_256(NAME, LDW, LD1)                                                                  \
     AVX2 static void NAME(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {  \
         for (int32_t r = r0; r < r1; r++) {                                                        \
             const void *row = lr_row(w, r);                                                        \
             __m256 acc = _mm256_setzero_ps();                                                      \
             int32_t c = 0;                                                                         \
-            for (; c + 8 <= w->cols; c += 8) acc = _mm256_fmadd_ps(LD(row, c), _mm256_loadu_ps(x + c), acc); \
+            for (; c + 8 <= w->cols; c += 8) acc = _mm256_fmadd_ps(LDW(row, c), _mm256_loadu_ps(x + c), acc); \
             float s = hsum_256(acc);                                                               \
             for (; c < w->cols; c++) s += LD1(row, c) * x[c];                                      \
             y[r] = s;                                                                              \
         }                                                                                          \
     }
-DOT_F_256(dot_f32_256, ld_f32_256, ld1_f32_2)
-DOT_F_256(dot_f16_256, ld_f16_256, ld1_f16_2)
+DOT_F_256(dot_f32_256, ldw_f32_256, ld1_f32_256)
+DOT_F_256(dot_f16_256, ldw_f16_256, ld1_f16_256)
+
+/* batch x panel: 3 rows of X at a time against the 32 panel columns (12 accumulators) */
+AVX2 static void gemm32_256(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n) {
+    int32_t t = 0;
+    for (; t + 3 <= n; t += 3) {
+        __m256 acc[3][4];
+        for (int u = 0; u < 3; u++)
+            for (int v = 0; v < 4; v++) acc[u][v] = _mm256_setzero_ps();
+        const float *x = X + (int64_t)t * ldx;
+        for (int32_t k = 0; k < K; k++) {
+            __m256 p[4];
+            for (int v = 0; v < 4; v++) p[v] = _mm256_loadu_ps(P + (int64_t)k * QK + 8 * v);
+            _Pragma("GCC unroll 3") for (int u = 0; u < 3; u++) {
+                const __m256 xb = _mm256_set1_ps(x[(int64_t)u * ldx + k]);
+                for (int v = 0; v < 4; v++) acc[u][v] = _mm256_fmadd_ps(xb, p[v], acc[u][v]);
+            }
+        }
+        for (int u = 0; u < 3; u++)
+            for (int v = 0; v < 4; v++) _mm256_storeu_ps(C + (int64_t)(t + u) * ldc + 8 * v, acc[u][v]);
+    }
+    for (; t < n; t++) {
+        __m256 acc[4];
+        for (int v = 0; v < 4; v++) acc[v] = _mm256_setzero_ps();
+        const float *x = X + (int64_t)t * ldx;
+        for (int32_t k = 0; k < K; k++) {
+            const __m256 xb = _mm256_set1_ps(x[k]);
+            for (int v = 0; v < 4; v++) acc[v] = _mm256_fmadd_ps(xb, _mm256_loadu_ps(P + (int64_t)k * QK + 8 * v), acc[v]);
+        }
+        for (int v = 0; v < 4; v++) _mm256_storeu_ps(C + (int64_t)t * ldc + 8 * v, acc[v]);
+    }
+}
+
+PANEL_Q(AVX2, panel_q8_0_256, block_q8_0, __m256, 4, _mm256_storeu_ps, _mm256_set1_ps, _mm256_mul_ps, q8_256)
+PANEL_Q(AVX2, panel_q4_0_256, block_q4_0, __m256, 4, _mm256_storeu_ps, _mm256_set1_ps, _mm256_mul_ps, q4_256)
+PANEL_F(AVX2, panel_f32_256, 8, _mm256_storeu_ps, ldw_f32_256)
+PANEL_F(AVX2, panel_f16_256, 8, _mm256_storeu_ps, ldw_f16_256)
 
 const lr_kernel_table lr_kernels_avx2 = {
     {spmv_f32_256, spmv_f16_256, spmv_q8_0_256, spmv_q4_0_256},
     {dot_f32_256, dot_f16_256, dot_q8_0_256, dot_q4_0_256},
+    gemm32_256,
+    {panel_f32_256, panel_f16_256, panel_q8_0_256, panel_q4_0_256},
 };
 
 #endif

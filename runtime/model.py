@@ -180,7 +180,9 @@ class Model:
 
     def eval_prompt(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Logits after `tokens` and how many tokens were evaluated: the longest cached prefix is
-        re-used (the last token always runs)."""
+        re-used. The last token always runs alone through the decode step, so the logits do not
+        depend on how much of the prompt was cached (batched and single-token sums round
+        differently, and a Top-K near-tie could then pick differently)."""
         common = 0
         for a, b in zip(self.tokens, tokens):
             if a != b:
@@ -188,7 +190,10 @@ class Model:
             common += 1
         common = min(common, len(tokens) - 1)
         self.tokens = self.tokens[:common]
-        return self.eval(tokens[common:]), len(tokens) - common
+        new = list(tokens[common:])
+        if len(new) > 1:
+            self.eval(new[:-1])
+        return self.eval(new[-1:]), len(new)
 
     def bytes_per_token(self) -> int:
         """Weight bytes one decode step reads at the current sparsity."""

@@ -24,15 +24,19 @@ from larosa.runtime.model import Model
 from conftest import CONVERTED
 
 
-def traced_eval(m: Model, tokens: list[int]):
-    """All logits of tokens, and the C runtime's Top-K masks as forced[b][l] = [1, T, n]."""
+def traced_eval(m: Model, tokens: list[int], batched: bool):
+    """All logits of tokens, and the C runtime's Top-K masks as forced[b][l] = [1, T, n];
+    batched: one call (the prefill path), else one token per call (the decode step)."""
     hp = m.hp
     widths = [hp.block_input_width(b) for b in F.BLOCK_INPUTS]
     per_token = hp.n_layers * sum(widths)
     buf = np.zeros(len(tokens) * per_token, np.uint8)
     lib.lr_model_trace(m._m, ffi.from_buffer("uint8_t[]", buf), buf.size)
     m.reset()
-    logits = m.eval(tokens, all_logits=True)
+    if batched:
+        logits = m.eval(tokens, all_logits=True)
+    else:
+        logits = np.stack([m.eval([t]) for t in tokens])
     assert lib.lr_model_trace(m._m, ffi.NULL, 0) == buf.size
     masks = buf.reshape(len(tokens), -1)
     forced = {b: {} for b in F.BLOCK_INPUTS}
@@ -44,8 +48,8 @@ def traced_eval(m: Model, tokens: list[int]):
     return logits, forced
 
 
-def check_against_reference(m: Model, tokens: list[int], rtol: float) -> None:
-    logits, forced = traced_eval(m, tokens)
+def check_against_reference(m: Model, tokens: list[int], rtol: float, batched: bool = True) -> None:
+    logits, forced = traced_eval(m, tokens, batched)
     ks = topk_of(m.file, m.sparsity)
     ks.forced, ks.seen = forced, {}
     ref = forward(larosa_weights(m.file), torch.tensor([tokens]), ks)[0].numpy()
@@ -75,18 +79,20 @@ def simd(request):
 
 @pytest.mark.parametrize("name", list(CONVERTED))
 @pytest.mark.parametrize("sparsity", [0.0, 0.4])
-def test_tiny_models_match_reference(converted, name, sparsity, simd):
+@pytest.mark.parametrize("batched", [True, False], ids=["prefill", "decode"])
+def test_tiny_models_match_reference(converted, name, sparsity, simd, batched):
     m = Model(converted[name], sparsity=sparsity, n_threads=2)
-    tokens = np.random.default_rng(3).integers(0, m.hp.n_vocab, 23).tolist()
-    check_against_reference(m, tokens, rtol=1e-4)
+    tokens = np.random.default_rng(3).integers(0, m.hp.n_vocab, 39).tolist()   # > one batch of 32
+    check_against_reference(m, tokens, rtol=1e-4, batched=batched)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.4])
-def test_smollm2_matches_reference(smollm2_q8, sparsity, simd):
+@pytest.mark.parametrize("batched", [True, False], ids=["prefill", "decode"])
+def test_smollm2_matches_reference(smollm2_q8, sparsity, simd, batched):
     m = Model(smollm2_q8, sparsity=sparsity, n_threads=2)
     tokens = m.tokenize("The quick brown fox jumps over the lazy dog. Paris is the capital of France, "
                         "and Rome is")
-    check_against_reference(m, tokens, rtol=1e-4)
+    check_against_reference(m, tokens, rtol=1e-4, batched=batched)
 
 
 def test_sparsity_changes_work_and_output(smollm2_q8):
@@ -111,7 +117,11 @@ def test_prefix_reuse_equals_fresh_eval(converted):
     logits, n = m.eval_prompt(b)
     assert n == 4 and m.tokens == b
     m.reset()
-    np.testing.assert_array_equal(logits, m.eval(b))
+    fresh, n = m.eval_prompt(b)            # same path for the last token: bit for bit the same
+    assert n == len(b)
+    np.testing.assert_array_equal(logits, fresh)
+    m.reset()                              # all of b batched: the same function, rounded differently
+    np.testing.assert_allclose(m.eval(b), logits, rtol=0, atol=1e-4 * np.abs(logits).max())
 
 
 def test_greedy_generation_is_deterministic(smollm2_q8):

@@ -1,0 +1,52 @@
+/* The model state shared by the decode step (forward.c) and the batched prompt path (prefill.c). */
+#ifndef LAROSA_MODEL_H
+#define LAROSA_MODEL_H
+#include "kernels.h"
+#include "threads.h"
+
+enum { ATTN_IN = 0, ATTN_OUT = 1, MLP_IN = 2, MLP_OUT = 3 };
+#define LR_BATCH 64            /* prompt tokens per batched pass */
+
+struct lr_model {
+    lr_model_desc d;
+    lr_layer *layers;
+    int32_t n_ctx, n_past;     /* KV cache capacity, positions filled */
+    int32_t *k[4];             /* per block input: k of each layer */
+    int32_t width[4];          /* per block input: its width n */
+    float *key_cache;          /* [L][n_ctx][nkv hd] */
+    float *value_cache;
+    /* one token */
+    float *x, *xn, *tmp;       /* [d] residual, normalized input, matvec output */
+    float *qkv;                /* [(nh + 2 nkv) hd] */
+    float *att;                /* [nh][n_ctx] attention scores */
+    float *ao;                 /* [nh hd] attention output */
+    float *gu, *hm;            /* [2 ff], [ff] */
+    int32_t *idx;              /* [max width] Top-K indices */
+    uint32_t *topk_scratch;
+    /* a batch of LR_BATCH tokens (prefill.c): row t of each is token t */
+    float *bx, *bxn, *by;      /* [B][d], [B][max width], [B][max(d, 2 ff, qkv)] */
+    float *bqkv, *bao, *bgu;   /* [B][qkv], [B][nh hd], [B][2 ff] */
+    float *panels;             /* [n_threads][max width][32] decoded weight panels */
+    float *scores;             /* [n_threads][scratch_len] attention scores or a head row */
+    int32_t scratch_len;       /* max(n_ctx, d) */
+    int32_t widest;            /* max(d, nh hd, ff) */
+    double *inv_freq;          /* [hd / 2] */
+    float *rope_cos, *rope_sin;
+    lr_pool *pool;
+    uint8_t *trace;            /* test hook: Top-K masks (lr_model_trace) */
+    int64_t trace_cap, trace_tokens;
+};
+
+void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w);
+void lr_rope_angles(const lr_model *m, int32_t pos, float *c, float *s);
+void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s);
+/* attention of one query head (q: hd floats) at position pos over cached positions 0..pos */
+void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,
+                    float *out, float *scores);
+/* Top-K of x (n wide) into idx, or NULL when k >= n; records the mask when tracing. t: token index
+ * within the current lr_eval call. */
+const int32_t *lr_select(lr_model *m, const float *x, int32_t n, int32_t k, int32_t *idx,
+                         uint32_t *scratch, int32_t t, int32_t layer, int32_t block);
+int32_t lr_prefill(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);
+
+#endif

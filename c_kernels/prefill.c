@@ -1,0 +1,177 @@
+/* Batched prompt evaluation: LR_BATCH tokens per pass through each layer.
+ *
+ * The math is the decode step's (forward.c), token by token, including each token's own Top-K:
+ * the non-selected inputs are zeroed, and every product is a dense blocked one, Y[B, N] = X[B, K] W
+ * with W input-major [K, N]. Each thread decodes a 32-column panel of W once (P[K][32], floats) and
+ * multiplies the whole batch by it, so every weight is read once per batch instead of once per
+ * token. The head, when every token's logits are wanted, is the same product with panels of 32
+ * rows of the output-major head, transposed. */
+#include <stdlib.h>
+
+#include "model.h"
+
+/* P[c][0:32] = W[r0 + j][c] for j < 32: rows of an output-major W, transposed (zeros past the end) */
+static void decode_panel_t(const lr_tensor *w, int32_t r0, float *P, float *row) {
+    const int32_t height = w->rows - r0 < QK ? w->rows - r0 : QK;
+    for (int32_t j = 0; j < QK; j++) {
+        if (j < height) lr_dequant_row(w, r0 + j, row);
+        for (int32_t c = 0; c < w->cols; c++) P[(int64_t)c * QK + j] = j < height ? row[c] : 0.0f;
+    }
+}
+
+typedef struct {
+    lr_model *m;
+    const lr_tensor *w;
+    const float *X;       /* [n][ldx] */
+    int32_t ldx;
+    float *Y;             /* [n][ldy] */
+    int32_t ldy, n;
+    int transposed;       /* w is output-major (the head): Y = X W^T */
+    const lr_kernel_table *kt;
+} gemm_job;
+
+static void gemm_task(void *p, int ith, int nth) {
+    gemm_job *j = p;
+    lr_model *m = j->m;
+    const int32_t N = j->transposed ? j->w->rows : j->w->cols, K = j->transposed ? j->w->cols : j->w->rows;
+    const int32_t panels = (N + QK - 1) / QK, per = (panels + nth - 1) / nth;
+    const int32_t pw = m->widest > m->d.dim ? m->widest : m->d.dim;
+    float *P = m->panels + (size_t)ith * pw * QK;
+    float *scratch = m->scores + (size_t)ith * m->scratch_len;   /* a row for decode_panel_t */
+    for (int32_t b = ith * per; b < (ith + 1) * per && b < panels; b++) {
+        const int32_t c0 = b * QK, width = N - c0 < QK ? N - c0 : QK;
+        if (j->transposed) decode_panel_t(j->w, c0, P, scratch);
+        else if (width == QK) j->kt->panel[lr_type_slot(j->w->type)](j->w, c0, P);
+        else lr_panel_partial(j->w, c0, P);
+        if (width == QK) {
+            j->kt->gemm32(j->X, j->ldx, P, K, j->Y + c0, j->ldy, j->n);
+        } else {   /* last, partial panel (float weights of odd width): one row at a time via a tile */
+            float tile[QK];
+            for (int32_t t = 0; t < j->n; t++) {
+                j->kt->gemm32(j->X + (int64_t)t * j->ldx, j->ldx, P, K, tile, QK, 1);
+                memcpy(j->Y + (int64_t)t * j->ldy + c0, tile, (size_t)width * sizeof(float));
+            }
+        }
+    }
+}
+
+/* Y[t][0:N] = X[t] W for t < n */
+static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, float *Y, int32_t ldy,
+                 int32_t n, int transposed) {
+    gemm_job j = {m, w, X, ldx, Y, ldy, n, transposed, lr_kernels()};
+    lr_pool_run(m->pool, gemm_task, &j);
+}
+
+typedef struct { lr_model *m; int32_t layer, pos0, n; } battn_job;
+
+static void battn_task(void *p, int ith, int nth) {
+    battn_job *j = p;
+    lr_model *m = j->m;
+    const int32_t nh = m->d.n_heads, hd = m->d.head_dim, qkvd = (nh + 2 * m->d.n_kv_heads) * hd;
+    const int32_t pairs = j->n * nh, per = (pairs + nth - 1) / nth;
+    float *scores = m->scores + (size_t)ith * m->scratch_len;
+    for (int32_t i = ith * per; i < (ith + 1) * per && i < pairs; i++) {
+        const int32_t t = i / nh, h = i % nh;
+        lr_attend_head(m, j->layer, j->pos0 + t, h, m->bqkv + (size_t)t * qkvd + (size_t)h * hd,
+                       m->bao + (size_t)t * nh * hd + (size_t)h * hd, scores);
+    }
+}
+
+/* keeps the Top-K of row x (n wide) and zeroes the rest */
+static void sparsify(lr_model *m, float *x, int32_t n, int32_t k, int32_t t, int32_t layer, int32_t block) {
+    const int32_t *idx = lr_select(m, x, n, k, m->idx, m->topk_scratch, t, layer, block);
+    if (!idx) return;
+    int32_t j = 0;
+    for (int32_t i = 0; i < n; i++) {
+        if (j < k && idx[j] == i) j++;
+        else x[i] = 0.0f;
+    }
+}
+
+static void add_rows(float *X, int32_t ldx, const float *Y, int32_t ldy, int32_t n, int32_t width) {
+    for (int32_t t = 0; t < n; t++)
+        for (int32_t i = 0; i < width; i++) X[(size_t)t * ldx + i] += Y[(size_t)t * ldy + i];
+}
+
+/* tokens t0..t0+n-1 of the call, at positions pos0.. (n <= LR_BATCH), through every layer */
+static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
+    const lr_model_desc *d = &m->d;
+    const int32_t dim = d->dim, hd = d->head_dim, nh = d->n_heads, nkv = d->n_kv_heads;
+    const int32_t qd = nh * hd, kvd = nkv * hd, ff = d->ffn_dim, qkvd = qd + 2 * kvd, W = m->widest;
+    for (int32_t l = 0; l < d->n_layers; l++) {
+        const lr_layer *L = &m->layers[l];
+        if (L->adapter.data) {
+            gemm(m, &L->adapter, m->bx, dim, m->by, dim, n, 0);
+            memcpy(m->bx, m->by, (size_t)n * dim * sizeof(float));
+        }
+        for (int32_t t = 0; t < n; t++) {
+            float *xn = m->bxn + (size_t)t * W;
+            lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
+            sparsify(m, xn, dim, m->k[ATTN_IN][l], t0 + t, l, ATTN_IN);
+        }
+        gemm(m, &L->wqkv, m->bxn, W, m->bqkv, qkvd, n, 0);
+        for (int32_t t = 0; t < n; t++) {
+            float *qkv = m->bqkv + (size_t)t * qkvd;
+            lr_rope_angles(m, pos0 + t, m->rope_cos, m->rope_sin);
+            lr_rope(qkv, nh, hd, m->rope_cos, m->rope_sin);
+            lr_rope(qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
+            const size_t off = ((size_t)l * m->n_ctx + pos0 + t) * kvd;
+            memcpy(m->key_cache + off, qkv + qd, (size_t)kvd * sizeof(float));
+            memcpy(m->value_cache + off, qkv + qd + kvd, (size_t)kvd * sizeof(float));
+        }
+        battn_job aj = {m, l, pos0, n};
+        lr_pool_run(m->pool, battn_task, &aj);
+        for (int32_t t = 0; t < n; t++)
+            sparsify(m, m->bao + (size_t)t * qd, qd, m->k[ATTN_OUT][l], t0 + t, l, ATTN_OUT);
+        gemm(m, &L->wo, m->bao, qd, m->by, dim, n, 0);
+        add_rows(m->bx, dim, m->by, dim, n, dim);
+        for (int32_t t = 0; t < n; t++) {
+            float *xn = m->bxn + (size_t)t * W;
+            lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
+            sparsify(m, xn, dim, m->k[MLP_IN][l], t0 + t, l, MLP_IN);
+        }
+        gemm(m, &L->wgu, m->bxn, W, m->bgu, 2 * ff, n, 0);
+        for (int32_t t = 0; t < n; t++) {
+            const float *gu = m->bgu + (size_t)t * 2 * ff;
+            float *h = m->bxn + (size_t)t * W;
+            for (int32_t i = 0; i < ff; i++) h[i] = gu[i] / (1.0f + expf(-gu[i])) * gu[ff + i];
+            sparsify(m, h, ff, m->k[MLP_OUT][l], t0 + t, l, MLP_OUT);
+        }
+        gemm(m, &L->wdown, m->bxn, W, m->by, dim, n, 0);
+        add_rows(m->bx, dim, m->by, dim, n, dim);
+    }
+}
+
+/* logits of every token of the batch into out[n][vocab] */
+static int32_t batch_head(lr_model *m, int32_t n, float *out) {
+    const lr_model_desc *d = &m->d;
+    const int32_t dim = d->dim, W = m->widest;
+    if (d->out_adapter.data) {
+        gemm(m, &d->out_adapter, m->bx, dim, m->by, dim, n, 0);
+        memcpy(m->bx, m->by, (size_t)n * dim * sizeof(float));
+    }
+    for (int32_t t = 0; t < n; t++)
+        lr_rmsnorm(m->bxn + (size_t)t * W, m->bx + (size_t)t * dim, dim, d->norm_eps,
+                   d->out_norm.data ? (const float *)d->out_norm.data : NULL);
+    gemm(m, &d->head, m->bxn, W, out, d->n_vocab, n, 1);
+    for (int64_t i = 0; i < (int64_t)n * d->n_vocab; i++)
+        if (!isfinite(out[i])) return LR_ENAN;
+    return LR_OK;
+}
+
+int32_t lr_prefill(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits) {
+    const int32_t dim = m->d.dim;
+    for (int32_t t0 = 0; t0 < n; t0 += LR_BATCH) {
+        const int32_t nb = n - t0 < LR_BATCH ? n - t0 : LR_BATCH;
+        for (int32_t t = 0; t < nb; t++) lr_dequant_row(&m->d.embd, tokens[t0 + t], m->bx + (size_t)t * dim);
+        batch_layers(m, t0, nb, pos0 + t0);
+        m->n_past = pos0 + t0 + nb;
+        if (t0 + nb == n)   /* the last residual, for a last-token head in forward.c */
+            memcpy(m->x, m->bx + (size_t)(nb - 1) * dim, (size_t)dim * sizeof(float));
+        if (logits && all_logits) {
+            const int32_t rc = batch_head(m, nb, logits + (size_t)t0 * m->d.n_vocab);
+            if (rc) return rc;
+        }
+    }
+    return LR_OK;
+}
