@@ -4,6 +4,7 @@
  * condition variable so an idle model costs no CPU. */
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -72,6 +73,10 @@ lr_pool *lr_pool_new(int n_threads) {
         free(pool);
         return NULL;
     }
+    /* workers never take signals: Ctrl-C must reach the application's main thread */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     for (int i = 1; i < n_threads; i++) {
         worker_arg *a = malloc(sizeof(*a));
         if (a) {
@@ -81,10 +86,12 @@ lr_pool *lr_pool_new(int n_threads) {
         if (!a || pthread_create(&pool->threads[i], NULL, worker, a) != 0) {
             free(a);
             pool->n = i;          /* stop the ones already started */
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
             lr_pool_free(pool);
             return NULL;
         }
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pool;
 }
 
