@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--type", default="q8_0", choices=list(TYPES))
     p.add_argument("--tied", action="store_true", help="no output.weight: the head reuses token_embd")
     p.add_argument("--ctx", type=int, default=4096)
+    p.add_argument("--rope-freqs", action="store_true", help="add rope_freqs.weight (llama3-style RoPE factors)")
+    p.add_argument("--rope-base", type=float, default=10000.0, help="RoPE frequency base (default 10000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True)
     a = p.parse_args(argv)
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     tmp = a.output + ".tmp"
     try:
-        make_synthetic(tmp, a.dim, a.ff, a.layers, a.heads, a.kv_heads, a.vocab, a.type, a.tied, a.seed, a.ctx)
+        make_synthetic(tmp, a.dim, a.ff, a.layers, a.heads, a.kv_heads, a.vocab, a.type, a.tied, a.seed, a.ctx,
+                       a.rope_freqs, a.rope_base)
         os.replace(tmp, a.output)
     except (ValueError, OSError) as e:
         if os.path.exists(tmp):

@@ -1,0 +1,428 @@
+"""larosa-bench: decode speed of LaRoSA (sparse) against llama.cpp (dense) on the same machine,
+threads, prompt, generated-token count and bits per weight.
+
+    larosa-bench -m smollm2.q8_0.gguf -M smollm2.larosa-q8_0.gguf --sparsity 0,0.4 -t 1,2
+
+Protocol, per thread count t: both engines are loaded once (llama.cpp: llama-cpp-python's Llama,
+n_threads = n_threads_batch = t; larosa: runtime.model.Model) and warmed up; then for R rounds
+llama.cpp runs, then larosa at each sparsity (A B A B ...). A run evaluates the same prompt of -p
+tokens in one batch, then -n greedy tokens one at a time (no stop at end-of-text), so both engines
+evaluate exactly the same number of tokens. Figures are medians over the rounds.
+
+What is timed:
+  llama.cpp  prompt and decode from llama.cpp's own counters (llama_perf_context: t_p_eval_ms over
+             n_p_eval, t_eval_ms over n_eval), reset before each run. The logits are fetched after
+             every decode call, which synchronizes, so each single-token eval is counted as decode.
+  larosa     perf_counter around Model.eval (the C call plus its thin Python wrapper) for the prompt
+             and for each generated token.
+  Sampling (the arg-max) is outside the timed sections for both. `decode_tps_wall` (JSON) is the
+  perf_counter figure around each engine's Python eval call, for both engines, as a cross-check.
+Weight bandwidth = weight bytes read per generated token * decode tok/s; larosa's bytes come from
+Model.bytes_per_token() (k rows of each block weight, adapters and head in full), llama.cpp's from
+the dense file (every tensor but the embedding, one embedding row, and the whole embedding again
+when it is also the head). The machine's read bandwidth (lr_read_bandwidth, best of 5 passes over a
+1 GiB buffer by t threads) is measured once per thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from larosa.runtime.errors import LarosaError
+
+if TYPE_CHECKING:
+    from larosa.runtime.tokenizer import Tokenizer
+
+WIKI_TEST = Path(os.environ.get("LAROSA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) \
+    / "wikitext-2-raw" / "wiki.test.raw"
+BW_REPS = 5
+
+
+class BenchError(LarosaError):
+    """Unusable arguments or files: reported as one line on stderr."""
+
+
+# -- files ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DenseInfo:
+    """What the benchmark needs from the llama.cpp GGUF."""
+    path: str
+    weight_type: str          # type holding most bytes of the blk.* matrices
+    bytes_per_token: int      # weight bytes one dense decode step reads
+    n_vocab: int
+    shape: tuple[int, int, int]   # dim, layers, ff
+    synthetic: bool           # written by tools/make_synthetic (random weights, generated vocab)
+
+
+def weight_type(tensors) -> str:
+    """The GGML type holding most bytes among the 2-D blk.* tensors."""
+    by_type: dict[str, int] = {}
+    for t in tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + int(t.n_bytes)
+    if not by_type:
+        raise BenchError("no blk.* weight matrices in the file")
+    return max(by_type, key=by_type.get)
+
+
+def dense_info(path: str) -> DenseInfo:
+    from larosa.runtime.gguf_file import Metadata, open_gguf
+    reader = open_gguf(path)
+    m = Metadata(reader, path)
+    arch = m.str("general.architecture")
+    if arch != "llama":
+        raise BenchError(f"{path}: -m needs a llama GGUF for llama.cpp, this one is {arch!r}")
+    tensors = {t.name: t for t in reader.tensors}
+    embd = tensors.get("token_embd.weight")
+    if embd is None:
+        raise BenchError(f"{path}: no token_embd.weight")
+    # every tensor is read once per token except the embedding, of which one row is looked up
+    total = sum(int(t.n_bytes) for n, t in tensors.items() if n != "token_embd.weight")
+    total += int(embd.n_bytes) // int(embd.shape[1])
+    if "output.weight" not in tensors:   # tied: the embedding is the head too
+        total += int(embd.n_bytes)
+    shape = (m.int("llama.embedding_length"), m.int("llama.block_count"), m.int("llama.feed_forward_length"))
+    return DenseInfo(path=path, weight_type=weight_type(reader.tensors), bytes_per_token=total,
+                     n_vocab=int(embd.shape[1]), shape=shape,
+                     synthetic=m.str("general.name", "").startswith("synthetic-"))
+
+
+def prompt_tokens(tokenizer, n: int, synthetic: bool) -> tuple[list[int], str]:
+    """n prompt tokens and where they come from: the start of WikiText-2 test tokenized by the
+    model's tokenizer, or (synthetic model, or no data) a fixed pseudo-random sequence."""
+    bos = [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id >= 0 else []
+    if not synthetic and WIKI_TEST.is_file():
+        text = WIKI_TEST.read_text(encoding="utf-8", errors="replace")
+        chars = 16 * n
+        while True:
+            ids = tokenizer.encode(text[:chars])
+            if len(ids) >= n or chars >= len(text):
+                break
+            chars *= 2
+        if len(ids) >= n:
+            return ids[:n], f"{WIKI_TEST.name} (first {n} tokens)"
+    rng = np.random.default_rng(0)
+    ids = bos[:n]
+    while len(ids) < n:
+        t = int(rng.integers(0, tokenizer.n_vocab))
+        if not tokenizer.is_eog(t) and t != tokenizer.bos_id:
+            ids.append(t)
+    return ids, f"synthetic (seed 0, {n} tokens)"
+
+
+# -- engines ----------------------------------------------------------------------------------
+@dataclass
+class RunTimes:
+    prompt_tps: float
+    decode_tps: float
+    decode_tps_wall: float
+    timing: str               # where prompt_tps/decode_tps come from
+
+
+class LlamaCppEngine:
+    """llama.cpp through llama-cpp-python, dense, greedy."""
+    name = "llama.cpp"
+
+    def __init__(self, path: str, n_threads: int, n_ctx: int):
+        from llama_cpp import Llama
+        self.llm = Llama(path, n_threads=n_threads, n_threads_batch=n_threads, n_ctx=n_ctx,
+                         n_batch=min(512, n_ctx), verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        import llama_cpp
+        self.llm.eval(tokens)
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)   # also synchronizes: stats are counted
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def run(self, prompt: list[int], n_gen: int) -> RunTimes:
+        import llama_cpp
+        self.llm.reset()
+        llama_cpp.llama_perf_context_reset(self.llm.ctx)
+        t0 = time.perf_counter()
+        logits = self._eval(prompt)
+        prompt_wall = time.perf_counter() - t0
+        decode_wall = 0.0
+        for _ in range(n_gen):
+            tok = int(np.argmax(logits))
+            t0 = time.perf_counter()
+            logits = self._eval([tok])
+            decode_wall += time.perf_counter() - t0
+        p = llama_cpp.llama_perf_context(self.llm.ctx)
+        wall_decode_tps = n_gen / decode_wall
+        if p.n_p_eval == len(prompt) and p.n_eval == n_gen and p.t_p_eval_ms > 0 and p.t_eval_ms > 0:
+            return RunTimes(1e3 * p.n_p_eval / p.t_p_eval_ms, 1e3 * p.n_eval / p.t_eval_ms,
+                            wall_decode_tps, "llama_perf_context")
+        # counters off or counted differently (another llama.cpp build): fall back to the clock
+        return RunTimes(len(prompt) / prompt_wall, wall_decode_tps, wall_decode_tps, "wall")
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class LarosaEngine:
+    """The LaRoSA runtime, sparse, greedy."""
+    name = "larosa"
+
+    def __init__(self, path: str, n_threads: int, n_ctx: int):
+        from larosa.runtime.model import Model
+        self.model = Model(path, sparsity=0.0, n_threads=n_threads, n_ctx=n_ctx)
+
+    def set_sparsity(self, s: float) -> None:
+        self.model.set_sparsity(s)
+
+    def run(self, prompt: list[int], n_gen: int) -> RunTimes:
+        m = self.model
+        m.reset()
+        t0 = time.perf_counter()
+        logits = m.eval(prompt)
+        prompt_s = time.perf_counter() - t0
+        decode_s = 0.0
+        for _ in range(n_gen):
+            tok = int(np.argmax(logits))
+            t0 = time.perf_counter()
+            logits = m.eval([tok])
+            decode_s += time.perf_counter() - t0
+        return RunTimes(len(prompt) / prompt_s, n_gen / decode_s, n_gen / decode_s, "perf_counter")
+
+    def close(self) -> None:
+        del self.model
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+@dataclass
+class Row:
+    engine: str
+    model: str
+    type: str
+    sparsity: float
+    threads: int
+    bytes_per_token: int
+    read_bandwidth_gbs: float
+    runs: list[RunTimes] = field(default_factory=list)
+    ratio: float | None = None
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.runs)
+
+    @property
+    def bandwidth_gbs(self) -> float:
+        return self.bytes_per_token * self.median("decode_tps") / 1e9
+
+    def as_json(self) -> dict:
+        d = {"engine": self.engine, "model": self.model, "type": self.type, "sparsity": self.sparsity,
+             "threads": self.threads, "prompt_tps": self.median("prompt_tps"),
+             "decode_tps": self.median("decode_tps"), "bandwidth_gbs": self.bandwidth_gbs,
+             "decode_tps_wall": self.median("decode_tps_wall"),
+             "decode_tps_rounds": [r.decode_tps for r in self.runs],
+             "bytes_per_token": self.bytes_per_token, "read_bandwidth_gbs": self.read_bandwidth_gbs,
+             "timing": self.runs[0].timing}
+        if self.ratio is not None:
+            d["ratio"] = self.ratio
+        return d
+
+
+@dataclass
+class Config:
+    dense: str
+    larosa: str
+    sparsities: list[float]
+    threads: list[int]
+    n_gen: int
+    n_prompt: int
+    rounds: int
+    bw_bytes: int
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _alternate(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int], t: int, bw_gbs: float,
+               dense: LlamaCppEngine, sparse: LarosaEngine) -> tuple[Row, list[Row]]:
+    """Warm-up, then R rounds of llama.cpp followed by larosa at each sparsity."""
+    # warm-up: page the weights in (sparsity 0 touches every row), start the thread pools
+    warm_p, warm_n = prompt[: min(len(prompt), 16)], min(cfg.n_gen, 8)
+    dense.run(warm_p, warm_n)
+    sparse.set_sparsity(0.0)
+    sparse.run(warm_p, warm_n)
+    base = Row("llama.cpp", os.path.basename(cfg.dense), info.weight_type, 0.0, t, info.bytes_per_token, bw_gbs)
+    rows = []
+    for s in cfg.sparsities:
+        sparse.set_sparsity(s)
+        rows.append(Row("larosa", os.path.basename(cfg.larosa), larosa_type, s, t,
+                        sparse.model.bytes_per_token(), bw_gbs))
+    for r in range(cfg.rounds):
+        base.runs.append(dense.run(prompt, cfg.n_gen))
+        log(f"[t={t}] round {r + 1}/{cfg.rounds}: llama.cpp decode {base.runs[-1].decode_tps:.2f} tok/s")
+        for row in rows:
+            sparse.set_sparsity(row.sparsity)
+            row.runs.append(sparse.run(prompt, cfg.n_gen))
+            log(f"[t={t}] round {r + 1}/{cfg.rounds}: larosa s={row.sparsity:g} "
+                f"decode {row.runs[-1].decode_tps:.2f} tok/s")
+    return base, rows
+
+
+def bench_threads(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int], t: int) -> list[Row]:
+    """All rows of one thread count: both engines loaded once, warmed up, then alternated."""
+    from larosa._kernels import lib
+    bw = lib.lr_read_bandwidth(cfg.bw_bytes, t, BW_REPS)
+    if bw <= 0:
+        raise BenchError(f"could not measure the read bandwidth with {t} threads")
+    bw_gbs = bw / 1e9
+    log(f"[t={t}] read bandwidth: {bw_gbs:.2f} GB/s ({cfg.bw_bytes / 2**30:.2f} GiB buffer, best of {BW_REPS})")
+    n_ctx = cfg.n_prompt + cfg.n_gen
+    dense = LlamaCppEngine(cfg.dense, t, n_ctx)
+    try:
+        sparse = LarosaEngine(cfg.larosa, t, n_ctx)
+        try:
+            base, rows = _alternate(cfg, info, larosa_type, prompt, t, bw_gbs, dense, sparse)
+        finally:
+            sparse.close()
+    finally:
+        dense.close()
+        gc.collect()
+    for row in rows:
+        row.ratio = row.median("decode_tps") / base.median("decode_tps")
+    return [base, *rows]
+
+
+def check_pair(cfg: Config, info: DenseInfo, allow_mismatch: bool) -> tuple[str, "Tokenizer"]:
+    """Validates the LaRoSA file against the dense one; returns (its weight type, tokenizer)."""
+    from larosa.runtime.loader import load
+    from larosa.runtime.tokenizer import Tokenizer
+    lf = load(cfg.larosa)
+    hp = lf.hp
+    if (hp.dim, hp.n_layers, hp.ffn_dim) != info.shape or hp.n_vocab != info.n_vocab:
+        raise BenchError(f"{cfg.larosa} (dim {hp.dim}, {hp.n_layers} layers, ff {hp.ffn_dim}, vocab {hp.n_vocab})"
+                         f" is not a conversion of {cfg.dense} (dim {info.shape[0]}, {info.shape[1]} layers, "
+                         f"ff {info.shape[2]}, vocab {info.n_vocab})")
+    ltype = weight_type(lf.reader.tensors)
+    if ltype != info.weight_type and not allow_mismatch:
+        raise BenchError(f"unequal bits per weight: {cfg.dense} is {info.weight_type}, {cfg.larosa} is {ltype} "
+                         f"(re-quantize with python -m larosa.tools.requantize ... --type {ltype.lower()}, "
+                         f"or pass --allow-type-mismatch)")
+    if cfg.n_prompt + cfg.n_gen > hp.n_ctx:
+        raise BenchError(f"-p + -n = {cfg.n_prompt + cfg.n_gen} exceeds the model's context ({hp.n_ctx})")
+    return ltype, Tokenizer(cfg.dense)
+
+
+def format_table(rows: list[Row]) -> str:
+    head = ["engine", "model", "type", "sparsity", "threads", "prompt tok/s", "decode tok/s", "ratio",
+            "MiB/token", "GB/s", "% of read BW"]
+    lines = []
+    for r in rows:
+        gbs = r.bandwidth_gbs
+        lines.append([r.engine, r.model, r.type, f"{r.sparsity:g}", str(r.threads),
+                      f"{r.median('prompt_tps'):.1f}", f"{r.median('decode_tps'):.2f}",
+                      "" if r.ratio is None else f"{r.ratio:.3f}", f"{r.bytes_per_token / 2**20:.1f}",
+                      f"{gbs:.2f}", f"{100 * gbs / r.read_bandwidth_gbs:.0f}%"])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+
+    def fmt(cells: list[str]) -> str:   # text columns left, numbers right
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+
+
+def run_bench(cfg: Config, allow_mismatch: bool = False) -> tuple[list[Row], str]:
+    """Runs the whole benchmark; returns its rows and the prompt's source."""
+    info = dense_info(cfg.dense)
+    ltype, tok = check_pair(cfg, info, allow_mismatch)
+    prompt, source = prompt_tokens(tok, cfg.n_prompt, info.synthetic)
+    rows: list[Row] = []
+    for t in cfg.threads:
+        rows += bench_threads(cfg, info, ltype, prompt, t)
+    return rows, source
+
+
+# -- command line -----------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # one line, exit 1 (argparse's default: usage + exit 2)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _list(conv, what: str):
+    def parse(text: str):
+        try:
+            vals = [conv(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list, got {text!r}")
+        if not vals:
+            raise argparse.ArgumentTypeError(f"{what} is empty")
+        return list(dict.fromkeys(vals))   # drop repeats, keep order
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = _Parser(prog="larosa-bench", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="Timing protocol: see the module docstring of larosa/tools/bench.py.")
+    p.add_argument("-m", "--dense", required=True, help="llama GGUF run by llama.cpp (dense baseline)")
+    p.add_argument("-M", "--larosa", required=True, help="LaRoSA GGUF of the same model, same weight type")
+    p.add_argument("--sparsity", type=_list(float, "--sparsity"), default=[0.0, 0.25, 0.4, 0.5],
+                   help="larosa sparsities (default 0,0.25,0.4,0.5)")
+    p.add_argument("-t", "--threads", type=_list(int, "-t"), default=[1, 2], help="thread counts (default 1,2)")
+    p.add_argument("-n", "--n-gen", type=int, default=64, help="generated tokens per run (default 64)")
+    p.add_argument("-p", "--n-prompt", type=int, default=128, help="prompt tokens (default 128)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per configuration (default 3)")
+    p.add_argument("--bw-mib", type=int, default=1024, help="read-bandwidth buffer in MiB (default 1024)")
+    p.add_argument("--allow-type-mismatch", action="store_true",
+                   help="run even if the two files' weight types differ")
+    p.add_argument("--json", action="store_true", help="print the rows as a JSON list on the last line")
+    a = p.parse_args(argv)
+    for s in a.sparsity:
+        if not 0.0 <= s < 1.0:
+            p.error(f"--sparsity values must be in [0, 1), got {s:g}")
+    for t in a.threads:
+        if not 1 <= t <= 512:
+            p.error(f"-t values must be in [1, 512], got {t}")
+    for name, v in (("-n", a.n_gen), ("-p", a.n_prompt), ("--rounds", a.rounds), ("--bw-mib", a.bw_mib)):
+        if v < 1:
+            p.error(f"{name} must be at least 1, got {v}")
+    for path in (a.dense, a.larosa):
+        if not os.path.isfile(path):
+            p.error(f"{path}: no such file")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    cfg = Config(dense=a.dense, larosa=a.larosa, sparsities=a.sparsity, threads=a.threads, n_gen=a.n_gen,
+                 n_prompt=a.n_prompt, rounds=a.rounds, bw_bytes=a.bw_mib * 2**20)
+    try:
+        rows, source = run_bench(cfg, a.allow_type_mismatch)
+    except (LarosaError, ValueError, OSError) as e:
+        print(f"larosa-bench: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nlarosa-bench: interrupted", file=sys.stderr)
+        return 130
+    from larosa._kernels import lib
+    simd = {lib.LR_SIMD_SCALAR: "scalar", lib.LR_SIMD_AVX2: "AVX2", lib.LR_SIMD_AVX512: "AVX-512",
+            lib.LR_SIMD_NEON: "NEON"}.get(lib.lr_get_simd(), "?")
+    print(f"prompt: {source}; {cfg.n_gen} greedy tokens per run; median of {cfg.rounds} rounds; "
+          f"{os.cpu_count()} CPUs; larosa kernels {simd}")
+    for t in cfg.threads:
+        bw = next(r.read_bandwidth_gbs for r in rows if r.threads == t)
+        print(f"measured read bandwidth, {t} thread{'s' if t > 1 else ''}: {bw:.2f} GB/s")
+    print(format_table(rows))
+    print(f"timing: llama.cpp {rows[0].runs[0].timing}, larosa perf_counter around Model.eval; "
+          f"ratio = larosa decode / llama.cpp decode at the same threads")
+    if a.json:
+        print(json.dumps([r.as_json() for r in rows]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
