@@ -37,4 +37,8 @@ if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
 fi
 
 pip install -e ".[test]"
+
+# AArch64 cross compiler and qemu-user, so the tests also run the NEON kernels (optional: without
+# them that test skips; needs root and apt-get, which CI has)
+sh tools/setup_cross.sh || echo "larosa: no AArch64 cross tools; the NEON test will be skipped"
 "$PY" -c "import larosa.runtime, llama_cpp, torch" && echo "larosa: set up in $VENV"
