@@ -18,7 +18,7 @@ typedef struct {
     const lr_kernel_table *kt;
 } spmv_job;
 
-static void spmv_task(void *p, int ith, int nth) {
+static void spmv_task(void *p, int ith, int nth, int thread) {
     spmv_job *j = p;
     const int32_t units = (j->w->cols + QK - 1) / QK, per = (units + nth - 1) / nth;
     int32_t c0 = ith * per * QK, c1 = (ith + 1) * per * QK;
@@ -34,7 +34,7 @@ static void matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_
 
 typedef struct { const lr_tensor *w; const float *x; float *y; const lr_kernel_table *kt; } dot_job;
 
-static void dot_task(void *p, int ith, int nth) {
+static void dot_task(void *p, int ith, int nth, int thread) {
     dot_job *j = p;
     const int32_t per = (j->w->rows + nth - 1) / nth;
     int32_t r0 = ith * per, r1 = r0 + per;
@@ -44,7 +44,7 @@ static void dot_task(void *p, int ith, int nth) {
 
 typedef struct { lr_model *m; int32_t layer, pos; } attn_job;
 
-static void attn_task(void *p, int ith, int nth) {
+static void attn_task(void *p, int ith, int nth, int thread) {
     attn_job *j = p;
     lr_model *m = j->m;
     const int32_t nh = m->d.n_heads, hd = m->d.head_dim, per = (nh + nth - 1) / nth;

@@ -6,9 +6,9 @@
 #include "kernels.h"
 #include "threads.h"
 
-typedef struct { const uint64_t *buf; size_t n; uint64_t sums[512]; } bw_job;
+typedef struct { const uint64_t *buf; size_t n; uint64_t sums[2048]; } bw_job;   /* one per share */
 
-static void bw_task(void *p, int ith, int nth) {
+static void bw_task(void *p, int ith, int nth, int thread) {
     bw_job *j = p;
     const size_t per = (j->n + (size_t)nth - 1) / (size_t)nth, a = (size_t)ith * per;
     const size_t b = a + per < j->n ? a + per : j->n;

@@ -30,14 +30,14 @@ typedef struct {
     const lr_kernel_table *kt;
 } gemm_job;
 
-static void gemm_task(void *p, int ith, int nth) {
+static void gemm_task(void *p, int ith, int nth, int thread) {
     gemm_job *j = p;
     lr_model *m = j->m;
     const int32_t N = j->transposed ? j->w->rows : j->w->cols, K = j->transposed ? j->w->cols : j->w->rows;
     const int32_t panels = (N + QK - 1) / QK, per = (panels + nth - 1) / nth;
     const int32_t pw = m->widest > m->d.dim ? m->widest : m->d.dim;
-    float *P = m->panels + (size_t)ith * pw * QK;
-    float *scratch = m->scores + (size_t)ith * m->scratch_len;   /* a row for decode_panel_t */
+    float *P = m->panels + (size_t)thread * pw * QK;
+    float *scratch = m->scores + (size_t)thread * m->scratch_len;   /* a row for decode_panel_t */
     for (int32_t b = ith * per; b < (ith + 1) * per && b < panels; b++) {
         const int32_t c0 = b * QK, width = N - c0 < QK ? N - c0 : QK;
         if (j->transposed) decode_panel_t(j->w, c0, P, scratch);
@@ -64,12 +64,12 @@ static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, f
 
 typedef struct { lr_model *m; int32_t layer, pos0, n; } battn_job;
 
-static void battn_task(void *p, int ith, int nth) {
+static void battn_task(void *p, int ith, int nth, int thread) {
     battn_job *j = p;
     lr_model *m = j->m;
     const int32_t nh = m->d.n_heads, hd = m->d.head_dim, qkvd = (nh + 2 * m->d.n_kv_heads) * hd;
     const int32_t pairs = j->n * nh, per = (pairs + nth - 1) / nth;
-    float *scores = m->scores + (size_t)ith * m->scratch_len;
+    float *scores = m->scores + (size_t)thread * m->scratch_len;
     for (int32_t i = ith * per; i < (ith + 1) * per && i < pairs; i++) {
         const int32_t t = i / nh, h = i % nh;
         lr_attend_head(m, j->layer, j->pos0 + t, h, m->bqkv + (size_t)t * qkvd + (size_t)h * hd,

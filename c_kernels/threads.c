@@ -1,7 +1,10 @@
-/* A persistent pool of worker threads. lr_pool_run(fn) calls fn(ctx, ith, nth) on every thread
- * (the caller is thread 0) and returns when all are done. Workers spin briefly for the next job,
- * which is what a decode step with hundreds of short parallel sections needs, then sleep on a
- * condition variable so an idle model costs no CPU. */
+/* A persistent pool of worker threads. lr_pool_run(fn) splits a job into shares, calls
+ * fn(ctx, share, n_shares) for each, and returns when all are done. Shares are taken from a shared
+ * counter by every thread, the caller included: when a worker is descheduled (a busy laptop, more
+ * threads than free cores) the others take its shares instead of waiting a whole time slice for it.
+ * fn also gets the index of the thread running it, for per-thread scratch memory.
+ * Workers spin briefly for the next job, which is what a decode step with hundreds of short parallel
+ * sections needs, then sleep on a condition variable so an idle model costs no CPU. */
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -19,27 +22,40 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ROUNDS 200000
+#define SPIN_ROUNDS 100000
+#define SHARES_PER_THREAD 4
 
 struct lr_pool {
     int n;                       /* threads including the caller */
     pthread_t *threads;
-    lr_task_fn fn;
+    lr_task_fn fn;               /* the current job, written before `next` is released */
     void *ctx;
-    atomic_int generation;       /* bumped once per job */
-    atomic_int pending;          /* workers still running the current job */
+    int n_shares;
+    atomic_int next;             /* next share to take */
+    atomic_int done;             /* shares finished */
+    atomic_int generation;       /* bumped once per job: wakes the workers */
     atomic_int sleepers;
     atomic_int stop;
     pthread_mutex_t lock;
     pthread_cond_t wake;
 };
 
-typedef struct { lr_pool *pool; int ith; } worker_arg;
+typedef struct { lr_pool *pool; int thread; } worker_arg;
+
+/* takes and runs shares until none is left */
+static void work(lr_pool *pool, int thread) {
+    for (;;) {
+        const int s = atomic_fetch_add_explicit(&pool->next, 1, memory_order_acq_rel);
+        if (s >= pool->n_shares) return;
+        pool->fn(pool->ctx, s, pool->n_shares, thread);
+        atomic_fetch_add_explicit(&pool->done, 1, memory_order_release);
+    }
+}
 
 static void *worker(void *p) {
-    worker_arg a = *(worker_arg *)p;
+    lr_pool *pool = ((worker_arg *)p)->pool;
+    const int thread = ((worker_arg *)p)->thread;
     free(p);
-    lr_pool *pool = a.pool;
     int seen = 0;   /* the generation at creation; a job posted before we get here is not missed */
     for (;;) {
         int spins = 0;
@@ -56,8 +72,7 @@ static void *worker(void *p) {
         }
         seen = atomic_load(&pool->generation);
         if (atomic_load(&pool->stop)) return NULL;
-        pool->fn(pool->ctx, a.ith, pool->n);
-        atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_release);
+        work(pool, thread);
     }
 }
 
@@ -66,6 +81,7 @@ lr_pool *lr_pool_new(int n_threads) {
     lr_pool *pool = calloc(1, sizeof(*pool));
     if (!pool) return NULL;
     pool->n = n_threads;
+    atomic_store(&pool->next, 1 << 30);   /* no job yet: nothing to take */
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
     pool->threads = calloc((size_t)n_threads, sizeof(pthread_t));
@@ -81,7 +97,7 @@ lr_pool *lr_pool_new(int n_threads) {
         worker_arg *a = malloc(sizeof(*a));
         if (a) {
             a->pool = pool;
-            a->ith = i;
+            a->thread = i;
         }
         if (!a || pthread_create(&pool->threads[i], NULL, worker, a) != 0) {
             free(a);
@@ -95,27 +111,25 @@ lr_pool *lr_pool_new(int n_threads) {
     return pool;
 }
 
-static void notify(lr_pool *pool) {
+void lr_pool_run(lr_pool *pool, lr_task_fn fn, void *ctx) {
+    if (pool->n == 1) {
+        fn(ctx, 0, 1, 0);
+        return;
+    }
+    pool->fn = fn;
+    pool->ctx = ctx;
+    pool->n_shares = pool->n * SHARES_PER_THREAD;
+    atomic_store_explicit(&pool->done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool->next, 0, memory_order_release);   /* publishes fn, ctx, n_shares */
+    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
     if (atomic_load(&pool->sleepers) > 0) {
         pthread_mutex_lock(&pool->lock);
         pthread_cond_broadcast(&pool->wake);
         pthread_mutex_unlock(&pool->lock);
     }
-}
-
-void lr_pool_run(lr_pool *pool, lr_task_fn fn, void *ctx) {
-    if (pool->n == 1) {
-        fn(ctx, 0, 1);
-        return;
-    }
-    pool->fn = fn;
-    pool->ctx = ctx;
-    atomic_store(&pool->pending, pool->n - 1);
-    atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
-    notify(pool);
-    fn(ctx, 0, pool->n);
-    int spins = 0;
-    while (atomic_load_explicit(&pool->pending, memory_order_acquire) > 0)
+    work(pool, 0);
+    int spins = 0;   /* only shares already taken by a running worker are left */
+    while (atomic_load_explicit(&pool->done, memory_order_acquire) < pool->n_shares)
         if (++spins < SPIN_ROUNDS) cpu_relax(); else sched_yield();
 }
 

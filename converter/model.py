@@ -41,12 +41,14 @@ class Weights:
 class TopK:
     """k per layer for each of the four block inputs (FORMAT.md, format.BLOCK_INPUTS).
 
+    `score[b][l]`, a [n] weight, ranks inputs by |x_i| * score_i instead of |x_i| (WINA-style).
     Test hooks: `forced[b][l]`, a 0/1 mask [B, T, n], replaces the selection (to replay the C
     runtime's decisions); `seen[b][l]` receives each block input before masking."""
     attn_in: list[int]
     attn_out: list[int]
     mlp_in: list[int]
     mlp_out: list[int]
+    score: dict | None = None
     forced: dict | None = None
     seen: dict | None = None
 
@@ -56,12 +58,14 @@ def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor
     return x if w is None else x * w
 
 
-def topk_keep(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero all but the k largest |x| along the last dim; ties keep the lower index."""
+def topk_keep(x: torch.Tensor, k: int, score: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero all but the k largest |x| (times score, if given) along the last dim; ties keep the
+    lower index."""
     n = x.shape[-1]
     if k >= n:
         return x
-    idx = torch.argsort(-x.abs(), dim=-1, stable=True)[..., :k]
+    key = x.abs() if score is None else x.abs() * score
+    idx = torch.argsort(-key, dim=-1, stable=True)[..., :k]
     mask = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, idx, True)
     return x * mask
 
@@ -93,7 +97,7 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
             ks.seen.setdefault(which, {})[l] = x
         if ks.forced is not None:
             return x * ks.forced[which][l]
-        return topk_keep(x, getattr(ks, which)[l])
+        return topk_keep(x, getattr(ks, which)[l], None if ks.score is None else ks.score[which][l])
 
     B, T, _ = r.shape
     nh, nkv, hd = hp.n_heads, hp.n_kv_heads, hp.head_dim
