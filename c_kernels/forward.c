@@ -108,10 +108,32 @@ void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float 
         }
 }
 
-const int32_t *lr_select(lr_model *m, const float *x, int32_t n, int32_t k, int32_t *idx,
-                         uint32_t *scratch, int32_t t, int32_t layer, int32_t block) {
-    if (k < n) lr_topk_impl(x, n, k, idx, scratch);
-    else idx = NULL;
+const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t layer, int32_t block,
+                         int32_t t, int32_t *k) {
+    const int32_t n = m->width[block];
+    const float *score = m->layers[layer].score[block].data, thr = m->thr[block][layer];
+    const int gate_key = block == MLP_OUT && m->d.mlp_out_gate_key;
+    const float *key = x;
+    if (score || gate_key) {
+        for (int32_t i = 0; i < n; i++) {
+            const float v = gate_key ? gate[i] / (1.0f + expf(-gate[i])) : x[i];
+            m->keys[i] = fabsf(v) * (score ? score[i] : 1.0f);
+        }
+        key = m->keys;
+    }
+    int32_t *idx = m->idx, cnt = 0;
+    if (thr >= 0.0f) {               /* threshold: every key above it */
+        for (int32_t i = 0; i < n; i++)
+            if (fabsf(key[i]) > thr) idx[cnt++] = i;
+    } else {                         /* Top-K: the k largest keys */
+        cnt = m->k[block][layer];
+        if (cnt < n) lr_topk_impl(key, n, cnt, idx, m->topk_scratch);
+    }
+    if (cnt >= n) {
+        idx = NULL;
+        cnt = n;
+    }
+    m->rows_read[block] += (uint64_t)cnt;
     if (m->trace) {   /* masks laid out by (token, layer, block input) */
         const int64_t per_layer = m->width[0] + m->width[1] + m->width[2] + m->width[3];
         int64_t off = (m->trace_tokens + t) * per_layer * m->d.n_layers + layer * per_layer;
@@ -119,9 +141,10 @@ const int32_t *lr_select(lr_model *m, const float *x, int32_t n, int32_t k, int3
         if (off + n <= m->trace_cap) {
             uint8_t *mask = m->trace + off;
             memset(mask, idx ? 0 : 1, (size_t)n);
-            for (int32_t j = 0; idx && j < k; j++) mask[idx[j]] = 1;
+            for (int32_t j = 0; idx && j < cnt; j++) mask[idx[j]] = 1;
         }
     }
+    *k = cnt;
     return idx;
 }
 
@@ -141,9 +164,8 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     }
     /* attention */
     lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
-    k = m->k[ATTN_IN][l];
-    idx = lr_select(m, m->xn, dim, k, m->idx, m->topk_scratch, 0, l, ATTN_IN);
-    matvec(m, &L->wqkv, m->xn, idx, idx ? k : dim, m->qkv);
+    idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, &k);
+    matvec(m, &L->wqkv, m->xn, idx, k, m->qkv);
     lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
     lr_rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
     const size_t off = ((size_t)l * m->n_ctx + pos) * kvd;
@@ -151,22 +173,19 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     memcpy(m->value_cache + off, m->qkv + qd + kvd, (size_t)kvd * sizeof(float));
     attn_job aj = {m, l, pos};
     lr_pool_run(m->pool, attn_task, &aj);
-    k = m->k[ATTN_OUT][l];
-    idx = lr_select(m, m->ao, qd, k, m->idx, m->topk_scratch, 0, l, ATTN_OUT);
-    matvec(m, &L->wo, m->ao, idx, idx ? k : qd, m->tmp);
+    idx = lr_select(m, m->ao, NULL, l, ATTN_OUT, 0, &k);
+    matvec(m, &L->wo, m->ao, idx, k, m->tmp);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
     /* MLP */
     lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
-    k = m->k[MLP_IN][l];
-    idx = lr_select(m, m->xn, dim, k, m->idx, m->topk_scratch, 0, l, MLP_IN);
-    matvec(m, &L->wgu, m->xn, idx, idx ? k : dim, m->gu);
+    idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, &k);
+    matvec(m, &L->wgu, m->xn, idx, k, m->gu);
     for (int32_t i = 0; i < ff; i++) {
         const float g = m->gu[i];
         m->hm[i] = g / (1.0f + expf(-g)) * m->gu[ff + i];
     }
-    k = m->k[MLP_OUT][l];
-    idx = lr_select(m, m->hm, ff, k, m->idx, m->topk_scratch, 0, l, MLP_OUT);
-    matvec(m, &L->wdown, m->hm, idx, idx ? k : ff, m->tmp);
+    idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, &k);
+    matvec(m, &L->wdown, m->hm, idx, k, m->tmp);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
 }
 
@@ -206,6 +225,7 @@ int32_t lr_eval(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, flo
         if (rc == LR_OK && logits && !all_logits) rc = head(m, logits);   /* prefill leaves the last residual in m->x */
     }
     m->trace_tokens += n;
+    m->rows_tokens += (uint64_t)n;
     return rc;
 }
 
@@ -243,9 +263,12 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
             {&L->wqkv, dim, qd + 2 * kvd, "attn_qkv"}, {&L->wo, qd, dim, "attn_output"},
             {&L->wgu, dim, 2 * d->ffn_dim, "ffn_gate_up"}, {&L->wdown, d->ffn_dim, dim, "ffn_down"},
             {&L->adapter, dim, dim, "adapter"},
+            {&L->score[0], 1, dim, "score attn_in"}, {&L->score[1], 1, qd, "score attn_out"},
+            {&L->score[2], 1, dim, "score mlp_in"}, {&L->score[3], 1, d->ffn_dim, "score mlp_out"},
         };
-        for (int i = 0; i < 5; i++) {
-            if (i == 4 && !L->adapter.data) continue;
+        for (int i = 0; i < 9; i++) {
+            if (i >= 4 && !lw[i].t->data) continue;   /* adapter and scores are optional */
+            if (i >= 5 && lw[i].t->type != LR_F32) return fail(err, len, LR_ETYPE, "scores must be F32");
             if (lr_tensor_check(lw[i].t, lw[i].rows, lw[i].cols, 0)) {
                 snprintf(msg, sizeof(msg), "layer %d tensor %s: wrong shape, type or size", (int)l, lw[i].name);
                 return fail(err, len, LR_ESHAPE, msg);
@@ -258,9 +281,12 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
 void lr_model_free(lr_model *m) {
     if (!m) return;
     if (m->pool) lr_pool_free(m->pool);
-    for (int i = 0; i < 4; i++) free(m->k[i]);
+    for (int i = 0; i < 4; i++) {
+        free(m->k[i]);
+        free(m->thr[i]);
+    }
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
-                    m->gu, m->hm, m->idx, m->topk_scratch, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
+                    m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
                     m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
@@ -300,6 +326,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->hm = calloc((size_t)ff, sizeof(float));
     m->idx = calloc((size_t)widest, sizeof(int32_t));
     m->topk_scratch = calloc((size_t)widest, sizeof(uint32_t));
+    m->keys = calloc((size_t)widest, sizeof(float));
     m->bx = calloc(B * (size_t)dim, sizeof(float));
     m->bxn = calloc(B * (size_t)widest, sizeof(float));
     m->by = calloc(B * (size_t)out_widest, sizeof(float));
@@ -313,9 +340,10 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->rope_cos = calloc((size_t)hd / 2, sizeof(float));
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
     int ok = m->layers && m->key_cache && m->value_cache && m->x && m->xn && m->tmp && m->qkv && m->att &&
-             m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->bx && m->bxn && m->by && m->bqkv &&
+             m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
              m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin;
-    for (int i = 0; i < 4 && ok; i++) ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) != NULL;
+    for (int i = 0; i < 4 && ok; i++)
+        ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) && (m->thr[i] = malloc((size_t)L * sizeof(float)));
     if (!ok) {
         lr_model_free(m);
         fail(err, err_len, LR_ENOMEM, "out of memory (KV cache or buffers)");
@@ -324,7 +352,10 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     memcpy(m->layers, desc->layers, (size_t)L * sizeof(lr_layer));
     m->d.layers = m->layers;
     for (int i = 0; i < 4; i++)
-        for (int32_t l = 0; l < L; l++) m->k[i][l] = m->width[i];   /* dense until set */
+        for (int32_t l = 0; l < L; l++) {
+            m->k[i][l] = m->width[i];   /* dense until set */
+            m->thr[i][l] = -1.0f;
+        }
     const float *freqs = desc->rope_freqs.data;
     for (int32_t i = 0; i < hd / 2; i++) {
         m->inv_freq[i] = pow((double)desc->rope_base, -(double)(2 * i) / (double)hd);
@@ -339,13 +370,31 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     return m;
 }
 
-int32_t lr_model_set_topk(lr_model *m, const int32_t *k0, const int32_t *k1, const int32_t *k2, const int32_t *k3) {
-    if (!m || !k0 || !k1 || !k2 || !k3) return LR_EARG;
-    const int32_t *ks[4] = {k0, k1, k2, k3};
+int32_t lr_model_set_selection(lr_model *m, const int32_t *k, const float *threshold) {
+    if (!m || !k || !threshold) return LR_EARG;
+    const int32_t L = m->d.n_layers;
     for (int i = 0; i < 4; i++)
-        for (int32_t l = 0; l < m->d.n_layers; l++)
-            if (ks[i][l] < 1 || ks[i][l] > m->width[i]) return LR_ERANGE;
-    for (int i = 0; i < 4; i++) memcpy(m->k[i], ks[i], (size_t)m->d.n_layers * sizeof(int32_t));
+        for (int32_t l = 0; l < L; l++) {
+            const float t = threshold[i * L + l];
+            if (t != t || t > 3.0e38f) return LR_ERANGE;   /* NaN or inf */
+            if (t < 0.0f && (k[i * L + l] < 1 || k[i * L + l] > m->width[i])) return LR_ERANGE;
+        }
+    for (int i = 0; i < 4; i++)
+        for (int32_t l = 0; l < L; l++) {
+            m->k[i][l] = k[i * L + l];
+            m->thr[i][l] = threshold[i * L + l];
+        }
+    return LR_OK;
+}
+
+int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset) {
+    if (!m || !out) return LR_EARG;
+    for (int i = 0; i < 4; i++) out[i] = m->rows_read[i];
+    out[4] = m->rows_tokens;
+    if (reset) {
+        memset(m->rows_read, 0, sizeof(m->rows_read));
+        m->rows_tokens = 0;
+    }
     return LR_OK;
 }
 

@@ -18,11 +18,12 @@ typedef struct {
 } lr_tensor;
 
 typedef struct {
-    lr_tensor adapter;   /* [d, d] or absent */
+    lr_tensor adapter;   /* [d, d] or absent (the residual keeps its basis) */
     lr_tensor wqkv;      /* [d, (nh + 2 nkv) hd] */
     lr_tensor wo;        /* [nh hd, d] */
     lr_tensor wgu;       /* [d, 2 ff] */
     lr_tensor wdown;     /* [ff, d] */
+    lr_tensor score[4];  /* per block input, F32 [1, n] or absent: inputs ranked by |x_i| score_i */
 } lr_layer;
 
 typedef struct {
@@ -34,6 +35,7 @@ typedef struct {
     lr_tensor out_norm;      /* [d] F32 or absent */
     lr_tensor rope_freqs;    /* [hd / 2] F32 or absent */
     const lr_layer *layers;  /* n_layers entries; copied by lr_model_new */
+    int32_t mlp_out_gate_key; /* 1: the down input is ranked by |silu(gate_j)| (CATS), not |m_j| */
 } lr_model_desc;
 
 typedef struct lr_model lr_model;
@@ -49,9 +51,12 @@ enum { LR_SIMD_SCALAR = 0, LR_SIMD_AVX2 = 1, LR_SIMD_AVX512 = 2, LR_SIMD_NEON = 
 /* model: n_ctx positions of KV cache, n_threads >= 1. err receives a message on failure. */
 lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threads, char *err, int32_t err_len);
 void lr_model_free(lr_model *m);
-/* k per layer for the four block inputs (attn_in, attn_out, mlp_in, mlp_out), each n_layers long */
-int32_t lr_model_set_topk(lr_model *m, const int32_t *k_attn_in, const int32_t *k_attn_out,
-                          const int32_t *k_mlp_in, const int32_t *k_mlp_out);
+/* The selection of every block input (attn_in, attn_out, mlp_in, mlp_out) of every layer, block
+ * input major ([4][n_layers]): threshold[b][l] >= 0 keeps the inputs whose key exceeds it, a
+ * negative threshold keeps the k[b][l] largest keys (Top-K; 1 <= k <= n). */
+int32_t lr_model_set_selection(lr_model *m, const int32_t *k, const float *threshold);
+/* Inputs read since the last reset, per block input summed over layers, then the tokens: out[5]. */
+int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset);
 /* Evaluates n tokens at positions pos0..pos0+n-1 (pos0 must equal the number of cached positions,
  * or be smaller to rewind). logits: n * n_vocab floats when all_logits, else n_vocab (last token),
  * or NULL. Returns LR_OK, or LR_ENAN if a logit is not finite. */

@@ -11,8 +11,10 @@ struct lr_model {
     lr_model_desc d;
     lr_layer *layers;
     int32_t n_ctx, n_past;     /* KV cache capacity, positions filled */
-    int32_t *k[4];             /* per block input: k of each layer */
+    int32_t *k[4];             /* per block input: k of each layer (Top-K) */
+    float *thr[4];             /* per block input: threshold of each layer (< 0: Top-K) */
     int32_t width[4];          /* per block input: its width n */
+    uint64_t rows_read[4], rows_tokens;   /* selected inputs, for the bytes actually read */
     float *key_cache;          /* [L][n_ctx][nkv hd] */
     float *value_cache;
     /* one token */
@@ -23,6 +25,7 @@ struct lr_model {
     float *gu, *hm;            /* [2 ff], [ff] */
     int32_t *idx;              /* [max width] Top-K indices */
     uint32_t *topk_scratch;
+    float *keys;               /* [max width] ranking keys (scores, CATS gate) */
     /* a batch of LR_BATCH tokens (prefill.c): row t of each is token t */
     float *bx, *bxn, *by;      /* [B][d], [B][max width], [B][max(d, 2 ff, qkv)] */
     float *bqkv, *bao, *bgu;   /* [B][qkv], [B][nh hd], [B][2 ff] */
@@ -43,10 +46,11 @@ void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float 
 /* attention of one query head (q: hd floats) at position pos over cached positions 0..pos */
 void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,
                     float *out, float *scores);
-/* Top-K of x (n wide) into idx, or NULL when k >= n; records the mask when tracing. t: token index
- * within the current lr_eval call. */
-const int32_t *lr_select(lr_model *m, const float *x, int32_t n, int32_t k, int32_t *idx,
-                         uint32_t *scratch, int32_t t, int32_t layer, int32_t block);
+/* The inputs of block input `block` of `layer` to read for the current token (x, n wide): their
+ * indices in ascending order, and their count in *k; NULL when all are read. gate: the gate half of
+ * the MLP (for a CATS key). t: token index within the current lr_eval call (for the trace). */
+const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t layer, int32_t block,
+                         int32_t t, int32_t *k);
 int32_t lr_prefill(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);
 
 #endif

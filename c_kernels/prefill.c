@@ -77,10 +77,12 @@ static void battn_task(void *p, int ith, int nth, int thread) {
     }
 }
 
-/* keeps the Top-K of row x (n wide) and zeroes the rest */
-static void sparsify(lr_model *m, float *x, int32_t n, int32_t k, int32_t t, int32_t layer, int32_t block) {
-    const int32_t *idx = lr_select(m, x, n, k, m->idx, m->topk_scratch, t, layer, block);
+/* keeps the selected inputs of row x and zeroes the rest (gate: for a CATS key) */
+static void sparsify(lr_model *m, float *x, const float *gate, int32_t t, int32_t layer, int32_t block) {
+    int32_t k;
+    const int32_t *idx = lr_select(m, x, gate, layer, block, t, &k);
     if (!idx) return;
+    const int32_t n = m->width[block];
     int32_t j = 0;
     for (int32_t i = 0; i < n; i++) {
         if (j < k && idx[j] == i) j++;
@@ -107,7 +109,7 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         for (int32_t t = 0; t < n; t++) {
             float *xn = m->bxn + (size_t)t * W;
             lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
-            sparsify(m, xn, dim, m->k[ATTN_IN][l], t0 + t, l, ATTN_IN);
+            sparsify(m, xn, NULL, t0 + t, l, ATTN_IN);
         }
         gemm(m, &L->wqkv, m->bxn, W, m->bqkv, qkvd, n, 0);
         for (int32_t t = 0; t < n; t++) {
@@ -122,20 +124,20 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         battn_job aj = {m, l, pos0, n};
         lr_pool_run(m->pool, battn_task, &aj);
         for (int32_t t = 0; t < n; t++)
-            sparsify(m, m->bao + (size_t)t * qd, qd, m->k[ATTN_OUT][l], t0 + t, l, ATTN_OUT);
+            sparsify(m, m->bao + (size_t)t * qd, NULL, t0 + t, l, ATTN_OUT);
         gemm(m, &L->wo, m->bao, qd, m->by, dim, n, 0);
         add_rows(m->bx, dim, m->by, dim, n, dim);
         for (int32_t t = 0; t < n; t++) {
             float *xn = m->bxn + (size_t)t * W;
             lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
-            sparsify(m, xn, dim, m->k[MLP_IN][l], t0 + t, l, MLP_IN);
+            sparsify(m, xn, NULL, t0 + t, l, MLP_IN);
         }
         gemm(m, &L->wgu, m->bxn, W, m->bgu, 2 * ff, n, 0);
         for (int32_t t = 0; t < n; t++) {
             const float *gu = m->bgu + (size_t)t * 2 * ff;
             float *h = m->bxn + (size_t)t * W;
             for (int32_t i = 0; i < ff; i++) h[i] = gu[i] / (1.0f + expf(-gu[i])) * gu[ff + i];
-            sparsify(m, h, ff, m->k[MLP_OUT][l], t0 + t, l, MLP_OUT);
+            sparsify(m, h, gu, t0 + t, l, MLP_OUT);
         }
         gemm(m, &L->wdown, m->bxn, W, m->by, dim, n, 0);
         add_rows(m->bx, dim, m->by, dim, n, dim);

@@ -42,6 +42,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-type", default="auto", choices=["auto", *F.WEIGHT_TYPES],
                    help="type of the d x d residual adapters (auto: f16, f32 with --type f32). "
                         "Their error compounds over layers: q8_0 costs ~5%% perplexity on SmolLM2")
+    p.add_argument("--method", default="larosa", choices=["larosa", "topk", "teal", "cats"],
+                   help="sparsity method (default larosa, the paper's recipe): topk = Top-K without "
+                        "rotation, teal = static thresholds (TEAL), cats = MLP-only gate thresholds (CATS)")
+    p.add_argument("--rotation", choices=["pca", "identity", "auto"],
+                   help="basis of each layer (default: the method's): auto keeps PCA only in the layers "
+                        "where it loses less than no rotation on the calibration data")
+    p.add_argument("--score", choices=["none", "norm", "wina"],
+                   help="rank inputs by |x| (none), |x| * RMSNorm scale (norm, identity basis only) or "
+                        "|x| * weight row norm (wina) (default: the method's)")
+    p.add_argument("--coefs", metavar="A,B,C,D",
+                   help="sparsity coefficients of attn_in, attn_out, mlp_in, mlp_out (larosa: 0.8,1.2,0.8,1.2)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and a memory estimate, write nothing")
     p.add_argument("--calib", metavar="FILE", help="calibration text (UTF-8)")
     p.add_argument("--calib-tokens", type=int, metavar="N",
                    help="calibration tokens (default 8192 from a file, 2048 self-generated)")
@@ -62,7 +74,7 @@ def default_output(inp: str, wtype: str) -> str:
 def print_summary(s, src_hp) -> None:
     mib = 1024 * 1024
     print(f"wrote {s.out_path}: {s.out_bytes / mib:.1f} MiB in {s.seconds:.1f} s "
-          f"(calibration: {s.calib_tokens} tokens)")
+          f"(calibration: {s.calib_tokens} tokens; {sum(s.rotated)} of {len(s.rotated)} layers rotated)")
     print("Top-K per block input (k of n, layers' range):")
     for b in F.BLOCK_INPUTS:
         n = src_hp.block_input_width(b)
@@ -75,6 +87,32 @@ def print_summary(s, src_hp) -> None:
           f"source file dense: {s.source_bytes_per_token / mib:.1f} MiB")
 
 
+def print_plan(src, opts, out: str, calib_tokens: int, window: int) -> None:
+    """--dry-run: what would be written, and the memory it takes."""
+    from . import selection as S
+    from .convert import output_shapes, tensor_types
+    hp, mib = src.hp, 1024 * 1024
+    m = S.method(opts.method, opts.rotation, opts.score, opts.coefs)
+    shapes = output_shapes(src, m, [m.rotation != "identity"] * hp.n_layers)
+    types = tensor_types(src, opts, shapes)
+    size = sum(F.row_bytes(types[n], s[-1]) * (s[0] if len(s) == 2 else 1) for n, s in shapes.items())
+    layer_f32 = 4 * (hp.dim * (hp.qkv_dim + 2 * hp.ffn_dim) + hp.n_heads * hp.head_dim * hp.dim
+                     + hp.ffn_dim * hp.dim)
+    residuals = 4 * calib_tokens * hp.dim
+    rotations = 8 * hp.dim * hp.dim * hp.n_layers if m.rotation != "identity" else 0
+    print(f"{src.path} -> {out}")
+    print(f"  model: {hp.n_layers} layers, d={hp.dim}, ff={hp.ffn_dim}, heads {hp.n_heads}/{hp.n_kv_heads}, "
+          f"vocab {hp.n_vocab}, {'tied' if hp.tied else 'untied'} embeddings")
+    print(f"  method {opts.method}: rotation {m.rotation}, score {m.score}, coefficients "
+          + ", ".join(f"{b} {m.coefs[b]:g}" for b in F.BLOCK_INPUTS)
+          + (f"; thresholds on {', '.join(m.thresholds)}" if m.thresholds else ""))
+    print(f"  sparsity {opts.sparsity:g}; block weights {opts.wtype}; {len(shapes)} tensors, about "
+          f"{size / mib:.0f} MiB (adapters as planned; 'auto' may drop some)")
+    print(f"  calibration: {calib_tokens} tokens in windows of {window}")
+    print(f"  memory: about {(3 * layer_f32 + 4 * residuals + rotations) / mib:.0f} MiB peak "
+          f"(one layer in float32 x3, residuals and activations x4, rotations in float64)")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
@@ -84,8 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         from .convert import Options, check_options, convert
         from .source import SourceModel
 
+        coefs = None
+        if a.coefs:
+            try:
+                coefs = dict(zip(F.BLOCK_INPUTS, (float(v) for v in a.coefs.split(",")), strict=True))
+            except ValueError:
+                raise LarosaError("--coefs takes four numbers: A,B,C,D") from None
         opts = Options(sparsity=a.sparsity, wtype=a.wtype, head_type=a.head_type,
-                       adapter_type=a.adapter_type, force=a.force, progress=not a.quiet)
+                       adapter_type=a.adapter_type, method=a.method, rotation=a.rotation, score=a.score,
+                       coefs=coefs, force=a.force, progress=not a.quiet)
         check_options(opts)
         if a.threads is not None:
             if a.threads < 1:
@@ -94,8 +139,12 @@ def main(argv: list[str] | None = None) -> int:
         out = a.output or default_output(a.input, a.wtype)
         if os.path.exists(out) and not a.force:
             raise LarosaError(f"{out}: already exists (use --force to overwrite)")
-        hp = SourceModel(a.input).hp   # validates the input before any slow step
+        src = SourceModel(a.input)     # validates the input before any slow step
+        hp = src.hp
         window = min(a.calib_window, hp.n_ctx)
+        if a.dry_run:
+            print_plan(src, opts, out, a.calib_tokens or (8192 if a.calib else 2048), window)
+            return 0
         if a.calib_tokens is not None and a.calib_tokens < calibrate.MIN_TOKENS:
             raise LarosaError(f"--calib-tokens must be at least {calibrate.MIN_TOKENS}")
         if window < 2:

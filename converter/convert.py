@@ -1,9 +1,12 @@
-"""llama GGUF -> LaRoSA GGUF, one layer at a time.
+"""llama GGUF -> LaRoSA GGUF, in two passes over the layers.
 
-For each layer l: accumulate H_l = sum u^T u over the calibration tokens (u: the scale-free
-RMSNorm of the residual entering the layer, float64), Q_l = eigenvectors of H_l, fuse and
-quantize the layer's weights, write them, then push the calibration residuals through the
-original layer. Peak memory is one layer plus the calibration residuals.
+Pass 1 (calibration): the dense original model runs over the calibration tokens one layer at a time.
+For each layer l it accumulates H_l = sum u^T u (u: the scale-free RMSNorm of the residual entering
+the layer, float64) and takes Q_l = the eigenvectors of H_l; methods with thresholds or an automatic
+choice of basis also look at the layer's block inputs (selection.py).
+Pass 2 (write): each layer's weights are read again, fused with the layer's basis, quantized and
+written, followed by the embedding and head. Peak memory is one layer, the calibration residuals and
+the rotations.
 """
 from __future__ import annotations
 
@@ -21,10 +24,12 @@ from tqdm import tqdm
 from larosa.runtime import format as F
 from larosa.runtime.errors import LarosaError
 from larosa.runtime.gguf_file import copy_fields
+from larosa.runtime.loader import load
 
 from . import fuse
+from . import selection as S
 from .calibrate import Calibration
-from .model import layer_forward, rmsnorm, rope_tables
+from .model import TopK, layer_forward, rmsnorm, rope_tables
 from .source import SourceModel
 
 # general.file_type values of llama.cpp (llama_ftype) for the --type choices
@@ -39,6 +44,10 @@ class Options:
     wtype: str = "q8_0"            # block weights: f32 | f16 | q8_0 | q4_0
     head_type: str = "auto"        # embedding/head: auto | f32 | f16 | q8_0 | q4_0
     adapter_type: str = "auto"     # adapters: auto (f16, f32 for --type f32) | f32 | f16 | q8_0 | q4_0
+    method: str = "larosa"         # larosa | topk | teal | cats (selection.py)
+    rotation: str | None = None    # pca | identity | auto (default: the method's)
+    score: str | None = None       # none | norm | wina (default: the method's)
+    coefs: dict[str, float] | None = None
     force: bool = False
     progress: bool = True
 
@@ -49,8 +58,9 @@ class Summary:
     seconds: float
     out_bytes: int
     ks: dict[str, list[int]]
-    bytes_per_token: int
-    dense_bytes_per_token: int
+    rotated: list[bool]
+    bytes_per_token: float
+    dense_bytes_per_token: float
     source_bytes_per_token: int
     calib_tokens: int
     types: dict[str, str] = field(default_factory=dict)
@@ -64,9 +74,10 @@ def check_options(opts: Options) -> None:
     for flag, v in (("--head-type", opts.head_type), ("--adapter-type", opts.adapter_type)):
         if v != "auto" and v not in F.WEIGHT_TYPES:
             raise LarosaError(f"{flag} must be auto or one of {', '.join(F.WEIGHT_TYPES)}, got {v!r}")
+    S.method(opts.method, opts.rotation, opts.score, opts.coefs)
 
 
-def tensor_types(src: SourceModel, opts: Options) -> dict[str, QT]:
+def tensor_types(src: SourceModel, opts: Options, shapes: dict[str, tuple[int, ...]]) -> dict[str, QT]:
     """The type of every output tensor; checks that quantized rows fit the block size."""
     hp = src.hp
     wt = F.WEIGHT_TYPES[opts.wtype]
@@ -78,7 +89,7 @@ def tensor_types(src: SourceModel, opts: Options) -> dict[str, QT]:
         ht = QT.Q8_0 if wt in (QT.Q8_0, QT.Q4_0) else wt
     at = F.DEFAULT_ADAPTER_TYPE[wt] if opts.adapter_type == "auto" else F.WEIGHT_TYPES[opts.adapter_type]
     types = {}
-    for name, shape in F.expected_tensors(hp, F.T_ROPE_FREQS in src.tensors).items():
+    for name, shape in shapes.items():
         if len(shape) == 1:
             types[name] = QT.F32
         elif name in (F.T_EMBD, F.T_OUTPUT):
@@ -117,15 +128,15 @@ class _Out:
             os.unlink(self.tmp)
 
 
-def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: Options,
-                    ks: dict[str, list[int]]) -> None:
+def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: Options, m: S.Method,
+                    plans: list[S.LayerPlan], ks: dict[str, list[int]]) -> None:
     hp = src.hp
     copy_fields(src.reader, w, [k for k in src.reader.fields
                                 if k.startswith("general.") and k not in SKIP_GENERAL])
     w.add_uint32("general.file_type", FILE_TYPE[F.WEIGHT_TYPES[opts.wtype]])
     w.add_uint32("general.quantization_version", 2)
     w.add_uint32(F.K_VERSION, F.FORMAT_VERSION)
-    w.add_string(F.K_METHOD, "larosa")
+    w.add_string(F.K_METHOD, opts.method)
     w.add_string(F.K_SOURCE_ARCH, "llama")
     w.add_string(F.K_SOURCE_FILE, os.path.basename(src.path))
     w.add_uint32(F.K_CONTEXT, hp.n_ctx)
@@ -141,9 +152,16 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
     w.add_uint32(F.K_ROPE_DIM, hp.head_dim)
     w.add_bool(F.K_TIED, hp.tied)
     w.add_float32(F.K_SPARSITY, float(opts.sparsity))
+    u32, f32 = GGUFValueType.UINT32, GGUFValueType.FLOAT32
     for b in F.BLOCK_INPUTS:
-        w.add_array(F.K_COEF(b), [float(F.PAPER_COEFS[b])] * hp.n_layers)
-        w.add_key_value(F.K_K(b), [int(k) for k in ks[b]], GGUFValueType.ARRAY, GGUFValueType.UINT32)
+        w.add_key_value(F.K_COEF(b), [float(m.coefs[b])] * hp.n_layers, GGUFValueType.ARRAY, f32)
+        w.add_key_value(F.K_K(b), [int(k) for k in ks[b]], GGUFValueType.ARRAY, u32)
+    w.add_key_value(F.K_ROTATED, [int(p.Q is not None) for p in plans], GGUFValueType.ARRAY, GGUFValueType.UINT8)
+    w.add_string(F.K_MLP_OUT_KEY, m.mlp_out_key)
+    if m.thresholds:
+        w.add_key_value(F.K_THR_GRID, list(S.GRID), GGUFValueType.ARRAY, f32)
+        for b in m.thresholds:
+            w.add_key_value(F.K_THR(b), [t for p in plans for t in p.thresholds[b]], GGUFValueType.ARRAY, f32)
     w.add_string(F.K_CALIB_SOURCE, calib.source)
     w.add_string(F.K_CALIB_SHA256, calib.sha256)
     w.add_uint32(F.K_CALIB_TOKENS, calib.n_tokens)
@@ -151,10 +169,17 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
     copy_fields(src.reader, w, src.tokenizer_fields())
 
 
+def output_shapes(src: SourceModel, m: S.Method, rotated: list[bool]) -> dict[str, tuple[int, ...]]:
+    score_inputs = {"none": (), "norm": ("attn_in", "mlp_in"), "wina": F.BLOCK_INPUTS}[m.score]
+    scores = {(l, b) for l in range(src.hp.n_layers) for b in score_inputs}
+    return F.expected_tensors(src.hp, rotated, scores, F.T_ROPE_FREQS in src.tensors)
+
+
 def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> Summary:
     """Writes the LaRoSA GGUF for src_path to out_path; returns what it did."""
     t0 = time.time()
     check_options(opts)
+    m = S.method(opts.method, opts.rotation, opts.score, opts.coefs)
     src = SourceModel(src_path)
     hp = src.hp
     if os.path.exists(out_path) and os.path.samefile(src_path, out_path):
@@ -163,14 +188,18 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
         raise LarosaError("calibration: no tokens")
     if calib.tokens.min() < 0 or calib.tokens.max() >= hp.n_vocab:
         raise LarosaError("calibration: token ids outside the vocabulary")
-    types = tensor_types(src, opts)
-    shapes = F.expected_tensors(hp, F.T_ROPE_FREQS in src.tensors)
-    coefs = {b: [F.PAPER_COEFS[b]] * hp.n_layers for b in F.BLOCK_INPUTS}
+    # the plan of tensors fails early (bad --type for these sizes) before any slow step
+    tensor_types(src, opts, output_shapes(src, m, [m.rotation != "identity"] * hp.n_layers))
+    coefs = {b: [m.coefs[b]] * hp.n_layers for b in F.BLOCK_INPUTS}
     ks = F.ks_for(hp, coefs, opts.sparsity)
+    out = _Out(out_path, opts.force)   # refuses to overwrite before the slow part
 
-    out = _Out(out_path, opts.force)
+    plans = _calibrate(src, calib, m, ks, opts)
+    rotated = [p.Q is not None for p in plans]
+    shapes = output_shapes(src, m, rotated)
+    types = tensor_types(src, opts, shapes)
     w = GGUFWriter(out.tmp, F.ARCH)
-    _write_metadata(w, src, calib, opts, ks)
+    _write_metadata(w, src, calib, opts, m, plans, ks)
     for name, shape in shapes.items():
         nbytes = F.row_bytes(types[name], shape[-1]) * (shape[0] if len(shape) == 2 else 1)
         w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=types[name])
@@ -180,7 +209,7 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        written = _write_tensors(w, src, calib, types, opts)
+        written = _write_tensors(w, src, m, plans, types, opts)
         w.close()
         assert written == list(shapes), "tensor order differs from the header"
         out.commit()
@@ -191,59 +220,103 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
     finally:
         signal.signal(signal.SIGTERM, old_term)
 
+    f = load(out_path)    # the written file, read back through the runtime's validation
     return Summary(
         out_path=out_path, seconds=time.time() - t0, out_bytes=os.path.getsize(out_path), ks=ks,
-        bytes_per_token=F.bytes_per_token(hp, types, ks),
-        dense_bytes_per_token=F.bytes_per_token(hp, types, None),
-        source_bytes_per_token=_source_bytes_per_token(src),
-        calib_tokens=calib.n_tokens, types={n: t.name for n, t in types.items()})
+        rotated=rotated, bytes_per_token=f.bytes_per_token(), dense_bytes_per_token=f.dense_bytes_per_token(),
+        source_bytes_per_token=_source_bytes_per_token(src), calib_tokens=calib.n_tokens,
+        types={n: t.name for n, t in types.items()})
 
 
 @torch.inference_mode()
-def _write_tensors(w: GGUFWriter, src: SourceModel, calib: Calibration, types: dict[str, QT],
-                   opts: Options) -> list[str]:
+def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, list[int]],
+               opts: Options) -> list[S.LayerPlan]:
+    """Pass 1: the basis and the threshold tables of every layer."""
+    hp = src.hp
+    x = src.weight("token_embd.weight")[torch.from_numpy(calib.tokens.astype(np.int64))]  # [n_win, T, d]
+    freqs = src.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in src.tensors else None
+    cos, sin = rope_tables(hp, x.shape[1], freqs)
+    widths = {b: hp.block_input_width(b) for b in F.BLOCK_INPUTS}
+    look = bool(m.thresholds) or m.rotation == "auto"      # does the plan need the block inputs?
+    eye = torch.eye(hp.dim, dtype=torch.float64)
+    plans = []
+    for l in tqdm(range(hp.n_layers), desc="calibrate", unit="layer", disable=not opts.progress):
+        Q = None
+        if m.rotation != "identity":
+            H = torch.zeros(hp.dim, hp.dim, dtype=torch.float64)
+            for xw in x:
+                u = rmsnorm(xw, None, hp.norm_eps).double()
+                H += u.T @ u
+            Q = fuse.rotation_from_moments(H)
+        orig = fuse.source_layer(src.layer(l))
+        seen = TopK(**{b: [widths[b]] * hp.n_layers for b in F.BLOCK_INPUTS}, seen={}) if look else None
+        outs, attn, gate = [], [], []
+        for xw in x:
+            outs.append(layer_forward(orig, xw[None], hp, cos, sin, seen, l)[0])
+            if look:
+                attn.append(seen.seen["attn_out"][l][0])
+                gate.append(seen.seen["mlp_in"][l][0] @ orig.wgu[:, :hp.ffn_dim])
+        plan = S.LayerPlan(Q=Q)
+        if look:
+            xs, attn, gate = x.reshape(-1, hp.dim), torch.cat(attn), torch.cat(gate)
+            k_l = {b: ks[b][l] for b in F.BLOCK_INPUTS}
+            fused = {"pca": fuse.fuse_layer(orig, Q, None) if Q is not None else None,
+                     "id": fuse.fuse_layer(orig, eye, None)}
+            inputs = {name: S.block_inputs(orig, xs, hp.norm_eps, Q if name == "pca" else None, hp.ffn_dim,
+                                           attn, gate) for name, f in fused.items() if f is not None}
+            scores = {name: S.scores_of(m, f, orig) for name, f in fused.items() if f is not None}
+            if m.rotation == "auto" and not S.choose_rotation(m, orig, fused["pca"], fused["id"], inputs["pca"],
+                                                              inputs["id"], k_l, scores["pca"], scores["id"]):
+                plan.Q = None
+            basis = "pca" if plan.Q is not None else "id"
+            for i, b in enumerate(m.thresholds):
+                key = S.key_of(b, inputs[basis][b], scores[basis].get(b), gate, m.mlp_out_key)
+                plan.thresholds[b] = S.threshold_table(key, seed=l * 4 + i)
+        plans.append(plan)
+        x = torch.stack(outs)
+    return plans
+
+
+@torch.inference_mode()
+def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.LayerPlan],
+                   types: dict[str, QT], opts: Options) -> list[str]:
+    """Pass 2: fuse each layer with its basis (an adapter where the basis changes), then the
+    embedding and head."""
     hp = src.hp
     written: list[str] = []
 
     def put(name: str, x: torch.Tensor | np.ndarray) -> None:
+        if name not in types:
+            return   # not part of this file (an adapter between two identity bases)
         arr = x if isinstance(x, np.ndarray) else _encode(x, types[name])
         w.write_tensor_data(arr)
         written.append(name)
 
-    embd = src.weight("token_embd.weight")
-    x = embd[torch.from_numpy(calib.tokens.astype(np.int64))]   # [n_win, T, d] residuals
-    cos, sin = rope_tables(hp, x.shape[1], src.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in src.tensors else None)
-    Q_prev = Q_first = None
-    for l in tqdm(range(hp.n_layers), desc="calibrate+fuse", unit="layer", disable=not opts.progress):
-        H = torch.zeros(hp.dim, hp.dim, dtype=torch.float64)
-        for xw in x:
-            u = rmsnorm(xw, None, hp.norm_eps).double()
-            H += u.T @ u
-        Q = fuse.rotation_from_moments(H)
+    eye = torch.eye(hp.dim, dtype=torch.float64)
+    basis = [p.Q if p.Q is not None else eye for p in plans]
+    for l in tqdm(range(hp.n_layers), desc="fuse+write", unit="layer", disable=not opts.progress):
         orig = fuse.source_layer(src.layer(l))
-        need_adapter = l > 0 or hp.tied
-        fused = fuse.fuse_layer(orig, Q, fuse.adapter(Q_prev, Q) if need_adapter else None)
+        before = basis[l - 1] if l > 0 else eye      # a tied embedding is in the identity basis
+        fused = fuse.fuse_layer(orig, basis[l], fuse.adapter(before, basis[l]))
         if fused.adapter is not None:
             put(F.T_ADAPTER(l), fused.adapter)
         put(F.T_QKV(l), fused.wqkv)
         put(F.T_O(l), fused.wo)
         put(F.T_GATE_UP(l), fused.wgu)
         put(F.T_DOWN(l), fused.wdown)
+        for b, score in S.scores_of(m, fused, orig).items():
+            put(F.T_SCORE(l, b), score)
         del fused
-        x = torch.stack([layer_forward(orig, xw[None], hp, cos, sin)[0] for xw in x])
-        Q_prev = Q
-        if Q_first is None:
-            Q_first = Q
-    del x
 
+    embd = src.weight("token_embd.weight")
     if hp.tied:
         raw = src.raw("token_embd.weight")
         put(F.T_EMBD, np.asarray(raw.data) if raw.tensor_type == types[F.T_EMBD] else embd)
-        put(F.T_OUTPUT_ADAPTER, Q_prev.T.float())
+        put(F.T_OUTPUT_ADAPTER, basis[-1].T.float())
         put(F.T_OUTPUT_NORM, src.weight("output_norm.weight"))
     else:
-        put(F.T_EMBD, embd @ Q_first.float())
-        put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.weight("output_norm.weight"), Q_prev))
+        put(F.T_EMBD, embd @ basis[0].float())
+        put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.weight("output_norm.weight"), basis[-1]))
     if F.T_ROPE_FREQS in src.tensors:
         put(F.T_ROPE_FREQS, src.weight(F.T_ROPE_FREQS))
     return written

@@ -39,18 +39,23 @@ class Weights:
 
 @dataclass
 class TopK:
-    """k per layer for each of the four block inputs (FORMAT.md, format.BLOCK_INPUTS).
+    """The selection of each block input (FORMAT.md, format.BLOCK_INPUTS): k per layer for Top-K.
 
-    `score[b][l]`, a [n] weight, ranks inputs by |x_i| * score_i instead of |x_i| (WINA-style).
-    Test hooks: `forced[b][l]`, a 0/1 mask [B, T, n], replaces the selection (to replay the C
-    runtime's decisions); `seen[b][l]` receives each block input before masking."""
+    score[b][l], a [n] weight, ranks inputs by |x_i| * score_i instead of |x_i|; threshold[b][l] >= 0
+    keeps the inputs whose key exceeds it instead of the k largest; gate_key ranks the down input by
+    |silu(gate_j)| (CATS). Test hooks: forced[b][l], a 0/1 mask [B, T, n], replaces the selection (to
+    replay the C runtime's decisions); seen[b][l] receives each block input before masking, and
+    keys[b][l] (when a dict) its ranking key."""
     attn_in: list[int]
     attn_out: list[int]
     mlp_in: list[int]
     mlp_out: list[int]
     score: dict | None = None
+    threshold: dict | None = None
+    gate_key: bool = False
     forced: dict | None = None
     seen: dict | None = None
+    keys: dict | None = None
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -58,16 +63,20 @@ def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor
     return x if w is None else x * w
 
 
-def topk_keep(x: torch.Tensor, k: int, score: torch.Tensor | None = None) -> torch.Tensor:
-    """Zero all but the k largest |x| (times score, if given) along the last dim; ties keep the
-    lower index."""
+def topk_mask(x: torch.Tensor, k: int, score: torch.Tensor | None = None) -> torch.Tensor:
+    """True at the k largest |x| (times score, if given) along the last dim; ties keep the lower
+    index."""
     n = x.shape[-1]
     if k >= n:
-        return x
+        return torch.ones_like(x, dtype=torch.bool)
     key = x.abs() if score is None else x.abs() * score
     idx = torch.argsort(-key, dim=-1, stable=True)[..., :k]
-    mask = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, idx, True)
-    return x * mask
+    return torch.zeros_like(x, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+def topk_keep(x: torch.Tensor, k: int, score: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero all but the k largest |x| (times score) along the last dim."""
+    return x if k >= x.shape[-1] else x * topk_mask(x, k, score)
 
 
 def rope_tables(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None, offset: int = 0):
@@ -90,14 +99,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | None = None,
                   l: int = 0) -> torch.Tensor:
     """One decoder layer on the residual r [B, T, d] (positions 0..T-1, causal)."""
-    def keep(x, which):
+    def keep(x, which, gate=None):
         if ks is None:
             return x
         if ks.seen is not None:
             ks.seen.setdefault(which, {})[l] = x
+        score = None if ks.score is None else ks.score.get(which, {}).get(l)
+        key = Fn.silu(gate) if gate is not None and ks.gate_key else x
+        if ks.keys is not None:
+            ks.keys.setdefault(which, {})[l] = key.abs() if score is None else key.abs() * score
         if ks.forced is not None:
             return x * ks.forced[which][l]
-        return topk_keep(x, getattr(ks, which)[l], None if ks.score is None else ks.score[which][l])
+        thr = None if ks.threshold is None else ks.threshold[which][l]
+        if thr is not None and thr >= 0:
+            k = key.abs() if score is None else key.abs() * score
+            return x * (k > thr)
+        return x * topk_mask(key, getattr(ks, which)[l], score)
 
     B, T, _ = r.shape
     nh, nkv, hd = hp.n_heads, hp.n_kv_heads, hp.head_dim
@@ -113,7 +130,7 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
     r = r + a @ lw.wo
     h = keep(rmsnorm(r, lw.ffn_norm, hp.norm_eps), "mlp_in")
     gate, up = (h @ lw.wgu).chunk(2, dim=-1)
-    m = keep(Fn.silu(gate) * up, "mlp_out")
+    m = keep(Fn.silu(gate) * up, "mlp_out", gate)
     return r + m @ lw.wdown
 
 

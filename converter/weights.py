@@ -48,4 +48,12 @@ def larosa_weights(f: LarosaFile | str) -> Weights:
 
 
 def topk_of(f: LarosaFile, sparsity: float | None = None) -> TopK:
-    return TopK(**f.ks(sparsity))
+    """The file's selection at `sparsity`, as the reference simulation takes it."""
+    sel = f.selection(sparsity)
+    scores: dict = {}
+    for name, t in f.tensors.items():
+        parts = name.split(".")
+        if name.startswith("blk.") and parts[2].startswith("score_"):
+            arr = torch.from_numpy(np.array(t.data, dtype=np.float32))
+            scores.setdefault(parts[2][len("score_"):], {})[int(parts[1])] = arr
+    return TopK(**sel.k, score=scores or None, threshold=sel.threshold, gate_key=f.mlp_out_key == "gate")

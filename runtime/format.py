@@ -23,7 +23,9 @@ FORMAT_VERSION = 1
 #   mlp_out : silu(gate) * up feeding down     (plain,   width ff)
 BLOCK_INPUTS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 PAPER_COEFS = {"attn_in": 0.8, "attn_out": 1.2, "mlp_in": 0.8, "mlp_out": 1.2}
-METHODS = ("larosa",)
+# larosa: the paper's recipe (PCA rotations, Top-K, 0.8/1.2); topk: Top-K of |input| without rotation;
+# teal: static thresholds on |input|; cats: threshold on |silu(gate)|, MLP only. FORMAT.md.
+METHODS = ("larosa", "topk", "teal", "cats")
 
 # --type choices for the block weights.
 WEIGHT_TYPES = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
@@ -61,6 +63,9 @@ K_CALIB_SOURCE = key("calibration.source")
 K_CALIB_SHA256 = key("calibration.sha256")
 K_CALIB_TOKENS = key("calibration.tokens")
 K_CALIB_WINDOW = key("calibration.window")
+K_ROTATED = key("rotated")                  # uint8[n_layer]: 1 where layer l has a PCA basis
+K_MLP_OUT_KEY = key("mlp_out_key")          # "act" (rank |m_j|) or "gate" (rank |silu(gate_j)|)
+K_THR_GRID = key("threshold.sparsity")      # float32[G]: the levels of the threshold tables
 
 
 def K_COEF(block_input: str) -> str:
@@ -71,6 +76,10 @@ def K_K(block_input: str) -> str:
     return key(f"k.{block_input}")      # uint32[n_layer], k at the default sparsity
 
 
+def K_THR(block_input: str) -> str:
+    return key(f"threshold.{block_input}")   # float32[n_layer * G]: thresholds, layer-major
+
+
 # tensors; shapes are [rows, cols] row-major (ggml ne = [cols, rows]); "input-major" = one row per input
 T_EMBD = "token_embd.weight"          # [vocab, d]  lookup rows (rotated by Q_0 when untied)
 T_OUTPUT = "output.weight"            # [vocab, d]  untied only: head, logits = u_rot @ output^T
@@ -79,8 +88,12 @@ T_OUTPUT_ADAPTER = "output_adapter.weight"  # [d, d] tied only: Q_{L-1}^T, back 
 T_ROPE_FREQS = "rope_freqs.weight"    # [head_dim/2] F32, optional (llama3-style frequency factors)
 
 
-def T_ADAPTER(l: int) -> str:   # [d, d] input-major; r <- r @ A_l. l=0 only when tied.
+def T_ADAPTER(l: int) -> str:   # [d, d] input-major; r <- r @ A_l, where the basis changes
     return f"blk.{l}.adapter.weight"
+
+
+def T_SCORE(l: int, block_input: str) -> str:   # [n] F32: inputs ranked by |x_i| * score_i
+    return f"blk.{l}.score_{block_input}.weight"
 
 
 def T_QKV(l: int) -> str:       # [d, (n_head + 2 n_kv) head_dim] input-major
@@ -133,6 +146,19 @@ def kept(n: int, coef: float, sparsity: float) -> int:
     return max(1, min(n, math.floor((1.0 - s) * n + 1e-9)))
 
 
+def threshold_at(grid: list[float], table: list[float], level: float) -> float:
+    """The threshold for sparsity `level` from a layer's table over `grid` (linear interpolation;
+    0 at level 0, where every input with a non-zero key is kept, and clamped at the last level)."""
+    if level <= 0:
+        return 0.0
+    xs, ys = [0.0, *grid], [0.0, *table]
+    if level >= xs[-1]:
+        return ys[-1]
+    i = next(j for j in range(1, len(xs)) if xs[j] >= level)
+    f = (level - xs[i - 1]) / (xs[i] - xs[i - 1])
+    return ys[i - 1] + f * (ys[i] - ys[i - 1])
+
+
 def ks_for(hp: HParams, coefs: dict[str, list[float]], sparsity: float) -> dict[str, list[int]]:
     """Per block input, per layer k at the given sparsity."""
     return {b: [kept(hp.block_input_width(b), c, sparsity) for c in coefs[b]] for b in BLOCK_INPUTS}
@@ -155,20 +181,28 @@ def check_row_length(qtype: QT, n: int, what: str) -> None:
 WEIGHT_INPUT = {"attn_qkv": "attn_in", "attn_output": "attn_out", "ffn_gate_up": "mlp_in", "ffn_down": "mlp_out"}
 
 
-def expected_tensors(hp: HParams, has_rope_freqs: bool = False) -> dict[str, tuple[int, ...]]:
-    """Every tensor of a LaRoSA file and its [rows, cols] shape, in file order."""
+def expected_tensors(hp: HParams, rotated: list[bool], scores: set[tuple[int, str]] = frozenset(),
+                     has_rope_freqs: bool = False) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a LaRoSA file and its [rows, cols] shape, in file order. rotated[l]: layer l
+    has a PCA basis (else the identity); an adapter sits wherever the basis changes, the embedding
+    basis counting as the identity when tied (an untied embedding is stored in layer 0's basis)."""
     d, q = hp.dim, hp.n_heads * hp.head_dim
     t: dict[str, tuple[int, ...]] = {}
     for l in range(hp.n_layers):
-        if l > 0 or hp.tied:
+        before = rotated[l - 1] if l > 0 else False
+        if (rotated[l] or before) and (l > 0 or hp.tied):   # both identity: no change of basis
             t[T_ADAPTER(l)] = (d, d)
         t[T_QKV(l)] = (d, hp.qkv_dim)
         t[T_O(l)] = (q, d)
         t[T_GATE_UP(l)] = (d, 2 * hp.ffn_dim)
         t[T_DOWN(l)] = (hp.ffn_dim, d)
+        for b in BLOCK_INPUTS:
+            if (l, b) in scores:
+                t[T_SCORE(l, b)] = (hp.block_input_width(b),)
     t[T_EMBD] = (hp.n_vocab, d)
     if hp.tied:
-        t[T_OUTPUT_ADAPTER] = (d, d)
+        if rotated[-1]:
+            t[T_OUTPUT_ADAPTER] = (d, d)
         t[T_OUTPUT_NORM] = (d,)
     else:
         t[T_OUTPUT] = (hp.n_vocab, d)
@@ -177,19 +211,18 @@ def expected_tensors(hp: HParams, has_rope_freqs: bool = False) -> dict[str, tup
     return t
 
 
-def bytes_per_token(hp: HParams, types: dict[str, QT], ks: dict[str, list[int]] | None) -> int:
-    """Weight bytes one decode step reads: k rows of each block weight (all rows when ks is None),
-    the adapters and the head in full, one embedding row."""
-    shapes = expected_tensors(hp)
-    total = row_bytes(types[T_EMBD], hp.dim)
-    for name, shape in shapes.items():
-        if name == T_EMBD or len(shape) == 1:
+def bytes_per_token(hp: HParams, tensors: dict[str, tuple[tuple[int, ...], QT]],
+                    rows: dict[str, list[float]] | None) -> float:
+    """Weight bytes one decode step reads: rows[b][l] rows of each block weight (all rows when
+    rows is None), the adapters, scores and the head in full, one embedding row."""
+    total = 0.0
+    for name, (shape, qtype) in tensors.items():
+        if name == T_EMBD:
+            total += row_bytes(qtype, hp.dim) * (1 + (hp.n_vocab if hp.tied else 0))  # lookup, tied head
             continue
-        kind = name.split(".")[2] if name.startswith("blk.") else ""
-        rows = shape[0]
-        if kind in WEIGHT_INPUT and ks is not None:
-            rows = ks[WEIGHT_INPUT[kind]][int(name.split(".")[1])]
-        total += rows * row_bytes(types[name], shape[1])
-    if hp.tied:
-        total += hp.n_vocab * row_bytes(types[T_EMBD], hp.dim)  # the head reads the embedding
+        n_rows = shape[0] if len(shape) == 2 else 1
+        parts = name.split(".")
+        if rows is not None and name.startswith("blk.") and parts[2] in WEIGHT_INPUT:
+            n_rows = rows[WEIGHT_INPUT[parts[2]]][int(parts[1])]
+        total += n_rows * row_bytes(qtype, shape[-1])
     return total

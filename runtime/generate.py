@@ -96,12 +96,11 @@ def generate_text(model, prompt: str | list[int], max_tokens: int, stop: list[st
         if model.tokenizer.is_eog(tok):
             break
         pending += decoder.decode(model.tokenizer.piece(tok))
-        for x in stop:
-            at = pending.find(x)
-            if at >= 0:
-                if pending[:at]:
-                    yield pending[:at]
-                return
+        hits = [at for at in (pending.find(x) for x in stop) if at >= 0]
+        if hits:                                  # the earliest stop string ends the text
+            if pending[:min(hits)]:
+                yield pending[:min(hits)]
+            return
         if hold > 0:
             safe = len(pending) - hold
             if safe > 0:

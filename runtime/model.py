@@ -27,6 +27,7 @@ _ERRORS = {lib.LR_EARG: "invalid argument", lib.LR_ESHAPE: "tensor shape or size
            lib.LR_ERANGE: "value out of range", lib.LR_ENAN: "non-finite values in the logits",
            lib.LR_ETHREAD: "cannot start threads"}
 DEFAULT_N_CTX = 4096
+PROMPT_CHUNK = 256     # prompt tokens per C call in eval_prompt
 
 
 class ContextError(LarosaError):
@@ -122,17 +123,22 @@ class Model:
             self._tensor(F.T_O(l), L.wo)
             self._tensor(F.T_GATE_UP(l), L.wgu)
             self._tensor(F.T_DOWN(l), L.wdown)
+            for i, b in enumerate(F.BLOCK_INPUTS):
+                self._tensor(F.T_SCORE(l, b), L.score[i])
         d.layers = layers
+        d.mlp_out_gate_key = int(self.file.mlp_out_key == "gate")
         return d
 
     def set_sparsity(self, sparsity: float) -> None:
-        """Switches the Top-K to another model sparsity (FORMAT.md: k from the stored coefficients);
-        the cached context is dropped."""
-        ks = self.file.ks(sparsity)
-        arrays = [ffi.new("int32_t[]", ks[b]) for b in F.BLOCK_INPUTS]
-        self._check(lib.lr_model_set_topk(self._m, *arrays))
-        self.sparsity, self.ks = float(sparsity), ks
+        """Switches to another model sparsity (FORMAT.md: each block input skips min(coef * s, 1) of
+        its inputs, by Top-K or by the file's threshold tables); the cached context is dropped."""
+        sel = self.file.selection(sparsity)
+        k = ffi.new("int32_t[]", [v for b in F.BLOCK_INPUTS for v in sel.k[b]])
+        thr = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in sel.threshold[b]])
+        self._check(lib.lr_model_set_selection(self._m, k, thr))
+        self.sparsity, self.ks, self.thresholds = float(sparsity), sel.k, sel.threshold
         self.reset()   # cached keys and values were computed at the old sparsity
+        self.rows_read(reset=True)
 
     def _check(self, rc: int) -> None:
         if rc == lib.LR_ENAN:
@@ -191,13 +197,35 @@ class Model:
         common = min(common, len(tokens) - 1)
         self.tokens = self.tokens[:common]
         new = list(tokens[common:])
-        if len(new) > 1:
-            self.eval(new[:-1])
+        for i in range(0, len(new) - 1, PROMPT_CHUNK):   # chunks: Ctrl-C gets through between them
+            self.eval(new[i:min(i + PROMPT_CHUNK, len(new) - 1)])
         return self.eval(new[-1:]), len(new)
 
-    def bytes_per_token(self) -> int:
-        """Weight bytes one decode step reads at the current sparsity."""
+    def bytes_per_token(self) -> float:
+        """Weight bytes one decode step reads at the current sparsity (nominal for thresholds)."""
         return self.file.bytes_per_token(self.sparsity)
+
+    def rows_read(self, reset: bool = False) -> tuple[dict[str, float], int]:
+        """Inputs actually read per token since the last reset, per block input (summed over
+        layers), and the tokens evaluated."""
+        out = ffi.new("uint64_t[5]")
+        self._check(lib.lr_model_rows_read(self._m, out, int(reset)))
+        n = int(out[4])
+        return {b: (out[i] / n if n else 0.0) for i, b in enumerate(F.BLOCK_INPUTS)}, n
+
+    def skipped_fraction(self, reset: bool = False) -> float:
+        """Fraction of the block weights' bytes (q/k/v, o, gate/up, down) that Top-K or thresholds
+        skipped per token, measured since the last reset (nan before any token)."""
+        rows, n = self.rows_read(reset)
+        if n == 0:
+            return float("nan")
+        read = dense = 0.0
+        for name, (shape, qtype) in self.file.shapes_types().items():
+            parts = name.split(".")
+            if name.startswith("blk.") and parts[2] in F.WEIGHT_INPUT:
+                dense += shape[0] * F.row_bytes(qtype, shape[1])
+                read += rows[F.WEIGHT_INPUT[parts[2]]] / self.hp.n_layers * F.row_bytes(qtype, shape[1])
+        return 1.0 - read / dense
 
     def __repr__(self) -> str:
         return (f"Model({os.path.basename(self.file.path)!r}, sparsity={self.sparsity}, "

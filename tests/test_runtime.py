@@ -51,21 +51,25 @@ def traced_eval(m: Model, tokens: list[int], batched: bool):
 def check_against_reference(m: Model, tokens: list[int], rtol: float, batched: bool = True) -> None:
     logits, forced = traced_eval(m, tokens, batched)
     ks = topk_of(m.file, m.sparsity)
-    ks.forced, ks.seen = forced, {}
+    ks.forced, ks.keys = forced, {}
     ref = forward(larosa_weights(m.file), torch.tensor([tokens]), ks)[0].numpy()
     scale = np.abs(ref).max()
     assert scale > 0.1
     np.testing.assert_allclose(logits, ref, rtol=0, atol=rtol * scale)
     for b in F.BLOCK_INPUTS:
         for l in range(m.hp.n_layers):
-            x = ks.seen[b][l][0].abs()
-            mask = forced[b][l][0].bool()
+            key, mask = ks.keys[b][l][0], forced[b][l][0].bool()
+            thr = ks.threshold[b][l]
+            if thr >= 0:        # threshold: exactly the keys above it, up to float noise at it
+                near = (key - thr).abs() <= 1e-4 * max(thr, 1e-6)
+                assert ((key > thr) == mask)[~near].all(), (b, l)
+                continue
             k = getattr(ks, b)[l]
             assert (mask.sum(-1) == k).all(), (b, l)
-            if k == x.shape[-1]:
+            if k == key.shape[-1]:
                 continue
-            smallest_kept = x.masked_fill(~mask, float("inf")).min(-1).values
-            largest_dropped = x.masked_fill(mask, -1.0).max(-1).values
+            smallest_kept = key.masked_fill(~mask, float("inf")).min(-1).values
+            largest_dropped = key.masked_fill(mask, -1.0).max(-1).values
             assert (largest_dropped <= smallest_kept * (1 + 1e-4) + 1e-7).all(), (b, l)
 
 

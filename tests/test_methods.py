@@ -1,0 +1,77 @@
+"""The sparsity methods (larosa, topk, teal, cats; automatic basis; WINA scores): what the converter
+stores for each, and the C runtime against the reference simulation for each."""
+import numpy as np
+import pytest
+import torch
+
+from larosa.converter.model import forward
+from larosa.converter.source import SourceModel
+from larosa.converter.weights import larosa_weights, source_weights, topk_of
+from larosa.runtime import format as F
+from larosa.runtime.loader import load
+from larosa.runtime.model import Model
+
+from conftest import convert_for_test
+from test_runtime import check_against_reference
+
+VARIANTS = {
+    "larosa": dict(method="larosa"),
+    "topk": dict(method="topk"),
+    "teal": dict(method="teal"),
+    "cats": dict(method="cats"),
+    "auto_wina": dict(method="larosa", rotation="auto", score="wina"),
+}
+
+
+@pytest.fixture(scope="module")
+def variants(tiny, tmp_path_factory):
+    d = tmp_path_factory.mktemp("methods")
+    return {n: convert_for_test(tiny["tied_gqa_q8"], str(d / f"{n}.gguf"), "f32", **kw) for n, kw in VARIANTS.items()}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_dense_equals_original(variants, tiny, name):
+    w0 = source_weights(SourceModel(tiny["tied_gqa_q8"]))
+    f = load(variants[name])
+    toks = torch.randint(0, w0.hp.n_vocab, (1, 25), generator=torch.Generator().manual_seed(4))
+    a, b = forward(w0, toks), forward(larosa_weights(f), toks, topk_of(f, 0.0))
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("batched", [True, False], ids=["prefill", "decode"])
+def test_runtime_matches_reference(variants, name, batched):
+    m = Model(variants[name], sparsity=0.4, n_threads=2)
+    tokens = np.random.default_rng(8).integers(0, m.hp.n_vocab, 37).tolist()
+    check_against_reference(m, tokens, rtol=1e-4, batched=batched)
+
+
+def test_what_each_method_stores(variants):
+    hp = load(variants["larosa"]).hp
+    larosa, topk, teal, cats = (load(variants[n]) for n in ("larosa", "topk", "teal", "cats"))
+    assert larosa.rotated == [True] * hp.n_layers and larosa.coefs["mlp_out"][0] == pytest.approx(1.2)
+    assert F.T_ADAPTER(1) in larosa.tensors and not larosa.thr_table
+    for f in (topk, teal, cats):            # no rotation: no adapter anywhere
+        assert f.rotated == [False] * hp.n_layers
+        assert not [n for n in f.tensors if "adapter" in n]
+    assert F.T_SCORE(0, "attn_in") in topk.tensors and F.T_SCORE(0, "attn_out") not in topk.tensors
+    assert set(teal.thr_table) == set(F.BLOCK_INPUTS) and teal.thr_grid[0] == pytest.approx(0.05)
+    assert set(cats.thr_table) == {"mlp_out"} and cats.mlp_out_key == "gate"
+    assert cats.ks(0.5)["attn_in"] == [hp.dim] * hp.n_layers       # attention stays dense
+    sel = teal.selection(0.4)
+    assert all(t > 0 for b in F.BLOCK_INPUTS for t in sel.threshold[b])
+    assert sel.threshold["mlp_out"][0] > teal.selection(0.2).threshold["mlp_out"][0]
+    wina = load(variants["auto_wina"])
+    assert all(F.T_SCORE(l, b) in wina.tensors for l in range(hp.n_layers) for b in F.BLOCK_INPUTS)
+    assert len(wina.rotated) == hp.n_layers
+
+
+def test_thresholds_hit_their_level_on_calibration_like_data(variants):
+    """TEAL's tables come from the calibration tokens' distribution: on random tokens of the same
+    kind the measured skipped fraction of block weight bytes lands near the target."""
+    m = Model(variants["teal"], sparsity=0.5, n_threads=1)
+    m.eval(np.random.default_rng(0).integers(0, m.hp.n_vocab, 48).tolist())
+    assert 0.35 < m.skipped_fraction() < 0.65
+    m.set_sparsity(0.0)
+    m.eval([1, 2, 3])
+    assert m.skipped_fraction() < 0.01
