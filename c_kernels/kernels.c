@@ -234,38 +234,56 @@ static inline uint32_t abs_key(float v) {
     return u & 0x7fffffffu;
 }
 
-/* Radix select of the k-th largest key, 8 bits at a time over the surviving candidates, then one
- * pass in index order: keys above the threshold, plus the first (k - above) keys equal to it. */
+/* Radix select of the k-th largest key: one histogram of the top 10 bits (sign-free exponent and two
+ * mantissa bits) over all keys, then the few keys in the bucket holding the k-th are refined 11 and
+ * 10 bits at a time; a last pass in index order takes the keys above the threshold and the first
+ * (k - above) keys equal to it. */
+static uint32_t select_in(uint32_t *cand, int32_t m, int32_t *need, uint32_t prefix, int shift, int bits) {
+    uint32_t hist[2048] = {0};
+    const uint32_t mask = (1u << bits) - 1;
+    for (int32_t i = 0; i < m; i++) hist[(cand[i] >> shift) & mask]++;
+    int32_t bucket = (int32_t)mask;
+    for (; bucket > 0; bucket--) {   /* walk from the top until the bucket holding the k-th */
+        if ((int32_t)hist[bucket] >= *need) break;
+        *need -= (int32_t)hist[bucket];
+    }
+    return prefix | (uint32_t)bucket << shift;
+}
+
 int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *cand) {
     if (k >= n) {
         for (int32_t i = 0; i < n; i++) idx[i] = i;
         return n;
     }
-    uint32_t prefix = 0, mask = 0;
-    int32_t need = k;                  /* how many of the candidates must still be taken */
-    int32_t m = n;
-    for (int32_t i = 0; i < n; i++) cand[i] = abs_key(x[i]);
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        uint32_t hist[256] = {0};
-        for (int32_t i = 0; i < m; i++) hist[(cand[i] >> shift) & 0xff]++;
-        int32_t bucket = 255;
-        for (; bucket > 0; bucket--) {   /* walk from the top until the bucket holding the k-th */
-            if ((int32_t)hist[bucket] >= need) break;
-            need -= (int32_t)hist[bucket];
-        }
-        prefix |= (uint32_t)bucket << shift;
-        mask |= 0xffu << shift;
-        int32_t mm = 0;                  /* keep only the candidates inside that bucket */
-        for (int32_t i = 0; i < m; i++)
-            if ((cand[i] & mask) == prefix) cand[mm++] = cand[i];
-        m = mm;
+    int32_t need = k;   /* how many of the keys inside the current prefix must still be taken */
+    uint32_t hist[1024] = {0};
+    for (int32_t i = 0; i < n; i++) hist[abs_key(x[i]) >> 21]++;
+    int32_t top = 1023;
+    for (; top > 0; top--) {
+        if ((int32_t)hist[top] >= need) break;
+        need -= (int32_t)hist[top];
     }
-    /* prefix is the threshold key; `need` of the keys equal to it are taken, lowest index first */
-    const uint32_t thr = prefix;
+    int32_t m = 0;      /* the keys of that bucket (branch-free: the test is a coin flip) */
+    for (int32_t i = 0; i < n; i++) {
+        const uint32_t key = abs_key(x[i]);
+        cand[m] = key;
+        m += (int32_t)(key >> 21) == top;
+    }
+    uint32_t thr = select_in(cand, m, &need, (uint32_t)top << 21, 10, 11);
+    int32_t mm = 0;
+    for (int32_t i = 0; i < m; i++) {
+        cand[mm] = cand[i];
+        mm += (cand[i] & ~0x3ffu) == thr;
+    }
+    thr = select_in(cand, mm, &need, thr, 0, 10);
+    /* thr is the k-th largest key; `need` of the keys equal to it are taken, lowest index first */
     int32_t out = 0, eq_left = need;
     for (int32_t i = 0; i < n; i++) {
         const uint32_t key = abs_key(x[i]);
-        if (key > thr || (key == thr && eq_left-- > 0)) idx[out++] = i;
+        const int32_t eq = key == thr, take = (key > thr) | (eq & (eq_left > 0));
+        eq_left -= eq & take;
+        idx[out] = i;
+        out += take;
     }
     return out;
 }
