@@ -127,10 +127,55 @@ AVX512 static inline __m512 ldw_f16_512(const void *row, int64_t c) {
 AVX512 static inline float ld1_f32_512(const void *row, int64_t c) { return ((const float *)row)[c]; }
 AVX512 static inline float ld1_f16_512(const void *row, int64_t c) { return _cvtsh_ss(((const uint16_t *)row)[c]); }
 
-SPMV_Q(AVX512, spmv_q8_0_512, block_q8_0, __m512, 2, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
-       _mm512_setzero_ps, _mm512_fmadd_ps, q8_512)
-SPMV_Q(AVX512, spmv_q4_0_512, block_q4_0, __m512, 2, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
-       _mm512_setzero_ps, _mm512_fmadd_ps, q4_512)
+/* a * d for `count` (<= 16) consecutive blocks of a row, by one gather of the fp16 scales */
+#define SCALES_512(NAME, BLOCK)                                                                    \
+    AVX512 static inline void NAME(const BLOCK *r, int32_t count, float a, float *out) {           \
+        const __mmask16 live = (__mmask16)((1u << count) - 1);                                     \
+        const __m512i off = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), \
+                                               _mm512_set1_epi32((int)sizeof(BLOCK)));             \
+        const __m512i raw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, off, r, 1);  \
+        const __m512 d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));                             \
+        _mm512_storeu_ps(out, _mm512_mul_ps(d, _mm512_set1_ps(a)));                                \
+    }
+SCALES_512(scales_q8_512, block_q8_0)
+SCALES_512(scales_q4_512, block_q4_0)
+
+/* AVX-512 quantized spmv: as SPMV_Q, with the scales of 16 blocks of each row gathered at once */
+#define SPMV_QG_512(NAME, BLOCK, DECODE, SCALES)                                                   \
+    AVX512 static void NAME(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,     \
+                            float *y, int32_t c0, int32_t c1) {                                    \
+        const int32_t b0 = c0 / QK, nb = c1 / QK - b0;                                             \
+        float *yb = y + (int64_t)b0 * QK;                                                          \
+        for (int32_t t = 0; t < nb * 2; t++) _mm512_storeu_ps(yb + 16 * t, _mm512_setzero_ps());   \
+        float sc[4][16];                                                                           \
+        for (int32_t j = 0; j < k; j += 4) {                                                       \
+            const int rows = k - j < 4 ? k - j : 4;                                                \
+            const BLOCK *r[4];                                                                     \
+            float a[4];                                                                            \
+            for (int u = 0; u < 4; u++) {                                                          \
+                const int32_t i = ROW_OF(j + (u < rows ? u : 0));                                  \
+                r[u] = (const BLOCK *)lr_row(w, i) + b0;                                           \
+                a[u] = u < rows ? x[i] : 0.0f;   /* missing rows: weight 0 on a real row */        \
+            }                                                                                      \
+            for (int32_t c = 0; c < nb; c += 16) {                                                 \
+                const int32_t count = nb - c < 16 ? nb - c : 16;                                   \
+                for (int u = 0; u < 4; u++) SCALES(r[u] + c, count, a[u], sc[u]);                 \
+                for (int32_t b = c; b < c + count; b++) {                                          \
+                    __m512 lo = _mm512_loadu_ps(yb + b * QK), hi = _mm512_loadu_ps(yb + b * QK + 16), q[2]; \
+                    _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) {                          \
+                        const __m512 s = _mm512_set1_ps(sc[u][b - c]);                             \
+                        DECODE(&r[u][b], q);                                                       \
+                        lo = _mm512_fmadd_ps(s, q[0], lo);                                         \
+                        hi = _mm512_fmadd_ps(s, q[1], hi);                                         \
+                    }                                                                              \
+                    _mm512_storeu_ps(yb + b * QK, lo);                                             \
+                    _mm512_storeu_ps(yb + b * QK + 16, hi);                                        \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+SPMV_QG_512(spmv_q8_0_512, block_q8_0, q8_512, scales_q8_512)
+SPMV_QG_512(spmv_q4_0_512, block_q4_0, q4_512, scales_q4_512)
 SPMV_F(AVX512, spmv_f32_512, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
        _mm512_setzero_ps, _mm512_fmadd_ps, ldw_f32_512, ld1_f32_512)
 SPMV_F(AVX512, spmv_f16_512, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
