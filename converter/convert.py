@@ -170,8 +170,7 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
 
 
 def output_shapes(src: SourceModel, m: S.Method, rotated: list[bool]) -> dict[str, tuple[int, ...]]:
-    score_inputs = {"none": (), "norm": ("attn_in", "mlp_in"), "wina": F.BLOCK_INPUTS}[m.score]
-    scores = {(l, b) for l in range(src.hp.n_layers) for b in score_inputs}
+    scores = {(l, b) for l, r in enumerate(rotated) for b in S.SCORED[S.layer_score(m, r)]}
     return F.expected_tensors(src.hp, rotated, scores, F.T_ROPE_FREQS in src.tensors)
 
 
@@ -256,7 +255,7 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
             if look:
                 attn.append(seen.seen["attn_out"][l][0])
                 gate.append(seen.seen["mlp_in"][l][0] @ orig.wgu[:, :hp.ffn_dim])
-        plan = S.LayerPlan(Q=Q)
+        plan = S.LayerPlan(Q=Q, score=S.layer_score(m, Q is not None))
         if look:
             xs, attn, gate = x.reshape(-1, hp.dim), torch.cat(attn), torch.cat(gate)
             k_l = {b: ks[b][l] for b in F.BLOCK_INPUTS}
@@ -264,11 +263,13 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
                      "id": fuse.fuse_layer(orig, eye, None)}
             inputs = {name: S.block_inputs(orig, xs, hp.norm_eps, Q if name == "pca" else None, hp.ffn_dim,
                                            attn, gate) for name, f in fused.items() if f is not None}
-            scores = {name: S.scores_of(m, f, orig) for name, f in fused.items() if f is not None}
+            scores = {name: S.scores_of(S.layer_score(m, name == "pca"), f, orig)
+                      for name, f in fused.items() if f is not None}
             if m.rotation == "auto" and not S.choose_rotation(m, orig, fused["pca"], fused["id"], inputs["pca"],
                                                               inputs["id"], k_l, scores["pca"], scores["id"]):
                 plan.Q = None
             basis = "pca" if plan.Q is not None else "id"
+            plan.score = S.layer_score(m, plan.Q is not None)
             for i, b in enumerate(m.thresholds):
                 key = S.key_of(b, inputs[basis][b], scores[basis].get(b), gate, m.mlp_out_key)
                 plan.thresholds[b] = S.threshold_table(key, seed=l * 4 + i)
@@ -304,7 +305,7 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
         put(F.T_O(l), fused.wo)
         put(F.T_GATE_UP(l), fused.wgu)
         put(F.T_DOWN(l), fused.wdown)
-        for b, score in S.scores_of(m, fused, orig).items():
+        for b, score in S.scores_of(plans[l].score, fused, orig).items():
             put(F.T_SCORE(l, b), score)
         del fused
 

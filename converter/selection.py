@@ -55,8 +55,8 @@ def method(name: str, rotation: str | None = None, score: str | None = None,
         raise LarosaError(f"--rotation must be pca, identity or auto, got {rotation!r}")
     if score not in ("none", "norm", "wina"):
         raise LarosaError(f"--score must be none, norm or wina, got {score!r}")
-    if score == "norm" and rotation != "identity":
-        raise LarosaError("--score norm ranks by |g u| and needs --rotation identity")
+    if score == "norm" and rotation == "pca":
+        raise LarosaError("--score norm ranks by |g u| and needs an identity basis (--rotation identity or auto)")
     c = dict(m.coefs) if coefs is None else coefs
     if set(c) != set(F.BLOCK_INPUTS) or not all(0 <= v <= 10 for v in c.values()):
         raise LarosaError("coefficients: four values in [0, 10], one per block input")
@@ -66,14 +66,26 @@ def method(name: str, rotation: str | None = None, score: str | None = None,
 @dataclass
 class LayerPlan:
     Q: torch.Tensor | None                               # float64 [d, d] or None (identity)
+    score: str = "none"                                  # none | norm | wina, for this layer
     thresholds: dict[str, list[float]] = field(default_factory=dict)   # block input -> one per GRID level
 
 
-def scores_of(m: Method, fused: Layer, src: Layer) -> dict[str, torch.Tensor]:
+SCORED = {"none": (), "norm": ("attn_in", "mlp_in"), "wina": F.BLOCK_INPUTS}   # block inputs with a score
+
+
+def layer_score(m: Method, rotated: bool) -> str:
+    """The score of a layer: the method's; an identity layer of an automatic plan whose method has
+    none ranks by |g u| (norm), as plain Top-K does."""
+    if not rotated and m.rotation == "auto" and m.score == "none":
+        return "norm"
+    return m.score
+
+
+def scores_of(mode: str, fused: Layer, src: Layer) -> dict[str, torch.Tensor]:
     """Ranking scores of a fused layer: key_i = |x_i| * score_i."""
-    if m.score == "norm":     # identity basis: |u_i| * |g_i| = |input of the original linear|
+    if mode == "norm":     # identity basis: |u_i| * |g_i| = |input of the original linear|
         return {"attn_in": src.attn_norm.abs(), "mlp_in": src.ffn_norm.abs()}
-    if m.score == "wina":     # |x_i| * ||row i of the fused weight||: the size of input i's contribution
+    if mode == "wina":     # |x_i| * ||row i of the fused weight||: the size of input i's contribution
         return {"attn_in": fused.wqkv.norm(dim=1), "attn_out": fused.wo.norm(dim=1),
                 "mlp_in": fused.wgu.norm(dim=1), "mlp_out": fused.wdown.norm(dim=1)}
     return {}
@@ -109,7 +121,7 @@ def output_error(v: torch.Tensor, k: int, score: torch.Tensor | None, W: torch.T
 def choose_rotation(m: Method, src: Layer, fused_pca: Layer, fused_id: Layer, inputs_pca: dict,
                     inputs_id: dict, ks: dict[str, int], scores_pca: dict, scores_id: dict) -> bool:
     """auto: keep the PCA basis only where its Top-K loses less of the q/k/v and gate/up outputs
-    than the identity's on the calibration data (the method is then never worse than plain Top-K)."""
+    than the identity basis ranked as plain Top-K ranks (|g u|) on the calibration data."""
     def cost(inputs, fused, scores):
         return (output_error(inputs["attn_in"], ks["attn_in"], scores.get("attn_in"), fused.wqkv)
                 + output_error(inputs["mlp_in"], ks["mlp_in"], scores.get("mlp_in"), fused.wgu))

@@ -84,7 +84,7 @@ def perplexity_main(argv: list[str] | None = None) -> int:
         if a.engine == "larosa":
             from .model import Model
             m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size)
-            tok, fn, sparsity = m.tokenizer, P.larosa_logits(m), m.sparsity
+            tok, fn, sparsity = m.tokenizer, P.larosa_logits(m), round(m.sparsity, 6)
             bytes_per_token = m.bytes_per_token()
         else:
             if a.sparsity not in (None, 0):
@@ -94,13 +94,15 @@ def perplexity_main(argv: list[str] | None = None) -> int:
         ids = tok.encode(text)
         windows = P.make_windows(ids, a.ctx_size, a.chunks, tok.bos_id if tok.add_bos else None)
         r = P.score(windows, fn, progress=not a.quiet, desc=f"{a.engine} s={sparsity:g}")
+        skipped = m.skipped_fraction(reset=True) if a.engine == "larosa" else 0.0
         print(f"{a.engine}: {os.path.basename(a.model)} sparsity {sparsity:g}: ppl = {r.ppl:.4f} over "
-              f"{r.tokens} tokens ({r.windows} windows of {a.ctx_size}), {r.tokens / r.seconds:.1f} tok/s")
+              f"{r.tokens} tokens ({r.windows} windows of {a.ctx_size}), {r.tokens / r.seconds:.1f} tok/s, "
+              f"{skipped:.1%} of block weight bytes skipped")
         if a.json:
             print(json.dumps({"engine": a.engine, "model": a.model, "ppl": r.ppl, "nll": r.nll,
                               "tokens": r.tokens, "windows": r.windows, "ctx": a.ctx_size,
-                              "sparsity": sparsity, "bytes_per_token": bytes_per_token,
-                              "seconds": r.seconds}))
+                              "sparsity": sparsity, "skipped_fraction": skipped,
+                              "bytes_per_token": bytes_per_token, "seconds": r.seconds}))
         return 0
     except (LarosaError, ValueError) as e:
         return _fail("larosa-perplexity", e)
