@@ -278,7 +278,7 @@ int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_
     thr = select_in(cand, mm, &need, thr, 0, 10);
     /* thr is the k-th largest key; `need` of the keys equal to it are taken, lowest index first */
     int32_t out = 0, eq_left = need;
-    for (int32_t i = 0; i < n; i++) {
+    for (int32_t i = 0; i < n && out < k; i++) {   /* stops at k: idx has room for k only */
         const uint32_t key = abs_key(x[i]);
         const int32_t eq = key == thr, take = (key > thr) | (eq & (eq_left > 0));
         eq_left -= eq & take;

@@ -157,9 +157,11 @@ SCALES_512(scales_q4_512, block_q4_0)
                 r[u] = (const BLOCK *)lr_row(w, i) + b0;                                           \
                 a[u] = u < rows ? x[i] : 0.0f;   /* missing rows: weight 0 on a real row */        \
             }                                                                                      \
+            /* missing rows: scale 0 (not 0 * d: an inf scale would make NaN) */                   \
+            for (int u = rows; u < 4; u++) memset(sc[u], 0, sizeof sc[u]);                         \
             for (int32_t c = 0; c < nb; c += 16) {                                                 \
                 const int32_t count = nb - c < 16 ? nb - c : 16;                                   \
-                for (int u = 0; u < 4; u++) SCALES(r[u] + c, count, a[u], sc[u]);                 \
+                for (int u = 0; u < rows; u++) SCALES(r[u] + c, count, a[u], sc[u]);              \
                 for (int32_t b = c; b < c + count; b++) {                                          \
                     __m512 lo = _mm512_loadu_ps(yb + b * QK), hi = _mm512_loadu_ps(yb + b * QK + 16), q[2]; \
                     _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) {                          \

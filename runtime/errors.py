@@ -11,3 +11,7 @@ class FormatError(LarosaError):
 
 class UnsupportedError(LarosaError):
     """A well-formed file this version cannot handle (architecture, tensor type, feature)."""
+
+
+class ResourceError(LarosaError):
+    """What the file asks for (a KV cache of layers x context x width) does not fit this machine."""

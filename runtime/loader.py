@@ -10,15 +10,23 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, ReaderTensor
 
+from gguf import GGUFValueType as VT
+
 from . import format as F
-from .errors import FormatError, UnsupportedError
-from .gguf_file import Metadata, open_gguf, tensor_map, tensor_rows_cols
+from .errors import FormatError, ResourceError, UnsupportedError
+from .gguf_file import GGUFLayout, Metadata, open_checked, tensor_map, tensor_rows_cols
 
 MAX_DIM = 1 << 17      # caps on sizes read from the file, far above any real model
 MAX_LAYERS = 1024
-MAX_VOCAB = 1 << 22
-MAX_CTX = 1 << 22
+MAX_VOCAB = 1 << 19    # 2x the largest real vocabularies (Gemma: 262144); gguf_file caps array items
+MAX_CTX = 1 << 22      # also lr_model_new's limit
 MAX_GRID = 1024
+GGUF_VERSION = 3       # FORMAT.md: GGUF v3, little-endian, 32-byte alignment
+ALIGNMENT = 32
+DEFAULT_N_CTX = 4096   # Model's default context: min(file's, this); model.DEFAULT_N_CTX
+# Tokenizers llama.cpp builds for llama-architecture sources (SentencePiece, byte-level BPE); the
+# others take code paths of llama.cpp that abort on input it does not expect.
+TOKENIZER_MODELS = ("llama", "gpt2")
 _SCORE = re.compile(r"blk\.(\d+)\.score_(attn_in|attn_out|mlp_in|mlp_out)\.weight")
 
 
@@ -43,6 +51,16 @@ class LarosaFile:
     thr_table: dict[str, np.ndarray]      # block input -> [n_layer, G] (absent: Top-K)
     mlp_out_key: str                      # "act" or "gate"
     tensors: dict[str, ReaderTensor]
+    layout: GGUFLayout | None = None      # the header as gguf_file.scan_gguf checked it
+
+    def memory_bytes(self, n_ctx: int, n_threads: int = 1) -> int:
+        """What lr_model_new allocates for a context of n_ctx (see memory_bytes below)."""
+        return memory_bytes(self.hp, n_ctx, n_threads)
+
+    def check_memory(self, n_ctx: int, n_threads: int = 1) -> None:
+        """ResourceError (before any allocation) when the KV cache and buffers of a context of n_ctx
+        positions would exceed the machine's physical memory."""
+        check_memory(self.hp, n_ctx, n_threads, self.path)
 
     def levels(self, sparsity: float | None = None) -> dict[str, list[float]]:
         """Fraction of each block input's inputs skipped, per layer: min(coef * s, 1)."""
@@ -80,6 +98,38 @@ class LarosaFile:
 
     def dense_bytes_per_token(self) -> float:
         return F.bytes_per_token(self.hp, self.shapes_types(), None)
+
+
+def memory_bytes(hp: F.HParams, n_ctx: int, n_threads: int = 1) -> int:
+    """Bytes lr_model_new allocates (c_kernels/forward.c): the f32 KV cache (layers x n_ctx x
+    n_kv_heads head_dim, keys and values), the attention scores, per-thread scratch and the
+    64-token batch buffers. Weights are memory-mapped, not counted."""
+    d, q, kv, ff = hp.dim, hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.ffn_dim
+    widest, out_widest = max(d, q, ff), max(2 * ff, hp.qkv_dim, d)
+    floats = (2 * hp.n_layers * n_ctx * kv + hp.n_heads * n_ctx
+              + n_threads * (max(widest, d) * 32 + max(n_ctx, d))
+              + 64 * (d + widest + out_widest + hp.qkv_dim + q + 2 * ff)
+              + 4 * d + hp.qkv_dim + q + 3 * ff + 3 * widest)
+    return 4 * floats
+
+
+def physical_memory() -> int:
+    """Bytes of RAM of this machine (a large figure when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 50
+
+
+def check_memory(hp: F.HParams, n_ctx: int, n_threads: int, path: str) -> None:
+    need, have = memory_bytes(hp, n_ctx, n_threads), physical_memory()
+    if need > have:
+        kv = 2 * hp.n_layers * n_ctx * hp.n_kv_heads * hp.head_dim * 4
+        raise ResourceError(
+            f"{path}: a context of {n_ctx} positions needs {need / 2**30:.1f} GiB (KV cache: {hp.n_layers} "
+            f"layers x {n_ctx} positions x {hp.n_kv_heads * hp.head_dim} values x 2 x 4 bytes = "
+            f"{kv / 2**30:.1f} GiB), more than this machine's {have / 2**30:.1f} GiB of memory: "
+            "use a smaller context (n_ctx, -c)")
 
 
 def _hparams(m: Metadata, path: str) -> F.HParams:
@@ -147,13 +197,72 @@ def _selection_keys(m: Metadata, hp: F.HParams, path: str):
                 if np.any(np.diff(t, axis=1) < 0):
                     raise FormatError(f"{path}: {F.K_THR(b)} must not decrease with the sparsity")
                 tables[b] = t
+    else:
+        stray = [F.K_THR(b) for b in F.BLOCK_INPUTS if m.has(F.K_THR(b))]
+        if stray:
+            raise FormatError(f"{path}: {stray[0]} is present without {F.K_THR_GRID}")
     return coefs, [bool(r) for r in rotated], (grid.tolist() if grid is not None else None), tables, mlp_out_key
 
 
+def _field_type(m: Metadata, key: str) -> list:
+    return list(m.reader.fields[key].types)
+
+
+def _tokenizer_keys(m: Metadata, hp: F.HParams, path: str) -> None:
+    """The tokenizer.* keys llama.cpp reads when Model builds the tokenizer: types, lengths and the
+    token list (one distinct non-empty token per embedding row). llama.cpp aborts the process on
+    some malformed vocabularies (duplicate or empty tokens), so they must not reach it."""
+    kind = m.str("tokenizer.ggml.model")
+    if kind not in TOKENIZER_MODELS:
+        raise UnsupportedError(f"{path}: tokenizer.ggml.model = {kind!r}; the runtime reads "
+                               f"{', '.join(TOKENIZER_MODELS)} tokenizers")
+    key = "tokenizer.ggml.tokens"
+    if not m.has(key) or _field_type(m, key) != [VT.ARRAY, VT.STRING]:
+        raise FormatError(f"{path}: {key} must be an array of strings")
+    f = m.reader.fields[key]
+    if len(f.data) != hp.n_vocab:
+        raise FormatError(f"{path}: {key} has {len(f.data)} tokens, the embedding {hp.n_vocab} rows")
+    tokens = [bytes(f.parts[i]) for i in f.data]
+    if not all(tokens):
+        raise FormatError(f"{path}: {key}: token {tokens.index(b'')} is empty")
+    if len(set(tokens)) != len(tokens):
+        seen: set[bytes] = set()
+        dup = next(i for i, t in enumerate(tokens) if t in seen or seen.add(t))
+        raise FormatError(f"{path}: {key}: token {dup} ({tokens[dup][:40]!r}) appears twice")
+    for k, want, what in (("tokenizer.ggml.scores", VT.FLOAT32, "float32"),
+                          ("tokenizer.ggml.token_type", VT.INT32, "int32")):
+        if m.has(k):
+            if _field_type(m, k) != [VT.ARRAY, want] or len(m.reader.fields[k].data) != hp.n_vocab:
+                raise FormatError(f"{path}: {k} must be an array of {hp.n_vocab} {what} values")
+    for k in m.reader.fields:
+        if not k.startswith("tokenizer."):
+            continue
+        t = _field_type(m, k)
+        if k in ("tokenizer.ggml.merges",) and t not in ([VT.ARRAY, VT.STRING], [VT.ARRAY]):
+            raise FormatError(f"{path}: {k} must be an array of strings")
+        if k.startswith("tokenizer.ggml.") and k.endswith("_token_id") and t != [VT.UINT32]:
+            raise FormatError(f"{path}: {k} must be a uint32")
+        if k.startswith("tokenizer.ggml.add_") and t != [VT.BOOL]:
+            raise FormatError(f"{path}: {k} must be a bool")
+        if k in ("tokenizer.ggml.pre", "tokenizer.ggml.model") or k.startswith("tokenizer.chat_template"):
+            m.str(k)   # a string of valid UTF-8
+
+
+def _check_layout(layout: GGUFLayout, path: str) -> None:
+    if layout.version != GGUF_VERSION:
+        raise UnsupportedError(f"{path}: GGUF version {layout.version}; a LaRoSA file is GGUF v{GGUF_VERSION}")
+    if layout.alignment != ALIGNMENT:
+        raise FormatError(f"{path}: general.alignment = {layout.alignment}; a LaRoSA file is aligned "
+                          f"to {ALIGNMENT} bytes")
+
+
 def load(path: str | os.PathLike) -> LarosaFile:
-    """Opens and validates a LaRoSA GGUF; raises FormatError/UnsupportedError naming the problem."""
+    """Opens and validates a LaRoSA GGUF; raises FormatError/UnsupportedError naming the problem
+    (ResourceError when even the default context would not fit in memory). Everything the C
+    library and llama.cpp's tokenizer will read is checked here, before either is called; weights
+    are not scanned (NaN/Inf in them shows up in the logits: model.NumericsError)."""
     path = os.fspath(path)
-    reader = open_gguf(path)
+    reader, layout = open_checked(path)
     m = Metadata(reader, path)
     arch = m.str("general.architecture")
     if arch == "llama":
@@ -161,6 +270,7 @@ def load(path: str | os.PathLike) -> LarosaFile:
                                f"(larosa-convert {os.path.basename(path)})")
     if arch != F.ARCH:
         raise UnsupportedError(f"{path}: architecture {arch!r} is not a LaRoSA file")
+    _check_layout(layout, path)
     version = m.int(F.K_VERSION)
     if version != F.FORMAT_VERSION:
         raise UnsupportedError(f"{path}: format version {version}, this runtime reads {F.FORMAT_VERSION}")
@@ -196,9 +306,14 @@ def load(path: str | os.PathLike) -> LarosaFile:
             raise FormatError(f"{path}: tensor {name!r} data is truncated")
         if len(shape) == 1 and not np.all(np.isfinite(t.data)):
             raise FormatError(f"{path}: tensor {name!r} holds NaN or Inf")
+    freqs = tensors.get(F.T_ROPE_FREQS)
+    if freqs is not None and not np.all(np.asarray(freqs.data) > 0):
+        raise FormatError(f"{path}: tensor {F.T_ROPE_FREQS!r} must hold positive frequency divisors")
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise FormatError(f"{path}: unexpected tensors: {', '.join(extra[:5])}")
+    _tokenizer_keys(m, hp, path)
+    check_memory(hp, min(hp.n_ctx, DEFAULT_N_CTX), 1, path)
     return LarosaFile(path=path, reader=reader, meta=m, hp=hp, method=method, sparsity=sparsity,
                       coefs=coefs, rotated=rotated, thr_grid=grid, thr_table=tables,
-                      mlp_out_key=mlp_out_key, tensors=tensors)
+                      mlp_out_key=mlp_out_key, tensors=tensors, layout=layout)
