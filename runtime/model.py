@@ -76,6 +76,7 @@ class Model:
         self.n_ctx = min(hp.n_ctx, DEFAULT_N_CTX) if n_ctx is None else n_ctx
         if not isinstance(self.n_ctx, int) or not 1 <= self.n_ctx <= hp.n_ctx:
             raise ValueError(f"n_ctx must be an integer in [1, {hp.n_ctx}] (the model's context), got {n_ctx}")
+        self.file.check_memory(self.n_ctx, self.n_threads)   # ResourceError before lr_model_new allocates
         self.tokenizer = Tokenizer.from_metadata(self.file.reader, hp, self.file.path)
         if self.tokenizer.n_vocab != hp.n_vocab:
             raise LarosaError(f"{self.file.path}: tokenizer has {self.tokenizer.n_vocab} tokens, "

@@ -467,9 +467,6 @@ def test_default_context_mirrors_model():
     assert L.DEFAULT_N_CTX == model.DEFAULT_N_CTX
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/model.py does not check the memory of a user n_ctx: "
-                   "Model.__init__ must call self.file.check_memory(self.n_ctx, self.n_threads) "
-                   "before lr_model_new")
 def test_kv_cache_bound_for_user_context(seed, monkeypatch, tmp_path):
     g = copy.deepcopy(seed).set(F.K_CONTEXT, U32, scalar(U32, 1 << 20))
     p = write(tmp_path, g)
