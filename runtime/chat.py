@@ -6,14 +6,13 @@ OpenAI-shaped create_chat_completion (as llama-cpp-python offers it).
     print(r["choices"][0]["message"]["content"])
 
 The template comes from the file (`tokenizer.chat_template`, copied from the source GGUF). It is
-untrusted input: it renders in jinja2's ImmutableSandboxedEnvironment, tightened so that reaching for
-a private attribute fails at once and operators cannot build huge strings or numbers.
+untrusted input: it renders in jinja2's ImmutableSandboxedEnvironment, tightened (sandbox.py) so that
+reaching for a private attribute fails at once and a render has a budget of size, steps and time.
 """
 from __future__ import annotations
 
 import codecs
 import json
-import operator
 import time
 import uuid
 import warnings
@@ -25,12 +24,12 @@ from typing import Any, Iterator, Mapping, Sequence
 from jinja2 import TemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import LarosaError
 from .generate import Sampling
 from .gguf_file import Metadata
 from .model import ContextError, Model
+from .sandbox import BoundedSandbox
 
 # The de-facto default (OpenAI's ChatML, used by SmolLM2, Qwen...), for files without a template.
 CHATML_TEMPLATE = (
@@ -40,8 +39,6 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CHATML_END = "<|im_end|>"
-_MAX_LEN = 1 << 22       # longest string/list a template operator may build (4 Mi items)
-_MAX_EXPONENT = 256      # largest integer exponent a template may use with **
 
 
 class ChatTemplateError(LarosaError):
@@ -49,32 +46,8 @@ class ChatTemplateError(LarosaError):
 
 
 class TemplateSecurityError(ChatTemplateError):
-    """The chat template tried something the sandbox forbids (private attributes, huge values...)."""
-
-
-def _sized(x: Any) -> int:
-    return len(x) if isinstance(x, (str, bytes, list, tuple)) else 0
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """ImmutableSandboxedEnvironment that raises on the first unsafe attribute access (the stock one
-    returns an Undefined that stays silent when printed) and bounds `+`, `*` and `**`."""
-
-    intercepted_binops = frozenset({"+", "*", "**"})
-
-    def unsafe_undefined(self, obj: Any, attribute: str):
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
-
-    def call_binop(self, context, op: str, left: Any, right: Any) -> Any:
-        if op == "+" and _sized(left) + _sized(right) > _MAX_LEN:
-            raise SecurityError(f"the template built a value longer than {_MAX_LEN}")
-        if op == "*":
-            seq, n = (left, right) if _sized(left) else (right, left)
-            if _sized(seq) and isinstance(n, int) and _sized(seq) * max(n, 0) > _MAX_LEN:
-                raise SecurityError(f"the template built a value longer than {_MAX_LEN}")
-        if op == "**" and isinstance(right, (int, float)) and abs(right) > _MAX_EXPONENT:
-            raise SecurityError(f"exponent {right} is above {_MAX_EXPONENT}")
-        return {"+": operator.add, "*": operator.mul, "**": operator.pow}[op](left, right)
+    """The chat template tried something the sandbox forbids (private attributes, huge values, too
+    much work: see sandbox.py)."""
 
 
 def _raise_exception(message: str) -> None:
@@ -99,22 +72,22 @@ class ChatTemplate:
     def __init__(self, source: str, bos_token: str = "", eos_token: str = "", is_fallback: bool = False):
         self.source, self.bos_token, self.eos_token = source, bos_token, eos_token
         self.is_fallback = is_fallback
-        env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
-        env.filters["tojson"] = _tojson
+        self._env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols],
+                                   filters={"tojson": _tojson},
+                                   globals={"raise_exception": _raise_exception, "strftime_now": _strftime_now})
         try:
-            self._template = env.from_string(source)
+            self._template = self._env.from_string(source)
         except TemplateError as e:
             raise ChatTemplateError(f"malformed chat template: {e}") from None
 
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                **variables: Any) -> str:
         """The prompt text of a conversation; extra variables (tools=..., date_string=...) pass through."""
-        ctx = dict(tools=None, documents=None, **variables)
+        ctx = {"tools": None, "documents": None, **variables}
         ctx.update(messages=_check_messages(messages), add_generation_prompt=add_generation_prompt,
                    bos_token=self.bos_token, eos_token=self.eos_token)
         try:
-            return self._template.render(**ctx)
+            return self._env.render(self._template, ctx)
         except ChatTemplateError:
             raise
         except SecurityError as e:
