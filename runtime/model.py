@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -35,7 +36,9 @@ class ContextError(LarosaError):
 
 
 class NumericsError(LarosaError):
-    """The model produced NaN or Inf (a broken file or an overflow)."""
+    """The model produced NaN or Inf (a broken file or an overflow), or logits all equal: an RMS
+    norm whose input's sum of squares overflows float32 (|x| above ~1e19, from huge but finite
+    weights) returns zeros, and the head then gives the same logit, 0, to every token."""
 
 
 @dataclass
@@ -63,8 +66,15 @@ class _Keep:
 
 
 class Model:
-    """A converted model ready to evaluate. Not safe to share between threads; two Model objects
-    (of the same or different files) are independent."""
+    """A converted model ready to evaluate. Two Model objects (of the same or different files) are
+    independent and may run concurrently, one per thread (the C calls release the GIL). One Model
+    holds one context: threads sharing it would mix their tokens in one KV cache, so do not share
+    it. Its calls are serialized by a lock all the same, so sharing never breaks the cache's
+    bookkeeping or the C thread pool (each call sees the cache as the previous call left it).
+
+    Context: at most n_ctx positions. eval raises ContextError, before any change, when the cached
+    and new tokens exceed n_ctx (no shift, no silent truncation; rewind or reset to go on);
+    generation stops once the context is full (its last token is sampled but not evaluated)."""
 
     def __init__(self, path: str | os.PathLike, sparsity: float | None = None,
                  n_threads: int | None = None, n_ctx: int | None = None):
@@ -82,6 +92,7 @@ class Model:
             raise LarosaError(f"{self.file.path}: tokenizer has {self.tokenizer.n_vocab} tokens, "
                               f"the embedding {hp.n_vocab}")
         self._keep = _Keep()
+        self._lock = threading.RLock()
         desc = self._describe()
         err = ffi.new("char[]", 256)
         ptr = lib.lr_model_new(desc, self.n_ctx, self.n_threads, err, 256)
@@ -136,10 +147,11 @@ class Model:
         sel = self.file.selection(sparsity)
         k = ffi.new("int32_t[]", [v for b in F.BLOCK_INPUTS for v in sel.k[b]])
         thr = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in sel.threshold[b]])
-        self._check(lib.lr_model_set_selection(self._m, k, thr))
-        self.sparsity, self.ks, self.thresholds = float(sparsity), sel.k, sel.threshold
-        self.reset()   # cached keys and values were computed at the old sparsity
-        self.rows_read(reset=True)
+        with self._lock:
+            self._check(lib.lr_model_set_selection(self._m, k, thr))
+            self.sparsity, self.ks, self.thresholds = float(sparsity), sel.k, sel.threshold
+            self.reset()   # cached keys and values were computed at the old sparsity
+            self.rows_read(reset=True)
 
     def _check(self, rc: int) -> None:
         if rc == lib.LR_ENAN:
@@ -156,51 +168,65 @@ class Model:
 
     def reset(self) -> None:
         """Forgets the cached context."""
-        self.tokens = []
+        with self._lock:
+            self.tokens = []
 
     def rewind(self, n: int) -> None:
         """Keeps only the first n cached tokens (the next eval continues from position n)."""
-        if not 0 <= n <= len(self.tokens):
-            raise ValueError(f"cannot rewind to {n}: {len(self.tokens)} tokens are cached")
-        self.tokens = self.tokens[:n]
+        with self._lock:
+            if not 0 <= n <= len(self.tokens):
+                raise ValueError(f"cannot rewind to {n}: {len(self.tokens)} tokens are cached")
+            self.tokens = self.tokens[:n]
 
     # -- evaluation ---------------------------------------------------------------------------
     def eval(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
         """Appends tokens to the cached context and returns the logits of the last one ([n_vocab])
-        or of all of them ([n, n_vocab])."""
+        or of all of them ([n, n_vocab]). NumericsError when they are not finite or all equal (an
+        overflow); the tokens stay cached then."""
         arr = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if arr.size == 0:
             raise ValueError("eval needs at least one token")
         if arr.min() < 0 or arr.max() >= self.hp.n_vocab:
             bad = int(arr[(arr < 0) | (arr >= self.hp.n_vocab)][0])
             raise ValueError(f"token id {bad} outside the vocabulary (0..{self.hp.n_vocab - 1})")
-        if len(self.tokens) + arr.size > self.n_ctx:
-            raise ContextError(f"{len(self.tokens)} cached + {arr.size} new tokens exceed n_ctx = {self.n_ctx}")
         toks = ffi.new("int32_t[]", arr.astype(np.int32).tolist())
         n = int(arr.size)
         out = np.empty((n, self.hp.n_vocab) if all_logits else self.hp.n_vocab, dtype=np.float32)
-        rc = lib.lr_eval(self._m, toks, n, len(self.tokens), ffi.from_buffer("float[]", out), int(all_logits))
-        if rc == lib.LR_OK or rc == lib.LR_ENAN:
-            self.tokens += arr.tolist()
+        with self._lock:
+            if len(self.tokens) + n > self.n_ctx:
+                raise ContextError(f"{len(self.tokens)} cached + {n} new tokens exceed n_ctx = {self.n_ctx}")
+            rc = lib.lr_eval(self._m, toks, n, len(self.tokens), ffi.from_buffer("float[]", out), int(all_logits))
+            if rc == lib.LR_OK or rc == lib.LR_ENAN:
+                self.tokens += arr.tolist()
         self._check(rc)
+        if self.hp.n_vocab > 1 and (out.max(axis=-1) == out.min(axis=-1)).any():
+            raise NumericsError(f"{self.file.path}: every logit is equal, the activations overflowed "
+                                "(a sum of squares above the float32 range zeroes an RMS norm)")
         return out
 
     def eval_prompt(self, tokens: list[int]) -> tuple[np.ndarray, int]:
         """Logits after `tokens` and how many tokens were evaluated: the longest cached prefix is
         re-used. The last token always runs alone through the decode step, so the logits do not
         depend on how much of the prompt was cached (batched and single-token sums round
-        differently, and a Top-K near-tie could then pick differently)."""
-        common = 0
-        for a, b in zip(self.tokens, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)
-        self.tokens = self.tokens[:common]
-        new = list(tokens[common:])
-        for i in range(0, len(new) - 1, PROMPT_CHUNK):   # chunks: Ctrl-C gets through between them
-            self.eval(new[i:min(i + PROMPT_CHUNK, len(new) - 1)])
-        return self.eval(new[-1:]), len(new)
+        differently, and a Top-K near-tie could then pick differently). An empty or too long prompt
+        raises before the cache changes."""
+        tokens = list(tokens)
+        if not tokens:
+            raise ValueError("the prompt must hold at least one token")
+        if len(tokens) > self.n_ctx:
+            raise ContextError(f"prompt of {len(tokens)} tokens exceeds n_ctx = {self.n_ctx}")
+        with self._lock:
+            common = 0
+            for a, b in zip(self.tokens, tokens):
+                if a != b:
+                    break
+                common += 1
+            common = min(common, len(tokens) - 1)
+            self.tokens = self.tokens[:common]
+            new = tokens[common:]
+            for i in range(0, len(new) - 1, PROMPT_CHUNK):   # chunks: Ctrl-C gets through between them
+                self.eval(new[i:min(i + PROMPT_CHUNK, len(new) - 1)])
+            return self.eval(new[-1:]), len(new)
 
     def bytes_per_token(self) -> float:
         """Weight bytes one decode step reads at the current sparsity (nominal for thresholds)."""
@@ -210,7 +236,8 @@ class Model:
         """Inputs actually read per token since the last reset, per block input (summed over
         layers), and the tokens evaluated."""
         out = ffi.new("uint64_t[5]")
-        self._check(lib.lr_model_rows_read(self._m, out, int(reset)))
+        with self._lock:
+            self._check(lib.lr_model_rows_read(self._m, out, int(reset)))
         n = int(out[4])
         return {b: (out[i] / n if n else 0.0) for i, b in enumerate(F.BLOCK_INPUTS)}, n
 
