@@ -4,15 +4,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from larosa.runtime import format as F
 from larosa.runtime.errors import LarosaError
 
 DESCRIPTION = """\
-Convert a llama.cpp GGUF (architecture llama) into a LaRoSA GGUF: per layer, a rotation Q_l
-(PCA of the calibration activations) is fused into the weights, which are stored input-major so
-that decoding with Top-K activation sparsity reads only the selected rows. The input is never
-modified; the output appears only when complete."""
+Convert a llama.cpp GGUF (architecture llama) into a LaRoSA GGUF that larosa-run, larosa-chat and
+the larosa.runtime Python API read. Per layer, a rotation Q_l (PCA of the calibration activations)
+is fused into the weights, which are stored input-major so that decoding with Top-K activation
+sparsity reads only the selected rows. The input is never modified; the output appears only when
+complete (a temporary file is renamed), and an existing output is kept unless --force."""
 
 EPILOG = """\
 calibration:
@@ -20,17 +22,36 @@ calibration:
   Without it, the converter samples calibration text from the model itself with llama.cpp
   (default 2048 tokens): nothing is downloaded, at some cost in quality (see README).
 
+output:
+  Progress bars on stderr (-q hides them): the sampled calibration text, then per layer
+  "calibrate" (dequantize, activations, eigendecomposition) and "fuse+write". Then a summary on
+  stdout: output size and total time, Top-K per block input (k of n, share skipped), and the
+  weight bytes read per token, sparse against dense. --dry-run prints the plan and a memory
+  estimate instead and writes nothing.
+
+exit status:
+  0 done, 1 an error (one line on stderr: a missing or non-GGUF input, an already converted
+  file, an unsupported architecture or tensor type, an existing output...), 130 interrupted (no
+  output is left behind).
+
 examples:
-  larosa-convert model.gguf
+  larosa-convert model.gguf                             # -> model.larosa-q8_0.gguf
+  larosa-convert model.gguf --dry-run                   # the plan and its memory, nothing written
   larosa-convert model.gguf -o model.larosa.gguf --sparsity 0.5 --type q4_0 --calib wiki.txt
+
+see also: larosa-run, larosa-chat, larosa-perplexity; FORMAT.md describes the output file.
 """
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="larosa-convert", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", help="llama GGUF to convert (any type gguf can dequantize)")
+    parser = argparse.ArgumentParser(prog="larosa-convert", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="llama GGUF to convert (any type gguf can dequantize)")
+    p = parser.add_argument_group("output")
     p.add_argument("-o", "--output", help="output path (default: INPUT stem + .larosa-TYPE.gguf)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and a memory estimate, write nothing")
+    p = parser.add_argument_group("sparsity and types")
     p.add_argument("--sparsity", type=float, default=0.4,
                    help="default model sparsity s in [0, 1); block inputs use 0.8 s (q/k/v, gate/up) "
                         "and 1.2 s (o, down). The runtime can override it. (default 0.4)")
@@ -53,17 +74,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "|x| * weight row norm (wina) (default: the method's)")
     p.add_argument("--coefs", metavar="A,B,C,D",
                    help="sparsity coefficients of attn_in, attn_out, mlp_in, mlp_out (larosa: 0.8,1.2,0.8,1.2)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and a memory estimate, write nothing")
+    p = parser.add_argument_group("calibration")
     p.add_argument("--calib", metavar="FILE", help="calibration text (UTF-8)")
     p.add_argument("--calib-tokens", type=int, metavar="N",
                    help="calibration tokens (default 8192 from a file, 2048 self-generated)")
     p.add_argument("--calib-window", type=int, default=2048, metavar="T",
                    help="tokens per calibration sequence (default 2048, at most the model's context)")
     p.add_argument("--seed", type=int, default=0, help="seed of the self-generated calibration text")
+    p = parser.add_argument_group("running")
     p.add_argument("-t", "--threads", type=int, help="CPU threads (default: all)")
-    p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    return parser.parse_args(argv)
 
 
 def default_output(inp: str, wtype: str) -> str:
@@ -71,9 +92,9 @@ def default_output(inp: str, wtype: str) -> str:
     return f"{stem}.larosa-{wtype}.gguf"
 
 
-def print_summary(s, src_hp) -> None:
+def print_summary(s, src_hp, total_seconds: float) -> None:
     mib = 1024 * 1024
-    print(f"wrote {s.out_path}: {s.out_bytes / mib:.1f} MiB in {s.seconds:.1f} s "
+    print(f"wrote {s.out_path}: {s.out_bytes / mib:.1f} MiB in {total_seconds:.1f} s, conversion {s.seconds:.1f} s "
           f"(calibration: {s.calib_tokens} tokens; {sum(s.rotated)} of {len(s.rotated)} layers rotated)")
     print("Top-K per block input (k of n, layers' range):")
     for b in F.BLOCK_INPUTS:
@@ -107,14 +128,16 @@ def print_plan(src, opts, out: str, calib_tokens: int, window: int) -> None:
           + ", ".join(f"{b} {m.coefs[b]:g}" for b in F.BLOCK_INPUTS)
           + (f"; thresholds on {', '.join(m.thresholds)}" if m.thresholds else ""))
     print(f"  sparsity {opts.sparsity:g}; block weights {opts.wtype}; {len(shapes)} tensors, about "
-          f"{size / mib:.0f} MiB (adapters as planned; 'auto' may drop some)")
+          f"{size / mib:.1f} MiB (adapters as planned; 'auto' may drop some)")
     print(f"  calibration: {calib_tokens} tokens in windows of {window}")
-    print(f"  memory: about {(3 * layer_f32 + 4 * residuals + rotations) / mib:.0f} MiB peak "
+    print(f"  memory: about {(3 * layer_f32 + 4 * residuals + rotations) / mib:.1f} MiB peak "
           f"(one layer in float32 x3, residuals and activations x4, rotations in float64)")
+    print("dry run: nothing written")
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    t0 = time.perf_counter()
     try:
         import torch
 
@@ -155,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             calib = calibrate.self_generated(a.input, a.calib_tokens or 2048, window, a.seed,
                                              a.threads, progress=not a.quiet)
         summary = convert(a.input, out, calib, opts)
-        print_summary(summary, hp)
+        print_summary(summary, hp, time.perf_counter() - t0)
         return 0
     except LarosaError as e:
         print(f"larosa-convert: error: {e}", file=sys.stderr)
