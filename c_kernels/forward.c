@@ -4,8 +4,27 @@
  * Prompts of more than one token take the batched path in prefill.c. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "model.h"
+
+/* ---- per-op timers (lr_model_profile): the clock is read only when they are on ---------------- */
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+#define TIMED(m, op, ...)                                                                           \
+    do {                                                                                            \
+        if ((m)->profile) {                                                                         \
+            const double t0_ = now_ns();                                                            \
+            __VA_ARGS__;                                                                            \
+            (m)->prof_ns[op] += now_ns() - t0_;                                                     \
+        } else {                                                                                    \
+            __VA_ARGS__;                                                                            \
+        }                                                                                           \
+    } while (0)
 
 /* ---- parallel sections ---------------------------------------------------------------------- */
 
@@ -159,33 +178,35 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     int32_t k;
 
     if (L->adapter.data) {                                   /* r <- r A_l */
-        matvec(m, &L->adapter, m->x, NULL, dim, m->tmp);
+        TIMED(m, LR_PROF_ADAPTER, matvec(m, &L->adapter, m->x, NULL, dim, m->tmp));
         memcpy(m->x, m->tmp, (size_t)dim * sizeof(float));
     }
     /* attention */
-    lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
-    idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, &k);
-    matvec(m, &L->wqkv, m->xn, idx, k, m->qkv);
-    lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
-    lr_rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
-    const size_t off = ((size_t)l * m->n_ctx + pos) * kvd;
-    memcpy(m->key_cache + off, m->qkv + qd, (size_t)kvd * sizeof(float));
-    memcpy(m->value_cache + off, m->qkv + qd + kvd, (size_t)kvd * sizeof(float));
-    attn_job aj = {m, l, pos};
-    lr_pool_run(m->pool, attn_task, &aj);
-    idx = lr_select(m, m->ao, NULL, l, ATTN_OUT, 0, &k);
-    matvec(m, &L->wo, m->ao, idx, k, m->tmp);
+    TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, &k));
+    TIMED(m, LR_PROF_QKV, matvec(m, &L->wqkv, m->xn, idx, k, m->qkv));
+    TIMED(m, LR_PROF_ATTN, {
+        lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
+        lr_rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
+        const size_t off = ((size_t)l * m->n_ctx + pos) * kvd;
+        memcpy(m->key_cache + off, m->qkv + qd, (size_t)kvd * sizeof(float));
+        memcpy(m->value_cache + off, m->qkv + qd + kvd, (size_t)kvd * sizeof(float));
+        attn_job aj = {m, l, pos};
+        lr_pool_run(m->pool, attn_task, &aj);
+    });
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->ao, NULL, l, ATTN_OUT, 0, &k));
+    TIMED(m, LR_PROF_O, matvec(m, &L->wo, m->ao, idx, k, m->tmp));
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
     /* MLP */
-    lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL);
-    idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, &k);
-    matvec(m, &L->wgu, m->xn, idx, k, m->gu);
-    for (int32_t i = 0; i < ff; i++) {
+    TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, &k));
+    TIMED(m, LR_PROF_GATE_UP, matvec(m, &L->wgu, m->xn, idx, k, m->gu));
+    TIMED(m, LR_PROF_SWIGLU, for (int32_t i = 0; i < ff; i++) {
         const float g = m->gu[i];
         m->hm[i] = g / (1.0f + expf(-g)) * m->gu[ff + i];
-    }
-    idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, &k);
-    matvec(m, &L->wdown, m->hm, idx, k, m->tmp);
+    });
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, &k));
+    TIMED(m, LR_PROF_DOWN, matvec(m, &L->wdown, m->hm, idx, k, m->tmp));
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
 }
 
@@ -208,7 +229,10 @@ static int32_t forward_token(lr_model *m, int32_t token, int32_t pos, float *log
     lr_dequant_row(&m->d.embd, token, m->x);
     lr_rope_angles(m, pos, m->rope_cos, m->rope_sin);
     for (int32_t l = 0; l < m->d.n_layers; l++) forward_layer(m, l, pos);
-    return logits ? head(m, logits) : LR_OK;
+    int32_t rc = LR_OK;
+    if (logits) TIMED(m, LR_PROF_HEAD, rc = head(m, logits));
+    m->prof_tokens += m->profile != 0;
+    return rc;
 }
 
 int32_t lr_eval(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits) {
@@ -399,6 +423,18 @@ int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset) {
 }
 
 int32_t lr_model_n_ctx(const lr_model *m) { return m ? m->n_ctx : 0; }
+
+int64_t lr_model_profile(lr_model *m, double *out_ns, int32_t n, int32_t enable, int32_t reset) {
+    if (!m || n < 0 || (n > 0 && !out_ns)) return LR_EARG;
+    for (int32_t i = 0; i < n && i < LR_NPROF; i++) out_ns[i] = m->prof_ns[i];
+    const int64_t tokens = m->prof_tokens;
+    m->profile = enable != 0;
+    if (reset) {
+        memset(m->prof_ns, 0, sizeof m->prof_ns);
+        m->prof_tokens = 0;
+    }
+    return tokens;
+}
 
 int64_t lr_model_trace(lr_model *m, uint8_t *masks, int64_t capacity) {
     if (!m || capacity < 0) return LR_EARG;

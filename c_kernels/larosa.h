@@ -62,6 +62,14 @@ int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset);
  * or NULL. Returns LR_OK, or LR_ENAN if a logit is not finite. */
 int32_t lr_eval(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);
 int32_t lr_model_n_ctx(const lr_model *m);
+/* Per-op timers of the single-token decode step (off by default; the clock is read only when on).
+ * Copies min(n, LR_NPROF) accumulated nanoseconds into out_ns (may be NULL) in the order of
+ * LR_PROF_*, then sets the timers on (enable = 1) or off (0) and, if reset, zeroes them. Returns the
+ * decode tokens timed since the last reset. */
+enum { LR_PROF_ADAPTER = 0, LR_PROF_NORM = 1, LR_PROF_SELECT = 2, LR_PROF_QKV = 3, LR_PROF_ATTN = 4,
+       LR_PROF_O = 5, LR_PROF_GATE_UP = 6, LR_PROF_SWIGLU = 7, LR_PROF_DOWN = 8, LR_PROF_HEAD = 9,
+       LR_NPROF = 10 };
+int64_t lr_model_profile(lr_model *m, double *out_ns, int32_t n, int32_t enable, int32_t reset);
 /* Test hook: every Top-K decision of lr_eval is recorded into masks as 0/1 bytes, in order of
  * computation (token, layer, block input), n bytes each, until capacity is full. Returns the bytes
  * written into the previous buffer and starts recording into this one (NULL: recording off). */

@@ -36,6 +36,9 @@ struct lr_model {
     double *inv_freq;          /* [hd / 2] */
     float *rope_cos, *rope_sin;
     lr_pool *pool;
+    int32_t profile;           /* per-op timers on (lr_model_profile) */
+    double prof_ns[LR_NPROF];
+    int64_t prof_tokens;
     uint8_t *trace;            /* test hook: Top-K masks (lr_model_trace) */
     int64_t trace_cap, trace_tokens;
 };

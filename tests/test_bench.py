@@ -59,7 +59,7 @@ def test_requantize_refuses_to_overwrite(tmp_path, capsys):
 def test_bench_end_to_end_json(pair, capsys):
     dense, sparse = pair
     rc = bench.main(["-m", dense, "-M", sparse, "--sparsity", "0,0.5", "-t", "1", "-n", "4", "-p", "8",
-                     "--rounds", "1", "--bw-mib", "16", "--json"])
+                     "--rounds", "1", "--bw-mib", "16", "--profile", "--json"])
     out = capsys.readouterr().out
     assert rc == 0
     rows = json.loads(out.strip().splitlines()[-1])
@@ -75,6 +75,9 @@ def test_bench_end_to_end_json(pair, capsys):
         assert r["ratio"] == pytest.approx(r["decode_tps"] / base["decode_tps"])
     assert rows[2]["bytes_per_token"] < rows[1]["bytes_per_token"]   # sparsity reads fewer rows
     assert "decode tok/s" in out and "read bandwidth" in out
+    for r in rows[1:]:                                              # --profile: ms/token by op
+        assert set(r["profile_ms"]) == set(bench.PROFILE_OPS) and r["profile_ms"]["qkv"] > 0
+    assert "profile_ms" not in base and "per-op decode time" in out
 
 
 def test_prompt_tokens_are_deterministic(pair):

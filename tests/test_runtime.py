@@ -128,6 +128,27 @@ def test_prefix_reuse_equals_fresh_eval(converted):
     np.testing.assert_allclose(m.eval(b), logits, rtol=0, atol=1e-4 * np.abs(logits).max())
 
 
+def test_per_op_timers(converted):
+    """lr_model_profile: off by default, counts single-token decode steps only, every op of a
+    converted model (adapters included) timed, and the logits unchanged by timing."""
+    m = Model(converted["tied_q8"], sparsity=0.4, n_threads=2)
+    out = ffi.new("double[]", lib.LR_NPROF)
+    toks = [3, 1, 4, 1, 5, 9]
+    plain = [m.eval(toks[:2])] + [m.eval([t]) for t in toks[2:]]
+    assert lib.lr_model_profile(m._m, out, lib.LR_NPROF, 1, 1) == 0 and max(out) == 0.0
+    m.reset()
+    timed = [m.eval(toks[:2])] + [m.eval([t]) for t in toks[2:]]   # the batched prompt is not timed
+    assert lib.lr_model_profile(m._m, out, lib.LR_NPROF, 0, 1) == len(toks) - 2
+    for i in (lib.LR_PROF_ADAPTER, lib.LR_PROF_SELECT, lib.LR_PROF_QKV, lib.LR_PROF_ATTN, lib.LR_PROF_O,
+              lib.LR_PROF_GATE_UP, lib.LR_PROF_DOWN, lib.LR_PROF_HEAD):
+        assert out[i] > 0.0, i
+    for a, b in zip(plain, timed):
+        np.testing.assert_array_equal(a, b)
+    m.eval([2])                                  # timers off again: nothing counted
+    assert lib.lr_model_profile(m._m, out, lib.LR_NPROF, 0, 0) == 0 and max(out) == 0.0
+    assert lib.lr_model_profile(m._m, ffi.NULL, 1, 0, 0) == lib.LR_EARG
+
+
 def test_greedy_generation_is_deterministic(smollm2_q8):
     outs = []
     for threads in (1, 2, 2):

@@ -195,8 +195,21 @@ class LarosaEngine:
             decode_s += time.perf_counter() - t0
         return RunTimes(len(prompt) / prompt_s, n_gen / decode_s, n_gen / decode_s, "perf_counter")
 
+    def profile(self, prompt: list[int], n_gen: int) -> dict[str, float]:
+        """One extra run with the C library's per-op timers on: milliseconds per decode token."""
+        from larosa._kernels import ffi, lib
+        out = ffi.new("double[]", PROFILE_OPS.__len__())
+        lib.lr_model_profile(self.model._m, ffi.NULL, 0, 1, 1)
+        self.run(prompt, n_gen)
+        tokens = lib.lr_model_profile(self.model._m, out, len(PROFILE_OPS), 0, 1)
+        return {op: out[i] / 1e6 / max(tokens, 1) for i, op in enumerate(PROFILE_OPS)}
+
     def close(self) -> None:
         del self.model
+
+
+# per-op timers of c_kernels/forward.c, in the order of LR_PROF_* (larosa.h)
+PROFILE_OPS = ("adapter", "norm", "select", "qkv", "attention", "o", "gate_up", "swiglu", "down", "head")
 
 
 # -- the benchmark ----------------------------------------------------------------------------
@@ -211,6 +224,7 @@ class Row:
     read_bandwidth_gbs: float
     runs: list[RunTimes] = field(default_factory=list)
     ratio: float | None = None
+    profile: dict[str, float] | None = None    # ms per decode token by op (--profile)
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.runs)
@@ -229,6 +243,8 @@ class Row:
              "timing": self.runs[0].timing}
         if self.ratio is not None:
             d["ratio"] = self.ratio
+        if self.profile is not None:
+            d["profile_ms"] = self.profile
         return d
 
 
@@ -242,6 +258,7 @@ class Config:
     n_prompt: int
     rounds: int
     bw_bytes: int
+    profile: bool = False
 
 
 def log(msg: str) -> None:
@@ -270,6 +287,9 @@ def _alternate(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int]
             row.runs.append(sparse.run(prompt, cfg.n_gen))
             log(f"[t={t}] round {r + 1}/{cfg.rounds}: larosa s={row.sparsity:g} "
                 f"decode {row.runs[-1].decode_tps:.2f} tok/s")
+    for row in rows if cfg.profile else []:   # after the timed rounds: the timers cost a little
+        sparse.set_sparsity(row.sparsity)
+        row.profile = sparse.profile(prompt, cfg.n_gen)
     return base, rows
 
 
@@ -334,6 +354,17 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])
 
 
+def format_profile(rows: list[Row]) -> str:
+    """ms per decode token by op for each profiled larosa row, and the share of the total."""
+    lines = ["per-op decode time, ms/token (share): " + ", ".join(PROFILE_OPS)]
+    for r in rows:
+        if r.profile:
+            total = sum(r.profile.values())
+            ops = "  ".join(f"{op} {ms:.2f} ({100 * ms / total:.0f}%)" for op, ms in r.profile.items() if ms > 0)
+            lines.append(f"  t={r.threads} s={r.sparsity:g}: total {total:.2f}  {ops}")
+    return "\n".join(lines)
+
+
 def run_bench(cfg: Config, allow_mismatch: bool = False) -> tuple[list[Row], str]:
     """Runs the whole benchmark; returns its rows and the prompt's source."""
     info = dense_info(cfg.dense)
@@ -379,6 +410,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bw-mib", type=int, default=1024, help="read-bandwidth buffer in MiB (default 1024)")
     p.add_argument("--allow-type-mismatch", action="store_true",
                    help="run even if the two files' weight types differ")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timed rounds, one run per sparsity with the C library's per-op timers on; "
+                        "prints ms per token by op")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list on the last line")
     a = p.parse_args(argv)
     for s in a.sparsity:
@@ -399,7 +433,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     cfg = Config(dense=a.dense, larosa=a.larosa, sparsities=a.sparsity, threads=a.threads, n_gen=a.n_gen,
-                 n_prompt=a.n_prompt, rounds=a.rounds, bw_bytes=a.bw_mib * 2**20)
+                 n_prompt=a.n_prompt, rounds=a.rounds, bw_bytes=a.bw_mib * 2**20,
+                 profile=a.profile)
     try:
         rows, source = run_bench(cfg, a.allow_type_mismatch)
     except (LarosaError, ValueError, OSError) as e:
@@ -419,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows))
     print(f"timing: llama.cpp {rows[0].runs[0].timing}, larosa perf_counter around Model.eval; "
           f"ratio = larosa decode / llama.cpp decode at the same threads")
+    if cfg.profile:
+        print(format_profile(rows))
     if a.json:
         print(json.dumps([r.as_json() for r in rows]))
     return 0
