@@ -4,8 +4,7 @@
 """
 import sys
 
-from larosa.runtime.chat import create_chat_completion
-from larosa.runtime.model import Model
+from larosa.runtime import Model, create_chat_completion
 
 model = Model(sys.argv[1], sparsity=0.4, n_threads=2)
 messages = [{"role": "system", "content": "You are a concise assistant."},
