@@ -272,10 +272,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     # -- hooks the compiled template calls ------------------------------------------------------
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
-        for out in tree.find_all(nodes.Output):   # literal text goes through finalize (counted) too
+        for out in list(tree.find_all(nodes.Output)):   # literal text goes through finalize (counted) too
             out.nodes = [nodes.Const(n.data, lineno=n.lineno) if isinstance(n, nodes.TemplateData) else n
                          for n in out.nodes]
-        for loop in tree.find_all(nodes.For):      # each iteration is a step
+        for loop in list(tree.find_all(nodes.For)):      # each iteration is a step
             loop.iter = nodes.Call(nodes.EnvironmentAttribute("counted", lineno=loop.lineno), [loop.iter],
                                    [], None, None, lineno=loop.lineno)
         return tree

@@ -182,7 +182,17 @@ TOOLS = """{{- bos_token }}
 {{- '{} user turns, the last {:.8}...'.format(ns.n_user, ns.last).center(40, '=') }}
 {{- messages | map(attribute='role') | unique | join(',') | upper }}
 {%- if add_generation_prompt %}{{ header('assistant') }}{% endif %}"""
-TEMPLATES = {"llama3": LLAMA3, "mistral": MISTRAL, "chatml": CHATML, "tools": TOOLS}
+# jinja features the budget hooks touch: loop variables, recursive loops, for-else, joiner, filter
+# blocks, call blocks, %, format, ~, arithmetic
+FEATURES = """{% for m in messages %}{{ loop.index }}/{{ loop.length }}{{ '!' if loop.last }}{{ loop.revindex }}{{ loop.cycle('a','b') }}{{ loop.previtem.role if loop.previtem }}{% endfor %}
+{% for k, v in messages[0].items() %}{{ k }}={{ v }};{% else %}none{% endfor %}{% for x in [] %}{% else %}empty{% endfor %}
+{% for item in tree recursive %}<{{ item.name }}{% if item.children %}[{{ loop(item.children) }}]{% endif %}>{% endfor %}
+{% set j = joiner(', ') %}{% for m in messages|selectattr('role','equalto','user') %}{{ j() }}{{ m.content|truncate(9) }}{% endfor %}
+{{ messages|map(attribute='content')|map('length')|sum }} {{ '%-5s|%05.1f' % ('ab', 3.14159) }} {{ "{:>6}".format('x') }} {{ 'a b c'.split()|join('-') }} {{ 2 ** 10 }} {{ 7 // 2 }} {{ 'x' * 3 }} {{ [1,2] + [3] }}
+{%- filter upper %}shout {{ messages[0].role }}{% endfilter %}{% macro m(x) %}({{ x }}{{ caller() if caller }}){% endmacro %}{% call m(1) %}c{% endcall %}{{ m(2) }}
+{{ messages[-1].content[:5] ~ '…' }} {{ messages|length is divisibleby 2 }} {{ (messages|first).role|capitalize|center(11) }} {{ "a\\nb"|indent(2, true) }} {{ 'hello world'|replace('o','0')|title|wordwrap(5) }}"""
+TREE = [{"name": "a", "children": [{"name": "b", "children": []}, {"name": "c", "children": [{"name": "d"}]}]}]
+TEMPLATES = {"llama3": LLAMA3, "mistral": MISTRAL, "chatml": CHATML, "tools": TOOLS, "features": FEATURES}
 CONVERSATION = [{"role": "system", "content": " Be brief. "},
                 {"role": "user", "content": "Hi! ¿Qué tal? 🙂"},
                 {"role": "assistant", "content": "Hello."},
@@ -201,7 +211,7 @@ def _stock_render(source: str, messages, **variables) -> str:
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_real_templates_render_as_in_the_stock_sandbox(name):
     messages = CONVERSATION[1:] if name == "mistral" else CONVERSATION   # mistral: no system role
-    variables = {"tools": TOOL_LIST, "date_string": "26 Jul 2024"} if name == "tools" else {}
+    variables = {"tools": {"tools": TOOL_LIST, "date_string": "26 Jul 2024"}, "features": {"tree": TREE}}.get(name, {})
     ours = chat.ChatTemplate(TEMPLATES[name], "<s>", "</s>").render(messages, **variables)
     assert ours == _stock_render(TEMPLATES[name], messages, **variables)
     if name == "llama3":
@@ -210,6 +220,8 @@ def test_real_templates_render_as_in_the_stock_sandbox(name):
                         "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>"
                         "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
                         "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    if name == "features":
+        assert "<a[<b><c[<d>]>]>" in ours and "SHOUT SYSTEM(1c)(2)" in ours and "a-b-c 1024 3 xxx" in ours
     if name == "tools":
         assert "You have 1 tools:" in ours and '    "name": "add"' in ours and "26 Jul 2024" in ours
         assert "=2 user turns, the last What is ...=" in ours and "===USER,ASSISTANT<|start_header_id|>" in ours
