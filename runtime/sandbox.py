@@ -164,18 +164,22 @@ def _lines(s: Any) -> int:
     return s.count("\n") + 1 if isinstance(s, str) else _w(s) + 1
 
 
-_FILTER_GROWERS = {   # filter name -> (value, *args, **kwargs) -> size of the result
-    "center": lambda s, width=80: _w(s) + _int(width),
-    "indent": lambda s, width=4, *a, **k: _w(s) + _lines(s) * (
-        len(width) if isinstance(width, str) else _int(width)),
-    "format": lambda s, *a, **k: percent_size(str(s), k or a, _current().limit),
-    "join": lambda v, d="", *a, **k: _w(v) + (len(v) if isinstance(v, Collection) else 0) * len(str(d)),
-    "replace": lambda s, old, new, count=None: _replaced(str(s), str(old), str(new), -1 if count is None else count),
-    "wordwrap": lambda s, width=79, blw=True, wrapstring=None, *a, **k: (
+_FILTER_GROWERS = {   # filter name -> size of the result, from the filter's own parameters (by keyword too)
+    "center": lambda value, width=80: _w(value) + _int(width),
+    "indent": lambda s, width=4, *a, **k: _w(s) + _lines(s) * (len(width) if isinstance(width, str)
+                                                                else _int(width)),
+    "format": lambda value, *args, **kwargs: percent_size(str(value), kwargs or args, _current().limit),
+    "join": lambda value, d="", *a, **k: _w(value) + len(str(d)) * (len(value) if isinstance(value, Collection)
+                                                                     else 0),
+    "replace": lambda s, old, new, count=None: _replaced(str(s), str(old), str(new),
+                                                         -1 if count is None else count),
+    "wordwrap": lambda s, width=79, break_long_words=True, wrapstring=None, *a, **k: (
         (_w(s) + 1) * (1 + len(wrapstring or "\n"))),
-    "batch": lambda v, n, fill_with=None: _w(v) + (_int(n) * (_w(fill_with) + 1)
-                                                              if fill_with is not None else 0),
-    "slice": lambda v, n, fill_with=None: _w(v) + _int(n) * (_w(fill_with) + 8),
+    "batch": lambda value, linecount, fill_with=None: _w(value) + (
+        0 if fill_with is None else _int(linecount) * (_w(fill_with) + 1)),
+    "slice": lambda value, slices, fill_with=None: _w(value) + _int(slices) * (_w(fill_with) + 8),
+    "urlize": lambda value, trim_url_limit=None, nofollow=False, target=None, rel=None, *a, **k: (
+        (_w(value) + 1) * (64 + len(str(target or "")) + len(str(rel or "")))),   # per word: a link
 }
 
 
@@ -190,8 +194,8 @@ def _bounded_filter(name: str, f: Any) -> Any:
             args = (*args[:skip], list(args[skip]), *args[skip + 1:])   # sized before joined
         for a in chain(args[skip:], kwargs.values()):
             b.size(weight(a, b.limit))
-        if name == "sum" and not isinstance(kwargs.get("start", args[skip + 2] if len(args) > skip + 2 else 0),
-                                            (int, float)):
+        start = kwargs.get("start", args[skip + 2] if len(args) > skip + 2 else 0)
+        if name == "sum" and not isinstance(start, (int, float)):   # sum(lists) is quadratic
             raise SecurityError("the sum filter only adds numbers in a chat template")
         grow = _FILTER_GROWERS.get(name)
         if grow is not None and len(args) > skip:

@@ -261,6 +261,7 @@ BOMBS = {
     "format repeats a field": "{% set a = 'x' * 1000000 %}{{ '{0}{0}{0}{0}'.format(a) }}",
     "format !r": "{% set a = 'x' * 1000000 %}{{ '{0!r}'.format([a, a, a, a, a, a]) }}",
     "wordwrap": "{{ ('a ' * 100000) | wordwrap(1, wrapstring='y' * 100000) }}",
+    "urlize target": "{{ ('a.com ' * 10000) | urlize(target='t' * 100000) }}",
     "batch fill": "{{ [1] | batch(100000000, 'x') | list | length }}",
     "slice count": "{{ [1] | slice(100000000) | list | length }}",
     "sum of lists": "{{ [[1] * 1000] * 1000 | sum(start=[]) }}",
