@@ -88,6 +88,7 @@ def generate_tokens(model, prompt: list[int], max_tokens: int, s: Sampling) -> I
 def generate_text(model, prompt: str | list[int], max_tokens: int, stop: list[str],
                   s: Sampling) -> Iterator[str]:
     """Text pieces as soon as they are valid UTF-8; a stop string ends the text (not included)."""
+    stop = [stop] if isinstance(stop, str) else [x for x in stop if x]   # one string, as in llama-cpp-python
     tokens = model.tokenize(prompt) if isinstance(prompt, (str, bytes)) else list(prompt)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""

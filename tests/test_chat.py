@@ -425,6 +425,13 @@ def test_text_streams_are_utf8_safe_across_split_tokens(model, monkeypatch):
     model.reset()
 
 
+def test_generate_stop_as_one_string(model):
+    full = "".join(model.generate("1, 2, 3, 4,", max_tokens=12, temperature=0))
+    cut = "".join(model.generate("1, 2, 3, 4,", max_tokens=12, temperature=0, stop=" 7"))   # not " " or "7"
+    assert " 7" in full and cut == full[:full.index(" 7")]
+    assert "".join(model.generate("1, 2, 3, 4,", max_tokens=12, temperature=0, stop=["", " 7"])) == cut
+
+
 def test_two_models_in_one_process_and_in_two_threads(model, chat_gguf):
     other = Model(chat_gguf, sparsity=0.0, n_threads=1, n_ctx=N_CTX)
     prompts = {model: "The capital of France is", other: "Water boils at"}
