@@ -8,7 +8,7 @@
 # growing corpus is kept in $LAROSA_CACHE/fuzz/corpus (default cache: ~/.cache/larosa). A finding
 # (an exception other than LarosaError, a crash, a hang over 20 s, over 2 GiB of RSS) is saved as
 # $LAROSA_CACHE/fuzz/findings/crash-* (or timeout-*, oom-*), and the script exits non-zero.
-# Needs atheris in .venv: .venv/bin/pip install atheris
+# Needs atheris in .venv (in the test extra on Linux x86_64; elsewhere: .venv/bin/pip install atheris)
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-$ROOT/.venv/bin/python}
