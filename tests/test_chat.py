@@ -495,8 +495,11 @@ def test_entry_point_and_one_line_errors(tmp_path, capsys):
 
 
 # The child becomes a session leader with the pty as controlling terminal, so Ctrl-C typed on the
-# master reaches it as SIGINT through the line discipline, as in a real terminal.
-_LAUNCH = ("import fcntl, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+# master reaches it as SIGINT through the line discipline, as in a real terminal. Like a shell
+# starting a foreground job, it sets SIGINT back to the default: pytest run in the background
+# (`make test &`) ignores SIGINT, and an ignored disposition is inherited across exec.
+_LAUNCH = ("import fcntl, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+           "signal.signal(signal.SIGINT, signal.default_int_handler); "
            "from larosa.runtime.chat_cli import main; sys.exit(main(sys.argv[1:]))")
 
 
