@@ -22,7 +22,6 @@ import time
 from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from itertools import chain
-from string import Formatter
 from typing import Any, Iterable, Iterator
 
 from jinja2 import nodes, pass_context
