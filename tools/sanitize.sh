@@ -5,6 +5,10 @@
 #            lr_model_new, under LeakSanitizer, then built plain under valgrind (if installed)
 #   runtime  Python runtime tests against a sanitized build of larosa._kernels (built in a temp
 #            dir; the installed one is not touched), after a canary that must trip ASan
+#   corpus   (not in all) replays a fuzz corpus (tools/fuzz.sh SECONDS --model makes one) through
+#            the loader, Model and one eval with the sanitized build: tools/sanitize.sh corpus DIR...
+#            (coverage-guided fuzzing itself does not work under gcc's ASan: it takes over
+#            libFuzzer's coverage symbols)
 #
 #   tools/sanitize.sh [all|kernels|leaks|runtime] [pytest arguments replacing the default tests]
 #
@@ -89,7 +93,7 @@ else:
     import pytest
     sys.exit(pytest.main(sys.argv[1:]))'
 
-runtime() {
+build_ext() {
     # the sources are copied: cffi writes its objects next to them
     mkdir -p "$TMP/ext/src"
     cp "$KC"/*.c "$KC"/*.h "$KC/build.py" "$TMP/ext/src/"
@@ -102,7 +106,14 @@ m.ffibuilder.compile(tmpdir=".")' >"$TMP/build.log" 2>&1) || { tail -n 30 "$TMP/
     SO=$(ls "$TMP"/ext/larosa/_kernels*.so)
     ASAN_LIB=$($CC -print-file-name=libasan.so)
     [ -e "$ASAN_LIB" ] || { say "no libasan.so for $CC" >&2; exit 77; }
-    export LD_PRELOAD="$ASAN_LIB" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" PYTHONMALLOC=malloc
+    # libstdc++ loaded before ASan starts: llama.cpp throws C++ exceptions (caught inside it), and
+    # ASan's __cxa_throw interceptor fails a CHECK when it finds no real one
+    export LD_PRELOAD="$ASAN_LIB $($CC -print-file-name=libstdc++.so.6)"
+    export ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" PYTHONMALLOC=malloc
+}
+
+runtime() {
+    build_ext
     # canary: a read past a buffer through the sanitized library must be reported
     if "$PY" -c "$SHIM" "$SO" -c '
 import numpy as np
@@ -131,11 +142,30 @@ lib.lr_topk(ffi.from_buffer("float[]", x), 4100, 1, ffi.from_buffer("int32_t[]",
     say "runtime: $(grep -E '[0-9]+ passed' "$TMP/pytest.log" | tail -n 1)"
 }
 
+corpus() {
+    [ $# -gt 0 ] || { echo "usage: tools/sanitize.sh corpus DIR..." >&2; exit 2; }
+    build_ext
+    FINDINGS=${LAROSA_CACHE:-$HOME/.cache/larosa}/fuzz/findings
+    mkdir -p "$FINDINGS"
+    set +e
+    "$PY" -c "$SHIM" "$SO" -c '
+import runpy, sys
+target = sys.argv[3]
+sys.argv = [target, "--model", "-runs=0", "-timeout=20", "-artifact_prefix=" + sys.argv[4]] + sys.argv[5:]
+runpy.run_path(target, run_name="__main__")' "$ROOT/tests/fuzz/fuzz_loader.py" "$FINDINGS/" "$@" >"$TMP/corpus.log" 2>&1
+    rc=$?
+    set -e
+    no_reports "$TMP/corpus.log" "fuzz corpus under ASan/UBSan"
+    [ $rc -eq 0 ] || { grep -v '^INFO: Instrumenting' "$TMP/corpus.log" | tail -n 40 >&2; finding "fuzz corpus replay (exit $rc)"; }
+    say "corpus: $(grep -E '^Done [0-9]+ runs' "$TMP/corpus.log")"
+}
+
 case "$PART" in
     kernels) kernels ;;
     leaks) leaks ;;
     runtime) runtime "$@" ;;
+    corpus) corpus "$@" ;;
     all) kernels; leaks; runtime "$@" ;;
-    *) echo "usage: tools/sanitize.sh [all|kernels|leaks|runtime] [pytest args]" >&2; exit 2 ;;
+    *) echo "usage: tools/sanitize.sh [all|kernels|leaks|runtime [pytest args]|corpus DIR...]" >&2; exit 2 ;;
 esac
 say "no findings"

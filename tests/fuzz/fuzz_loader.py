@@ -48,11 +48,11 @@ def one_input(data: bytes) -> None:
     if MODEL:
         from larosa.runtime.model import Model, NumericsError
         try:
-            m = Model(_PATH, n_threads=1, n_ctx=8)
+            m = Model(_PATH, n_threads=1, n_ctx=min(8, lf.hp.n_ctx))   # a file may have a shorter context
         except LarosaError:
             return
         try:
-            m.eval([0, min(1, m.hp.n_vocab - 1)])
+            m.eval([0, min(1, m.hp.n_vocab - 1)][:m.n_ctx])
         except NumericsError:
             pass
 
