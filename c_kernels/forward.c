@@ -103,10 +103,10 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
 }
 
 void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w) {
-    float ss = 0.0f;
+    double ss = 0.0;   /* in double: a float32 sum of squares overflows from |x| ~ 1e19 */
 #pragma omp simd reduction(+ : ss)
-    for (int32_t i = 0; i < n; i++) ss += x[i] * x[i];
-    const float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int32_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    const float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
     for (int32_t i = 0; i < n; i++) out[i] = x[i] * r * (w ? w[i] : 1.0f);
 }
 

@@ -36,9 +36,8 @@ class ContextError(LarosaError):
 
 
 class NumericsError(LarosaError):
-    """The model produced NaN or Inf (a broken file or an overflow), or logits all equal: an RMS
-    norm whose input's sum of squares overflows float32 (|x| above ~1e19, from huge but finite
-    weights) returns zeros, and the head then gives the same logit, 0, to every token."""
+    """The model produced NaN or Inf (a broken file, or activations overflowing float32), or logits
+    all equal (a degenerate state no real model reaches: the head then ranks no token above another)."""
 
 
 @dataclass
@@ -200,8 +199,7 @@ class Model:
                 self.tokens += arr.tolist()
         self._check(rc)
         if self.hp.n_vocab > 1 and (out.max(axis=-1) == out.min(axis=-1)).any():
-            raise NumericsError(f"{self.file.path}: every logit is equal, the activations overflowed "
-                                "(a sum of squares above the float32 range zeroes an RMS norm)")
+            raise NumericsError(f"{self.file.path}: every logit is equal (degenerate activations)")
         return out
 
     def eval_prompt(self, tokens: list[int]) -> tuple[np.ndarray, int]:
@@ -270,3 +268,8 @@ class Model:
         string (not included), max_tokens, or a full context."""
         return generate_text(self, prompt, max_tokens, stop or [], Sampling(**sampling))
 
+
+    def create_chat_completion(self, messages, **kwargs):
+        """llama-cpp-python's method form of chat.create_chat_completion (same arguments)."""
+        from .chat import create_chat_completion   # chat imports this module
+        return create_chat_completion(self, messages, **kwargs)

@@ -344,6 +344,8 @@ def test_end_of_turn_and_stop_strings(model):
     cut = chat.create_chat_completion(model, FRANCE, max_tokens=20, temperature=0, stop=["Paris", "zzz"])
     assert cut["choices"][0]["message"]["content"] == text[:text.index("Paris")]
     assert cut["choices"][0]["finish_reason"] == "stop"
+    same = model.create_chat_completion(FRANCE, max_tokens=20, temperature=0)   # the method form
+    assert same["choices"][0]["message"]["content"] == text
 
 
 def test_context_overflow_is_explicit(model):
