@@ -63,9 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-type", default="auto", choices=["auto", *F.WEIGHT_TYPES],
                    help="type of the d x d residual adapters (auto: f16, f32 with --type f32). "
                         "Their error compounds over layers: q8_0 costs ~5%% perplexity on SmolLM2")
-    p.add_argument("--method", default="larosa", choices=["larosa", "topk", "teal", "cats"],
-                   help="sparsity method (default larosa, the paper's recipe): topk = Top-K without "
-                        "rotation, teal = static thresholds (TEAL), cats = MLP-only gate thresholds (CATS)")
+    p.add_argument("--method", default="wina", choices=["wina", "larosa", "topk", "teal", "cats"],
+                   help="sparsity method. wina (default): Top-K of |x| * weight row norm, no rotation, "
+                        "0.8/1.2 coefficients, the best fixed-K method on SmolLM2 (RESULTS.md); larosa: the "
+                        "paper's recipe (PCA rotation per layer, residual adapters); topk = plain Top-K "
+                        "without rotation, teal = static thresholds (TEAL), cats = MLP-only gate thresholds (CATS)")
     p.add_argument("--rotation", choices=["pca", "identity", "auto"],
                    help="basis of each layer (default: the method's): auto keeps PCA only in the layers "
                         "where it loses less than no rotation on the calibration data")
@@ -73,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="rank inputs by |x| (none), |x| * RMSNorm scale (norm, identity basis only) or "
                         "|x| * weight row norm (wina) (default: the method's)")
     p.add_argument("--coefs", metavar="A,B,C,D",
-                   help="sparsity coefficients of attn_in, attn_out, mlp_in, mlp_out (larosa: 0.8,1.2,0.8,1.2)")
+                   help="sparsity coefficients of attn_in, attn_out, mlp_in, mlp_out (wina, larosa: 0.8,1.2,0.8,1.2)")
     p = parser.add_argument_group("calibration")
     p.add_argument("--calib", metavar="FILE", help="calibration text (UTF-8)")
     p.add_argument("--calib-tokens", type=int, metavar="N",

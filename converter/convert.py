@@ -44,7 +44,7 @@ class Options:
     wtype: str = "q8_0"            # block weights: f32 | f16 | q8_0 | q4_0
     head_type: str = "auto"        # embedding/head: auto | f32 | f16 | q8_0 | q4_0
     adapter_type: str = "auto"     # adapters: auto (f16, f32 for --type f32) | f32 | f16 | q8_0 | q4_0
-    method: str = "larosa"         # larosa | topk | teal | cats (selection.py)
+    method: str = "wina"           # wina | larosa | topk | teal | cats (selection.py)
     rotation: str | None = None    # pca | identity | auto (default: the method's)
     score: str | None = None       # none | norm | wina (default: the method's)
     coefs: dict[str, float] | None = None

@@ -3,6 +3,8 @@ and the threshold tables (FORMAT.md, "Selection"). Pass 1 of the converter feeds
 each layer's calibration activations; `decide` turns them into the layer's plan.
 
 Methods (all run by the same kernels; a threshold also yields an index list):
+  wina    the default: no rotation, Top-K of |x| * ||row of W||, coefficients 0.8 / 1.2 (RESULTS.md:
+          best fixed-K perplexity at equal bytes on SmolLM2, and no adapters to read)
   larosa  the paper: PCA basis per layer, Top-K of |z|, coefficients 0.8 / 1.2
   topk    no rotation, Top-K of |input| (the RMSNorm scale is kept in the ranking through a score)
   teal    no rotation, static thresholds on |input| from the calibration distribution (TEAL)
@@ -36,6 +38,7 @@ class Method:
 
 
 METHODS = {
+    "wina": Method("identity", "wina", dict(F.PAPER_COEFS), ()),
     "larosa": Method("pca", "none", dict(F.PAPER_COEFS), ()),
     "topk": Method("identity", "norm", dict.fromkeys(F.BLOCK_INPUTS, 1.0), ()),
     "teal": Method("identity", "norm", dict.fromkeys(F.BLOCK_INPUTS, 1.0), F.BLOCK_INPUTS),

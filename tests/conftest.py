@@ -52,6 +52,7 @@ def convert_for_test(src: str, out: str, wtype: str, sparsity: float = 0.4, cali
     from larosa.converter import convert as C
     from larosa.converter.source import SourceModel
     calib = calib or random_calibration(SourceModel(src).hp.n_vocab)
+    opts.setdefault("method", "larosa")   # the fixtures exercise the rotated, fused form
     C.convert(src, out, calib, C.Options(sparsity=sparsity, wtype=wtype, progress=False, force=True, **opts))
     return out
 

@@ -25,6 +25,7 @@ from conftest import random_calibration
 
 def convert(src, out, wtype="f32", sparsity=0.4, **kw):
     calib = random_calibration(SourceModel(src).hp.n_vocab)
+    kw.setdefault("method", "larosa")   # these tests check the rotated, fused form
     return C.convert(src, out, calib, C.Options(sparsity=sparsity, wtype=wtype, progress=False, **kw))
 
 
@@ -291,9 +292,12 @@ def test_cli_smollm2_q8_0_with_calibration_file(smollm2, calib_text, tmp_path, c
     w0, w1 = source_weights(SourceModel(smollm2)), larosa_weights(f)
     toks = tokens_for(w0.hp, 40)
     a, b = forward(w0, toks), forward(w1, toks)
-    # Q8_0 weights, F16 adapters: close to the original, not equal
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
-    assert ((a - b).abs().mean() / a.abs().mean()) < 0.05
+    assert f.method == "wina" and not any(f.rotated)   # the default: no rotation, no adapters
+    # Q8_0 weights: close to the original, not equal
+    # (random tokens: near-ties flip; measured on WikiText-2, 8 x 512 tokens: ppl 30.54 against
+    # llama.cpp's 30.50 on the Q4_1 original)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.75
+    assert ((a - b).abs().mean() / a.abs().mean()) < 0.03
 
 
 def test_stock_llama_cpp_refuses_the_output(tiny, tmp_path):

@@ -17,10 +17,16 @@ def main() -> int:
     from larosa.runtime.errors import LarosaError
     from larosa.runtime.model import Model
 
+    from larosa.runtime.loader import load
+
     src = fetch_smollm2()
     out = cache_dir() / "models" / "SmolLM2-135M-Instruct.larosa-q8_0.gguf"
-    if not out.exists():
-        args = [str(src), "-o", str(out), "--sparsity", "0.4", "--type", "q8_0"]
+    try:   # a file cached by an older larosa, or another method than the default: convert again
+        fresh = out.exists() and load(out).method == "wina"
+    except LarosaError:
+        fresh = False
+    if not fresh:
+        args = [str(src), "-o", str(out), "--sparsity", "0.4", "--type", "q8_0", "--force"]
         if SHARED_CALIB.exists():   # the project's machines; elsewhere text sampled from the model
             args += ["--calib", str(SHARED_CALIB)]
         if convert_main(args) != 0:
