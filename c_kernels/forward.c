@@ -45,10 +45,47 @@ static void spmv_task(void *p, int ith, int nth, int thread) {
     if (c0 < c1) j->kt->spmv[lr_type_slot(j->w->type)](j->w, j->x, j->idx, j->k, j->y, c0, c1);
 }
 
+/* With threads, the selected rows are split between the shares (each streams whole rows of the
+ * input-major weights: a split by output columns would read every row in short pieces, which the
+ * prefetchers follow badly), each share sums its rows into its own buffer, and a second pass adds
+ * the buffers in share order (the result does not depend on which thread ran which share). */
+typedef struct { spmv_job s; float *parts; int32_t stride; } rows_job;
+
+static void rows_task(void *p, int ith, int nth, int thread) {
+    rows_job *j = p;
+    const int32_t per = (j->s.k + nth - 1) / nth, r0 = ith * per;
+    const int32_t r1 = r0 + per < j->s.k ? r0 + per : j->s.k;
+    float *y = j->parts + (size_t)ith * (size_t)j->stride;
+    if (r0 >= r1) memset(y, 0, (size_t)j->s.w->cols * sizeof(float));
+    else j->s.kt->spmv[lr_type_slot(j->s.w->type)](j->s.w, j->s.x, j->s.idx + r0, r1 - r0, y, 0, j->s.w->cols);
+}
+
+typedef struct { const float *parts; int32_t stride, n_parts, cols; float *y; } sum_job;
+
+static void sum_task(void *p, int ith, int nth, int thread) {
+    sum_job *j = p;
+    const int32_t per = (j->cols + nth * 16 - 1) / (nth * 16) * 16, c0 = ith * per;
+    const int32_t c1 = c0 + per < j->cols ? c0 + per : j->cols;
+    if (c0 >= c1) return;
+    memcpy(j->y + c0, j->parts + c0, (size_t)(c1 - c0) * sizeof(float));
+    for (int32_t s = 1; s < j->n_parts; s++) {
+        const float *part = j->parts + (size_t)s * (size_t)j->stride;
+#pragma omp simd
+        for (int32_t c = c0; c < c1; c++) j->y[c] += part[c];
+    }
+}
+
 /* y = x W over the k rows idx (idx NULL: all rows) */
 static void matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y) {
-    spmv_job j = {w, x, idx, k, y, lr_kernels()};
-    lr_pool_run(m->pool, spmv_task, &j);
+    if (lr_pool_size(m->pool) == 1 || k < 2 * lr_pool_shares(m->pool)) {
+        spmv_job j = {w, x, idx, k, y, lr_kernels()};
+        lr_pool_run(m->pool, spmv_task, &j);
+        return;
+    }
+    rows_job rj = {{w, x, idx ? idx : m->iota, k, NULL, lr_kernels()}, m->parts, m->out_widest};
+    lr_pool_run(m->pool, rows_task, &rj);
+    sum_job sj = {m->parts, m->out_widest, lr_pool_shares(m->pool), w->cols, y};
+    lr_pool_run(m->pool, sum_task, &sj);
 }
 
 typedef struct { const lr_tensor *w; const float *x; float *y; const lr_kernel_table *kt; } dot_job;
@@ -311,7 +348,7 @@ void lr_model_free(lr_model *m) {
     }
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
-                    m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin};
+                    m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
 }
@@ -349,6 +386,8 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->gu = calloc((size_t)2 * ff, sizeof(float));
     m->hm = calloc((size_t)ff, sizeof(float));
     m->idx = calloc((size_t)widest, sizeof(int32_t));
+    m->iota = malloc((size_t)widest * sizeof(int32_t));
+    m->out_widest = out_widest;
     m->topk_scratch = calloc((size_t)widest, sizeof(uint32_t));
     m->keys = calloc((size_t)widest, sizeof(float));
     m->bx = calloc(B * (size_t)dim, sizeof(float));
@@ -365,7 +404,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
     int ok = m->layers && m->key_cache && m->value_cache && m->x && m->xn && m->tmp && m->qkv && m->att &&
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
-             m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin;
+             m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota;
     for (int i = 0; i < 4 && ok; i++)
         ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) && (m->thr[i] = malloc((size_t)L * sizeof(float)));
     if (!ok) {
@@ -385,10 +424,17 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
         m->inv_freq[i] = pow((double)desc->rope_base, -(double)(2 * i) / (double)hd);
         if (freqs) m->inv_freq[i] /= (double)freqs[i];
     }
+    for (int32_t i = 0; i < widest; i++) m->iota[i] = i;
     m->pool = lr_pool_new(n_threads);
     if (!m->pool) {
         lr_model_free(m);
         fail(err, err_len, LR_ETHREAD, "cannot start threads");
+        return NULL;
+    }
+    m->parts = malloc((size_t)lr_pool_shares(m->pool) * (size_t)out_widest * sizeof(float));
+    if (!m->parts) {
+        lr_model_free(m);
+        fail(err, err_len, LR_ENOMEM, "out of memory (buffers)");
         return NULL;
     }
     return m;

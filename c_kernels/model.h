@@ -24,6 +24,9 @@ struct lr_model {
     float *ao;                 /* [nh hd] attention output */
     float *gu, *hm;            /* [2 ff], [ff] */
     int32_t *idx;              /* [max width] Top-K indices */
+    int32_t *iota;             /* [max width] 0, 1, 2...: the rows of a dense matvec */
+    float *parts;              /* [pool shares][max matvec output] partial sums of a row-split matvec */
+    int32_t out_widest;
     uint32_t *topk_scratch;
     float *keys;               /* [max width] ranking keys (scores, CATS gate) */
     /* a batch of LR_BATCH tokens (prefill.c): row t of each is token t */

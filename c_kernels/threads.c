@@ -134,6 +134,7 @@ void lr_pool_run(lr_pool *pool, lr_task_fn fn, void *ctx) {
 }
 
 int lr_pool_size(const lr_pool *pool) { return pool->n; }
+int lr_pool_shares(const lr_pool *pool) { return pool->n == 1 ? 1 : pool->n * SHARES_PER_THREAD; }
 
 void lr_pool_free(lr_pool *pool) {
     if (!pool) return;
