@@ -118,6 +118,15 @@ class _Cursor:
         self.pos += n
         return s
 
+    def text(self, what: str, limit: int) -> tuple[str, int]:
+        """A string that must be valid UTF-8, and the offset of its length prefix."""
+        at = self.pos
+        raw = self.string(what, limit)
+        try:
+            return raw.decode("utf-8"), at
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} ({raw[:40]!r}) is not valid UTF-8", at) from None
+
     def skip_string(self, what: str) -> None:
         at = self.pos
         n = self.u64(f"length of {what}")
@@ -211,12 +220,7 @@ def _scan(buf, size: int, path: str) -> GGUFLayout:
     layout = GGUFLayout(path=path, file_size=size, version=version, alignment=32, data_offset=0)
     budget = [0]
     for i in range(n_kv):
-        at = cur.pos
-        raw = cur.string(f"key {i}", MAX_KEY_BYTES)
-        try:
-            key = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise cur.fail(f"key {i} ({raw[:40]!r}) is not valid UTF-8", at) from None
+        key, at = cur.text(f"key {i}", MAX_KEY_BYTES)
         if key in layout.keys:
             raise cur.fail(f"duplicate metadata key {key!r}", at)
         t = _value_type(cur, cur.u32(f"value type of {key!r}"), f"key {key!r}")
@@ -232,12 +236,7 @@ def _scan(buf, size: int, path: str) -> GGUFLayout:
         layout.alignment = a
     names: set[str] = set()
     for i in range(n_tensors):
-        at = cur.pos
-        raw = cur.string(f"name of tensor {i}", MAX_NAME_BYTES)
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise cur.fail(f"the name of tensor {i} ({raw!r}) is not valid UTF-8", at) from None
+        name, at = cur.text(f"the name of tensor {i}", MAX_NAME_BYTES)
         if name in names:
             raise cur.fail(f"duplicate tensor {name!r}", at)
         names.add(name)
