@@ -70,7 +70,10 @@ def check_against_reference(m: Model, tokens: list[int], rtol: float, batched: b
                 continue
             smallest_kept = key.masked_fill(~mask, float("inf")).min(-1).values
             largest_dropped = key.masked_fill(mask, -1.0).max(-1).values
-            assert (largest_dropped <= smallest_kept * (1 + 1e-4) + 1e-7).all(), (b, l)
+            # float noise is relative to the whole vector: a token with one huge coordinate (the
+            # first, with massive activations) ranks the rest at ~1e-4 and their errors are ~1e-7
+            noise = 1e-5 * key.max(-1).values
+            assert (largest_dropped <= smallest_kept * (1 + 1e-4) + noise).all(), (b, l)
 
 
 @pytest.fixture(params=sorted({lib.LR_SIMD_SCALAR, lib.lr_get_simd()}), ids=lambda l: f"simd{l}")

@@ -17,7 +17,7 @@
 #
 # Methods (all F16 block weights, calibration: first 8192 tokens of the WikiText-2 train text):
 #   larosa   the paper's recipe: PCA rotation per layer, Top-K, coefficients 0.8/1.2
-#   default  the recommended fixed-K configuration (DEFAULT_OPTS below; RESULTS.md says why)
+#   default  the converter's default, --method wina: identity basis, Top-K of |x| * weight row norm, 0.8/1.2
 #   topk     plain Top-K of |input| (ranked by |g u| at the normed inputs), coefficients 1/1
 #   teal     TEAL: static per-layer magnitude thresholds, coefficients 1/1
 #   teal812  TEAL with the paper's 0.8/1.2 split (the best configuration in RESULTS.md)
@@ -40,7 +40,7 @@ CACHE=${LAROSA_CACHE:-$HOME/.cache/larosa}
 MODEL=$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
 LEVELS="0.25 0.40 0.50"; CH1=4; CH2=2; L2="0.40"; LIMIT=100; ZLEVELS="0.40 0.50"
 METHODS="larosa default topk teal teal812 cats"; OUT=/tmp/larosa-quality; THREADS=1; JOBS=2
-DEFAULT_OPTS=${DEFAULT_OPTS:---method topk --rotation identity --score wina --coefs 0.8,1.2,0.8,1.2}
+DEFAULT_OPTS=${DEFAULT_OPTS:---method wina}
 while getopts m:l:k:K:L:n:z:M:o:t:j: o; do
     case $o in
         m) MODEL=$OPTARG;; l) LEVELS=$OPTARG;; k) CH1=$OPTARG;; K) CH2=$OPTARG;; L) L2=$OPTARG;;
