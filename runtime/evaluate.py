@@ -222,15 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads)
         scorer = Scorer(m)
         results = [evaluate_task(scorer, n, docs[n]) for n in names]
-        print(f"{os.path.basename(a.model)}: sparsity {m.sparsity:g}, "
-              f"{m.bytes_per_token() / 2**20:.1f} MiB weights/token, {m.n_threads} threads")
+        skipped = m.skipped_fraction()    # measured over every token evaluated (counted since set_sparsity)
+        print(f"{os.path.basename(a.model)}: sparsity {m.sparsity:g}, {skipped:.1%} of block weight bytes "
+              f"skipped (measured), {m.bytes_per_token() / 2**20:.1f} MiB weights/token nominal, "
+              f"{m.n_threads} threads")
         print(format_table(results))
         if any(r.truncated for r in results):
             print(f"note: {sum(r.truncated for r in results)} requests were cut from the left to fit "
                   f"n_ctx = {m.n_ctx}", file=sys.stderr)
         if a.json:
             out = {r.task: r.to_json() for r in results}
-            out.update(sparsity=round(m.sparsity, 6), bytes_per_token=m.bytes_per_token())
+            out.update(sparsity=round(m.sparsity, 6), skipped_fraction=skipped, bytes_per_token=m.bytes_per_token())
             print(json.dumps(out))
         return 0
     except (LarosaError, ValueError, OSError) as e:

@@ -363,7 +363,14 @@ def test_end_to_end_smollm2(data, smol_larosa, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     res = json.loads(out[-1])
     assert res["sparsity"] == pytest.approx(0.4)
-    assert res["bytes_per_token"] == load(smol_larosa).bytes_per_token(0.4)
+    f = load(smol_larosa)
+    assert res["bytes_per_token"] == f.bytes_per_token(0.4)
+    # Top-K: the measured fraction is exact; every block weight has one type, so bytes ~ rows * out width
+    hp, ks = f.hp, f.ks(0.4)
+    out_width = {"attn_in": hp.qkv_dim, "attn_out": hp.dim, "mlp_in": 2 * hp.ffn_dim, "mlp_out": hp.dim}
+    read = sum(k * out_width[b] for b in ks for k in ks[b])
+    dense = hp.n_layers * sum(hp.block_input_width(b) * w for b, w in out_width.items())
+    assert res["skipped_fraction"] == pytest.approx(1 - read / dense, abs=1e-9)
     assert set(res["arc_easy"]) >= {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
     assert "acc_norm" not in res["winogrande"]
     for task in ("arc_easy", "winogrande"):
