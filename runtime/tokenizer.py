@@ -75,9 +75,12 @@ class Tokenizer:
         finally:
             os.unlink(tmp)
 
+    # bound at class creation: at interpreter exit the module global llama_cpp may already be None
+    _free = staticmethod(llama_cpp.llama_model_free)
+
     def __del__(self):
         if getattr(self, "_model", None):
-            llama_cpp.llama_model_free(self._model)
+            self._free(self._model)
             self._model = None
 
     def encode(self, text: str | bytes, add_bos: bool | None = None, special: bool = False) -> list[int]:
