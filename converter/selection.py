@@ -53,7 +53,10 @@ def method(name: str, rotation: str | None = None, score: str | None = None,
     if name not in METHODS:
         raise LarosaError(f"--method must be one of {', '.join(METHODS)}, got {name!r}")
     m = METHODS[name]
-    rotation, score = rotation or m.rotation, score or m.score
+    rotation = rotation or m.rotation
+    if score is None and m.score == "norm" and rotation == "pca":
+        score = "none"   # |g u| ranks identity-basis inputs only; rotated thresholds rank |z| (paper ablation)
+    score = score or m.score
     if rotation not in ("pca", "identity", "auto"):
         raise LarosaError(f"--rotation must be pca, identity or auto, got {rotation!r}")
     if score not in ("none", "norm", "wina"):

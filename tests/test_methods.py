@@ -1,4 +1,4 @@
-"""The sparsity methods (larosa, topk, teal, cats; automatic basis; WINA scores): what the converter
+"""The sparsity methods (larosa, topk, teal, cats; automatic basis; WINA scores; rotated thresholds): what the converter
 stores for each, and the C runtime against the reference simulation for each."""
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ VARIANTS = {
     "teal": dict(method="teal"),
     "cats": dict(method="cats"),
     "auto_wina": dict(method="larosa", rotation="auto", score="wina"),
+    "teal_pca": dict(method="teal", rotation="pca"),     # rotated thresholds
 }
 
 
@@ -64,6 +65,9 @@ def test_what_each_method_stores(variants):
     wina = load(variants["auto_wina"])
     assert all(F.T_SCORE(l, b) in wina.tensors for l in range(hp.n_layers) for b in F.BLOCK_INPUTS)
     assert len(wina.rotated) == hp.n_layers
+    teal_pca = load(variants["teal_pca"])                # thresholds on |z|, z = u Q: no score tensor
+    assert teal_pca.rotated == [True] * hp.n_layers and set(teal_pca.thr_table) == set(F.BLOCK_INPUTS)
+    assert not [n for n in teal_pca.tensors if ".score_" in n]
 
 
 def test_thresholds_hit_their_level_on_calibration_like_data(variants):
