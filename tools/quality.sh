@@ -11,7 +11,8 @@
 #   -L LEVELS   levels run with 2048-token windows (default "0.40")
 #   -n N        zero-shot: first N documents of each of the 7 tasks (default 100; 0 = skip, all = full sets)
 #   -z LEVELS   levels run zero-shot (default "0.40 0.50"; dense is always run)
-#   -M METHODS  subset of: larosa default topk teal teal812 cats (default: all six)
+#   -M METHODS  subset of: larosa default topk teal teal812 cats tealpca tealwina812
+#               (default: the first six)
 #   -o OUT      output folder: converted models, logs/*.log, logs/*.json, results.md (default /tmp/larosa-quality)
 #   -t N        threads per run (default 1)   -j N   runs in parallel (default 2)
 #
@@ -22,11 +23,13 @@
 #   teal     TEAL: static per-layer magnitude thresholds, coefficients 1/1
 #   teal812  TEAL with the paper's 0.8/1.2 split (the best configuration in RESULTS.md)
 #   cats     CATS: threshold on |silu(gate)|, MLP down-projection inputs only
+#   tealpca      rotated thresholds: TEAL's static thresholds on the PCA-rotated inputs (paper ablation)
+#   tealwina812  thresholds on |x| * weight row norm with the 0.8/1.2 split (the best quality measured)
 #
 # Equal bytes: every method is run at the sparsity s whose MEASURED skipped fraction of block weight
 # bytes (larosa-perplexity's skipped_fraction) matches each target level. For Top-K files the fraction
 # is exact and computed from the file (Model.skipped_fraction's formula); for threshold files (teal,
-# cats) it depends on the data: s is set from a measurement on one 512-token window at s = level
+# cats) it depends on the data: s is set by two secant steps on the first two 1024-token windows
 # (s' = s * level / measured), and the table shows the fraction measured in the scored run itself.
 # CATS skips only the down projection (a quarter of the block bytes on SmolLM2): levels it cannot reach
 # within 1 point at s = 0.99 are reported as unreachable and run at s = 0.99 once.
@@ -77,6 +80,8 @@ opts_of() {
         teal) echo "--method teal";;
         cats) echo "--method cats";;
         teal812) echo "--method teal --coefs 0.8,1.2,0.8,1.2";;
+        tealpca) echo "--method teal --rotation pca";;
+        tealwina812) echo "--method teal --score wina --coefs 0.8,1.2,0.8,1.2";;
         *) echo "quality.sh: unknown method $1" >&2; exit 2;;
     esac
 }
@@ -103,18 +108,21 @@ def frac(s):
 print(min((abs(frac(i / 10000) - target), i / 10000) for i in range(9990))[1])
 EOF
 }
-threshold_s() {   # s for a threshold file from one measured 512-token window at s = target
-    local m=$1 t=$2
-    run "probe_${m}_$t" "$BIN/larosa-perplexity" -m "$OUT/$m.gguf" -f "$TEXT" -c 512 --chunks 1 \
-        -t "$THREADS" --sparsity "$t" --json -q > /dev/null
-    "$BIN/python" -c "import json,sys; f=json.load(open(sys.argv[1]))['skipped_fraction']; print(round(min(float(sys.argv[2])*float(sys.argv[2])/f, 0.99), 4))" \
-        "$OUT/logs/probe_${m}_$t.json" "$t"
+threshold_s() {   # s for a threshold file: two secant steps on two 1024-token windows
+    local m=$1 t=$2 s=$2 i
+    for i in 1 2; do
+        run "probe${i}_${m}_$t" "$BIN/larosa-perplexity" -m "$OUT/$m.gguf" -f "$TEXT" -c 1024 --chunks 2 \
+            -t "$THREADS" --sparsity "$s" --json -q > /dev/null
+        s=$("$BIN/python" -c "import json,sys; f=json.load(open(sys.argv[1]))['skipped_fraction']; print(round(min(float(sys.argv[2])*float(sys.argv[3])/f, 0.99), 4))" \
+            "$OUT/logs/probe${i}_${m}_$t.json" "$s" "$t")
+    done
+    echo "$s"
 }
 : > "$OUT/levels.txt"
 for m in $METHODS; do
     prev=
     for t in $LEVELS; do
-        case $m in teal|teal812|cats) s=$(threshold_s $m $t);; *) s=$(topk_s "$OUT/$m.gguf" $t);; esac
+        case $m in teal*|cats) s=$(threshold_s $m $t);; *) s=$(topk_s "$OUT/$m.gguf" $t);; esac
         if [ "$s" = "$prev" ]; then echo "$m cannot reach $t (s capped at $s)"; continue; fi
         echo "$m $t $s" >> "$OUT/levels.txt"; prev=$s
     done
@@ -178,11 +186,15 @@ for ctx in (1024, 2048):
         if r:
             print(f"| {m} | {float(t):.0%} | {s} | {r['skipped_fraction']:.1%} | {r['ppl']:.3f} | {r['ppl']/d['ppl']-1:+.1%} |")
 tasks = "piqa arc_easy arc_challenge hellaswag winogrande boolq openbookqa".split()
+if limit == "0":
+    sys.exit(0)
 print(f"\nZero-shot accuracy (acc_norm where lm-eval reports it, else acc), limit {limit} per task\n")
 print("| method | target | s | " + " | ".join(tasks) + " | avg |\n|---|---|---|" + "---|" * (len(tasks) + 1))
 for m, t, s in [("dense", "0", "0")] + rows:
     r = load(f"eval{limit}_{m}_{t}")
     if not r:
+        continue
+    if not all(k in r for k in tasks):
         continue
     acc = [r[k].get("acc_norm", r[k]["acc"]) for k in tasks]
     print(f"| {m} | {float(t):.0%} | {s} | " + " | ".join(f"{a:.3f}" for a in acc) + f" | {sum(acc)/len(acc):.4f} |")
