@@ -76,6 +76,11 @@ class Scorer:
     def loglikelihood_tokens(self, context_enc: list[int], continuation_enc: list[int]) -> float:
         if not continuation_enc:
             return 0.0
+        return float(token_logprobs(self.continuation_logits(context_enc, continuation_enc),
+                                    continuation_enc).sum())
+
+    def continuation_logits(self, context_enc: list[int], continuation_enc: list[int]) -> np.ndarray:
+        """The logits [len(continuation_enc), vocab] that predict each continuation token."""
         if not context_enc:
             raise LarosaError("empty context: no token to predict the continuation from")
         n_ctx = self.model.n_ctx
@@ -89,9 +94,9 @@ class Scorer:
         split = len(window) - len(continuation_enc) + 1
         first = self._logits_after(window[:split])
         rest = window[split:]
-        logits = first[None, :] if not rest else np.vstack([first[None, :],
-                                                            self.model.eval(rest, all_logits=True)])
-        return float(token_logprobs(logits, continuation_enc).sum())
+        if not rest:
+            return first[None, :]
+        return np.vstack([first[None, :], self.model.eval(rest, all_logits=True)])
 
     def _logits_after(self, prefix: list[int]) -> np.ndarray:
         """Logits after `prefix`, leaving exactly `prefix` in the cache; re-uses what is cached."""

@@ -45,19 +45,6 @@ def _number(name: str, value: Any, kind: type) -> int | float | None:
                          f"got {value!r}") from None
 
 
-class _Scorer(Scorer):
-    def continuation_logits(self, context_enc: list[int], continuation_enc: list[int]) -> np.ndarray:
-        """Logits predicting each continuation token, with Scorer.loglikelihood_tokens's window."""
-        n_ctx = self.model.n_ctx
-        if len(continuation_enc) > n_ctx:
-            raise LarosaError(f"a continuation of {len(continuation_enc)} tokens does not fit n_ctx = {n_ctx}")
-        window = (context_enc + continuation_enc)[-(n_ctx + 1):][:-1]
-        split = len(window) - len(continuation_enc) + 1
-        first = self._logits_after(window[:split])[None, :]
-        rest = window[split:]
-        return np.vstack([first, self.model.eval(rest, all_logits=True)]) if rest else first
-
-
 @register_model("larosa")
 class LarosaLM(LM):
     def __init__(self, path: str | None = None, sparsity: Any = None, threads: Any = None,
@@ -74,7 +61,7 @@ class LarosaLM(LM):
             raise ValueError(f"larosa: model_args sparsity must be in [0, 1), got {sparsity!r}")
         self.model = Model(path, sparsity=s, n_threads=_number("model_args threads", threads, int),
                            n_ctx=_number("model_args n_ctx", n_ctx, int))
-        self.scorer = _Scorer(self.model)
+        self.scorer = Scorer(self.model)
         tok = self.model.tokenizer
         self.prefix_token = tok.bos_id if tok.bos_id >= 0 else tok.eos_id
         self._context: list[int] | None = None   # context of the last scored request
