@@ -223,7 +223,8 @@ def test_one_model_shared_by_threads_stays_consistent(converted):
             return True
         return f
     assert run_threads([job(0), job(1)]) == [True, True]
-    assert len(m.tokens) in (len(prompts[0]) + 2, len(prompts[1]) + 2)
+    # after the last eval_prompt (either thread's) come its own eval and at most one of the other's
+    assert any(m.tokens in (p + [1, 2], p + [1, 2, 1, 2]) for p in prompts), m.tokens
 
 
 HUGE = {   # F32 tensor of untied_f32 -> a finite factor; the activations stay inside float32
