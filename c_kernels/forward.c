@@ -164,6 +164,28 @@ void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float 
         }
 }
 
+/* Budget mode: c keys exceed the threshold; the token has spent D above its plan so far and R is
+ * the planned cost from here on, so it keeps c (1 - D / R) inputs, and the last block input of the
+ * last layer takes what remains. A token's total is its plan unless that last clamp to [1, n] bites,
+ * while its layers still trade rows among themselves. */
+static int32_t budget_k(lr_model *m, const float *key, float thr, int32_t layer, int32_t block, int32_t t) {
+    const int32_t n = m->width[block];
+    double *over = &m->over[t % LR_BATCH];
+    if (layer == 0 && block == ATTN_IN) *over = 0.0;     /* the first selection of a token */
+    const double plan = m->plan[block][layer], cost = m->cost[block][layer];
+    double want;
+    if (layer == m->d.n_layers - 1 && block == MLP_OUT) {
+        want = plan - *over / cost;
+    } else {
+        int32_t c = 0;
+        for (int32_t i = 0; i < n; i++) c += fabsf(key[i]) > thr;
+        want = (double)c * (1.0 - *over / m->remain[block][layer]);
+    }
+    const int32_t k = want < 1.0 ? 1 : want > (double)n ? n : (int32_t)lrint(want);
+    *over += ((double)k - plan) * cost;
+    return k;
+}
+
 const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t layer, int32_t block,
                          int32_t t, int32_t *k) {
     const int32_t n = m->width[block];
@@ -178,7 +200,10 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
         key = m->keys;
     }
     int32_t *idx = m->idx, cnt = 0;
-    if (thr >= 0.0f) {               /* threshold: every key above it */
+    if (thr >= 0.0f && m->budget) {  /* budget: the count above the threshold, scaled back on plan */
+        cnt = budget_k(m, key, thr, layer, block, t);
+        if (cnt < n) lr_topk_impl(key, n, cnt, idx, m->topk_scratch);
+    } else if (thr >= 0.0f) {        /* threshold: every key above it */
         for (int32_t i = 0; i < n; i++)
             if (fabsf(key[i]) > thr) idx[cnt++] = i;
     } else {                         /* Top-K: the k largest keys */
@@ -345,6 +370,9 @@ void lr_model_free(lr_model *m) {
     for (int i = 0; i < 4; i++) {
         free(m->k[i]);
         free(m->thr[i]);
+        free(m->plan[i]);
+        free(m->cost[i]);
+        free(m->remain[i]);
     }
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
@@ -406,7 +434,9 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
              m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota;
     for (int i = 0; i < 4 && ok; i++)
-        ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) && (m->thr[i] = malloc((size_t)L * sizeof(float)));
+        ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) && (m->thr[i] = malloc((size_t)L * sizeof(float))) &&
+             (m->plan[i] = malloc((size_t)L * sizeof(float))) && (m->cost[i] = malloc((size_t)L * sizeof(float))) &&
+             (m->remain[i] = malloc((size_t)L * sizeof(double)));
     if (!ok) {
         lr_model_free(m);
         fail(err, err_len, LR_ENOMEM, "out of memory (KV cache or buffers)");
@@ -454,6 +484,32 @@ int32_t lr_model_set_selection(lr_model *m, const int32_t *k, const float *thres
             m->k[i][l] = k[i * L + l];
             m->thr[i][l] = threshold[i * L + l];
         }
+    return LR_OK;
+}
+
+int32_t lr_model_set_budget(lr_model *m, const float *plan, const float *cost) {
+    if (!m) return LR_EARG;
+    if (!plan) {
+        m->budget = 0;
+        return LR_OK;
+    }
+    if (!cost) return LR_EARG;
+    const int32_t L = m->d.n_layers;
+    for (int i = 0; i < 4; i++)
+        for (int32_t l = 0; l < L; l++) {
+            const float p = plan[i * L + l], c = cost[i * L + l];
+            if (!(p >= 1.0f && p <= (float)m->width[i]) || !(c > 0.0f && c < 1.0e30f)) return LR_ERANGE;
+            if (m->thr[i][l] < 0.0f) return LR_ERANGE;   /* the budget scales a threshold's count */
+        }
+    double rest = 0.0;                                   /* in evaluation order, from the end */
+    for (int32_t l = L - 1; l >= 0; l--)
+        for (int i = 3; i >= 0; i--) {
+            m->plan[i][l] = plan[i * L + l];
+            m->cost[i][l] = cost[i * L + l];
+            rest += (double)plan[i * L + l] * (double)cost[i * L + l];
+            m->remain[i][l] = rest;
+        }
+    m->budget = 1;
     return LR_OK;
 }
 

@@ -55,6 +55,11 @@ void lr_model_free(lr_model *m);
  * input major ([4][n_layers]): threshold[b][l] >= 0 keeps the inputs whose key exceeds it, a
  * negative threshold keeps the k[b][l] largest keys (Top-K; 1 <= k <= n). */
 int32_t lr_model_set_selection(lr_model *m, const int32_t *k, const float *threshold);
+/* Budget mode on top of thresholds (every threshold must be >= 0): plan[b][l] (1..n) rows planned,
+ * cost[b][l] > 0 the cost of one row, both [4][n_layers]. Each selection keeps its threshold's count
+ * scaled by (1 - D / R), D the token's cost above plan so far, R the planned cost still to come; the
+ * last selection takes the rest. plan = NULL turns it off; lr_model_set_selection keeps it. */
+int32_t lr_model_set_budget(lr_model *m, const float *plan, const float *cost);
 /* Inputs read since the last reset, per block input summed over layers, then the tokens: out[5]. */
 int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset);
 /* Evaluates n tokens at positions pos0..pos0+n-1 (pos0 must equal the number of cached positions,

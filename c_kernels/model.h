@@ -13,6 +13,11 @@ struct lr_model {
     int32_t n_ctx, n_past;     /* KV cache capacity, positions filled */
     int32_t *k[4];             /* per block input: k of each layer (Top-K) */
     float *thr[4];             /* per block input: threshold of each layer (< 0: Top-K) */
+    /* budget mode (lr_model_set_budget): a threshold's count, scaled to keep each token on plan */
+    int32_t budget;
+    float *plan[4], *cost[4];  /* per block input and layer: planned rows, cost of one row */
+    double *remain[4];         /* planned cost from this (layer, block input) to the end */
+    double over[LR_BATCH];     /* per token of a batch: cost spent above the plan so far */
     int32_t width[4];          /* per block input: its width n */
     uint64_t rows_read[4], rows_tokens;   /* selected inputs, for the bytes actually read */
     float *key_cache;          /* [L][n_ctx][nkv hd] */

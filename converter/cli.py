@@ -63,9 +63,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-type", default="auto", choices=["auto", *F.WEIGHT_TYPES],
                    help="type of the d x d residual adapters (auto: f16, f32 with --type f32). "
                         "Their error compounds over layers: q8_0 costs ~5%% perplexity on SmolLM2")
-    p.add_argument("--method", default="wina", choices=["wina", "larosa", "topk", "teal", "cats"],
-                   help="sparsity method. wina (default): Top-K of |x| * weight row norm, no rotation, "
-                        "0.8/1.2 coefficients, the best fixed-K method on SmolLM2 (RESULTS.md); larosa: the "
+    p.add_argument("--method", default="budget", choices=["budget", "wina", "larosa", "topk", "teal", "cats"],
+                   help="sparsity method. budget (default): thresholds on |x| * weight row norm, no rotation, "
+                        "0.8/1.2 coefficients, each token held to the planned bytes (fixed work per token; "
+                        "on SmolLM2 better than every fixed-K method and level with TEAL, RESULTS.md); wina: "
+                        "Top-K of the same keys; larosa: the "
                         "paper's recipe (PCA rotation per layer, residual adapters); topk = plain Top-K "
                         "without rotation, teal = static thresholds (TEAL), cats = MLP-only gate thresholds (CATS)")
     p.add_argument("--rotation", choices=["pca", "identity", "auto"],
@@ -98,7 +100,7 @@ def print_summary(s, src_hp, total_seconds: float) -> None:
     mib = 1024 * 1024
     print(f"wrote {s.out_path}: {s.out_bytes / mib:.1f} MiB in {total_seconds:.1f} s, conversion {s.seconds:.1f} s "
           f"(calibration: {s.calib_tokens} tokens; {sum(s.rotated)} of {len(s.rotated)} layers rotated)")
-    print("Top-K per block input (k of n, layers' range):")
+    print("inputs read per block input (k of n, layers' range; thresholds: the planned average):")
     for b in F.BLOCK_INPUTS:
         n = src_hp.block_input_width(b)
         lo, hi = min(s.ks[b]), max(s.ks[b])

@@ -44,7 +44,7 @@ class Options:
     wtype: str = "q8_0"            # block weights: f32 | f16 | q8_0 | q4_0
     head_type: str = "auto"        # embedding/head: auto | f32 | f16 | q8_0 | q4_0
     adapter_type: str = "auto"     # adapters: auto (f16, f32 for --type f32) | f32 | f16 | q8_0 | q4_0
-    method: str = "wina"           # wina | larosa | topk | teal | cats (selection.py)
+    method: str = "budget"         # budget | wina | larosa | topk | teal | cats (selection.py)
     rotation: str | None = None    # pca | identity | auto (default: the method's)
     score: str | None = None       # none | norm | wina (default: the method's)
     coefs: dict[str, float] | None = None
@@ -162,6 +162,8 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
         w.add_key_value(F.K_THR_GRID, list(S.GRID), GGUFValueType.ARRAY, f32)
         for b in m.thresholds:
             w.add_key_value(F.K_THR(b), [t for p in plans for t in p.thresholds[b]], GGUFValueType.ARRAY, f32)
+        if m.budget:
+            w.add_bool(F.K_BUDGET, True)
     w.add_string(F.K_CALIB_SOURCE, calib.source)
     w.add_string(F.K_CALIB_SHA256, calib.sha256)
     w.add_uint32(F.K_CALIB_TOKENS, calib.n_tokens)

@@ -37,6 +37,46 @@ class Weights:
     rope_freqs: torch.Tensor | None = None   # [hd/2] frequency divisors (llama3 style)
 
 
+BLOCK_ORDER = ("attn_in", "attn_out", "mlp_in", "mlp_out")   # the order a layer selects in
+
+
+class Budget:
+    """Budget mode (c_kernels/forward.c budget_k): a threshold's count c scaled to c (1 - D / R),
+    D the token's cost above plan so far, R the planned cost from here on; the last selection
+    takes what remains. plan[b][l] rows, cost[b][l] bytes per row (rounded to float32 as in C)."""
+
+    def __init__(self, plan: dict, cost: dict):
+        self.n_layers = len(plan["attn_in"])
+        self.plan = {b: [float(torch.tensor(v, dtype=torch.float32)) for v in plan[b]] for b in BLOCK_ORDER}
+        self.cost = {b: [float(torch.tensor(v, dtype=torch.float32)) for v in cost[b]] for b in BLOCK_ORDER}
+        self.remain, rest = {b: [0.0] * self.n_layers for b in BLOCK_ORDER}, 0.0
+        for l in reversed(range(self.n_layers)):
+            for b in reversed(BLOCK_ORDER):
+                rest += self.plan[b][l] * self.cost[b][l]
+                self.remain[b][l] = rest
+        self.over = None                                  # [B, T] float64, per token
+
+    def k(self, count: torch.Tensor, l: int, b: str, n: int) -> torch.Tensor:
+        """count [B, T] keys above the threshold -> k [B, T] inputs to keep."""
+        if self.over is None or (l == 0 and b == "attn_in"):
+            self.over = torch.zeros(count.shape, dtype=torch.float64)
+        plan, cost = self.plan[b][l], self.cost[b][l]
+        if l == self.n_layers - 1 and b == "mlp_out":
+            want = plan - self.over / cost
+        else:
+            want = count.double() * (1.0 - self.over / self.remain[b][l])
+        k = torch.where(want < 1, 1.0, torch.where(want > n, float(n), want.round())).long()
+        self.over = self.over + (k.double() - plan) * cost
+        return k
+
+
+def rank_mask(key: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """True at the k[..] largest keys of each row (k varies per row; ties: the lower index)."""
+    idx = torch.argsort(-key, dim=-1, stable=True)
+    rank = torch.empty_like(idx).scatter_(-1, idx, torch.arange(key.shape[-1]).expand_as(idx))
+    return rank < k[..., None]
+
+
 @dataclass
 class TopK:
     """The selection of each block input (FORMAT.md, format.BLOCK_INPUTS): k per layer for Top-K.
@@ -56,6 +96,7 @@ class TopK:
     forced: dict | None = None
     seen: dict | None = None
     keys: dict | None = None
+    budget: Budget | None = None
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -113,6 +154,8 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
         thr = None if ks.threshold is None else ks.threshold[which][l]
         if thr is not None and thr >= 0:
             k = key.abs() if score is None else key.abs() * score
+            if ks.budget is not None:
+                return x * rank_mask(k, ks.budget.k((k > thr).sum(-1), l, which, x.shape[-1]))
             return x * (k > thr)
         return x * topk_mask(key, getattr(ks, which)[l], score)
 

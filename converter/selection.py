@@ -3,6 +3,8 @@ and the threshold tables (FORMAT.md, "Selection"). Pass 1 of the converter feeds
 each layer's calibration activations; `decide` turns them into the layer's plan.
 
 Methods (all run by the same kernels; a threshold also yields an index list):
+  budget  no rotation, thresholds on |x| * ||row of W||, 0.8 / 1.2, each token held to the planned
+          bytes: a threshold's count is scaled by how far the token is above or below its plan so far
   wina    the default: no rotation, Top-K of |x| * ||row of W||, coefficients 0.8 / 1.2 (RESULTS.md:
           best fixed-K perplexity at equal bytes on SmolLM2, and no adapters to read)
   larosa  the paper: PCA basis per layer, Top-K of |z|, coefficients 0.8 / 1.2
@@ -35,9 +37,11 @@ class Method:
     coefs: dict[str, float]
     thresholds: tuple[str, ...]   # block inputs selected by threshold instead of Top-K
     mlp_out_key: str = "act"      # act | gate (CATS)
+    budget: bool = False          # the runtime holds the thresholds to a per-token byte budget
 
 
 METHODS = {
+    "budget": Method("identity", "wina", dict(F.PAPER_COEFS), F.BLOCK_INPUTS, budget=True),
     "wina": Method("identity", "wina", dict(F.PAPER_COEFS), ()),
     "larosa": Method("pca", "none", dict(F.PAPER_COEFS), ()),
     "topk": Method("identity", "norm", dict.fromkeys(F.BLOCK_INPUTS, 1.0), ()),
@@ -66,7 +70,7 @@ def method(name: str, rotation: str | None = None, score: str | None = None,
     c = dict(m.coefs) if coefs is None else coefs
     if set(c) != set(F.BLOCK_INPUTS) or not all(0 <= v <= 10 for v in c.values()):
         raise LarosaError("coefficients: four values in [0, 10], one per block input")
-    return Method(rotation, score, c, m.thresholds, m.mlp_out_key)
+    return Method(rotation, score, c, m.thresholds, m.mlp_out_key, m.budget)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from larosa.runtime.gguf_file import tensor_rows_cols
 from larosa.runtime.loader import LarosaFile, load
 
 from .fuse import source_layer
-from .model import Layer, TopK, Weights
+from .model import Budget, Layer, TopK, Weights
 from .source import SourceModel
 
 
@@ -47,8 +47,10 @@ def larosa_weights(f: LarosaFile | str) -> Weights:
                    rope_freqs=get(F.T_ROPE_FREQS))
 
 
-def topk_of(f: LarosaFile, sparsity: float | None = None) -> TopK:
-    """The file's selection at `sparsity`, as the reference simulation takes it."""
+def topk_of(f: LarosaFile, sparsity: float | None = None, budget: bool | None = None) -> TopK:
+    """The file's selection at `sparsity`, as the reference simulation takes it (budget: as
+    Model(budget=...) selects; None: as the file says)."""
+    budget = f.budget_default if budget is None else budget
     sel = f.selection(sparsity)
     scores: dict = {}
     for name, t in f.tensors.items():
@@ -56,4 +58,5 @@ def topk_of(f: LarosaFile, sparsity: float | None = None) -> TopK:
         if name.startswith("blk.") and parts[2].startswith("score_"):
             arr = torch.from_numpy(np.array(t.data, dtype=np.float32))
             scores.setdefault(parts[2][len("score_"):], {})[int(parts[1])] = arr
-    return TopK(**sel.k, score=scores or None, threshold=sel.threshold, gate_key=f.mlp_out_key == "gate")
+    return TopK(**sel.k, score=scores or None, threshold=sel.threshold, gate_key=f.mlp_out_key == "gate",
+                budget=Budget(*f.budget(sparsity)) if budget else None)

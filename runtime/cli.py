@@ -13,6 +13,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="LaRoSA GGUF (from larosa-convert)")
     p.add_argument("--sparsity", type=float, help="model sparsity in [0, 1) (default: the file's)")
     p.add_argument("-t", "--threads", type=int, default=min(os.cpu_count() or 1, 8), help="CPU threads")
+    p.add_argument("--budget", action=argparse.BooleanOptionalAction,
+                   help="hold each token to the planned bytes (threshold files; default: as the file says)")
 
 
 def _fail(prog: str, e: BaseException) -> int:
@@ -37,7 +39,7 @@ def run_main(argv: list[str] | None = None) -> int:
         from .model import Model
         if a.n_predict < 0:
             raise LarosaError("-n must be >= 0")
-        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size)
+        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget)
         stream = m.generate(a.prompt, max_tokens=a.n_predict, temperature=a.temp, top_k=a.top_k,
                             top_p=a.top_p, min_p=a.min_p, repeat_penalty=a.repeat_penalty, seed=a.seed)
         sys.stdout.write(a.prompt)
@@ -83,12 +85,12 @@ def perplexity_main(argv: list[str] | None = None) -> int:
             text = f.read()
         if a.engine == "larosa":
             from .model import Model
-            m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size)
+            m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget)
             tok, fn, sparsity = m.tokenizer, P.larosa_logits(m), round(m.sparsity, 6)
             bytes_per_token = m.bytes_per_token()
         else:
-            if a.sparsity not in (None, 0):
-                raise LarosaError("--engine llama.cpp is dense: --sparsity does not apply")
+            if a.sparsity not in (None, 0) or a.budget is not None:
+                raise LarosaError("--engine llama.cpp is dense: --sparsity and --budget do not apply")
             tok = Tokenizer(a.model)
             fn, sparsity, bytes_per_token = P.llama_cpp_logits(a.model, a.ctx_size, a.threads), 0.0, None
         ids = tok.encode(text)
@@ -101,7 +103,8 @@ def perplexity_main(argv: list[str] | None = None) -> int:
         if a.json:
             print(json.dumps({"engine": a.engine, "model": a.model, "ppl": r.ppl, "nll": r.nll,
                               "tokens": r.tokens, "windows": r.windows, "ctx": a.ctx_size,
-                              "sparsity": sparsity, "skipped_fraction": skipped,
+                              "sparsity": sparsity, "budget": m.budget if a.engine == "larosa" else None,
+                              "skipped_fraction": skipped,
                               "bytes_per_token": bytes_per_token, "seconds": r.seconds}))
         return 0
     except (LarosaError, ValueError) as e:

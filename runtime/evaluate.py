@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="only the first N documents of each task")
     p.add_argument("--sparsity", type=float, help="model sparsity in [0, 1) (default: the file's)")
     p.add_argument("-t", "--threads", type=int, default=min(os.cpu_count() or 1, 8), help="CPU threads")
+    p.add_argument("--budget", action=argparse.BooleanOptionalAction,
+                   help="hold each token to the planned bytes (threshold files; default: as the file says)")
     p.add_argument("--json", action="store_true", help="print a JSON object of the results as the last line")
     a = p.parse_args(argv)
     try:
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             raise LarosaError(f"--limit must be >= 1, got {a.limit}")
         docs = {n: load_docs(n, a.limit) for n in names}   # all data problems before the model loads
         from .model import Model
-        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads)
+        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, budget=a.budget)
         scorer = Scorer(m)
         results = [evaluate_task(scorer, n, docs[n]) for n in names]
         skipped = m.skipped_fraction()    # measured over every token evaluated (counted since set_sparsity)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"n_ctx = {m.n_ctx}", file=sys.stderr)
         if a.json:
             out = {r.task: r.to_json() for r in results}
-            out.update(sparsity=round(m.sparsity, 6), skipped_fraction=skipped, bytes_per_token=m.bytes_per_token())
+            out.update(sparsity=round(m.sparsity, 6), budget=m.budget, skipped_fraction=skipped, bytes_per_token=m.bytes_per_token())
             print(json.dumps(out))
         return 0
     except (LarosaError, ValueError, OSError) as e:

@@ -25,7 +25,7 @@ BLOCK_INPUTS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 PAPER_COEFS = {"attn_in": 0.8, "attn_out": 1.2, "mlp_in": 0.8, "mlp_out": 1.2}
 # larosa: the paper's recipe (PCA rotations, Top-K, 0.8/1.2); topk: Top-K of |input| without rotation;
 # teal: static thresholds on |input|; cats: threshold on |silu(gate)|, MLP only. FORMAT.md.
-METHODS = ("wina", "larosa", "topk", "teal", "cats")
+METHODS = ("budget", "wina", "larosa", "topk", "teal", "cats")
 
 # --type choices for the block weights.
 WEIGHT_TYPES = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
@@ -66,6 +66,7 @@ K_CALIB_WINDOW = key("calibration.window")
 K_ROTATED = key("rotated")                  # uint8[n_layer]: 1 where layer l has a PCA basis
 K_MLP_OUT_KEY = key("mlp_out_key")          # "act" (rank |m_j|) or "gate" (rank |silu(gate_j)|)
 K_THR_GRID = key("threshold.sparsity")      # float32[G]: the levels of the threshold tables
+K_BUDGET = key("threshold.budget")          # bool: hold the thresholds to a per-token byte budget
 
 
 def K_COEF(block_input: str) -> str:

@@ -48,19 +48,22 @@ def _number(name: str, value: Any, kind: type) -> int | float | None:
 @register_model("larosa")
 class LarosaLM(LM):
     def __init__(self, path: str | None = None, sparsity: Any = None, threads: Any = None,
-                 n_ctx: Any = None, **kwargs: Any) -> None:
+                 n_ctx: Any = None, budget: Any = None, **kwargs: Any) -> None:
         super().__init__()
         unknown = sorted(set(kwargs) - set(_HARNESS_ARGS))
         if unknown:
             raise ValueError(f"larosa: unknown model_args {', '.join(unknown)} "
-                             "(accepted: path, sparsity, threads, n_ctx)")
+                             "(accepted: path, sparsity, threads, n_ctx, budget)")
         if not isinstance(path, str) or not path:
             raise ValueError("larosa: model_args needs path=<LaRoSA GGUF file>")
         s = _number("model_args sparsity", sparsity, float)
         if s is not None and not 0.0 <= s < 1.0:
             raise ValueError(f"larosa: model_args sparsity must be in [0, 1), got {sparsity!r}")
+        if budget is not None and str(budget).lower() not in ("true", "false", "1", "0"):   # strings or bools
+            raise ValueError(f"larosa: model_args budget must be true or false, got {budget!r}")
         self.model = Model(path, sparsity=s, n_threads=_number("model_args threads", threads, int),
-                           n_ctx=_number("model_args n_ctx", n_ctx, int))
+                           n_ctx=_number("model_args n_ctx", n_ctx, int),
+                           budget=None if budget is None else str(budget).lower() in ("true", "1"))
         self.scorer = Scorer(self.model)
         tok = self.model.tokenizer
         self.prefix_token = tok.bos_id if tok.bos_id >= 0 else tok.eos_id

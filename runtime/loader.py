@@ -50,6 +50,7 @@ class LarosaFile:
     thr_grid: list[float] | None          # threshold tables: levels
     thr_table: dict[str, np.ndarray]      # block input -> [n_layer, G] (absent: Top-K)
     mlp_out_key: str                      # "act" or "gate"
+    budget_default: bool                  # thresholds held to a per-token budget unless told otherwise
     tensors: dict[str, ReaderTensor]
     layout: GGUFLayout | None = None      # the header as gguf_file.scan_gguf checked it
 
@@ -83,6 +84,23 @@ class LarosaFile:
             thr[b] = [-1.0] * self.hp.n_layers if table is None else \
                 [F.threshold_at(self.thr_grid, table[l].tolist(), levels[b][l]) for l in range(self.hp.n_layers)]
         return Selection(k=self.ks(sparsity), threshold=thr)
+
+    def budget(self, sparsity: float | None = None) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """Budget mode (lr_model_set_budget): per block input and layer, the rows planned,
+        clamp((1 - level) n, 1, n), and the bytes of one row of its weight. Needs threshold tables
+        for all four block inputs (--method budget or teal)."""
+        if set(self.thr_table) != set(F.BLOCK_INPUTS):
+            raise ValueError(f"{self.path}: budget mode scales thresholds, and this {self.method!r} file "
+                             "has none for every block input (convert with --method budget or teal)")
+        levels, hp = self.levels(sparsity), self.hp
+        plan = {b: [min(max((1.0 - v) * hp.block_input_width(b), 1.0), hp.block_input_width(b))
+                    for v in levels[b]] for b in F.BLOCK_INPUTS}
+        cost = {b: [0.0] * hp.n_layers for b in F.BLOCK_INPUTS}
+        for name, (shape, qtype) in self.shapes_types().items():
+            parts = name.split(".")
+            if name.startswith("blk.") and parts[2] in F.WEIGHT_INPUT:
+                cost[F.WEIGHT_INPUT[parts[2]]][int(parts[1])] = float(F.row_bytes(qtype, shape[1]))
+        return plan, cost
 
     def shapes_types(self) -> dict[str, tuple[tuple[int, ...], QT]]:
         return {n: (tensor_rows_cols(t), t.tensor_type) for n, t in self.tensors.items()}
@@ -283,6 +301,9 @@ def load(path: str | os.PathLike) -> LarosaFile:
     if not (math.isfinite(sparsity) and 0 <= sparsity < 1):
         raise FormatError(f"{path}: {F.K_SPARSITY} = {sparsity} is outside [0, 1)")
     coefs, rotated, grid, tables, mlp_out_key = _selection_keys(m, hp, path)
+    budget_default = m.bool(F.K_BUDGET, False)
+    if budget_default and set(tables) != set(F.BLOCK_INPUTS):
+        raise FormatError(f"{path}: {F.K_BUDGET} is set, but not every block input has a threshold table")
 
     tensors = tensor_map(reader)
     scores = set()
@@ -317,4 +338,4 @@ def load(path: str | os.PathLike) -> LarosaFile:
     check_memory(hp, min(hp.n_ctx, DEFAULT_N_CTX), 1, path)
     return LarosaFile(path=path, reader=reader, meta=m, hp=hp, method=method, sparsity=sparsity,
                       coefs=coefs, rotated=rotated, thr_grid=grid, thr_table=tables,
-                      mlp_out_key=mlp_out_key, tensors=tensors, layout=layout)
+                      mlp_out_key=mlp_out_key, budget_default=budget_default, tensors=tensors, layout=layout)

@@ -76,8 +76,12 @@ class Model:
     generation stops once the context is full (its last token is sampled but not evaluated)."""
 
     def __init__(self, path: str | os.PathLike, sparsity: float | None = None,
-                 n_threads: int | None = None, n_ctx: int | None = None):
+                 n_threads: int | None = None, n_ctx: int | None = None, budget: bool | None = None):
         self.file: LarosaFile = load(path)
+        # thresholds held to a per-token byte budget (LarosaFile.budget); None: as the file says
+        self.budget = self.file.budget_default if budget is None else bool(budget)
+        if self.budget:
+            self.file.budget(self.file.sparsity)       # ValueError now for a file without thresholds
         hp = self.hp = self.file.hp
         self.n_threads = n_threads if n_threads is not None else min(os.cpu_count() or 1, 8)
         if not isinstance(self.n_threads, int) or not 1 <= self.n_threads <= 512:
@@ -146,8 +150,14 @@ class Model:
         sel = self.file.selection(sparsity)
         k = ffi.new("int32_t[]", [v for b in F.BLOCK_INPUTS for v in sel.k[b]])
         thr = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in sel.threshold[b]])
+        if self.budget:
+            plan, cost = self.file.budget(sparsity)
+            plan = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in plan[b]])
+            cost = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in cost[b]])
         with self._lock:
             self._check(lib.lr_model_set_selection(self._m, k, thr))
+            if self.budget:
+                self._check(lib.lr_model_set_budget(self._m, plan, cost))
             self.sparsity, self.ks, self.thresholds = float(sparsity), sel.k, sel.threshold
             self.reset()   # cached keys and values were computed at the old sparsity
             self.rows_read(reset=True)
@@ -255,7 +265,7 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"Model({os.path.basename(self.file.path)!r}, sparsity={self.sparsity}, "
-                f"n_threads={self.n_threads}, n_ctx={self.n_ctx})")
+                f"n_threads={self.n_threads}, n_ctx={self.n_ctx}{', budget=True' if self.budget else ''})")
 
     def generate_tokens(self, prompt: list[int], max_tokens: int = 128, sampling: Sampling | None = None):
         """Yields generated token ids after the prompt (see generate.generate_tokens)."""

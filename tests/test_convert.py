@@ -292,7 +292,7 @@ def test_cli_smollm2_q8_0_with_calibration_file(smollm2, calib_text, tmp_path, c
     w0, w1 = source_weights(SourceModel(smollm2)), larosa_weights(f)
     toks = tokens_for(w0.hp, 40)
     a, b = forward(w0, toks), forward(w1, toks)
-    assert f.method == "wina" and not any(f.rotated)   # the default: no rotation, no adapters
+    assert f.method == "budget" and f.budget_default and not any(f.rotated)   # the default: no rotation, no adapters
     # Q8_0 weights: close to the original, not equal
     # (random tokens: near-ties flip; measured on WikiText-2, 8 x 512 tokens: ppl 30.54 against
     # llama.cpp's 30.50 on the Q4_1 original)

@@ -330,6 +330,10 @@ CASES = {
     "threshold decreasing": (lambda g: g.set(F.K_THR_GRID, ARR, array(F32, [0.25, 0.5]))
                              .set(F.K_THR("mlp_out"), ARR, array(F32, [2, 1] * 3)), FormatError, "not decrease"),
     "threshold without grid": (_set(F.K_THR("attn_in"), ARR, _f32s(3, 0.5)), FormatError, "without"),
+    "budget without tables": (_set(F.K_BUDGET, BOOL, scalar(BOOL, 1)), FormatError, "not every block input"),
+    "budget with one table": (lambda g: g.set(F.K_THR_GRID, ARR, array(F32, [0.5])).set(F.K_THR("mlp_out"), ARR,
+                              _f32s(3, 0.1)).set(F.K_BUDGET, BOOL, scalar(BOOL, 1)), FormatError, "not every block input"),
+    "budget not a bool": (_set(F.K_BUDGET, STR, s_enc("yes")), FormatError, "bool"),
     # tensor descriptions
     "tensor name too long": (lambda g: setattr(g.t(QKV0), "name", b"x" * 65), FormatError, "more than the limit"),
     "tensor name not utf-8": (lambda g: setattr(g.t(QKV0), "name", b"blk.0.\xff"), FormatError, "not valid UTF-8"),

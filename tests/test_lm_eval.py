@@ -173,11 +173,13 @@ def test_bad_model_args(gguf, tmp_path):
     assert "n_ctx must be an integer" in err(f"path={gguf},n_ctx=big")
     assert "unknown model_args sparsty" in err(f"path={gguf},sparsty=0.4")
     assert "n_ctx" in err(f"path={gguf},n_ctx=0")
+    assert "budget must be true or false" in err(f"path={gguf},budget=maybe")
+    assert "budget mode scales thresholds" in err(f"path={gguf},budget=true")   # a Top-K file
     with pytest.raises((LarosaError, OSError)):
         LarosaLM.create_from_arg_string(f"path={tmp_path / 'none.gguf'}")
     lm = LarosaLM.create_from_arg_string(f"path={gguf},sparsity=0.2,threads=1,n_ctx=64",
                                          {"batch_size": 1, "device": "cpu"})
-    assert (lm.model.sparsity, lm.model.n_threads, lm.model.n_ctx) == (0.2, 1, 64)
+    assert (lm.model.sparsity, lm.model.n_threads, lm.model.n_ctx, lm.model.budget) == (0.2, 1, 64, False)
 
 
 # -- lm-eval's evaluator, offline ---------------------------------------------------------------

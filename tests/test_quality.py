@@ -3,11 +3,13 @@ windows, for every sparsity method:
   1. given the runtime's own selections (replayed in the reference), the perplexities agree within 0.5 %
      (test_runtime.py checks separately that each selection is an exact Top-K / threshold of the
      reference's activations);
-  2. with each side making its own selections, they agree within 3 %. Not tighter: Top-K is
-     discontinuous, so near-ties resolve differently in two float32 implementations and the change
-     cascades. Measured on these windows: perturbing the reference's embedding by a relative 1e-6
-     moved its own perplexity (Top-K at 0.4) between 36.52 and 37.49 around 37.24, with the runtime
-     at 36.50.
+  2. with each side making its own selections, the runtime is within 3 % of the reference's mean
+     over N_PERTURBED runs (as is, then with its embedding perturbed by a relative 1e-6). Not
+     tighter, and not against one run: Top-K is discontinuous, so near-ties resolve differently in
+     two float32 implementations and the change cascades. Measured on these windows: the 1e-6
+     perturbations moved the reference's own perplexity between 36.52 and 37.49 around 37.24 (Top-K
+     at 0.4, runtime 36.50), and between 33.80 and 34.68 for the budget rule (TEAL's thresholds,
+     runtime 34.89): the budget carries each near-tie's effect into the token's later layers.
 This is the check behind RESULTS.md: its figures are the runtime's, and they are the method's."""
 import math
 
@@ -25,9 +27,10 @@ from larosa.runtime.model import Model
 from conftest import DATA, convert_for_test
 from test_runtime import traced_eval
 
-METHODS = {"wina": {}, "larosa": {}, "topk": {}, "teal": {}, "cats": {},
+METHODS = {"budget": {}, "wina": {}, "larosa": {}, "topk": {}, "teal": {}, "cats": {},
            "teal_pca": dict(rotation="pca")}
 CTX, N_WIN = 256, 2
+N_PERTURBED = 4
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +69,13 @@ def test_runtime_perplexity_equals_reference(setup, name):
         return forward(w, torch.from_numpy(windows[i][None]), ks)[0].numpy()
 
     replayed = ppl(lambda i: reference(i, traced[i][1]), windows)
-    independent = ppl(lambda i: reference(i, None), windows)
+    embd, independent = w.embd, []
+    for seed in range(N_PERTURBED):      # the reference as is, then with its embedding perturbed by 1e-6
+        noise = torch.randn(embd.shape, generator=torch.Generator().manual_seed(seed)) if seed else 0
+        w.embd = embd * (1 + 1e-6 * noise)
+        independent.append(ppl(lambda i: reference(i, None), windows))
     m.set_sparsity(0.0)
     dense = P.score(windows, P.larosa_logits(m), progress=False).ppl
     assert ours == pytest.approx(replayed, rel=5e-3), (name, ours, replayed)
-    assert ours == pytest.approx(independent, rel=3e-2), (name, ours, independent)
+    assert ours == pytest.approx(np.mean(independent), rel=3e-2), (name, ours, independent)
     assert ours > dense * 1.01 and 0.1 < skipped < 0.7    # the sparsity is real: it costs perplexity

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from larosa._kernels import ffi, lib
-from larosa.converter.model import forward
+from larosa.converter.model import Budget, forward
 from larosa.converter.weights import larosa_weights, topk_of
 from larosa.runtime import format as F
 from larosa.runtime import perplexity as P
@@ -56,17 +56,28 @@ def check_against_reference(m: Model, tokens: list[int], rtol: float, batched: b
     scale = np.abs(ref).max()
     assert scale > 0.1
     np.testing.assert_allclose(logits, ref, rtol=0, atol=rtol * scale)
-    for b in F.BLOCK_INPUTS:
-        for l in range(m.hp.n_layers):
+    budget = Budget(*m.file.budget(m.sparsity)) if m.budget else None
+    spent = torch.zeros(len(tokens), dtype=torch.float64)      # budget: cost per token
+    for l in range(m.hp.n_layers):
+        for b in F.BLOCK_INPUTS:                               # in the order the runtime selects
             key, mask = ks.keys[b][l][0], forced[b][l][0].bool()
             thr = ks.threshold[b][l]
-            if thr >= 0:        # threshold: exactly the keys above it, up to float noise at it
-                near = (key - thr).abs() <= 1e-4 * max(thr, 1e-6)
+            near = (key - thr).abs() <= 1e-4 * max(thr, 1e-6)
+            if thr >= 0 and budget is None:   # threshold: exactly the keys above it, up to float noise at it
                 assert ((key > thr) == mask)[~near].all(), (b, l)
                 continue
-            k = getattr(ks, b)[l]
-            assert (mask.sum(-1) == k).all(), (b, l)
-            if k == key.shape[-1]:
+            k = mask.sum(-1)
+            if budget is not None:            # the count above the threshold, scaled by the budget rule
+                before = budget.over
+                want = budget.k((key > thr).sum(-1)[None], l, b, key.shape[-1])[0]
+                sure = ~near.any(-1) if (l, b) != (m.hp.n_layers - 1, "mlp_out") else torch.ones_like(k, dtype=torch.bool)
+                assert (want == k)[sure].all(), (b, l, want[sure], k[sure])
+                budget.over = (0 if (l, b) == (0, "attn_in") else before) + \
+                    (k[None].double() - budget.plan[b][l]) * budget.cost[b][l]   # go on from the runtime's own k
+                spent += k.double() * budget.cost[b][l]
+            else:
+                assert (k == getattr(ks, b)[l]).all(), (b, l)
+            if (k == key.shape[-1]).all():
                 continue
             smallest_kept = key.masked_fill(~mask, float("inf")).min(-1).values
             largest_dropped = key.masked_fill(mask, -1.0).max(-1).values
@@ -74,6 +85,12 @@ def check_against_reference(m: Model, tokens: list[int], rtol: float, batched: b
             # first, with massive activations) ranks the rest at ~1e-4 and their errors are ~1e-7
             noise = 1e-5 * key.max(-1).values
             assert (largest_dropped <= smallest_kept * (1 + 1e-4) + noise).all(), (b, l)
+    if budget is not None:       # every token spends its plan, unless the last selection hit 1 or n
+        planned = sum(budget.plan[b][l] * budget.cost[b][l] for b in F.BLOCK_INPUTS for l in range(m.hp.n_layers))
+        k_last = forced["mlp_out"][m.hp.n_layers - 1][0].sum(-1)
+        clamped = (k_last == 1) | (k_last == m.hp.ffn_dim)
+        on_plan = (spent - planned).abs() <= 0.5 * budget.cost["mlp_out"][-1] + 1e-9 * planned
+        assert (on_plan | clamped).all() and on_plan.float().mean() > 0.5, (spent, planned)
 
 
 @pytest.fixture(params=sorted({lib.LR_SIMD_SCALAR, lib.lr_get_simd()}), ids=lambda l: f"simd{l}")

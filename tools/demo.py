@@ -22,7 +22,7 @@ def main() -> int:
     src = fetch_smollm2()
     out = cache_dir() / "models" / "SmolLM2-135M-Instruct.larosa-q8_0.gguf"
     try:   # a file cached by an older larosa, or another method than the default: convert again
-        fresh = out.exists() and load(out).method == "wina"
+        fresh = out.exists() and load(out).method == "budget"
     except LarosaError:
         fresh = False
     if not fresh:
