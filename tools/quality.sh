@@ -11,14 +11,16 @@
 #   -L LEVELS   levels run with 2048-token windows (default "0.40")
 #   -n N        zero-shot: first N documents of each of the 7 tasks (default 100; 0 = skip, all = full sets)
 #   -z LEVELS   levels run zero-shot (default "0.40 0.50"; dense is always run)
-#   -M METHODS  subset of: larosa default topk teal teal812 cats tealpca tealwina812
-#               (default: the first six)
+#   -M METHODS  subset of: larosa default wina topk teal teal812 cats tealpca tealwina812
+#               (default: the first seven)
 #   -o OUT      output folder: converted models, logs/*.log, logs/*.json, results.md (default /tmp/larosa-quality)
 #   -t N        threads per run (default 1)   -j N   runs in parallel (default 2)
 #
 # Methods (all F16 block weights, calibration: first 8192 tokens of the WikiText-2 train text):
 #   larosa   the paper's recipe: PCA rotation per layer, Top-K, coefficients 0.8/1.2
-#   default  the converter's default, --method wina: identity basis, Top-K of |x| * weight row norm, 0.8/1.2
+#   default  the converter's default, --method budget: identity basis, thresholds on |x| * weight row
+#            norm held to a per-token byte plan, 0.8/1.2 (DEFAULT_OPTS overrides the options)
+#   wina     fixed Top-K of the same keys (the default before 2026-11-29)
 #   topk     plain Top-K of |input| (ranked by |g u| at the normed inputs), coefficients 1/1
 #   teal     TEAL: static per-layer magnitude thresholds, coefficients 1/1
 #   teal812  TEAL with the paper's 0.8/1.2 split (the best configuration in RESULTS.md)
@@ -28,8 +30,8 @@
 #
 # Equal bytes: every method is run at the sparsity s whose MEASURED skipped fraction of block weight
 # bytes (larosa-perplexity's skipped_fraction) matches each target level. For Top-K files the fraction
-# is exact and computed from the file (Model.skipped_fraction's formula); for threshold files (teal,
-# cats) it depends on the data: s is set by two secant steps on the first two 1024-token windows
+# is exact and computed from the file (Model.skipped_fraction's formula); for threshold files (default,
+# teal, cats) it depends on the data: s is set by two secant steps on the first two 1024-token windows
 # (s' = s * level / measured), and the table shows the fraction measured in the scored run itself.
 # CATS skips only the down projection (a quarter of the block bytes on SmolLM2): levels it cannot reach
 # within 1 point at s = 0.99 are reported as unreachable and run at s = 0.99 once.
@@ -42,8 +44,8 @@ DATA=${LAROSA_DATA:-$ROOT/../shared/data}
 CACHE=${LAROSA_CACHE:-$HOME/.cache/larosa}
 MODEL=$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf
 LEVELS="0.25 0.40 0.50"; CH1=4; CH2=2; L2="0.40"; LIMIT=100; ZLEVELS="0.40 0.50"
-METHODS="larosa default topk teal teal812 cats"; OUT=/tmp/larosa-quality; THREADS=1; JOBS=2
-DEFAULT_OPTS=${DEFAULT_OPTS:---method wina}
+METHODS="larosa default wina topk teal teal812 cats"; OUT=/tmp/larosa-quality; THREADS=1; JOBS=2
+DEFAULT_OPTS=${DEFAULT_OPTS:---method budget}
 while getopts m:l:k:K:L:n:z:M:o:t:j: o; do
     case $o in
         m) MODEL=$OPTARG;; l) LEVELS=$OPTARG;; k) CH1=$OPTARG;; K) CH2=$OPTARG;; L) L2=$OPTARG;;
@@ -76,6 +78,7 @@ opts_of() {
     case $1 in
         larosa) echo "--method larosa";;
         default) echo "$DEFAULT_OPTS";;
+        wina) echo "--method wina";;
         topk) echo "--method topk";;
         teal) echo "--method teal";;
         cats) echo "--method cats";;
@@ -122,7 +125,7 @@ threshold_s() {   # s for a threshold file: two secant steps on two 1024-token w
 for m in $METHODS; do
     prev=
     for t in $LEVELS; do
-        case $m in teal*|cats) s=$(threshold_s $m $t);; *) s=$(topk_s "$OUT/$m.gguf" $t);; esac
+        case $m in default|teal*|cats) s=$(threshold_s $m $t);; *) s=$(topk_s "$OUT/$m.gguf" $t);; esac
         if [ "$s" = "$prev" ]; then echo "$m cannot reach $t (s capped at $s)"; continue; fi
         echo "$m $t $s" >> "$OUT/levels.txt"; prev=$s
     done
