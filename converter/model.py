@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as Fn
 
-from larosa.runtime.format import HParams
+from larosa.runtime.format import BLOCK_INPUTS, HParams
 
 
 @dataclass
@@ -37,9 +37,6 @@ class Weights:
     rope_freqs: torch.Tensor | None = None   # [hd/2] frequency divisors (llama3 style)
 
 
-BLOCK_ORDER = ("attn_in", "attn_out", "mlp_in", "mlp_out")   # the order a layer selects in
-
-
 class Budget:
     """Budget mode (c_kernels/forward.c budget_k): a threshold's count c scaled to c (1 - D / R),
     D the token's cost above plan so far, R the planned cost from here on; the last selection
@@ -47,11 +44,11 @@ class Budget:
 
     def __init__(self, plan: dict, cost: dict):
         self.n_layers = len(plan["attn_in"])
-        self.plan = {b: [float(torch.tensor(v, dtype=torch.float32)) for v in plan[b]] for b in BLOCK_ORDER}
-        self.cost = {b: [float(torch.tensor(v, dtype=torch.float32)) for v in cost[b]] for b in BLOCK_ORDER}
-        self.remain, rest = {b: [0.0] * self.n_layers for b in BLOCK_ORDER}, 0.0
+        self.plan = {b: [float(torch.tensor(v, dtype=torch.float32)) for v in plan[b]] for b in BLOCK_INPUTS}
+        self.cost = {b: [float(torch.tensor(v, dtype=torch.float32)) for v in cost[b]] for b in BLOCK_INPUTS}
+        self.remain, rest = {b: [0.0] * self.n_layers for b in BLOCK_INPUTS}, 0.0
         for l in reversed(range(self.n_layers)):
-            for b in reversed(BLOCK_ORDER):
+            for b in reversed(BLOCK_INPUTS):             # a layer selects in BLOCK_INPUTS order
                 rest += self.plan[b][l] * self.cost[b][l]
                 self.remain[b][l] = rest
         self.over = None                                  # [B, T] float64, per token

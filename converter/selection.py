@@ -3,10 +3,10 @@ and the threshold tables (FORMAT.md, "Selection"). Pass 1 of the converter feeds
 each layer's calibration activations; `decide` turns them into the layer's plan.
 
 Methods (all run by the same kernels; a threshold also yields an index list):
-  budget  no rotation, thresholds on |x| * ||row of W||, 0.8 / 1.2, each token held to the planned
-          bytes: a threshold's count is scaled by how far the token is above or below its plan so far
-  wina    the default: no rotation, Top-K of |x| * ||row of W||, coefficients 0.8 / 1.2 (RESULTS.md:
-          best fixed-K perplexity at equal bytes on SmolLM2, and no adapters to read)
+  budget  the default: no rotation, thresholds on |x| * ||row of W||, 0.8 / 1.2, each token held to
+          the planned bytes: a threshold's count is scaled by how far the token is above or below its
+          plan so far (RESULTS.md: better than every fixed-K method at equal bytes on SmolLM2)
+  wina    no rotation, Top-K of |x| * ||row of W||, coefficients 0.8 / 1.2 (the best fixed-K method)
   larosa  the paper: PCA basis per layer, Top-K of |z|, coefficients 0.8 / 1.2
   topk    no rotation, Top-K of |input| (the RMSNorm scale is kept in the ranking through a score)
   teal    no rotation, static thresholds on |input| from the calibration distribution (TEAL)
