@@ -95,12 +95,16 @@ class LarosaFile:
         levels, hp = self.levels(sparsity), self.hp
         plan = {b: [min(max((1.0 - v) * hp.block_input_width(b), 1.0), hp.block_input_width(b))
                     for v in levels[b]] for b in F.BLOCK_INPUTS}
-        cost = {b: [0.0] * hp.n_layers for b in F.BLOCK_INPUTS}
+        return plan, self.row_bytes()
+
+    def row_bytes(self) -> dict[str, list[float]]:
+        """Per block input and layer: the bytes of one row (one input) of its weight."""
+        out = {b: [0.0] * self.hp.n_layers for b in F.BLOCK_INPUTS}
         for name, (shape, qtype) in self.shapes_types().items():
             parts = name.split(".")
             if name.startswith("blk.") and parts[2] in F.WEIGHT_INPUT:
-                cost[F.WEIGHT_INPUT[parts[2]]][int(parts[1])] = float(F.row_bytes(qtype, shape[1]))
-        return plan, cost
+                out[F.WEIGHT_INPUT[parts[2]]][int(parts[1])] = float(F.row_bytes(qtype, shape[1]))
+        return out
 
     def shapes_types(self) -> dict[str, tuple[tuple[int, ...], QT]]:
         return {n: (tensor_rows_cols(t), t.tensor_type) for n, t in self.tensors.items()}

@@ -255,12 +255,9 @@ class Model:
         rows, n = self.rows_read(reset)
         if n == 0:
             return float("nan")
-        read = dense = 0.0
-        for name, (shape, qtype) in self.file.shapes_types().items():
-            parts = name.split(".")
-            if name.startswith("blk.") and parts[2] in F.WEIGHT_INPUT:
-                dense += shape[0] * F.row_bytes(qtype, shape[1])
-                read += rows[F.WEIGHT_INPUT[parts[2]]] / self.hp.n_layers * F.row_bytes(qtype, shape[1])
+        cost = self.file.row_bytes()   # rows[b] sums the layers: its mean k times each layer's row
+        read = sum(rows[b] / self.hp.n_layers * c for b in F.BLOCK_INPUTS for c in cost[b])
+        dense = sum(self.hp.block_input_width(b) * c for b in F.BLOCK_INPUTS for c in cost[b])
         return 1.0 - read / dense
 
     def __repr__(self) -> str:
