@@ -75,8 +75,29 @@ static void sum_task(void *p, int ith, int nth, int thread) {
     }
 }
 
+/* Integer kernels (_IM weights): x is quantized once, then the output columns are split between
+ * the threads, one contiguous range each (a range is whole 64-column chunks). Each column's sum
+ * does not depend on the split, so the result is the same for any number of threads. */
+typedef struct { const lr_tensor *w; const lr_qsel *s; float *y; int32_t *acc; int32_t stride, parts; qspmv_fn fn; } qspmv_job;
+
+static void qspmv_task(void *p, int ith, int nth, int thread) {
+    qspmv_job *j = p;
+    if (ith >= j->parts) return;
+    const int32_t chunks = j->w->cols / 64;
+    const int32_t c0 = (int32_t)((int64_t)chunks * ith / j->parts) * 64, c1 = (int32_t)((int64_t)chunks * (ith + 1) / j->parts) * 64;
+    if (c0 < c1) j->fn(j->w, j->s, j->y, c0, c1, j->acc + (size_t)thread * (size_t)j->stride);
+}
+
 /* y = x W over the k rows idx (idx NULL: all rows) */
 static void matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y) {
+    if (lr_is_im(w->type)) {
+        lr_qsel_build(x, idx, k, &m->qsel);
+        const int32_t chunks = w->cols / 64, threads = lr_pool_size(m->pool);
+        qspmv_job j = {w, &m->qsel, y, m->qacc, (m->out_widest + 15) / 16 * 16, chunks < threads ? chunks : threads,
+                       lr_qkernels()->qspmv[lr_type_slot(w->type)]};
+        lr_pool_run(m->pool, qspmv_task, &j);
+        return;
+    }
     if (lr_pool_size(m->pool) == 1 || k < 2 * lr_pool_shares(m->pool)) {
         spmv_job j = {w, x, idx, k, y, lr_kernels()};
         lr_pool_run(m->pool, spmv_task, &j);
@@ -88,14 +109,27 @@ static void matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_
     lr_pool_run(m->pool, sum_task, &sj);
 }
 
-typedef struct { const lr_tensor *w; const float *x; float *y; const lr_kernel_table *kt; } dot_job;
+typedef struct { const lr_tensor *w; const float *x; const lr_qx *qx; float *y; } dot_job;
 
 static void dot_task(void *p, int ith, int nth, int thread) {
     dot_job *j = p;
     const int32_t per = (j->w->rows + nth - 1) / nth;
     int32_t r0 = ith * per, r1 = r0 + per;
     if (r1 > j->w->rows) r1 = j->w->rows;
-    if (r0 < r1) j->kt->dot_rows[lr_type_slot(j->w->type)](j->w, j->x, j->y, r0, r1);
+    if (r0 >= r1) return;
+    if (j->qx) lr_qkernels()->qdot[lr_type_slot(j->w->type)](j->w, j->qx, j->y, r0, r1);
+    else lr_kernels()->dot_rows[lr_type_slot(j->w->type)](j->w, j->x, j->y, r0, r1);
+}
+
+/* logits = W x for the output-major head (Q8_0 / Q4_0: x quantized in blocks of 32, llama.cpp's
+ * Q8_0 activations); each row is one thread's, so the result does not depend on the threads */
+void lr_head_rows(lr_model *m, const float *x, float *logits) {
+    const lr_tensor *w = &m->d.head;
+    lr_qx qx = {m->hxq, m->hdx, NULL};
+    const int quant = w->type == LR_Q8_0 || w->type == LR_Q4_0;
+    if (quant) lr_quantize_blocks(x, w->cols, m->hxq, m->hdx, NULL);
+    dot_job dj = {w, x, quant ? &qx : NULL, logits};
+    lr_pool_run(m->pool, dot_task, &dj);
 }
 
 typedef struct { lr_model *m; int32_t layer, pos; } attn_job;
@@ -110,6 +144,28 @@ static void attn_task(void *p, int ith, int nth, int thread) {
 }
 
 /* ---- shared small pieces (also used by prefill.c) ------------------------------------------ */
+
+/* e^x for x <= 0 (softmax after subtracting the max), in plain float steps that vectorize (libm's
+ * expf does not, and was most of the attention's time): Cephes' expf, x = n ln2 + r, |r| <= ln2 / 2,
+ * a degree-6 polynomial for e^r, times 2^n; about 1 ulp. Below -87 it returns e^-87 (~1.6e-38),
+ * negligible next to the maximum's e^0 = 1. */
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = nearbyintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
 
 void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,
                     float *out, float *att) {
@@ -127,8 +183,9 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
         att[t] = s * scale;
         mx = att[t] > mx ? att[t] : mx;
     }
+#pragma omp simd reduction(+ : sum)
     for (int32_t t = 0; t <= pos; t++) {
-        att[t] = expf(att[t] - mx);
+        att[t] = exp_neg(att[t] - mx);
         sum += att[t];
     }
     for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
@@ -224,6 +281,8 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
             memset(mask, idx ? 0 : 1, (size_t)n);
             for (int32_t j = 0; idx && j < cnt; j++) mask[idx[j]] = 1;
         }
+        if (m->trace_keys && off + n <= m->trace_keys_cap)
+            for (int32_t i = 0; i < n; i++) m->trace_keys[off + i] = fabsf(key[i]);
     }
     *k = cnt;
     return idx;
@@ -280,8 +339,7 @@ static int32_t head(lr_model *m, float *logits) {
         memcpy(m->x, m->tmp, (size_t)d->dim * sizeof(float));
     }
     lr_rmsnorm(m->xn, m->x, d->dim, d->norm_eps, d->out_norm.data ? (const float *)d->out_norm.data : NULL);
-    dot_job dj = {&d->head, m->xn, logits, lr_kernels()};
-    lr_pool_run(m->pool, dot_task, &dj);
+    lr_head_rows(m, m->xn, logits);
     for (int32_t v = 0; v < d->n_vocab; v++)
         if (!isfinite(logits[v])) return LR_ENAN;
     return LR_OK;
@@ -322,6 +380,10 @@ static int32_t fail(char *err, int32_t len, int32_t code, const char *msg) {
     return code;
 }
 
+static int input_major_type(int32_t type) {
+    return type == LR_F32 || type == LR_F16 || lr_is_im(type);
+}
+
 static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
     char msg[160];
     if (d->n_vocab <= 0 || d->dim <= 0 || d->n_layers <= 0 || d->n_heads <= 0 || d->n_kv_heads <= 0 ||
@@ -338,6 +400,9 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         if (want[i].optional && !want[i].t->data) continue;
+        /* output-major (embedding, head): F32, F16, Q8_0, Q4_0; the output adapter is input-major */
+        if (want[i].t == &d->out_adapter ? !input_major_type(d->out_adapter.type) : lr_is_im(want[i].t->type))
+            return fail(err, len, LR_ETYPE, "tensor type does not fit its layout (input- or output-major)");
         if (lr_tensor_check(want[i].t, want[i].rows, want[i].cols, want[i].f32)) {
             snprintf(msg, sizeof(msg), "tensor %s: wrong shape, type or size", want[i].name);
             return fail(err, len, LR_ESHAPE, msg);
@@ -355,6 +420,11 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
         for (int i = 0; i < 9; i++) {
             if (i >= 4 && !lw[i].t->data) continue;   /* adapter and scores are optional */
             if (i >= 5 && lw[i].t->type != LR_F32) return fail(err, len, LR_ETYPE, "scores must be F32");
+            if (i < 5 && !input_major_type(lw[i].t->type)) {
+                snprintf(msg, sizeof(msg), "layer %d tensor %s: input-major weights are F32, F16, Q8_0_IM or Q4_0_IM",
+                         (int)l, lw[i].name);
+                return fail(err, len, LR_ETYPE, msg);
+            }
             if (lr_tensor_check(lw[i].t, lw[i].rows, lw[i].cols, 0)) {
                 snprintf(msg, sizeof(msg), "layer %d tensor %s: wrong shape, type or size", (int)l, lw[i].name);
                 return fail(err, len, LR_ESHAPE, msg);
@@ -376,7 +446,8 @@ void lr_model_free(lr_model *m) {
     }
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
-                    m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts};
+                    m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts,
+                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->qb_buf, m->bmask, m->qscratch};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
 }
@@ -427,12 +498,22 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->panels = calloc((size_t)n_threads * (size_t)(widest > dim ? widest : dim) * QK, sizeof(float));
     m->scratch_len = n_ctx > dim ? n_ctx : dim;   /* attention scores, or one head row */
     m->scores = calloc((size_t)n_threads * (size_t)m->scratch_len, sizeof(float));
+    m->qsel_buf = lr_qsel_new(widest, &m->qsel);
+    const size_t acc_bytes = (size_t)(out_widest + 15) / 16 * 16 * sizeof(int32_t);   /* matvec()'s stride */
+    m->qacc = aligned_alloc(64, (size_t)n_threads * acc_bytes);
+    m->hxq = malloc((size_t)dim);
+    m->hdx = malloc((size_t)(dim / QK + 1) * sizeof(float));
+    m->qb_buf = lr_qbatch_new(LR_BATCH, widest, &m->qb);
+    m->bmask = malloc(B * (size_t)widest);
+    const size_t qs = ((size_t)lr_qgemm_scratch(out_widest) + 63) / 64 * 64;
+    m->qscratch = aligned_alloc(64, (size_t)n_threads * qs);
     m->inv_freq = calloc((size_t)hd / 2, sizeof(double));
     m->rope_cos = calloc((size_t)hd / 2, sizeof(float));
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
     int ok = m->layers && m->key_cache && m->value_cache && m->x && m->xn && m->tmp && m->qkv && m->att &&
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
-             m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota;
+             m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota &&
+             m->qsel_buf && m->qacc && m->hxq && m->hdx && m->qb_buf && m->bmask && m->qscratch;
     for (int i = 0; i < 4 && ok; i++)
         ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) && (m->thr[i] = malloc((size_t)L * sizeof(float))) &&
              (m->plan[i] = malloc((size_t)L * sizeof(float))) && (m->cost[i] = malloc((size_t)L * sizeof(float))) &&
@@ -536,6 +617,13 @@ int64_t lr_model_profile(lr_model *m, double *out_ns, int32_t n, int32_t enable,
         m->prof_tokens = 0;
     }
     return tokens;
+}
+
+int32_t lr_model_trace_keys(lr_model *m, float *keys, int64_t capacity) {
+    if (!m || capacity < 0) return LR_EARG;
+    m->trace_keys = keys;
+    m->trace_keys_cap = keys ? capacity : 0;
+    return LR_OK;
 }
 
 int64_t lr_model_trace(lr_model *m, uint8_t *masks, int64_t capacity) {

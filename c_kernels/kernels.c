@@ -29,37 +29,6 @@ static void spmv_f16(const lr_tensor *w, const float *x, const int32_t *idx, int
     }
 }
 
-static void spmv_q8_0(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y,
-                      int32_t c0, int32_t c1) {
-    for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
-    for (int32_t j = 0; j < k; j++) {
-        const int32_t i = ROW_OF(j);
-        const block_q8_0 *b = (const block_q8_0 *)lr_row(w, i);
-        for (int32_t blk = c0 / QK; blk < c1 / QK; blk++) {
-            const float a = x[i] * fp16_to_fp32(b[blk].d);
-            float *yb = y + blk * QK;
-            for (int t = 0; t < QK; t++) yb[t] += a * (float)b[blk].qs[t];
-        }
-    }
-}
-
-static void spmv_q4_0(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y,
-                      int32_t c0, int32_t c1) {
-    for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
-    for (int32_t j = 0; j < k; j++) {
-        const int32_t i = ROW_OF(j);
-        const block_q4_0 *b = (const block_q4_0 *)lr_row(w, i);
-        for (int32_t blk = c0 / QK; blk < c1 / QK; blk++) {
-            const float a = x[i] * fp16_to_fp32(b[blk].d);
-            float *yb = y + blk * QK;
-            for (int t = 0; t < QK / 2; t++) {
-                yb[t] += a * (float)((int)(b[blk].qs[t] & 0x0f) - 8);
-                yb[t + QK / 2] += a * (float)((int)(b[blk].qs[t] >> 4) - 8);
-            }
-        }
-    }
-}
-
 /* ---- output-major dot products: y[r] = W[r, :] . x ------------------------------------------ */
 
 static void dot_f32(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
@@ -76,36 +45,6 @@ static void dot_f16(const lr_tensor *w, const float *x, float *y, int32_t r0, in
         const uint16_t *row = (const uint16_t *)lr_row(w, r);
         float s = 0.0f;
         for (int32_t c = 0; c < w->cols; c++) s += fp16_to_fp32(row[c]) * x[c];
-        y[r] = s;
-    }
-}
-
-static void dot_q8_0(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
-    for (int32_t r = r0; r < r1; r++) {
-        const block_q8_0 *b = (const block_q8_0 *)lr_row(w, r);
-        float s = 0.0f;
-        for (int32_t blk = 0; blk < w->cols / QK; blk++) {
-            float sb = 0.0f;
-            for (int t = 0; t < QK; t++) sb += (float)b[blk].qs[t] * x[blk * QK + t];
-            s += sb * fp16_to_fp32(b[blk].d);
-        }
-        y[r] = s;
-    }
-}
-
-static void dot_q4_0(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1) {
-    for (int32_t r = r0; r < r1; r++) {
-        const block_q4_0 *b = (const block_q4_0 *)lr_row(w, r);
-        float s = 0.0f;
-        for (int32_t blk = 0; blk < w->cols / QK; blk++) {
-            const float *xb = x + blk * QK;
-            float sb = 0.0f;
-            for (int t = 0; t < QK / 2; t++) {
-                sb += (float)((int)(b[blk].qs[t] & 0x0f) - 8) * xb[t];
-                sb += (float)((int)(b[blk].qs[t] >> 4) - 8) * xb[t + QK / 2];
-            }
-            s += sb * fp16_to_fp32(b[blk].d);
-        }
         y[r] = s;
     }
 }
@@ -132,26 +71,6 @@ static void panel_f16(const lr_tensor *w, int32_t c0, float *P) {
         for (int j = 0; j < QK; j++) P[(int64_t)k * QK + j] = fp16_to_fp32(((const uint16_t *)lr_row(w, k))[c0 + j]);
 }
 
-static void panel_q8_0(const lr_tensor *w, int32_t c0, float *P) {
-    for (int32_t k = 0; k < w->rows; k++) {
-        const block_q8_0 *b = (const block_q8_0 *)lr_row(w, k) + c0 / QK;
-        const float d = fp16_to_fp32(b->d);
-        for (int j = 0; j < QK; j++) P[(int64_t)k * QK + j] = d * (float)b->qs[j];
-    }
-}
-
-static void panel_q4_0(const lr_tensor *w, int32_t c0, float *P) {
-    for (int32_t k = 0; k < w->rows; k++) {
-        const block_q4_0 *b = (const block_q4_0 *)lr_row(w, k) + c0 / QK;
-        const float d = fp16_to_fp32(b->d);
-        float *p = P + (int64_t)k * QK;
-        for (int j = 0; j < QK / 2; j++) {
-            p[j] = d * (float)((int)(b->qs[j] & 0x0f) - 8);
-            p[j + QK / 2] = d * (float)((int)(b->qs[j] >> 4) - 8);
-        }
-    }
-}
-
 void lr_panel_partial(const lr_tensor *w, int32_t c0, float *P) {
     const int32_t width = w->cols - c0 < QK ? w->cols - c0 : QK;   /* float types only */
     for (int32_t k = 0; k < w->rows; k++) {
@@ -164,10 +83,10 @@ void lr_panel_partial(const lr_tensor *w, int32_t c0, float *P) {
 }
 
 const lr_kernel_table lr_kernels_scalar = {
-    {spmv_f32, spmv_f16, spmv_q8_0, spmv_q4_0},
-    {dot_f32, dot_f16, dot_q8_0, dot_q4_0},
+    {spmv_f32, spmv_f16},
+    {dot_f32, dot_f16},
     gemm32,
-    {panel_f32, panel_f16, panel_q8_0, panel_q4_0},
+    {panel_f32, panel_f16},
 };
 
 /* ---- SIMD dispatch -------------------------------------------------------------------------- */
@@ -210,6 +129,20 @@ int32_t lr_set_simd(int32_t level) {
 int32_t lr_get_simd(void) {
     if (g_simd < 0) g_simd = best_simd();
     return g_simd;
+}
+
+/* The integer kernels of the current level: AVX-512 without VNNI (Skylake-X) takes the AVX2 ones. */
+const lr_qkernel_table *lr_qkernels(void) {
+    switch (lr_get_simd()) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case LR_SIMD_AVX2: return &lr_qkernels_avx2;
+    case LR_SIMD_AVX512: return lr_cpu_has_vnni() ? &lr_qkernels_avx512vnni : &lr_qkernels_avx2;
+#endif
+#if defined(__aarch64__)
+    case LR_SIMD_NEON: return &lr_qkernels_neon;
+#endif
+    default: return &lr_qkernels_scalar;
+    }
 }
 
 const lr_kernel_table *lr_kernels(void) {
@@ -296,6 +229,10 @@ int32_t lr_tensor_check(const lr_tensor *w, int32_t rows, int32_t cols, int f32_
     if (lr_type_slot(w->type) < 0 || (f32_only && w->type != LR_F32)) return LR_ETYPE;
     if ((w->type == LR_Q8_0 || w->type == LR_Q4_0) && cols % QK) return LR_ESHAPE;
     if (w->nbytes != lr_row_bytes(w->type, cols) * (uint64_t)rows) return LR_ESHAPE;
+    if (lr_is_im(w->type)) {   /* groups of 32 inputs, outputs in chunks of 64, the scale table */
+        if (rows % QK || cols % 64) return LR_ESHAPE;
+        if (!w->scale || w->scale_nbytes != (uint64_t)(rows / QK) * (uint64_t)cols * 2) return LR_ESHAPE;
+    }
     return LR_OK;
 }
 
@@ -323,6 +260,16 @@ void lr_dequant_row(const lr_tensor *w, int64_t r, float *out) {
             }
         }
         break;
+    case LR_Q8_0_IM:
+    case LR_Q4_0_IM: {
+        const uint16_t *d = (const uint16_t *)w->scale + r / QK * w->cols;
+        for (int32_t c = 0; c < w->cols; c++) {
+            const int32_t q = w->type == LR_Q8_0_IM ? ((const int8_t *)row)[c]
+                : (int32_t)(c % 64 < 32 ? row[c / 64 * 32 + c % 32] & 0x0f : row[c / 64 * 32 + c % 32] >> 4) - 8;
+            out[c] = fp16_to_fp32(d[c]) * (float)q;
+        }
+        break;
+    }
     }
 }
 
@@ -339,19 +286,62 @@ int32_t lr_spmv(const lr_tensor *w, const float *x, const int32_t *idx, int32_t 
     if (!w || !x || !y) return LR_EARG;
     int32_t rc = lr_tensor_check(w, w->rows, w->cols, 0);
     if (rc) return rc;
+    if (w->type == LR_Q8_0 || w->type == LR_Q4_0) return LR_ETYPE;   /* input-major: the _IM types */
     if (k < 0 || k > w->rows || (!idx && k != w->rows)) return LR_ERANGE;
     for (int32_t j = 0; idx && j < k; j++)
-        if (idx[j] < 0 || idx[j] >= w->rows) return LR_ERANGE;
-    lr_kernels()->spmv[lr_type_slot(w->type)](w, x, idx, k, y, 0, w->cols);
-    return LR_OK;
+        if (idx[j] < 0 || idx[j] >= w->rows || (j > 0 && idx[j] <= idx[j - 1])) return LR_ERANGE;
+    if (!lr_is_im(w->type)) {
+        lr_kernels()->spmv[lr_type_slot(w->type)](w, x, idx, k, y, 0, w->cols);
+        return LR_OK;
+    }
+    lr_qsel s;
+    void *sbuf = lr_qsel_new(w->rows, &s);
+    int32_t *acc = aligned_alloc(64, ((size_t)w->cols * sizeof(int32_t) + 63) / 64 * 64);
+    if (sbuf && acc) {
+        lr_qsel_build(x, idx, k, &s);
+        lr_qkernels()->qspmv[lr_type_slot(w->type)](w, &s, y, 0, w->cols, acc);
+    }
+    free(sbuf);
+    free(acc);
+    return sbuf && acc ? LR_OK : LR_ENOMEM;
 }
 
 int32_t lr_dot_rows(const lr_tensor *w, const float *x, float *y) {
     if (!w || !x || !y) return LR_EARG;
     int32_t rc = lr_tensor_check(w, w->rows, w->cols, 0);
     if (rc) return rc;
-    lr_kernels()->dot_rows[lr_type_slot(w->type)](w, x, y, 0, w->rows);
+    if (lr_is_im(w->type)) return LR_ETYPE;
+    if (w->type == LR_F32 || w->type == LR_F16) {
+        lr_kernels()->dot_rows[lr_type_slot(w->type)](w, x, y, 0, w->rows);
+        return LR_OK;
+    }
+    const int32_t nb = w->cols / QK;
+    int8_t *xq = malloc((size_t)w->cols + (size_t)nb * 8);
+    if (!xq) return LR_ENOMEM;
+    lr_qx q = {xq, (float *)(xq + w->cols), (int32_t *)(xq + w->cols) + nb};
+    lr_quantize_blocks(x, w->cols, xq, (float *)q.dx, (int32_t *)q.sx);
+    lr_qkernels()->qdot[lr_type_slot(w->type)](w, &q, y, 0, w->rows);
+    free(xq);
     return LR_OK;
+}
+
+int32_t lr_spmm(const lr_tensor *w, const float *X, const uint8_t *mask, int32_t n, float *Y) {
+    if (!w || !X || !mask || !Y) return LR_EARG;
+    int32_t rc = lr_tensor_check(w, w->rows, w->cols, 0);
+    if (rc) return rc;
+    if (!lr_is_im(w->type)) return LR_ETYPE;
+    if (n < 1 || n > LR_QGEMM_TOKENS) return LR_ERANGE;
+    lr_qbatch b;
+    void *bbuf = lr_qbatch_new(n, w->rows, &b);
+    void *scratch = aligned_alloc(64, (size_t)lr_qgemm_scratch(w->cols));
+    if (bbuf && scratch) {
+        for (int32_t t = 0; t < n; t++)
+            lr_qbatch_row(&b, t, w->rows, X + (int64_t)t * w->rows, mask + (int64_t)t * w->rows);
+        lr_qkernels()->qgemm[lr_type_slot(w->type)](w, &b, Y, w->cols, 0, w->cols, scratch);
+    }
+    free(bbuf);
+    free(scratch);
+    return bbuf && scratch ? LR_OK : LR_ENOMEM;
 }
 
 int32_t lr_get_row(const lr_tensor *w, int32_t row, float *out) {

@@ -8,6 +8,7 @@
 #include "larosa.h"
 
 #define QK 32                      /* ggml's block size for Q8_0 and Q4_0 */
+#define LR_QGEMM_TOKENS 64         /* most tokens of one lr_qbatch (model.h's LR_BATCH) */
 typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;        /* 34 bytes */
 typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;   /* 18 bytes: lo nibbles 0..15, hi 16..31 */
 
@@ -31,16 +32,20 @@ static inline float fp16_to_fp32(uint16_t h) {
     return f;
 }
 
-/* bytes of one row of n values */
+/* bytes of one row of n values (the _IM types: codes only, their scales are apart) */
 static inline uint64_t lr_row_bytes(int32_t type, int64_t n) {
     switch (type) {
     case LR_F32: return (uint64_t)n * 4;
     case LR_F16: return (uint64_t)n * 2;
     case LR_Q8_0: return (uint64_t)(n / QK) * sizeof(block_q8_0);
     case LR_Q4_0: return (uint64_t)(n / QK) * sizeof(block_q4_0);
+    case LR_Q8_0_IM: return (uint64_t)n;
+    case LR_Q4_0_IM: return (uint64_t)n / 2;
     default: return 0;
     }
 }
+
+static inline int lr_is_im(int32_t type) { return type == LR_Q8_0_IM || type == LR_Q4_0_IM; }
 
 static inline const uint8_t *lr_row(const lr_tensor *w, int64_t r) {
     return (const uint8_t *)w->data + (uint64_t)r * lr_row_bytes(w->type, w->cols);
@@ -62,23 +67,79 @@ typedef void (*gemm32_fn)(const float *X, int32_t ldx, const float *P, int32_t K
 typedef void (*panel_fn)(const lr_tensor *w, int32_t c0, float *P);
 
 typedef struct {
-    spmv_fn spmv[4];          /* by lr_type_slot() */
-    dot_rows_fn dot_rows[4];
+    spmv_fn spmv[2];          /* by lr_type_slot(): float weights */
+    dot_rows_fn dot_rows[2];
     gemm32_fn gemm32;
-    panel_fn panel[4];
+    panel_fn panel[2];
 } lr_kernel_table;
 
+/* float types: slot 0 (F32), 1 (F16); integer kernels: slot 0 (Q8_0, Q8_0_IM), 1 (Q4_0, Q4_0_IM) */
 static inline int lr_type_slot(int32_t type) {
     switch (type) {
-    case LR_F32: return 0;
-    case LR_F16: return 1;
-    case LR_Q8_0: return 2;
-    case LR_Q4_0: return 3;
+    case LR_F32: case LR_Q8_0: case LR_Q8_0_IM: return 0;
+    case LR_F16: case LR_Q4_0: case LR_Q4_0_IM: return 1;
     default: return -1;
     }
 }
 
+/* ---- integer kernels (qmatvec.c): 8-bit activations ------------------------------------------ */
+
+/* x of one matvec over an input-major _IM weight, quantized (lr_qsel_build): the selected inputs
+ * grouped by group of 32 inputs g (inputs 32 g .. 32 g + 31), ascending, each group's entries
+ * padded with zero codes to a multiple of 4. dx[g] = max |x_i| over the group's selected inputs
+ * / 127 (NaN when one is not finite), xq = round-half-even(x_i / dx). Capacity: n + 3 n / 32 + 4
+ * entries, n / 32 + 1 groups (lr_qsel_entries). */
+typedef struct {
+    int32_t n_groups;
+    int32_t *group;   /* [n_groups] g */
+    int32_t *start;   /* [n_groups + 1] offsets into row, xq */
+    float *dx;        /* [n_groups] */
+    int32_t *sx;      /* [n_groups] sum of the group's xq */
+    int32_t *row;     /* input index (padding repeats the group's last one) */
+    int8_t *xq;
+} lr_qsel;
+/* one allocation holding s's arrays for up to n inputs (free() it); NULL when out of memory */
+void *lr_qsel_new(int32_t n, lr_qsel *s);
+/* s = the k inputs idx (ascending; NULL: all k = n) of x; returns the number of groups */
+int32_t lr_qsel_build(const float *x, const int32_t *idx, int32_t k, lr_qsel *s);
+
+/* a batch of tokens over an _IM weight of `rows` inputs (the prompt path): token t's xq[t][rows]
+ * (zero at the inputs it did not select) and, per group, dx[t][g], sx[t][g] and has[t][g] (1 where
+ * it selected any input of g), each group quantized as lr_qsel_build does */
+typedef struct {
+    int32_t n;
+    int8_t *xq;
+    float *dx;
+    int32_t *sx;
+    uint8_t *has;
+} lr_qbatch;
+/* one allocation for a batch of up to n tokens over `rows` inputs (free() it); b->n = n */
+void *lr_qbatch_new(int32_t n, int32_t rows, lr_qbatch *b);
+/* token t of b: x (rows values) over the inputs with mask[i] != 0 */
+void lr_qbatch_row(lr_qbatch *b, int32_t t, int32_t rows, const float *x, const uint8_t *mask);
+
+/* x of an output-major Q8_0 / Q4_0 product (the head): blocks of 32 along the columns */
+typedef struct { const int8_t *xq; const float *dx; const int32_t *sx; } lr_qx;
+/* xq, dx (and sx, if not NULL) of n / 32 blocks of 32 values */
+void lr_quantize_blocks(const float *x, int32_t n, int8_t *xq, float *dx, int32_t *sx);
+
+/* y[c0:c1] (multiples of 64) for one token; acc: c1 - c0 int32 of 64-byte aligned scratch */
+typedef void (*qspmv_fn)(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0, int32_t c1, int32_t *acc);
+/* Y[t][c0:c1] for the tokens of b; scratch: lr_qgemm_scratch(w) bytes, 64-byte aligned */
+typedef void (*qgemm_fn)(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t ldy, int32_t c0, int32_t c1,
+                         void *scratch);
+/* y[r] = W[r, :] . x for r in [r0, r1) */
+typedef void (*qdot_fn)(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1);
+static inline int64_t lr_qgemm_scratch(int32_t cols) { return (int64_t)LR_QGEMM_TOKENS * cols * 4 + 4096 * 4; }
+
+typedef struct {
+    qspmv_fn qspmv[2];        /* by lr_type_slot() */
+    qgemm_fn qgemm[2];
+    qdot_fn qdot[2];
+} lr_qkernel_table;
+
 extern const lr_kernel_table lr_kernels_scalar;
+extern const lr_qkernel_table lr_qkernels_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const lr_kernel_table lr_kernels_avx2;
 extern const lr_kernel_table lr_kernels_avx512;
@@ -86,7 +147,17 @@ extern const lr_kernel_table lr_kernels_avx512;
 #if defined(__aarch64__)
 extern const lr_kernel_table lr_kernels_neon;
 #endif
+#if defined(__x86_64__) || defined(_M_X64)
+extern const lr_qkernel_table lr_qkernels_avx2;
+extern const lr_qkernel_table lr_qkernels_avx512vnni;
+int lr_cpu_has_vnni(void);
+#endif
+#if defined(__aarch64__)
+extern const lr_qkernel_table lr_qkernels_neon;
+int lr_neon_dotprod(void);   /* the SDOT kernels run (FEAT_DotProd, unless LAROSA_NO_DOTPROD=1) */
+#endif
 const lr_kernel_table *lr_kernels(void);   /* the table of the current SIMD level */
+const lr_qkernel_table *lr_qkernels(void);
 
 int32_t lr_tensor_check(const lr_tensor *w, int32_t rows, int32_t cols, int f32_only);
 void lr_dequant_row(const lr_tensor *w, int64_t r, float *out);

@@ -11,10 +11,13 @@
 #include <stdint.h>
 
 typedef struct {
-    int32_t type;        /* LR_F32 / LR_F16 / LR_Q4_0 / LR_Q8_0 */
+    int32_t type;        /* LR_F32 / LR_F16 / LR_Q4_0 / LR_Q8_0 (ggml), LR_Q8_0_IM / LR_Q4_0_IM */
     int32_t rows, cols;
-    const void *data;    /* NULL: tensor absent */
+    const void *data;    /* NULL: tensor absent. _IM types: the codes, [rows][cols] int8 (Q8) or
+                            [rows][cols / 2] packed nibbles (Q4) */
     uint64_t nbytes;     /* checked against rows, cols and type */
+    const void *scale;   /* _IM types only: [rows / 32][cols] fp16 scales */
+    uint64_t scale_nbytes;
 } lr_tensor;
 
 typedef struct {
@@ -43,8 +46,9 @@ typedef struct lr_model lr_model;
 /* error codes */
 enum { LR_OK = 0, LR_EARG = -1, LR_ESHAPE = -2, LR_ETYPE = -3, LR_ENOMEM = -4, LR_ERANGE = -5,
        LR_ENAN = -6, LR_ETHREAD = -7 };
-/* tensor types (ggml ids) */
-enum { LR_F32 = 0, LR_F16 = 1, LR_Q4_0 = 2, LR_Q8_0 = 8 };
+/* tensor types: ggml ids, and the input-major quantized types of FORMAT.md (ggml's Q8_0 / Q4_0 of
+ * the output-major weight stored transposed, scales apart; rows % 32 == 0, cols % 64 == 0) */
+enum { LR_F32 = 0, LR_F16 = 1, LR_Q4_0 = 2, LR_Q8_0 = 8, LR_Q8_0_IM = 108, LR_Q4_0_IM = 102 };
 /* SIMD levels */
 enum { LR_SIMD_SCALAR = 0, LR_SIMD_AVX2 = 1, LR_SIMD_AVX512 = 2, LR_SIMD_NEON = 3 };
 
@@ -79,6 +83,10 @@ int64_t lr_model_profile(lr_model *m, double *out_ns, int32_t n, int32_t enable,
  * computation (token, layer, block input), n bytes each, until capacity is full. Returns the bytes
  * written into the previous buffer and starts recording into this one (NULL: recording off). */
 int64_t lr_model_trace(lr_model *m, uint8_t *masks, int64_t capacity);
+/* Test hook beside lr_model_trace: the keys each of those decisions ranked (|x_i| times the score,
+ * or the CATS gate key), one float per mask byte at the same offsets, into keys (capacity floats,
+ * at least the masks' capacity; NULL: off). Set it before lr_model_trace starts a recording. */
+int32_t lr_model_trace_keys(lr_model *m, float *keys, int64_t capacity);
 
 /* SIMD level used by all kernels; lr_set_simd returns LR_ERANGE if not compiled in / supported */
 int32_t lr_simd_available(int32_t level);
@@ -87,9 +95,16 @@ int32_t lr_get_simd(void);
 
 /* kernels, exposed for tests and benchmarks */
 int32_t lr_topk(const float *x, int32_t n, int32_t k, int32_t *idx);
+/* y = sum_j x[idx[j]] W[idx[j], :] for an input-major W (F32, F16, Q8_0_IM, Q4_0_IM; the _IM types
+ * quantize x to 8 bits); idx NULL with k = rows: all rows */
 int32_t lr_spmv(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y);
+/* y[r] = W[r, :] . x for an output-major W (F32, F16; Q8_0 / Q4_0 with x quantized to 8 bits) */
 int32_t lr_dot_rows(const lr_tensor *w, const float *x, float *y);
 int32_t lr_get_row(const lr_tensor *w, int32_t row, float *out);
+/* The prompt path's batched form of lr_spmv for the _IM types: Y[t] = lr_spmv of X[t] over the
+ * inputs i with mask[t * rows + i] != 0, for t < n (X [n][rows], Y [n][cols]); bit-identical to
+ * n calls of lr_spmv with those inputs as idx. */
+int32_t lr_spmm(const lr_tensor *w, const float *X, const uint8_t *mask, int32_t n, float *Y);
 /* best-of-reps read bandwidth (bytes/s) of a buffer of `bytes` summed by n_threads threads; -1 on error */
 double lr_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t reps);
 

@@ -31,6 +31,16 @@ struct lr_model {
     int32_t *idx;              /* [max width] Top-K indices */
     int32_t *iota;             /* [max width] 0, 1, 2...: the rows of a dense matvec */
     float *parts;              /* [pool shares][max matvec output] partial sums of a row-split matvec */
+    /* integer kernels (_IM weights, quantized head): x quantized once per matvec */
+    lr_qsel qsel;              /* the selected inputs of one matvec, quantized */
+    void *qsel_buf;
+    int32_t *qacc;             /* [n_threads][out_widest] int32 accumulators (64-byte aligned) */
+    int8_t *hxq;               /* [d] the head's input, quantized in blocks of 32 */
+    float *hdx;                /* [d / 32] */
+    lr_qbatch qb;              /* a batch's inputs of one product, quantized (prefill.c) */
+    void *qb_buf;
+    uint8_t *bmask;            /* [B][widest] 1 where token t selected input i */
+    uint8_t *qscratch;         /* [n_threads][lr_qgemm_scratch(out_widest)] (64-byte aligned) */
     int32_t out_widest;
     uint32_t *topk_scratch;
     float *keys;               /* [max width] ranking keys (scores, CATS gate) */
@@ -48,6 +58,8 @@ struct lr_model {
     double prof_ns[LR_NPROF];
     int64_t prof_tokens;
     uint8_t *trace;            /* test hook: Top-K masks (lr_model_trace) */
+    float *trace_keys;         /* and the keys they ranked (lr_model_trace_keys) */
+    int64_t trace_keys_cap;
     int64_t trace_cap, trace_tokens;
 };
 
@@ -62,6 +74,8 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
  * the MLP (for a CATS key). t: token index within the current lr_eval call (for the trace). */
 const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t layer, int32_t block,
                          int32_t t, int32_t *k);
+/* logits = head x (the last product of a token; quantizes x for a Q8_0 / Q4_0 head) */
+void lr_head_rows(lr_model *m, const float *x, float *logits);
 int32_t lr_prefill(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);
 
 #endif

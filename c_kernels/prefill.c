@@ -1,11 +1,15 @@
 /* Batched prompt evaluation: LR_BATCH tokens per pass through each layer.
  *
- * The math is the decode step's (forward.c), token by token, including each token's own Top-K:
- * the non-selected inputs are zeroed, and every product is a dense blocked one, Y[B, N] = X[B, K] W
- * with W input-major [K, N]. Each thread decodes a 32-column panel of W once (P[K][32], floats) and
- * multiplies the whole batch by it, so every weight is read once per batch instead of once per
- * token. The head, when every token's logits are wanted, is the same product with panels of 32
- * rows of the output-major head, transposed. */
+ * The math is the decode step's (forward.c), token by token, including each token's own Top-K,
+ * and every product reads each weight once per batch instead of once per token:
+ * - quantized (_IM) weights: the batched integer kernel (qgemm), each token with its own selection
+ *   and its own 8-bit activations, bit-identical to what the decode step computes for that token;
+ *   the Q8_0 / Q4_0 head, when every token's logits are wanted, is the decode step's product per
+ *   token. So a token's logits do not depend on how its sequence was split into calls.
+ * - float weights: the non-selected inputs are zeroed and the product is a dense blocked one,
+ *   Y[B, N] = X[B, K] W; each thread decodes a 32-column panel of W once (P[K][32]) and multiplies
+ *   the whole batch by it (the head likewise, with panels of 32 rows of the output-major head,
+ *   transposed). These add in another order than the decode step: close, not identical. */
 #include <stdlib.h>
 
 #include "model.h"
@@ -17,6 +21,16 @@ static void decode_panel_t(const lr_tensor *w, int32_t r0, float *P, float *row)
         if (j < height) lr_dequant_row(w, r0 + j, row);
         for (int32_t c = 0; c < w->cols; c++) P[(int64_t)c * QK + j] = j < height ? row[c] : 0.0f;
     }
+}
+
+typedef struct { lr_model *m; const lr_tensor *w; float *Y; int32_t ldy, n; qgemm_fn fn; } qgemm_job;
+
+static void qgemm_task(void *p, int ith, int nth, int thread) {
+    qgemm_job *j = p;
+    const int32_t chunks = j->w->cols / 64;
+    const int32_t c0 = (int32_t)((int64_t)chunks * ith / nth) * 64, c1 = (int32_t)((int64_t)chunks * (ith + 1) / nth) * 64;
+    const size_t qs = ((size_t)lr_qgemm_scratch(j->m->out_widest) + 63) / 64 * 64;
+    if (c0 < c1) j->fn(j->w, &j->m->qb, j->Y, j->ldy, c0, c1, j->m->qscratch + (size_t)thread * qs);
 }
 
 typedef struct {
@@ -55,9 +69,19 @@ static void gemm_task(void *p, int ith, int nth, int thread) {
     }
 }
 
-/* Y[t][0:N] = X[t] W for t < n */
-static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, float *Y, int32_t ldy,
-                 int32_t n, int transposed) {
+/* Y[t][0:N] = X[t] W for t < n; an _IM W reads the inputs with mask[t][i] != 0 (mask rows
+ * m->widest apart, as sparsify writes them; NULL: all inputs) */
+static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, const uint8_t *mask,
+                 float *Y, int32_t ldy, int32_t n, int transposed) {
+    if (lr_is_im(w->type)) {
+        if (!mask) memset(m->bmask, 1, (size_t)w->rows);
+        m->qb.n = n;
+        for (int32_t t = 0; t < n; t++)
+            lr_qbatch_row(&m->qb, t, w->rows, X + (size_t)t * ldx, mask ? mask + (size_t)t * m->widest : m->bmask);
+        qgemm_job j = {m, w, Y, ldy, n, lr_qkernels()->qgemm[lr_type_slot(w->type)]};
+        lr_pool_run(m->pool, qgemm_task, &j);
+        return;
+    }
     gemm_job j = {m, w, X, ldx, Y, ldy, n, transposed, lr_kernels()};
     lr_pool_run(m->pool, gemm_task, &j);
 }
@@ -77,15 +101,21 @@ static void battn_task(void *p, int ith, int nth, int thread) {
     }
 }
 
-/* keeps the selected inputs of row x and zeroes the rest (gate: for a CATS key) */
-static void sparsify(lr_model *m, float *x, const float *gate, int32_t t, int32_t layer, int32_t block) {
+/* token t's selection of row x: mask[i] = 1 for the selected inputs, 0 for the rest, which are
+ * zeroed in x (gate: for a CATS key); mask is the row of token t in m->bmask (m->widest apart) */
+static void sparsify(lr_model *m, float *x, const float *gate, int32_t t, int32_t layer, int32_t block, int32_t row) {
     int32_t k;
     const int32_t *idx = lr_select(m, x, gate, layer, block, t, &k);
-    if (!idx) return;
     const int32_t n = m->width[block];
+    uint8_t *mask = m->bmask + (size_t)row * m->widest;
+    if (!idx) {
+        memset(mask, 1, (size_t)n);
+        return;
+    }
     int32_t j = 0;
     for (int32_t i = 0; i < n; i++) {
-        if (j < k && idx[j] == i) j++;
+        mask[i] = j < k && idx[j] == i;
+        if (mask[i]) j++;
         else x[i] = 0.0f;
     }
 }
@@ -103,15 +133,15 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
     for (int32_t l = 0; l < d->n_layers; l++) {
         const lr_layer *L = &m->layers[l];
         if (L->adapter.data) {
-            gemm(m, &L->adapter, m->bx, dim, m->by, dim, n, 0);
+            gemm(m, &L->adapter, m->bx, dim, NULL, m->by, dim, n, 0);
             memcpy(m->bx, m->by, (size_t)n * dim * sizeof(float));
         }
         for (int32_t t = 0; t < n; t++) {
             float *xn = m->bxn + (size_t)t * W;
             lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
-            sparsify(m, xn, NULL, t0 + t, l, ATTN_IN);
+            sparsify(m, xn, NULL, t0 + t, l, ATTN_IN, t);
         }
-        gemm(m, &L->wqkv, m->bxn, W, m->bqkv, qkvd, n, 0);
+        gemm(m, &L->wqkv, m->bxn, W, m->bmask, m->bqkv, qkvd, n, 0);
         for (int32_t t = 0; t < n; t++) {
             float *qkv = m->bqkv + (size_t)t * qkvd;
             lr_rope_angles(m, pos0 + t, m->rope_cos, m->rope_sin);
@@ -124,22 +154,22 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         battn_job aj = {m, l, pos0, n};
         lr_pool_run(m->pool, battn_task, &aj);
         for (int32_t t = 0; t < n; t++)
-            sparsify(m, m->bao + (size_t)t * qd, NULL, t0 + t, l, ATTN_OUT);
-        gemm(m, &L->wo, m->bao, qd, m->by, dim, n, 0);
+            sparsify(m, m->bao + (size_t)t * qd, NULL, t0 + t, l, ATTN_OUT, t);
+        gemm(m, &L->wo, m->bao, qd, m->bmask, m->by, dim, n, 0);
         add_rows(m->bx, dim, m->by, dim, n, dim);
         for (int32_t t = 0; t < n; t++) {
             float *xn = m->bxn + (size_t)t * W;
             lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
-            sparsify(m, xn, NULL, t0 + t, l, MLP_IN);
+            sparsify(m, xn, NULL, t0 + t, l, MLP_IN, t);
         }
-        gemm(m, &L->wgu, m->bxn, W, m->bgu, 2 * ff, n, 0);
+        gemm(m, &L->wgu, m->bxn, W, m->bmask, m->bgu, 2 * ff, n, 0);
         for (int32_t t = 0; t < n; t++) {
             const float *gu = m->bgu + (size_t)t * 2 * ff;
             float *h = m->bxn + (size_t)t * W;
             for (int32_t i = 0; i < ff; i++) h[i] = gu[i] / (1.0f + expf(-gu[i])) * gu[ff + i];
-            sparsify(m, h, gu, t0 + t, l, MLP_OUT);
+            sparsify(m, h, gu, t0 + t, l, MLP_OUT, t);
         }
-        gemm(m, &L->wdown, m->bxn, W, m->by, dim, n, 0);
+        gemm(m, &L->wdown, m->bxn, W, m->bmask, m->by, dim, n, 0);
         add_rows(m->bx, dim, m->by, dim, n, dim);
     }
 }
@@ -149,13 +179,17 @@ static int32_t batch_head(lr_model *m, int32_t n, float *out) {
     const lr_model_desc *d = &m->d;
     const int32_t dim = d->dim, W = m->widest;
     if (d->out_adapter.data) {
-        gemm(m, &d->out_adapter, m->bx, dim, m->by, dim, n, 0);
+        gemm(m, &d->out_adapter, m->bx, dim, NULL, m->by, dim, n, 0);
         memcpy(m->bx, m->by, (size_t)n * dim * sizeof(float));
     }
     for (int32_t t = 0; t < n; t++)
         lr_rmsnorm(m->bxn + (size_t)t * W, m->bx + (size_t)t * dim, dim, d->norm_eps,
                    d->out_norm.data ? (const float *)d->out_norm.data : NULL);
-    gemm(m, &d->head, m->bxn, W, out, d->n_vocab, n, 1);
+    if (d->head.type == LR_Q8_0 || d->head.type == LR_Q4_0) {   /* the decode step's product, per token */
+        for (int32_t t = 0; t < n; t++) lr_head_rows(m, m->bxn + (size_t)t * W, out + (size_t)t * d->n_vocab);
+    } else {
+        gemm(m, &d->head, m->bxn, W, NULL, out, d->n_vocab, n, 1);
+    }
     for (int64_t i = 0; i < (int64_t)n * d->n_vocab; i++)
         if (!isfinite(out[i])) return LR_ENAN;
     return LR_OK;

@@ -98,9 +98,25 @@ def tensor_types(src: SourceModel, opts: Options, shapes: dict[str, tuple[int, .
             types[name] = at
         else:
             types[name] = wt
-        if len(shape) == 2:
+        if len(shape) == 2 and F.input_major(name) and types[name] in F.IM_TYPES:
+            F.check_im_shape(types[name], shape[0], shape[1], f"{src.path}: tensor {name}")
+        elif len(shape) == 2:
             F.check_row_length(types[name], shape[1], f"{src.path}: tensor {name}")
     return types
+
+
+def stored_tensors(shapes: dict[str, tuple[int, ...]], types: dict[str, QT]) -> dict[str, tuple[tuple[int, ...], QT]]:
+    """What the file holds for each tensor of the plan, in order: an input-major Q8_0 / Q4_0 weight
+    becomes its I8 codes and its F16 scale table (FORMAT.md)."""
+    out = {}
+    for name, shape in shapes.items():
+        if len(shape) == 2 and F.input_major(name) and types[name] in F.IM_TYPES:
+            rows, cols = shape
+            out[name] = ((rows, F.im_code_cols(types[name], cols)), QT.I8)
+            out[F.scale_name(name)] = ((rows // F.IM_GROUP, cols), QT.F16)
+        else:
+            out[name] = (shape, types[name])
+    return out
 
 
 def _encode(x: torch.Tensor, qtype: QT) -> np.ndarray:
@@ -201,9 +217,10 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
     types = tensor_types(src, opts, shapes)
     w = GGUFWriter(out.tmp, F.ARCH)
     _write_metadata(w, src, calib, opts, m, plans, ks)
-    for name, shape in shapes.items():
-        nbytes = F.row_bytes(types[name], shape[-1]) * (shape[0] if len(shape) == 2 else 1)
-        w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=types[name])
+    stored = stored_tensors(shapes, types)
+    for name, (shape, qtype) in stored.items():
+        nbytes = F.row_bytes(qtype, shape[-1]) * (shape[0] if len(shape) == 2 else 1)
+        w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
 
     old_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM cleans up too
     try:
@@ -212,7 +229,7 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
         w.write_ti_data_to_file()
         written = _write_tensors(w, src, m, plans, types, opts)
         w.close()
-        assert written == list(shapes), "tensor order differs from the header"
+        assert written == list(stored), "tensor order differs from the header"
         out.commit()
     except BaseException:
         w.close()
@@ -291,6 +308,12 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
     def put(name: str, x: torch.Tensor | np.ndarray) -> None:
         if name not in types:
             return   # not part of this file (an adapter between two identity bases)
+        if isinstance(x, torch.Tensor) and F.input_major(name) and types[name] in F.IM_TYPES:
+            codes, scales = F.im_quantize(x.detach().float().numpy(), types[name])
+            w.write_tensor_data(codes)
+            w.write_tensor_data(scales)
+            written.extend([name, F.scale_name(name)])
+            return
         arr = x if isinstance(x, np.ndarray) else _encode(x, types[name])
         w.write_tensor_data(arr)
         written.append(name)

@@ -24,6 +24,8 @@ class Layer:
     attn_norm: torch.Tensor | None = None  # [d] RMSNorm scale; None once folded into wqkv
     ffn_norm: torch.Tensor | None = None   # [d]
     adapter: torch.Tensor | None = None    # [d, d] change of basis of the residual: r <- r @ adapter
+    act_q8: frozenset = frozenset()        # names of the weights above whose inputs the runtime
+                                           # quantizes to 8 bits (Q8_0 / Q4_0 weights: quantize_act)
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Weights:
     out_norm: torch.Tensor | None = None     # [d]
     out_adapter: torch.Tensor | None = None  # [d, d]
     rope_freqs: torch.Tensor | None = None   # [hd/2] frequency divisors (llama3 style)
+    act_q8: frozenset = frozenset()          # "out_adapter", "head": inputs quantized to 8 bits
 
 
 class Budget:
@@ -94,6 +97,24 @@ class TopK:
     seen: dict | None = None
     keys: dict | None = None
     budget: Budget | None = None
+
+
+def quantize_act(x: torch.Tensor) -> torch.Tensor:
+    """x [..., n] (n a multiple of 32) as the runtime's integer kernels take it (c_kernels/qmatvec.c,
+    llama.cpp's Q8_0 activations): per block of 32 along the last dim, dx = max |x| / 127 and
+    q = round-half-even(x * (1 / dx)), all in float32 (zeros, such as the inputs a selection drops,
+    do not change the max); returns q dx."""
+    shape = x.shape
+    g = x.float().reshape(*shape[:-1], shape[-1] // 32, 32)
+    dx = g.abs().amax(-1, keepdim=True) / 127
+    inv = torch.where(dx > 0, 1 / dx, torch.zeros_like(dx))
+    inv = torch.where(torch.isfinite(inv), inv, torch.zeros_like(inv))   # 1 / dx overflows: codes 0
+    return (torch.round(g * inv).clamp(-127, 127) * dx).reshape(shape)
+
+
+def matmul(x: torch.Tensor, w: torch.Tensor, q8: bool) -> torch.Tensor:
+    """x @ w, with x quantized first when the runtime does (q8)."""
+    return (quantize_act(x) if q8 else x) @ w
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -158,26 +179,27 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
 
     B, T, _ = r.shape
     nh, nkv, hd = hp.n_heads, hp.n_kv_heads, hp.head_dim
+    q8 = lw.act_q8
     if lw.adapter is not None:
-        r = r @ lw.adapter
+        r = matmul(r, lw.adapter, "adapter" in q8)
     h = keep(rmsnorm(r, lw.attn_norm, hp.norm_eps), "attn_in")
-    q, k, v = (h @ lw.wqkv).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q, k, v = matmul(h, lw.wqkv, "wqkv" in q8).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
     q = apply_rope(q.view(B, T, nh, hd), cos, sin).transpose(1, 2)
     k = apply_rope(k.view(B, T, nkv, hd), cos, sin).transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
     a = Fn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
     a = keep(a.transpose(1, 2).reshape(B, T, nh * hd), "attn_out")
-    r = r + a @ lw.wo
+    r = r + matmul(a, lw.wo, "wo" in q8)
     h = keep(rmsnorm(r, lw.ffn_norm, hp.norm_eps), "mlp_in")
-    gate, up = (h @ lw.wgu).chunk(2, dim=-1)
+    gate, up = matmul(h, lw.wgu, "wgu" in q8).chunk(2, dim=-1)
     m = keep(Fn.silu(gate) * up, "mlp_out", gate)
-    return r + m @ lw.wdown
+    return r + matmul(m, lw.wdown, "wdown" in q8)
 
 
 def head_forward(w: Weights, r: torch.Tensor) -> torch.Tensor:
     if w.out_adapter is not None:
-        r = r @ w.out_adapter
-    return rmsnorm(r, w.out_norm, w.hp.norm_eps) @ w.head.T
+        r = matmul(r, w.out_adapter, "out_adapter" in w.act_q8)
+    return matmul(rmsnorm(r, w.out_norm, w.hp.norm_eps), w.head.T, "head" in w.act_q8)
 
 
 @torch.inference_mode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
 from larosa.runtime import format as F
@@ -28,23 +29,37 @@ def source_weights(src: SourceModel) -> Weights:
 
 
 def larosa_weights(f: LarosaFile | str) -> Weights:
-    """The fused model exactly as stored (dequantized to float32)."""
+    """The fused model exactly as stored (dequantized to float32), with the runtime's 8-bit
+    activations marked where it uses them (the inputs of Q8_0 / Q4_0 weights)."""
     f = load(f) if isinstance(f, str) else f
     hp = f.hp
+
+    shapes_types = f.shapes_types()
 
     def get(name: str) -> torch.Tensor | None:
         t = f.tensors.get(name)
         if t is None:
             return None
+        if t.tensor_type == QT.I8:   # input-major Q8_0 / Q4_0: codes and scale table
+            arr = F.im_dequantize(np.asarray(t.data), np.asarray(f.tensors[F.scale_name(name)].data),
+                                  shapes_types[name][1])
+            return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         arr = quants.dequantize(np.asarray(t.data), t.tensor_type)
         return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(tensor_rows_cols(t)))
 
-    layers = [Layer(wqkv=get(F.T_QKV(l)), wo=get(F.T_O(l)), wgu=get(F.T_GATE_UP(l)),
-                    wdown=get(F.T_DOWN(l)), adapter=get(F.T_ADAPTER(l))) for l in range(hp.n_layers)]
+    def q8(names: dict[str, str]) -> frozenset:   # the runtime quantizes the inputs of Q8_0 / Q4_0 weights
+        return frozenset(k for k, n in names.items() if n in shapes_types and shapes_types[n][1] in F.IM_TYPES)
+
+    layers = []
+    for l in range(hp.n_layers):
+        names = {"wqkv": F.T_QKV(l), "wo": F.T_O(l), "wgu": F.T_GATE_UP(l), "wdown": F.T_DOWN(l),
+                 "adapter": F.T_ADAPTER(l)}
+        layers.append(Layer(**{k: get(n) for k, n in names.items()}, act_q8=q8(names)))
     embd = get(F.T_EMBD)
+    head = F.T_EMBD if hp.tied else F.T_OUTPUT
     return Weights(hp=hp, embd=embd, head=embd if hp.tied else get(F.T_OUTPUT), layers=layers,
                    out_norm=get(F.T_OUTPUT_NORM), out_adapter=get(F.T_OUTPUT_ADAPTER),
-                   rope_freqs=get(F.T_ROPE_FREQS))
+                   rope_freqs=get(F.T_ROPE_FREQS), act_q8=q8({"out_adapter": F.T_OUTPUT_ADAPTER, "head": head}))
 
 
 def topk_of(f: LarosaFile, sparsity: float | None = None, budget: bool | None = None) -> TopK:

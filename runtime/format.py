@@ -8,13 +8,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
+from gguf import quants
 
 from .errors import UnsupportedError
 
 ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2        # 2: input-major quantized weights as I8 codes + F16 scales (FORMAT.md)
 
 # The four block inputs of a decoder layer, each with its own Top-K.
 #   attn_in : RMSNorm output feeding q/k/v    (rotated, width d)
@@ -166,7 +168,9 @@ def ks_for(hp: HParams, coefs: dict[str, list[float]], sparsity: float) -> dict[
 
 
 def row_bytes(qtype: QT, n: int) -> int:
-    """Bytes of one row of n values of type qtype (n a multiple of the block size)."""
+    """Bytes of one row of n values of type qtype (n a multiple of the block size). For an
+    input-major Q8_0 / Q4_0 weight (stored as codes and a scale table) the same figure: its codes
+    plus its share of the scales (one fp16 per 32 values either way)."""
     block, size = GGML_QUANT_SIZES[qtype]
     return n // block * size
 
@@ -176,6 +180,70 @@ def check_row_length(qtype: QT, n: int, what: str) -> None:
     if n % block:
         raise UnsupportedError(f"{what}: rows of {n} values cannot be stored as {qtype.name} "
                                f"(needs a multiple of {block}); use --type f16 or f32")
+
+
+# ---- input-major quantized weights (FORMAT.md "Input-major quantized types") -------------------
+# W [rows = inputs, cols = outputs] as ggml's Q8_0 / Q4_0 of the output-major W^T (blocks of 32
+# along the inputs), stored transposed: `<name>.weight` I8 codes, one row per input (Q8_0: the
+# int8 q, [rows, cols]; Q4_0: q + 8 in nibbles, [rows, cols / 2], each 64 outputs in 32 bytes, byte
+# j holding output j in its low and output j + 32 in its high nibble), and `<name>.scale` F16
+# [rows / 32, cols]: W[i][c] = scale[i // 32][c] * q[i][c].
+IM_TYPES = (QT.Q8_0, QT.Q4_0)
+IM_GROUP, IM_CHUNK = 32, 64          # inputs sharing a scale; outputs per packed chunk
+
+
+def input_major(name: str) -> bool:
+    """A weight whose rows are its inputs (the layer weights and adapters), not the embedding/head."""
+    return name.endswith(".weight") and (name == T_OUTPUT_ADAPTER or (
+        name.startswith("blk.") and name.split(".")[2] in ("adapter", *WEIGHT_INPUT)))
+
+
+def scale_name(name: str) -> str:
+    return name[: -len(".weight")] + ".scale"
+
+
+def check_im_shape(qtype: QT, rows: int, cols: int, what: str) -> None:
+    if rows % IM_GROUP or cols % IM_CHUNK:
+        raise UnsupportedError(f"{what}: a [{rows}, {cols}] input-major weight cannot be stored as {qtype.name} "
+                               f"(needs rows a multiple of {IM_GROUP} and columns of {IM_CHUNK}); "
+                               "use --type f16 or f32")
+
+
+def im_code_cols(qtype: QT, cols: int) -> int:
+    return cols if qtype == QT.Q8_0 else cols // 2
+
+
+def im_quantize(w: np.ndarray, qtype: QT) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int8 [rows, code cols], scales float16 [rows / 32, cols]) of an input-major float
+    matrix [rows, cols]: gguf's (ggml's) Q8_0 / Q4_0 quantization of w.T, transposed."""
+    rows, cols = w.shape
+    check_im_shape(qtype, rows, cols, "im_quantize")
+    raw = quants.quantize(np.ascontiguousarray(np.asarray(w, np.float32).T), qtype)  # [cols, rows/32 blocks]
+    nb = rows // IM_GROUP
+    blocks = raw.reshape(cols, nb, -1)
+    scales = np.ascontiguousarray(blocks[:, :, :2].copy().view(np.float16).reshape(cols, nb).T)
+    if qtype == QT.Q8_0:
+        q = blocks[:, :, 2:].view(np.int8).reshape(cols, rows)
+        return np.ascontiguousarray(q.T), scales
+    if qtype != QT.Q4_0:
+        raise ValueError(f"im_quantize: {qtype.name} is not an input-major quantized type")
+    packed = blocks[:, :, 2:]                                   # [cols, nb, 16]: j | j + 16 << 4
+    u = np.concatenate([packed & 0x0F, packed >> 4], axis=2).reshape(cols, rows)   # q + 8
+    u = u.T.reshape(rows, cols // IM_CHUNK, 2, IM_CHUNK // 2)  # [rows, chunk, half, 32]
+    codes = (u[:, :, 0, :] | (u[:, :, 1, :] << 4)).astype(np.uint8).reshape(rows, cols // 2)
+    return np.ascontiguousarray(codes).view(np.int8), scales
+
+
+def im_dequantize(codes: np.ndarray, scales: np.ndarray, qtype: QT) -> np.ndarray:
+    """The float32 [rows, cols] matrix of an input-major quantized weight."""
+    rows = codes.shape[0]
+    cols = scales.shape[1]
+    if qtype == QT.Q8_0:
+        q = codes.astype(np.float32)
+    else:
+        b = codes.view(np.uint8).reshape(rows, cols // IM_CHUNK, 1, IM_CHUNK // 2)
+        q = (np.concatenate([b & 0x0F, b >> 4], axis=2).reshape(rows, cols).astype(np.float32) - 8.0)
+    return q * np.repeat(scales.astype(np.float32), IM_GROUP, axis=0)
 
 
 # which block input each layer weight reads: its rows are that input's channels

@@ -107,7 +107,18 @@ class LarosaFile:
         return out
 
     def shapes_types(self) -> dict[str, tuple[tuple[int, ...], QT]]:
-        return {n: (tensor_rows_cols(t), t.tensor_type) for n, t in self.tensors.items()}
+        """Every weight's logical [rows, cols] and type (an input-major Q8_0 / Q4_0 weight, stored as
+        codes and a scale table, counts as one Q8_0 / Q4_0 tensor of its full shape)."""
+        out = {}
+        for n, t in self.tensors.items():
+            if n.endswith(".scale"):
+                continue
+            if t.tensor_type == QT.I8:
+                codes, scale = tensor_rows_cols(t), tensor_rows_cols(self.tensors[F.scale_name(n)])
+                out[n] = ((codes[0], scale[1]), QT.Q8_0 if codes[1] == scale[1] else QT.Q4_0)
+            else:
+                out[n] = (tensor_rows_cols(t), t.tensor_type)
+        return out
 
     def bytes_per_token(self, sparsity: float | None = None) -> float:
         """Weight bytes a decode step reads at `sparsity`: exact for Top-K, nominal (1 - level) n
@@ -279,6 +290,29 @@ def _check_layout(layout: GGUFLayout, path: str) -> None:
                           f"to {ALIGNMENT} bytes")
 
 
+def _check_im(tensors: dict[str, ReaderTensor], name: str, shape: tuple[int, ...], path: str) -> tuple[int, int]:
+    """An input-major quantized weight of logical shape [rows, cols]: I8 codes [rows, cols] (Q8_0)
+    or [rows, cols / 2] (Q4_0) and an F16 scale table [rows / 32, cols]; returns the table's shape."""
+    rows, cols = shape
+    codes = tensor_rows_cols(tensors[name])
+    qtype = QT.Q8_0 if codes == (rows, cols) else QT.Q4_0 if codes == (rows, cols // 2) else None
+    if qtype is None:
+        raise FormatError(f"{path}: tensor {name!r} holds codes of shape {codes}; a [{rows}, {cols}] weight "
+                          f"has [{rows}, {cols}] (Q8_0) or [{rows}, {cols // 2}] (Q4_0)")
+    F.check_im_shape(qtype, rows, cols, f"{path}: tensor {name!r}")
+    sname = F.scale_name(name)
+    st = tensors.get(sname)
+    if st is None:
+        raise FormatError(f"{path}: missing tensor {sname!r} (the scales of {name!r})")
+    want = (rows // F.IM_GROUP, cols)
+    if st.tensor_type != QT.F16 or tensor_rows_cols(st) != want:
+        raise FormatError(f"{path}: tensor {sname!r} must be F16 of shape {want}, not "
+                          f"{st.tensor_type.name} {tensor_rows_cols(st)}")
+    if tensors[name].data.nbytes != rows * F.im_code_cols(qtype, cols) or st.data.nbytes != want[0] * cols * 2:
+        raise FormatError(f"{path}: tensor {name!r} data is truncated")
+    return want
+
+
 def load(path: str | os.PathLike) -> LarosaFile:
     """Opens and validates a LaRoSA GGUF; raises FormatError/UnsupportedError naming the problem
     (ResourceError when even the default context would not fit in memory). Everything the C
@@ -296,7 +330,10 @@ def load(path: str | os.PathLike) -> LarosaFile:
     _check_layout(layout, path)
     version = m.int(F.K_VERSION)
     if version != F.FORMAT_VERSION:
-        raise UnsupportedError(f"{path}: format version {version}, this runtime reads {F.FORMAT_VERSION}")
+        raise UnsupportedError(
+            f"{path}: LaRoSA format version {version}; this runtime reads version {F.FORMAT_VERSION}"
+            + (" (quantized weights are now laid out for integer kernels): convert the source model again "
+               "with larosa-convert" if version < F.FORMAT_VERSION else ""))
     method = m.str(F.K_METHOD)
     if method not in F.METHODS:
         raise UnsupportedError(f"{path}: sparsity method {method!r} is not supported")
@@ -316,10 +353,17 @@ def load(path: str | os.PathLike) -> LarosaFile:
         if hit and int(hit[1]) < hp.n_layers:
             scores.add((int(hit[1]), hit[2]))
     expected = F.expected_tensors(hp, rotated, scores, F.T_ROPE_FREQS in tensors)
-    for name, shape in expected.items():
+    for name, shape in list(expected.items()):
         t = tensors.get(name)
         if t is None:
             raise FormatError(f"{path}: missing tensor {name!r}")
+        if F.input_major(name) and t.tensor_type == QT.I8:   # codes + scale table
+            expected[F.scale_name(name)] = _check_im(tensors, name, shape, path)
+            continue
+        if F.input_major(name) and t.tensor_type in F.IM_TYPES:
+            raise FormatError(f"{path}: tensor {name!r}: an input-major weight is stored as {t.tensor_type.name} "
+                              f"blocks; this format keeps quantized input-major weights as I8 codes and a "
+                              f"{F.scale_name(name)!r} table (FORMAT.md)")
         if tensor_rows_cols(t) != shape:
             raise FormatError(f"{path}: tensor {name!r} has shape {tensor_rows_cols(t)}, expected {shape}")
         if len(shape) == 1 and t.tensor_type != QT.F32:

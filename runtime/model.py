@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
+from gguf import GGMLQuantizationType as QT
 
 from larosa._kernels import ffi, lib
 
@@ -23,6 +24,7 @@ from .loader import LarosaFile, load
 from .tokenizer import Tokenizer
 
 _TYPE_IDS = {"F32": lib.LR_F32, "F16": lib.LR_F16, "Q8_0": lib.LR_Q8_0, "Q4_0": lib.LR_Q4_0}
+_IM_TYPE_IDS = {"Q8_0": lib.LR_Q8_0_IM, "Q4_0": lib.LR_Q4_0_IM}   # input-major: codes + scale table
 _ERRORS = {lib.LR_EARG: "invalid argument", lib.LR_ESHAPE: "tensor shape or size mismatch",
            lib.LR_ETYPE: "unsupported tensor type", lib.LR_ENOMEM: "out of memory",
            lib.LR_ERANGE: "value out of range", lib.LR_ENAN: "non-finite values in the logits",
@@ -95,6 +97,7 @@ class Model:
             raise LarosaError(f"{self.file.path}: tokenizer has {self.tokenizer.n_vocab} tokens, "
                               f"the embedding {hp.n_vocab}")
         self._keep = _Keep()
+        self._shapes_types = self.file.shapes_types()
         self._lock = threading.RLock()
         desc = self._describe()
         err = ffi.new("char[]", 256)
@@ -112,11 +115,17 @@ class Model:
         if t is None:
             ct.data = ffi.NULL
             return
-        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        shape, qtype = self._shapes_types[name]
         rows, cols = shape if len(shape) == 2 else (1, shape[0])
         buf = ffi.from_buffer("char[]", t.data)
         self._keep.arrays.append(buf)
-        ct.type, ct.rows, ct.cols, ct.data, ct.nbytes = _TYPE_IDS[t.tensor_type.name], rows, cols, buf, t.data.nbytes
+        ct.type, ct.rows, ct.cols, ct.data, ct.nbytes = _TYPE_IDS[qtype.name], rows, cols, buf, t.data.nbytes
+        if t.tensor_type == QT.I8:   # input-major Q8_0 / Q4_0: codes and their scale table
+            scale = self.file.tensors[F.scale_name(name)]
+            sbuf = ffi.from_buffer("char[]", scale.data)
+            self._keep.arrays.append(sbuf)
+            ct.type = _IM_TYPE_IDS[qtype.name]
+            ct.scale, ct.scale_nbytes = sbuf, scale.data.nbytes
 
     def _describe(self):
         hp = self.hp

@@ -13,10 +13,11 @@ from larosa.tools.make_synthetic import make_synthetic
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LAROSA_DATA", ROOT.parent / "shared" / "data"))
 
-# name -> make_synthetic arguments. Sizes are multiples of 32 where a quantized type needs it.
+# name -> make_synthetic arguments. Quantized LaRoSA weights need rows (inputs) in multiples of 32 and
+# columns (outputs) in multiples of 64 (FORMAT.md): the q8 and q4 sources below have such sizes.
 TINY = {
     "untied_f32": dict(dim=64, ff=96, layers=2, heads=4, kv_heads=4, vocab=320, qtype="f32", tied=False),
-    "tied_gqa_q8": dict(dim=64, ff=128, layers=3, heads=4, kv_heads=1, vocab=512, qtype="q8_0", tied=True),
+    "tied_gqa_q8": dict(dim=64, ff=128, layers=3, heads=2, kv_heads=1, vocab=512, qtype="q8_0", tied=True),
     "odd_f16": dict(dim=48, ff=80, layers=2, heads=3, kv_heads=1, vocab=301, qtype="f16", tied=False),
     "gqa_q4_1": dict(dim=128, ff=256, layers=2, heads=8, kv_heads=2, vocab=400, qtype="q4_1", tied=True),
 }

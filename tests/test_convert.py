@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, GGUFWriter
 
 from larosa.converter import convert as C
@@ -125,7 +126,9 @@ def test_metadata_and_k(tiny, tmp_path):
     assert f.ks(0.0)["mlp_out"] == [hp.ffn_dim] * hp.n_layers
     assert f.meta.str(F.K_CALIB_SOURCE) == "test:random"
     assert f.meta.int(F.K_CALIB_TOKENS) == 48
-    assert f.tensors[F.T_QKV(0)].tensor_type.name == "Q8_0"
+    assert f.tensors[F.T_QKV(0)].tensor_type.name == "I8"            # input-major Q8_0: codes + scales
+    assert f.tensors[F.scale_name(F.T_QKV(0))].tensor_type.name == "F16"
+    assert f.shapes_types()[F.T_QKV(0)] == ((hp.dim, hp.qkv_dim), QT.Q8_0)
     assert f.tensors[F.T_ADAPTER(0)].tensor_type.name == "F16"
     # tokenizer copied verbatim
     src = GGUFReader(tiny["tied_gqa_q8"])
@@ -148,14 +151,17 @@ def test_types(tiny, tmp_path):
     out = str(tmp_path / "q4.gguf")
     convert(tiny["gqa_q4_1"], out, wtype="q4_0")
     f = load(out)
-    assert f.tensors[F.T_DOWN(1)].tensor_type.name == "Q4_0"
-    assert f.tensors[F.T_ADAPTER(1)].tensor_type.name == "F16"     # default: adapters F16
-    assert f.tensors[F.T_EMBD].tensor_type.name == "Q8_0"     # Q4_1 source: requantized
+    types = {n: t.name for n, (_, t) in f.shapes_types().items()}
+    assert types[F.T_DOWN(1)] == "Q4_0" and f.tensors[F.T_DOWN(1)].tensor_type.name == "I8"   # input-major
+    assert f.tensors[F.T_DOWN(1)].data.shape == (f.hp.ffn_dim, f.hp.dim // 2)   # nibbles: 2 per byte
+    assert types[F.T_ADAPTER(1)] == "F16"                          # default: adapters F16
+    assert types[F.T_EMBD] == "Q8_0" == f.tensors[F.T_EMBD].tensor_type.name   # Q4_1 source: requantized
     convert(tiny["gqa_q4_1"], out, wtype="q4_0", adapter_type="q8_0", head_type="q4_0", force=True)
     f = load(out)
-    assert f.tensors[F.T_ADAPTER(1)].tensor_type.name == "Q8_0"
-    assert f.tensors[F.T_OUTPUT_ADAPTER].tensor_type.name == "Q8_0"
-    assert f.tensors[F.T_EMBD].tensor_type.name == "Q4_0"
+    types = {n: t.name for n, (_, t) in f.shapes_types().items()}
+    assert types[F.T_ADAPTER(1)] == "Q8_0" and F.scale_name(F.T_ADAPTER(1)) in f.tensors
+    assert types[F.T_OUTPUT_ADAPTER] == "Q8_0" and F.scale_name(F.T_OUTPUT_ADAPTER) in f.tensors
+    assert types[F.T_EMBD] == "Q4_0" == f.tensors[F.T_EMBD].tensor_type.name   # output-major: ggml blocks
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -65,11 +65,11 @@ class DenseInfo:
 
 
 def weight_type(tensors) -> str:
-    """The GGML type holding most bytes among the 2-D blk.* tensors."""
+    """The GGML type holding most bytes among the 2-D blk.* tensors: (name, shape, type, bytes)."""
     by_type: dict[str, int] = {}
-    for t in tensors:
-        if t.name.startswith("blk.") and len(t.shape) == 2:
-            by_type[t.tensor_type.name] = by_type.get(t.tensor_type.name, 0) + int(t.n_bytes)
+    for name, shape, qtype, nbytes in tensors:
+        if name.startswith("blk.") and len(shape) == 2:
+            by_type[qtype.name] = by_type.get(qtype.name, 0) + nbytes
     if not by_type:
         raise BenchError("no blk.* weight matrices in the file")
     return max(by_type, key=by_type.get)
@@ -92,7 +92,8 @@ def dense_info(path: str) -> DenseInfo:
     if "output.weight" not in tensors:   # tied: the embedding is the head too
         total += int(embd.n_bytes)
     shape = (m.int("llama.embedding_length"), m.int("llama.block_count"), m.int("llama.feed_forward_length"))
-    return DenseInfo(path=path, weight_type=weight_type(reader.tensors), bytes_per_token=total,
+    blk = [(t.name, t.shape, t.tensor_type, int(t.n_bytes)) for t in reader.tensors]
+    return DenseInfo(path=path, weight_type=weight_type(blk), bytes_per_token=total,
                      n_vocab=int(embd.shape[1]), shape=shape,
                      synthetic=m.str("general.name", "").startswith("synthetic-"))
 
@@ -327,7 +328,9 @@ def check_pair(cfg: Config, info: DenseInfo, allow_mismatch: bool) -> tuple[str,
         raise BenchError(f"{cfg.larosa} (dim {hp.dim}, {hp.n_layers} layers, ff {hp.ffn_dim}, vocab {hp.n_vocab})"
                          f" is not a conversion of {cfg.dense} (dim {info.shape[0]}, {info.shape[1]} layers, "
                          f"ff {info.shape[2]}, vocab {info.n_vocab})")
-    ltype = weight_type(lf.reader.tensors)
+    from larosa.runtime import format as F
+    ltype = weight_type([(n, s, q, F.row_bytes(q, s[-1]) * s[0]) for n, (s, q) in lf.shapes_types().items()
+                         if len(s) == 2])   # logical types: input-major Q8_0 / Q4_0 are stored as I8 + scales
     if ltype != info.weight_type and not allow_mismatch:
         raise BenchError(f"unequal bits per weight: {cfg.dense} is {info.weight_type}, {cfg.larosa} is {ltype} "
                          f"(re-quantize with python -m larosa.tools.requantize ... --type {ltype.lower()}, "

@@ -30,6 +30,8 @@ SHAPES = {
     "llama2-7b": dict(dim=4096, ff=11008, layers=32, heads=32, kv_heads=32, vocab=32000, tied=False),
     "llama-1b": dict(dim=2048, ff=8192, layers=16, heads=32, kv_heads=8, vocab=128256, tied=True,
                      rope_freqs=True, rope_base=500000.0),   # Llama-3.2-1B-like: tied, llama3 RoPE
+    "gqa-1.5b": dict(dim=1536, ff=8960, layers=28, heads=12, kv_heads=2, vocab=151936, tied=True,
+                     rope_base=1000000.0),   # Qwen2.5-1.5B-like: tied, 6:1 grouped-query attention
     "small": dict(dim=1024, ff=2816, layers=8, heads=16, kv_heads=16, vocab=32000, tied=False),
 }
 REAL = ("smollm2",)

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs the C library built with AddressSanitizer + UndefinedBehaviorSanitizer (gcc):
-#   kernels  tests/c/kernel_check.c: every SIMD level against scalar, every tail path
+#   kernels  tests/c/kernel_check.c: every SIMD level against scalar, every tail path (on AArch64
+#            twice: the NEON integer kernels with SDOT and without, LAROSA_NO_DOTPROD=1)
 #   leaks    tests/c/leak_check.c: model new / eval / free cycles and every refusal path of
 #            lr_model_new, under LeakSanitizer, then built plain under valgrind (if installed)
 #   runtime  Python runtime tests against a sanitized build of larosa._kernels (built in a temp
@@ -21,7 +22,8 @@ CC=${CC:-gcc}
 PART=${1:-all}
 [ $# -gt 0 ] && shift
 KC=$ROOT/c_kernels
-LIB_SRC="$KC/kernels.c $KC/simd_x86.c $KC/simd_neon.c $KC/threads.c $KC/forward.c $KC/prefill.c $KC/membw.c"
+KERNEL_SRC="$KC/kernels.c $KC/qmatvec.c $KC/qmatvec_x86.c $KC/qmatvec_neon.c $KC/simd_x86.c $KC/simd_neon.c"
+LIB_SRC="$KERNEL_SRC $KC/threads.c $KC/forward.c $KC/prefill.c $KC/membw.c"
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 CFLAGS="-O1 -g -std=c11 -D_GNU_SOURCE -fopenmp-simd -Wall -Wno-unused-function -Wno-unknown-pragmas"
 case "$(uname -m)" in x86_64|amd64) CFLAGS="$CFLAGS -march=native" ;; esac
@@ -51,11 +53,16 @@ no_reports() {
 }
 
 kernels() {
-    $CC $CFLAGS $SAN -pthread -I "$KC" "$ROOT/tests/c/kernel_check.c" $KC/kernels.c $KC/simd_x86.c \
-        $KC/simd_neon.c -lm -o "$TMP/kernel_check"
+    $CC $CFLAGS $SAN -pthread -I "$KC" "$ROOT/tests/c/kernel_check.c" $KERNEL_SRC -lm -o "$TMP/kernel_check"
     "$TMP/kernel_check" -q 2 >"$TMP/kernels.log" 2>&1 || { tail -n 30 "$TMP/kernels.log" >&2; finding "kernel_check failed"; }
     no_reports "$TMP/kernels.log" "kernel_check"
     say "kernels: $(grep '^SUMMARY' "$TMP/kernels.log")"
+    case "$(uname -m)" in aarch64|arm64)
+        LAROSA_NO_DOTPROD=1 "$TMP/kernel_check" -q 2 >"$TMP/kernels_base.log" 2>&1 ||
+            { tail -n 30 "$TMP/kernels_base.log" >&2; finding "kernel_check (LAROSA_NO_DOTPROD=1) failed"; }
+        no_reports "$TMP/kernels_base.log" "kernel_check (LAROSA_NO_DOTPROD=1)"
+        say "kernels (baseline NEON, no SDOT): $(grep '^SUMMARY' "$TMP/kernels_base.log")" ;;
+    esac
 }
 
 leaks() {

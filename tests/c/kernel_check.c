@@ -1,25 +1,44 @@
 /* kernel_check: every SIMD kernel level available on this machine against the scalar reference.
  *
- * For each level that lr_simd_available() reports, switches with lr_set_simd() and compares
- * lr_spmv and lr_dot_rows (the public entry points) for F32, F16, Q8_0 and Q4_0 against the scalar
- * level on random data: random weights, random quant blocks with random fp16 scales (subnormal,
- * zero and negative ones included), random unsorted row subsets with k = 0, 1, a random k, rows,
- * and idx = NULL (dense), and column counts that reach every tile, chunk and tail path of the
- * AVX-512 (256/16/1), AVX2 (64/8/1) and NEON (32/1) kernels. It also checks the column and row
- * slices that the threaded forward pass hands to the kernel tables (c0, c1 multiples of 32; r0, r1),
- * including that nothing outside a slice or past the end of y is written. The scalar level itself is
- * checked against a double-precision reference computed here from an independent decoding of the
- * formats. Tolerance: |a - b| <= 1e-4 * (1 + sum |terms|), terms being the products summed for
- * that output. lr_topk is checked exactly against a sort by |x| descending, ties by lower index.
+ * For each level that lr_simd_available() reports, switches with lr_set_simd() and compares the
+ * public kernel entry points against the scalar level on random data:
+ * - lr_spmv (input-major) for F32, F16, Q8_0_IM and Q4_0_IM: random weights (the _IM types: random
+ *   codes and a random finite fp16 scale per group of 32 inputs and output, subnormal, zero and
+ *   negative ones included), random ascending row subsets with k = 0 (y must be all zero), 1, a
+ *   random k, rows, and idx = NULL (dense); column counts that reach every tile, chunk and tail
+ *   path of the float kernels (AVX-512 256/16/1, AVX2 64/8/1, NEON 32/1) and, for the _IM types,
+ *   1, 2, 3, 5 and 17 chunks of 64 columns over 1, 2 and 5 groups of 32 inputs (passes of 8 and of
+ *   4 selected rows, groups padded to whole quads);
+ * - lr_dot_rows (output-major) for F32, F16, Q8_0 and Q4_0 (x quantized to 8 bits per block of 32);
+ * - lr_spmm (the prompt path, _IM types) against lr_spmv of each token, bit for bit: a dense token,
+ *   one of a single input, one of none and random ones, up to the largest batch;
+ * - the column and row slices that the threaded forward pass hands to the kernel tables (float
+ *   spmv: c0, c1 multiples of 32; qspmv and qgemm: of 64, qgemm with a row stride wider than the
+ *   tensor; dot rows and qdot: r0, r1), including that nothing outside a slice or past the end of y
+ *   is written, with scratch buffers full of garbage;
+ * - NaN and Inf inputs: a selected one makes every output non-finite (the integer kernels: NaN,
+ *   through the group's or block's scale), an unselected one changes nothing;
+ * - the refusals: ggml Q8_0 / Q4_0 in lr_spmv, _IM in lr_dot_rows, float weights in lr_spmm, _IM
+ *   shapes that are not whole groups and chunks, a missing scale table, an unsorted idx.
+ * The integer kernels (_IM types; Q8_0 / Q4_0 rows) add exactly and scale in one fixed order, so
+ * every level must give the scalar level's bits (both NaN counts as equal); float kernels must
+ * agree within |a - b| <= 1e-4 * (1 + sum |terms|), terms being the products summed for that
+ * output. The scalar level itself is checked against a double-precision reference computed here
+ * from an independent decoding of the formats and, for the integer kernels, an independent 8-bit
+ * quantization of x, within the same tolerance. lr_topk is checked exactly against a sort by |x|
+ * descending, ties by lower index.
+ * On AArch64 the NEON integer kernels have two paths, SDOT and baseline NEON: the first line says
+ * which one this run uses (dotprod=yes|no); LAROSA_NO_DOTPROD=1 forces the baseline.
  *
  * Build: cc -O2 -std=c11 -D_GNU_SOURCE -pthread -I c_kernels tests/c/kernel_check.c \
- *           c_kernels/kernels.c c_kernels/simd_x86.c c_kernels/simd_neon.c -lm
+ *           c_kernels/{kernels,qmatvec,qmatvec_x86,qmatvec_neon,simd_x86,simd_neon}.c -lm
  * Usage: kernel_check [seed] [-q] [--no-exhaustive]
  *   -q: print only failures and the summaries; --no-exhaustive: skip the checks of all 65536 fp16
  *   patterns (the slow part under emulation with sanitizers)
  * Output: one line per check ("PASS ..." / "FAIL ..."), then "LEVEL <name> checks=N failures=F" per
  * level and "SUMMARY levels=... checks=N failures=F". Exit status 0 only when everything passed.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,6 +47,10 @@
 
 #include "kernels.h"
 #include "larosa.h"
+
+#if defined(__aarch64__)
+int lr_neon_dotprod(void);   /* qmatvec_neon.c: 1 when the NEON integer kernels use SDOT */
+#endif
 
 #define TOL 1e-4
 #define GUARD 24                   /* floats past the end of every output buffer */
@@ -40,12 +63,30 @@ static const char *type_name(int32_t t) {
     case LR_F16: return "F16";
     case LR_Q8_0: return "Q8_0";
     case LR_Q4_0: return "Q4_0";
+    case LR_Q8_0_IM: return "Q8_0_IM";
+    case LR_Q4_0_IM: return "Q4_0_IM";
     default: return "?";
     }
 }
+static int is_im(int32_t t) { return t == LR_Q8_0_IM || t == LR_Q4_0_IM; }
+static int is_float(int32_t t) { return t == LR_F32 || t == LR_F16; }
 
 static int g_quiet = 0, g_exhaustive = 1;
 static long g_checks[4], g_fail[4], g_other_checks, g_other_fail;
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    return p;
+}
+
+/* 64-byte aligned scratch (the integer kernels' acc / qgemm scratch) full of garbage */
+static void *garbage_scratch(size_t n) {
+    void *p = aligned_alloc(64, (n + 63) / 64 * 64);
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    memset(p, 0xa5, (n + 63) / 64 * 64);
+    return p;
+}
 
 /* ---- deterministic random numbers (splitmix64) ----------------------------------------------- */
 
@@ -109,26 +150,61 @@ static double weight(const lr_tensor *w, int32_t r, int32_t c) {
         const int t = c % 32, q = t < 16 ? (blk[2 + t] & 0x0f) : (blk[2 + t - 16] >> 4);
         return half_value(d) * (double)(q - 8);
     }
+    case LR_Q8_0_IM:    /* codes [rows][cols] int8; scales [rows / 32][cols] fp16 */
+    case LR_Q4_0_IM: {  /* codes [rows][cols / 2]: per 64 columns 32 bytes, byte i = column i low
+                           nibble, column 32 + i high nibble, each q + 8 */
+        uint16_t d;
+        memcpy(&d, (const uint8_t *)w->scale + ((size_t)(r / 32) * (size_t)w->cols + (size_t)c) * 2, 2);
+        int q;
+        if (w->type == LR_Q8_0_IM) {
+            q = (int8_t)base[(size_t)r * (size_t)w->cols + (size_t)c];
+        } else {
+            const uint8_t b = base[(size_t)r * (size_t)(w->cols / 2) + (size_t)(c / 64) * 32 + (size_t)(c % 32)];
+            q = (c % 64 < 32 ? b & 0x0f : b >> 4) - 8;
+        }
+        return half_value(d) * (double)q;
+    }
     }
     return NAN;
+}
+
+/* x as the integer kernels take it, from the spec: per group of 32 values (the selected ones,
+ * sel[i] != 0), dx = max |x| / 127 in float (NaN if one is not finite), q = x / dx rounded half to
+ * even (in float, as x * (1 / dx)); xs[i] = dx * q in double, 0 where not selected */
+static void quantize_ref(const float *x, int32_t n, const uint8_t *sel, double *xs) {
+    for (int32_t g = 0; g < n / 32; g++) {
+        float amax = 0.0f;
+        int finite = 1;
+        for (int32_t i = 32 * g; i < 32 * g + 32; i++) {
+            if (!sel[i]) continue;
+            const float a = fabsf(x[i]);
+            if (!(a <= FLT_MAX)) finite = 0;
+            else if (a > amax) amax = a;
+        }
+        const float dx = finite ? amax / 127.0f : NAN, inv = finite && dx > 0.0f ? 1.0f / dx : 0.0f;
+        for (int32_t i = 32 * g; i < 32 * g + 32; i++) {
+            float q = sel[i] ? nearbyintf(x[i] * inv) : 0.0f;
+            q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+            xs[i] = sel[i] ? (double)dx * (double)q : 0.0;
+        }
+    }
 }
 
 /* ---- random tensors -------------------------------------------------------------------------- */
 
 typedef struct {
     lr_tensor t;
-    uint8_t *alloc;
+    uint8_t *alloc, *salloc;
 } matrix;
 
 /* Data deliberately not vector-aligned (offset by one element; the struct fields of the quant
- * blocks need 2-byte alignment) and ending exactly at the end of its allocation, so an address
- * sanitizer build sees any read past the tensor. */
+ * blocks and the fp16 scale tables need 2-byte alignment) and ending exactly at the end of its
+ * allocation, so an address sanitizer build sees any read past the tensor or its scale table. */
 static matrix make_matrix(int32_t type, int32_t rows, int32_t cols, int fill) {
     matrix m;
     const uint64_t nbytes = lr_row_bytes(type, cols) * (uint64_t)rows;
-    const size_t off = type == LR_F32 ? 4 : 2;
-    m.alloc = malloc(off + nbytes);
-    if (!m.alloc) { fprintf(stderr, "out of memory\n"); exit(2); }
+    const size_t off = type == LR_F32 ? 4 : is_im(type) ? 1 : 2;
+    m.alloc = xmalloc(off + nbytes);
     uint8_t *p = m.alloc + off;
     const int64_t n = (int64_t)rows * cols;
     if (!fill) {
@@ -143,6 +219,8 @@ static matrix make_matrix(int32_t type, int32_t rows, int32_t cols, int fill) {
             const uint16_t h = rnd_half(1);
             memcpy(p + 2 * i, &h, 2);
         }
+    } else if (is_im(type)) {   /* any codes (Q8: -128 included) */
+        for (uint64_t i = 0; i < nbytes; i++) p[i] = (uint8_t)rnd();
     } else {   /* any quant bytes, a fresh fp16 scale for every block */
         for (uint64_t i = 0; i < nbytes; i++) p[i] = (uint8_t)rnd();
         const size_t bsz = type == LR_Q8_0 ? 34 : 18;
@@ -156,37 +234,83 @@ static matrix make_matrix(int32_t type, int32_t rows, int32_t cols, int fill) {
     m.t.cols = cols;
     m.t.data = p;
     m.t.nbytes = nbytes;
+    m.t.scale = NULL;
+    m.t.scale_nbytes = 0;
+    m.salloc = NULL;
+    if (is_im(type)) {   /* a random finite scale per (group, output) */
+        const uint64_t sn = (uint64_t)(rows / 32) * (uint64_t)cols * 2;
+        m.salloc = xmalloc(2 + sn);
+        for (uint64_t i = 0; i < sn / 2; i++) {
+            const uint16_t h = fill ? rnd_half(0) : 0;
+            memcpy(m.salloc + 2 + 2 * i, &h, 2);
+        }
+        m.t.scale = m.salloc + 2;
+        m.t.scale_nbytes = sn;
+    }
     return m;
 }
 
+static void free_matrix(matrix *m) {
+    free(m->alloc);
+    free(m->salloc);
+}
+
 static float *make_vector(int32_t n) {
-    float *x = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    if (!x) { fprintf(stderr, "out of memory\n"); exit(2); }
+    float *x = xmalloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
     for (int32_t i = 0; i < n; i++) x[i] = rnd_below(64) == 0 ? 0.0f : rnd_uniform(-1.5f, 1.5f);
     return x;
 }
 
-static float *make_output(int32_t n) {   /* n floats + GUARD, all set to the sentinel */
-    float *y = malloc(sizeof(float) * (size_t)(n + GUARD));
-    if (!y) { fprintf(stderr, "out of memory\n"); exit(2); }
+static void fill_sentinel(float *y, int64_t n) {
     const uint32_t bits = SENTINEL_BITS;
-    for (int32_t i = 0; i < n + GUARD; i++) memcpy(&y[i], &bits, 4);
+    for (int64_t i = 0; i < n; i++) memcpy(&y[i], &bits, 4);
+}
+
+static float *make_output(int64_t n) {   /* n floats + GUARD, all set to the sentinel */
+    float *y = xmalloc(sizeof(float) * (size_t)(n + GUARD));
+    fill_sentinel(y, n + GUARD);
     return y;
 }
 
-static int is_sentinel(float v) {
+static uint32_t bits_of(float v) {
     uint32_t u;
     memcpy(&u, &v, 4);
-    return u == SENTINEL_BITS;
+    return u;
+}
+static int is_sentinel(float v) { return bits_of(v) == SENTINEL_BITS; }
+/* the same result: the same bits, or both NaN (payloads may differ between instructions) */
+static int same_bits(float a, float b) { return bits_of(a) == bits_of(b) || (isnan(a) && isnan(b)); }
+
+/* a random ascending subset of k of the rows 0..n-1 (perm: a permutation of them) */
+static void subset(const int32_t *perm, int32_t k, int32_t *idx) {
+    memcpy(idx, perm, sizeof(int32_t) * (size_t)k);
+    for (int32_t i = 1; i < k; i++)   /* insertion sort */
+        for (int32_t j = i; j > 0 && idx[j - 1] > idx[j]; j--) {
+            const int32_t t = idx[j];
+            idx[j] = idx[j - 1];
+            idx[j - 1] = t;
+        }
+}
+
+static int32_t *make_perm(int32_t n) {
+    int32_t *perm = xmalloc(sizeof(int32_t) * (size_t)n);
+    for (int32_t i = 0; i < n; i++) perm[i] = i;
+    for (int32_t i = n - 1; i > 0; i--) {   /* Fisher-Yates */
+        const int32_t j = rnd_below(i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    return perm;
 }
 
 /* ---- comparison ------------------------------------------------------------------------------ */
 
-/* Compares got[lo:hi) with want (and, when ref is given, the double reference), relative to mag
- * (the sum of |terms|), and checks that got is still the sentinel outside [lo, hi) up to n + GUARD.
- * Returns 0 on success, else fills why. err receives the worst |got - want| / (1 + mag). */
+/* Compares got[lo:hi) with want (bit for bit when exact, else relative to mag, the sum of |terms|)
+ * and with the double reference ref (relative to mag), either of which may be NULL, and checks that
+ * got is still the sentinel outside [lo, hi) up to n + GUARD. Returns 0 on success, else fills why.
+ * err receives the worst |got - want| / (1 + mag). */
 static int compare(const float *got, const float *want, const double *ref, const double *mag, int32_t n,
-                   int32_t lo, int32_t hi, double *err, char *why, size_t why_len) {
+                   int32_t lo, int32_t hi, int exact, double *err, char *why, size_t why_len) {
     *err = 0.0;
     for (int32_t i = 0; i < n + GUARD; i++) {
         if (i >= lo && i < hi) continue;
@@ -203,9 +327,11 @@ static int compare(const float *got, const float *want, const double *ref, const
         const double bound = TOL * (1.0 + mag[i]);
         const double d = want ? fabs((double)got[i] - (double)want[i]) : 0.0;
         const double dr = ref ? fabs((double)got[i] - ref[i]) : 0.0;
-        if (!(d <= bound) || !(dr <= bound)) {   /* negated: NaN fails */
-            snprintf(why, why_len, "y[%d] = %.9g, scalar %.9g, exact %.9g, bound %.3g", i, (double)got[i],
-                     want ? (double)want[i] : NAN, ref ? ref[i] : NAN, bound);
+        if (!(d <= bound) || !(dr <= bound) || (exact && want && !same_bits(got[i], want[i]))) {
+            snprintf(why, why_len, "y[%d] = %.9g (0x%08x), scalar %.9g (0x%08x), exact %.9g, bound %.3g%s", i,
+                     (double)got[i], (unsigned)bits_of(got[i]), want ? (double)want[i] : NAN,
+                     want ? (unsigned)bits_of(want[i]) : 0u, ref ? ref[i] : NAN, bound,
+                     exact ? " (bits must match)" : "");
             return 1;
         }
         const double e = (d > dr ? d : dr) / (1.0 + mag[i]);
@@ -234,7 +360,7 @@ static void report_other(int failed, const char *what, const char *why) {
 
 /* ---- the checks ------------------------------------------------------------------------------ */
 
-static int32_t g_levels[4], g_nlevels;
+static int32_t g_levels[4], g_nlevels;   /* g_levels[0] is the scalar level */
 
 static void use_level(int32_t level) {
     if (lr_set_simd(level) != LR_OK || lr_get_simd() != level) {
@@ -243,130 +369,251 @@ static void use_level(int32_t level) {
     }
 }
 
-/* idx modes: k rows of a random permutation (unsorted), or NULL for all rows */
+/* the double reference of lr_spmv over the k rows idx (NULL: all): y[c] = sum xs[i] W[i, c], with
+ * xs = x (float types) or x quantized as the integer kernels take it */
+static void ref_spmv(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, double *ref, double *mag) {
+    const int32_t rows = w->rows;
+    uint8_t *sel = xmalloc((size_t)rows);
+    double *xs = xmalloc(sizeof(double) * (size_t)rows);
+    memset(sel, 0, (size_t)rows);
+    for (int32_t j = 0; j < k; j++) sel[idx ? idx[j] : j] = 1;
+    if (is_im(w->type)) quantize_ref(x, rows, sel, xs);
+    else for (int32_t i = 0; i < rows; i++) xs[i] = sel[i] ? (double)x[i] : 0.0;
+    for (int32_t c = 0; c < w->cols; c++) {
+        double s = 0.0, a = 0.0;
+        for (int32_t j = 0; j < k; j++) {
+            const int32_t i = idx ? idx[j] : j;
+            const double term = xs[i] * weight(w, i, c);
+            s += term;
+            a += fabs(term);
+        }
+        ref[c] = s;
+        mag[c] = a;
+    }
+    free(sel);
+    free(xs);
+}
+
+/* the scalar level's output goes to want, the others' to got */
+static float *level_out(int32_t level, float *want, float *got, int64_t n) {
+    float *out = level == LR_SIMD_SCALAR ? want : got;
+    fill_sentinel(out, n + GUARD);
+    return out;
+}
+
+/* idx modes: k rows of a random ascending subset, or NULL for all rows */
 enum { K_ZERO, K_ONE, K_RANDOM, K_ALL_IDX, K_DENSE, K_MODES };
 static const char *KMODE_NAME[K_MODES] = {"k=0", "k=1", "k=random", "k=rows", "idx=NULL"};
 
 static void check_spmv(int32_t type, int32_t rows, int32_t cols) {
     matrix m = make_matrix(type, rows, cols, 1);
     float *x = make_vector(rows);
-    int32_t *perm = malloc(sizeof(int32_t) * (size_t)rows);
-    double *ref = malloc(sizeof(double) * (size_t)cols), *mag = malloc(sizeof(double) * (size_t)cols);
+    int32_t *perm = make_perm(rows), *idx = xmalloc(sizeof(int32_t) * (size_t)rows);
+    double *ref = xmalloc(sizeof(double) * (size_t)cols), *mag = xmalloc(sizeof(double) * (size_t)cols);
     float *want = make_output(cols), *got = make_output(cols);
-    if (!perm || !ref || !mag) { fprintf(stderr, "out of memory\n"); exit(2); }
-    for (int32_t i = 0; i < rows; i++) perm[i] = i;
-    for (int32_t i = rows - 1; i > 0; i--) {   /* Fisher-Yates */
-        const int32_t j = rnd_below(i + 1), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
+    const int exact = !is_float(type);
+    char what[160], why[240];
+    double err = 0.0;
     for (int mode = 0; mode < K_MODES; mode++) {
         const int32_t k = mode == K_ZERO ? 0 : mode == K_ONE ? 1 : mode == K_RANDOM ? 1 + rnd_below(rows) : rows;
-        const int32_t *idx = mode == K_DENSE ? NULL : perm;
-        for (int32_t c = 0; c < cols; c++) {
-            double s = 0.0, a = 0.0;
-            for (int32_t j = 0; j < k; j++) {
-                const int32_t i = idx ? idx[j] : j;
-                const double term = (double)x[i] * weight(&m.t, i, c);
-                s += term;
-                a += fabs(term);
-            }
-            ref[c] = s;
-            mag[c] = a;
-        }
-        char what[160], why[200];
-        double err = 0.0;
+        subset(perm, k, idx);
+        const int32_t *ip = mode == K_DENSE ? NULL : idx;
+        ref_spmv(&m.t, x, ip, k, ref, mag);
         for (int32_t li = 0; li < g_nlevels; li++) {
             const int32_t level = g_levels[li];
-            float *out = level == LR_SIMD_SCALAR ? want : got;
-            const uint32_t bits = SENTINEL_BITS;
-            for (int32_t i = 0; i < cols + GUARD; i++) memcpy(&out[i], &bits, 4);
+            float *out = level_out(level, want, got, cols);
             use_level(level);
             snprintf(what, sizeof what, "lr_spmv %s rows=%d cols=%d %s (k=%d)", type_name(type), rows, cols,
                      KMODE_NAME[mode], k);
-            const int32_t rc = lr_spmv(&m.t, x, idx, k, out);
+            const int32_t rc = lr_spmv(&m.t, x, ip, k, out);
             int failed = rc != LR_OK;
             if (failed) snprintf(why, sizeof why, "returned %d", rc);
-            else failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, cols, 0, cols, &err,
+            else failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, cols, 0, cols, exact, &err,
                                   why, sizeof why);
+            for (int32_t c = 0; !failed && k == 0 && c < cols; c++)   /* nothing selected: exactly zero */
+                if (bits_of(out[c]) != 0) {
+                    failed = 1;
+                    snprintf(why, sizeof why, "k=0: y[%d] = %.9g, not +0", c, (double)out[c]);
+                }
             report(level, failed, what, err, why);
         }
     }
-    /* the column slices of the threaded forward pass, through the kernel tables: split into
-     * 2 and 3 parts the way forward.c does (multiples of 32, the last one ending at cols) */
-    {
-        const int32_t k = rows > 1 ? 1 + rnd_below(rows) : 1;
-        for (int32_t c = 0; c < cols; c++) {
-            double s = 0.0, a = 0.0;
-            for (int32_t j = 0; j < k; j++) {
-                const double term = (double)x[perm[j]] * weight(&m.t, perm[j], c);
-                s += term;
-                a += fabs(term);
-            }
-            ref[c] = s;
-            mag[c] = a;
-        }
-        for (int nth = 2; nth <= 3; nth++) {
-            const int32_t units = (cols + QK - 1) / QK, per = (units + nth - 1) / nth;
-            for (int ith = 0; ith < nth; ith++) {
-                int32_t c0 = ith * per * QK, c1 = (ith + 1) * per * QK;
+    /* the column slices of the threaded forward pass, through the kernel tables, split into 2 and 3
+     * parts the way forward.c does: float weights in multiples of 32 (the last part ending at cols),
+     * the integer kernels in whole chunks of 64 (x quantized once, lr_qsel) */
+    const int32_t k = 1 + rnd_below(rows);
+    subset(perm, k, idx);
+    ref_spmv(&m.t, x, idx, k, ref, mag);
+    lr_qsel s;
+    void *sbuf = is_im(type) ? lr_qsel_new(rows, &s) : NULL;
+    if (is_im(type) && !sbuf) { fprintf(stderr, "out of memory\n"); exit(2); }
+    if (is_im(type)) lr_qsel_build(x, idx, k, &s);
+    for (int nth = 2; nth <= 3; nth++) {
+        for (int ith = 0; ith < nth; ith++) {
+            int32_t c0, c1;
+            if (is_im(type)) {
+                const int32_t chunks = cols / 64;
+                c0 = chunks * ith / nth * 64, c1 = chunks * (ith + 1) / nth * 64;
+            } else {
+                const int32_t units = (cols + QK - 1) / QK, per = (units + nth - 1) / nth;
+                c0 = ith * per * QK, c1 = (ith + 1) * per * QK;
                 if (c1 > cols) c1 = cols;
-                if (c0 >= c1) continue;
-                char what[160], why[200];
-                double err = 0.0;
-                for (int32_t li = 0; li < g_nlevels; li++) {
-                    const int32_t level = g_levels[li];
-                    float *out = level == LR_SIMD_SCALAR ? want : got;
-                    const uint32_t bits = SENTINEL_BITS;
-                    for (int32_t i = 0; i < cols + GUARD; i++) memcpy(&out[i], &bits, 4);
-                    use_level(level);
-                    lr_kernels()->spmv[lr_type_slot(type)](&m.t, x, perm, k, out, c0, c1);
-                    snprintf(what, sizeof what, "spmv slice %s rows=%d cols=%d k=%d c=[%d,%d)", type_name(type),
-                             rows, cols, k, c0, c1);
-                    const int failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, cols, c0,
-                                               c1, &err, why, sizeof why);
-                    report(level, failed, what, err, why);
+            }
+            if (c0 >= c1) continue;
+            snprintf(what, sizeof what, "%s %s rows=%d cols=%d k=%d c=[%d,%d)", is_im(type) ? "qspmv slice" : "spmv slice",
+                     type_name(type), rows, cols, k, c0, c1);
+            for (int32_t li = 0; li < g_nlevels; li++) {
+                const int32_t level = g_levels[li];
+                float *out = level_out(level, want, got, cols);
+                use_level(level);
+                if (is_im(type)) {
+                    int32_t *acc = garbage_scratch((size_t)(c1 - c0) * sizeof(int32_t));
+                    lr_qkernels()->qspmv[lr_type_slot(type)](&m.t, &s, out, c0, c1, acc);
+                    free(acc);
+                } else {
+                    lr_kernels()->spmv[lr_type_slot(type)](&m.t, x, idx, k, out, c0, c1);
                 }
+                const int failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, cols, c0, c1, exact,
+                                           &err, why, sizeof why);
+                report(level, failed, what, err, why);
             }
         }
     }
-    free(m.alloc);
+    free(sbuf);
+    free_matrix(&m);
     free(x);
     free(perm);
+    free(idx);
     free(ref);
     free(mag);
     free(want);
     free(got);
 }
 
+/* lr_spmm of n tokens against lr_spmv of each, and the qgemm column slices of the prompt path */
+static void check_spmm(int32_t type, int32_t rows, int32_t cols, int32_t n) {
+    matrix m = make_matrix(type, rows, cols, 1);
+    float *X = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
+    uint8_t *mask = xmalloc((size_t)n * (size_t)rows);
+    int32_t *idx = xmalloc(sizeof(int32_t) * (size_t)rows);
+    for (int32_t t = 0; t < n; t++) {   /* each token its own magnitude and density */
+        const float scale = ldexpf(1.0f, rnd_below(20) - 10);
+        const int32_t density = 1 + rnd_below(100);
+        for (int32_t i = 0; i < rows; i++) {
+            X[(size_t)t * rows + i] = scale * rnd_uniform(-1.5f, 1.5f);
+            mask[(size_t)t * rows + i] = t == 0 ? 1 : t == 1 || t == 2 ? 0 : rnd_below(100) < density;
+        }
+    }
+    if (n > 1) mask[(size_t)rows + rnd_below(rows)] = 1;   /* token 1: one input; token 2: none */
+    const int64_t ny = (int64_t)n * cols, ldy = cols + 64, nb = (int64_t)n * ldy;
+    float *want = make_output(ny), *got = make_output(ny), *ys = make_output(ny), *yb = make_output(nb);
+    lr_qbatch b;
+    void *bbuf = lr_qbatch_new(n, rows, &b);
+    if (!bbuf) { fprintf(stderr, "out of memory\n"); exit(2); }
+    for (int32_t t = 0; t < n; t++) lr_qbatch_row(&b, t, rows, X + (size_t)t * rows, mask + (size_t)t * rows);
+    char what[160], why[240] = "";
+    for (int32_t li = 0; li < g_nlevels; li++) {
+        const int32_t level = g_levels[li];
+        use_level(level);
+        float *Y = level_out(level, want, got, ny);
+        fill_sentinel(ys, ny + GUARD);
+        int32_t rc = lr_spmm(&m.t, X, mask, n, Y);
+        int failed = rc != LR_OK;
+        if (failed) snprintf(why, sizeof why, "lr_spmm returned %d", rc);
+        for (int32_t t = 0; !failed && t < n; t++) {
+            int32_t k = 0;
+            for (int32_t i = 0; i < rows; i++)
+                if (mask[(size_t)t * rows + i]) idx[k++] = i;
+            rc = lr_spmv(&m.t, X + (size_t)t * rows, idx, k, ys + (size_t)t * cols);
+            if (rc != LR_OK) {
+                failed = 1;
+                snprintf(why, sizeof why, "lr_spmv of token %d returned %d", t, rc);
+            }
+        }
+        for (int64_t i = 0; !failed && i < ny + GUARD; i++) {
+            const int bad = i >= ny ? !is_sentinel(Y[i])
+                          : !same_bits(Y[i], ys[i]) || (level != LR_SIMD_SCALAR && !same_bits(Y[i], want[i]));
+            if (bad) {
+                failed = 1;
+                snprintf(why, sizeof why, "Y[%d][%d] = %.9g (0x%08x), lr_spmv %.9g (0x%08x), scalar %.9g (0x%08x)",
+                         (int)(i / cols), (int)(i % cols), (double)Y[i], (unsigned)bits_of(Y[i]), (double)ys[i],
+                         (unsigned)bits_of(ys[i]), (double)want[i], (unsigned)bits_of(want[i]));
+            }
+        }
+        snprintf(what, sizeof what, "lr_spmm %s rows=%d cols=%d n=%d", type_name(type), rows, cols, n);
+        report(level, failed, what, 0.0, why);
+        /* the column slices of the prompt path (prefill.c), into rows ldy > cols apart */
+        void *scratch = garbage_scratch((size_t)lr_qgemm_scratch(cols));
+        for (int nth = 2; nth <= 3; nth++) {
+            for (int ith = 0; ith < nth; ith++) {
+                const int32_t chunks = cols / 64, c0 = chunks * ith / nth * 64, c1 = chunks * (ith + 1) / nth * 64;
+                if (c0 >= c1) continue;
+                fill_sentinel(yb, nb + GUARD);
+                lr_qkernels()->qgemm[lr_type_slot(type)](&m.t, &b, yb, (int32_t)ldy, c0, c1, scratch);
+                failed = 0;
+                for (int64_t i = 0; !failed && i < nb + GUARD; i++) {
+                    const int64_t t = i / ldy, c = i % ldy;
+                    const int inside = t < n && c >= c0 && c < c1;
+                    if (inside ? !same_bits(yb[i], want[t * cols + c]) : !is_sentinel(yb[i])) {
+                        failed = 1;
+                        snprintf(why, sizeof why, "Y[%d][%d] = %.9g (0x%08x), %s", (int)t, (int)c, (double)yb[i],
+                                 (unsigned)bits_of(yb[i]), inside ? "not the scalar lr_spmm's bits" : "outside the slice");
+                    }
+                }
+                snprintf(what, sizeof what, "qgemm slice %s rows=%d cols=%d n=%d c=[%d,%d) ldy=%d", type_name(type),
+                         rows, cols, n, c0, c1, (int)ldy);
+                report(level, failed, what, 0.0, why);
+            }
+        }
+        free(scratch);
+    }
+    free(bbuf);
+    free_matrix(&m);
+    free(X);
+    free(mask);
+    free(idx);
+    free(want);
+    free(got);
+    free(ys);
+    free(yb);
+}
+
 static void check_dot(int32_t type, int32_t rows, int32_t cols) {
     matrix m = make_matrix(type, rows, cols, 1);
     float *x = make_vector(cols);
-    double *ref = malloc(sizeof(double) * (size_t)rows), *mag = malloc(sizeof(double) * (size_t)rows);
+    double *ref = xmalloc(sizeof(double) * (size_t)rows), *mag = xmalloc(sizeof(double) * (size_t)rows);
+    double *xs = xmalloc(sizeof(double) * (size_t)cols);
+    uint8_t *all = xmalloc((size_t)cols);
     float *want = make_output(rows), *got = make_output(rows);
-    if (!ref || !mag) { fprintf(stderr, "out of memory\n"); exit(2); }
+    const int quant = !is_float(type);
+    memset(all, 1, (size_t)cols);
+    if (quant) quantize_ref(x, cols, all, xs);
+    else for (int32_t c = 0; c < cols; c++) xs[c] = x[c];
     for (int32_t r = 0; r < rows; r++) {
         double s = 0.0, a = 0.0;
         for (int32_t c = 0; c < cols; c++) {
-            const double term = weight(&m.t, r, c) * (double)x[c];
+            const double term = weight(&m.t, r, c) * xs[c];
             s += term;
             a += fabs(term);
         }
         ref[r] = s;
         mag[r] = a;
     }
+    /* x of the integer kernels, as the forward pass hands it (no sx) */
+    int8_t *xq = xmalloc((size_t)cols);
+    float *dx = xmalloc(sizeof(float) * (size_t)(cols / QK + 1));
+    if (quant) lr_quantize_blocks(x, cols, xq, dx, NULL);
+    const lr_qx qx = {xq, dx, NULL};
     /* the whole tensor through lr_dot_rows, then row slices [r0, r1) through the table */
     int32_t ranges[4][2] = {{0, rows}, {0, rows / 2}, {rows / 2, rows}, {rows / 3, rows - rows / 3}};
     for (int ri = 0; ri < 4; ri++) {
         const int32_t r0 = ranges[ri][0], r1 = ranges[ri][1];
         if (ri > 0 && (r0 >= r1 || rows < 3)) continue;
-        char what[160], why[200];
+        char what[160], why[240];
         double err = 0.0;
         for (int32_t li = 0; li < g_nlevels; li++) {
             const int32_t level = g_levels[li];
-            float *out = level == LR_SIMD_SCALAR ? want : got;
-            const uint32_t bits = SENTINEL_BITS;
-            for (int32_t i = 0; i < rows + GUARD; i++) memcpy(&out[i], &bits, 4);
+            float *out = level_out(level, want, got, rows);
             use_level(level);
             int failed = 0;
             if (ri == 0) {
@@ -377,87 +624,257 @@ static void check_dot(int32_t type, int32_t rows, int32_t cols) {
                     snprintf(why, sizeof why, "returned %d", rc);
                 }
             } else {
-                snprintf(what, sizeof what, "dot_rows slice %s rows=%d cols=%d r=[%d,%d)", type_name(type), rows,
-                         cols, r0, r1);
-                lr_kernels()->dot_rows[lr_type_slot(type)](&m.t, x, out, r0, r1);
+                snprintf(what, sizeof what, "%s %s rows=%d cols=%d r=[%d,%d)", quant ? "qdot slice" : "dot_rows slice",
+                         type_name(type), rows, cols, r0, r1);
+                if (quant) lr_qkernels()->qdot[lr_type_slot(type)](&m.t, &qx, out, r0, r1);
+                else lr_kernels()->dot_rows[lr_type_slot(type)](&m.t, x, out, r0, r1);
             }
             if (!failed)
-                failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, rows, r0, r1, &err, why,
+                failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, rows, r0, r1, quant, &err, why,
                                  sizeof why);
             report(level, failed, what, err, why);
         }
     }
-    free(m.alloc);
+    free_matrix(&m);
     free(x);
+    free(xs);
+    free(all);
+    free(xq);
+    free(dx);
     free(ref);
     free(mag);
     free(want);
     free(got);
 }
 
+/* ---- NaN and Inf inputs ------------------------------------------------------------------------
+ * A non-finite input that is read makes every output non-finite: the float kernels through
+ * inf * w and NaN * w, the integer ones through the scale of its group (dx = NaN), so every output
+ * is NaN, even where the codes are zero. One that is not read (not selected) changes nothing: the
+ * result has the bits it has with that input set to 0. */
+
+static int all_nonfinite(const float *y, int32_t n, int nan_only) {
+    for (int32_t i = 0; i < n; i++)
+        if (nan_only ? !isnan(y[i]) : isfinite(y[i])) return 0;
+    return 1;
+}
+
+static void check_nonfinite(void) {
+    static const int32_t spmv_types[] = {LR_F32, LR_F16, LR_Q8_0_IM, LR_Q4_0_IM};
+    static const int32_t dot_types[] = {LR_F32, LR_F16, LR_Q8_0, LR_Q4_0};
+    static const float bads[2] = {NAN, INFINITY};
+    const int32_t rows = 64, bad_at = 40;
+    for (int b = 0; b < 2; b++) {
+        const char *bad_name = b ? "Inf" : "NaN";
+        for (int ti = 0; ti < 4; ti++) {   /* lr_spmv: dense, then rows 0..31 (bad_at not read) */
+            const int32_t type = spmv_types[ti], cols = is_im(type) ? 128 : 77;
+            matrix m = make_matrix(type, rows, cols, 1);
+            float *x = make_vector(rows), *y = make_output(cols), *y0 = make_output(cols);
+            float *want = make_output(cols);
+            int32_t idx[32];
+            for (int32_t i = 0; i < 32; i++) idx[i] = i;
+            char what[160], why[240] = "";
+            for (int32_t li = 0; li < g_nlevels; li++) {
+                const int32_t level = g_levels[li];
+                use_level(level);
+                int failed = 0;
+                x[bad_at] = bads[b];
+                const int32_t rc = lr_spmv(&m.t, x, NULL, rows, y);
+                if (rc != LR_OK || !all_nonfinite(y, cols, is_im(type))) {
+                    failed = 1;
+                    snprintf(why, sizeof why, "rc %d, y[0] = %g: a %s input read must make every output %s", rc,
+                             (double)y[0], bad_name, is_im(type) ? "NaN" : "non-finite");
+                }
+                if (!failed && level == LR_SIMD_SCALAR) memcpy(want, y, sizeof(float) * (size_t)cols);
+                for (int32_t c = 0; !failed && is_im(type) && c < cols; c++)
+                    if (!same_bits(y[c], want[c])) failed = 1, snprintf(why, sizeof why, "y[%d] differs from scalar", c);
+                const int32_t rc1 = lr_spmv(&m.t, x, idx, 32, y);
+                x[bad_at] = 0.0f;
+                const int32_t rc0 = lr_spmv(&m.t, x, idx, 32, y0);
+                for (int32_t c = 0; !failed && c < cols; c++)
+                    if (rc1 != LR_OK || rc0 != LR_OK || !isfinite(y[c]) || bits_of(y[c]) != bits_of(y0[c])) {
+                        failed = 1;
+                        snprintf(why, sizeof why, "input %d not selected: y[%d] = %g, with it 0: %g", bad_at, c,
+                                 (double)y[c], (double)y0[c]);
+                    }
+                snprintf(what, sizeof what, "nonfinite lr_spmv %s %s input", type_name(type), bad_name);
+                report(level, failed, what, 0.0, why);
+            }
+            if (is_im(type)) {   /* lr_spmm: token 0 reads the bad input, token 1 does not */
+                float X[2 * 64];
+                uint8_t mask[2 * 64];
+                float *Y = make_output(2 * cols);
+                memcpy(X, x, sizeof(float) * 64);
+                memcpy(X + 64, x, sizeof(float) * 64);
+                X[bad_at] = X[64 + bad_at] = bads[b];
+                for (int32_t i = 0; i < 64; i++) mask[i] = 1, mask[64 + i] = i < 32;
+                for (int32_t li = 0; li < g_nlevels; li++) {
+                    const int32_t level = g_levels[li];
+                    use_level(level);
+                    x[bad_at] = 0.0f;
+                    const int32_t rc = lr_spmm(&m.t, X, mask, 2, Y), rc0 = lr_spmv(&m.t, x, idx, 32, y0);
+                    int failed = rc != LR_OK || rc0 != LR_OK || !all_nonfinite(Y, cols, 1);
+                    for (int32_t c = 0; !failed && c < cols; c++) failed = bits_of(Y[cols + c]) != bits_of(y0[c]);
+                    snprintf(why, sizeof why, "token 0 must be all NaN, token 1 lr_spmv's (rc %d)", rc);
+                    snprintf(what, sizeof what, "nonfinite lr_spmm %s %s input", type_name(type), bad_name);
+                    report(level, failed, what, 0.0, why);
+                }
+                free(Y);
+            }
+            free_matrix(&m);
+            free(x);
+            free(y);
+            free(y0);
+            free(want);
+        }
+        for (int ti = 0; ti < 4; ti++) {   /* lr_dot_rows: every row reads every input */
+            const int32_t type = dot_types[ti], cols = is_float(type) ? 77 : 96, drows = 9;
+            matrix m = make_matrix(type, drows, cols, 1);
+            float *x = make_vector(cols), *y = make_output(drows);
+            x[cols - 3] = bads[b];
+            char what[160], why[240] = "";
+            for (int32_t li = 0; li < g_nlevels; li++) {
+                const int32_t level = g_levels[li];
+                use_level(level);
+                const int32_t rc = lr_dot_rows(&m.t, x, y);
+                const int failed = rc != LR_OK || !all_nonfinite(y, drows, !is_float(type));
+                snprintf(why, sizeof why, "rc %d, y[0] = %g: a %s input must make every row %s", rc, (double)y[0],
+                         bad_name, is_float(type) ? "non-finite" : "NaN");
+                snprintf(what, sizeof what, "nonfinite lr_dot_rows %s %s input", type_name(type), bad_name);
+                report(level, failed, what, 0.0, why);
+            }
+            free_matrix(&m);
+            free(x);
+            free(y);
+        }
+    }
+}
+
+/* ---- refusals --------------------------------------------------------------------------------- */
+
+static void expect_rc(const char *what, int32_t rc, int32_t want) {
+    char why[80];
+    snprintf(why, sizeof why, "returned %d, expected %d", rc, want);
+    report_other(rc != want, what, why);
+}
+
+static void check_refusals(void) {
+    float x[128] = {0}, y[128 + 64];
+    uint8_t mask[64];
+    memset(mask, 1, sizeof mask);
+    const int32_t unsorted[2] = {3, 2};
+    matrix q8 = make_matrix(LR_Q8_0, 64, 64, 1), im = make_matrix(LR_Q8_0_IM, 64, 128, 1);
+    matrix f16 = make_matrix(LR_F16, 64, 64, 1);
+    expect_rc("lr_spmv Q8_0 (ggml, output-major) -> LR_ETYPE", lr_spmv(&q8.t, x, NULL, 64, y), LR_ETYPE);
+    q8.t.type = LR_Q4_0, q8.t.nbytes = 64 * 2 * 18;
+    expect_rc("lr_spmv Q4_0 (ggml, output-major) -> LR_ETYPE", lr_spmv(&q8.t, x, NULL, 64, y), LR_ETYPE);
+    expect_rc("lr_dot_rows Q8_0_IM -> LR_ETYPE", lr_dot_rows(&im.t, x, y), LR_ETYPE);
+    expect_rc("lr_spmm F16 -> LR_ETYPE", lr_spmm(&f16.t, x, mask, 1, y), LR_ETYPE);
+    expect_rc("lr_spmv unsorted idx -> LR_ERANGE", lr_spmv(&im.t, x, unsorted, 2, y), LR_ERANGE);
+    expect_rc("lr_spmm n=0 -> LR_ERANGE", lr_spmm(&im.t, x, mask, 0, y), LR_ERANGE);
+    expect_rc("lr_spmm n=65 -> LR_ERANGE", lr_spmm(&im.t, x, mask, LR_QGEMM_TOKENS + 1, y), LR_ERANGE);
+    lr_tensor t = im.t;
+    t.cols = 96, t.nbytes = 64 * 96, t.scale_nbytes = 2 * 96 * 2;                  /* not whole chunks of 64 */
+    expect_rc("lr_spmv Q8_0_IM cols=96 -> LR_ESHAPE", lr_spmv(&t, x, NULL, 64, y), LR_ESHAPE);
+    t = im.t;
+    t.rows = 48, t.nbytes = 48 * 128, t.scale_nbytes = 128 * 2;                    /* not whole groups of 32 */
+    expect_rc("lr_spmv Q8_0_IM rows=48 -> LR_ESHAPE", lr_spmv(&t, x, NULL, 48, y), LR_ESHAPE);
+    t = im.t;
+    t.scale = NULL;
+    expect_rc("lr_spmv Q8_0_IM without scales -> LR_ESHAPE", lr_spmv(&t, x, NULL, 64, y), LR_ESHAPE);
+    t = im.t;
+    t.scale_nbytes -= 2;
+    expect_rc("lr_spmv Q8_0_IM short scale table -> LR_ESHAPE", lr_spmv(&t, x, NULL, 64, y), LR_ESHAPE);
+    t = im.t;
+    t.type = LR_Q4_0_IM;                                                            /* the Q8 size */
+    expect_rc("lr_spmv Q4_0_IM with Q8 bytes -> LR_ESHAPE", lr_spmv(&t, x, NULL, 64, y), LR_ESHAPE);
+    free_matrix(&q8);
+    free_matrix(&im);
+    free_matrix(&f16);
+}
+
 /* ---- exact decoding of every fp16 pattern ------------------------------------------------------
  * The relative tolerance above cannot see a wrong subnormal (|h| < 2^-14), so the half decoders
- * are checked bit for bit: with one row and x = 1, spmv returns 0 + 1 * W[0, c] (quantized:
- * 0 + (1 * d) * q, exact since d * q needs at most 19 bits), the same in any summation order. Every
- * one of the 65536 halves is used as an F16 weight and as a Q8_0 / Q4_0 scale (inf and NaN
- * included: the result must then be inf or NaN as in double arithmetic). dot_rows gets every finite
- * half once, as the only nonzero of its row, against x = 1. */
+ * are checked bit for bit, with inputs that make the result exact in any order:
+ * - F16 spmv: one row, x = 1: y = 0 + 1 * W[0, c].
+ * - _IM spmv: every half is the scale of one column (32 rows, group 0); x = 127 at row 0 (codes 0)
+ *   and 1 at row 1, so dx = 1 and xq = x: y = fmaf(q, d * 1, 0) = d q exactly (19 bits), inf and
+ *   NaN included (inf * 0 = NaN as in double).
+ * - dot_rows: every finite half once, as the only nonzero of its row (F16) or as the scale of every
+ *   block of its row with one quant 1 (Q8_0 / Q4_0), against x = 127 at the first column of each
+ *   block and 1 elsewhere (again dx = 1): y = h x_c exactly. */
 
 static int same_value(float got, double want) {
     return isnan(want) ? isnan(got) : (double)got == want;
 }
 
-static void check_exact_spmv(int32_t type) {
-    const int32_t n = 65536, cols = type == LR_F16 ? n : n * QK;
-    matrix m = make_matrix(type, 1, cols, 0);
-    uint8_t *p = (uint8_t *)m.t.data;
-    for (int32_t h = 0; h < n; h++) {
-        const uint16_t hb = (uint16_t)h;
-        if (type == LR_F16) {
-            memcpy(p + 2 * (size_t)h, &hb, 2);
-        } else if (type == LR_Q8_0) {   /* scale h, quants -16..15 and the extremes */
-            uint8_t *blk = p + 34 * (size_t)h;
-            memcpy(blk, &hb, 2);
-            for (int t = 0; t < QK; t++) blk[2 + t] = (uint8_t)(int8_t)(t == 0 ? -128 : t == 1 ? 127 : t - 16);
-        } else {                        /* scale h, every nibble value twice */
-            uint8_t *blk = p + 18 * (size_t)h;
-            memcpy(blk, &hb, 2);
-            for (int t = 0; t < QK / 2; t++) blk[2 + t] = (uint8_t)(t | ((15 - t) << 4));
-        }
+/* y against want over n values and the sentinel past them */
+static int check_exact(const float *y, const double *want, int32_t n, int32_t rc, char *why, size_t len) {
+    if (rc != LR_OK) {
+        snprintf(why, len, "returned %d", rc);
+        return 1;
     }
-    double *want = malloc(sizeof(double) * (size_t)cols);
+    for (int32_t c = 0; c < n; c++)
+        if (!same_value(y[c], want[c])) {
+            snprintf(why, len, "y[%d] = %.9g, exact %.9g", c, (double)y[c], want[c]);
+            return 1;
+        }
+    for (int32_t c = n; c < n + GUARD; c++)
+        if (!is_sentinel(y[c])) {
+            snprintf(why, len, "wrote y[%d] past the end", c);
+            return 1;
+        }
+    return 0;
+}
+
+static void check_exact_spmv(int32_t type) {
+    const int32_t n = 65536, rows = type == LR_F16 ? 1 : 32, cols = n;
+    matrix m = make_matrix(type, rows, cols, 0);
+    uint8_t *p = (uint8_t *)m.t.data;
+    float *x = xmalloc(sizeof(float) * (size_t)rows);
+    for (int32_t i = 0; i < rows; i++) x[i] = 0.0f;
+    if (type == LR_F16) {
+        for (int32_t h = 0; h < n; h++) {
+            const uint16_t hb = (uint16_t)h;
+            memcpy(p + 2 * (size_t)h, &hb, 2);
+        }
+        x[0] = 1.0f;
+    } else {
+        for (int32_t h = 0; h < n; h++) {   /* group 0's scale of column h is h */
+            const uint16_t hb = (uint16_t)h;
+            memcpy((uint8_t *)m.t.scale + 2 * (size_t)h, &hb, 2);
+        }
+        const size_t rb = lr_row_bytes(type, cols);
+        for (size_t i = 0; i < rb; i++) {
+            /* row 0: zero codes; row 1: Q8 codes -128, 127, -16..15 along the columns, Q4 every
+             * nibble value; the rest (x = 0) random */
+            p[i] = type == LR_Q8_0_IM ? 0 : 0x88;
+            p[rb + i] = type == LR_Q8_0_IM ? (uint8_t)(int8_t)(i % 32 == 0 ? -128 : i % 32 == 1 ? 127 : (int)(i % 32) - 16)
+                                           : (uint8_t)((i % 16) | ((15 - i % 16) << 4));
+        }
+        for (size_t i = 2 * rb; i < rb * (size_t)rows; i++) p[i] = (uint8_t)rnd();
+        x[0] = 127.0f;
+        x[1] = 1.0f;
+    }
+    double *want = xmalloc(sizeof(double) * (size_t)cols);
     float *y = make_output(cols);
-    if (!want) { fprintf(stderr, "out of memory\n"); exit(2); }
-    for (int32_t c = 0; c < cols; c++) want[c] = weight(&m.t, 0, c);
-    const float one = 1.0f;
-    const int32_t idx0 = 0;
+    for (int32_t c = 0; c < cols; c++) want[c] = weight(&m.t, type == LR_F16 ? 0 : 1, c);
+    const int32_t idx[2] = {0, 1}, k = type == LR_F16 ? 1 : 2;
     for (int32_t li = 0; li < g_nlevels; li++) {
         const int32_t level = g_levels[li];
         use_level(level);
         for (int dense = 0; dense < 2; dense++) {
             char what[160], why[200] = "";
-            const uint32_t bits = SENTINEL_BITS;
-            for (int32_t i = 0; i < cols + GUARD; i++) memcpy(&y[i], &bits, 4);
-            const int32_t rc = lr_spmv(&m.t, &one, dense ? NULL : &idx0, 1, y);
-            int failed = rc != LR_OK;
-            if (failed) snprintf(why, sizeof why, "returned %d", rc);
-            for (int32_t c = 0; !failed && c < cols; c++)
-                if (!same_value(y[c], want[c])) {
-                    failed = 1;
-                    snprintf(why, sizeof why, "y[%d] = %.9g, exact %.9g (half 0x%04x)", c, (double)y[c], want[c],
-                             (unsigned)(type == LR_F16 ? c : c / QK));
-                }
-            for (int32_t c = cols; !failed && c < cols + GUARD; c++)
-                if (!is_sentinel(y[c])) {
-                    failed = 1;
-                    snprintf(why, sizeof why, "wrote y[%d] past the end", c);
-                }
+            fill_sentinel(y, cols + GUARD);
+            const int32_t rc = lr_spmv(&m.t, x, dense ? NULL : idx, dense ? rows : k, y);
+            const int failed = check_exact(y, want, cols, rc, why, sizeof why);
             snprintf(what, sizeof what, "exact halves: lr_spmv %s, all 65536 %s, %s", type_name(type),
-                     type == LR_F16 ? "values" : "scales", dense ? "idx=NULL" : "k=1");
+                     type == LR_F16 ? "values" : "scales", dense ? "idx=NULL" : type == LR_F16 ? "k=1" : "k=2");
             report(level, failed, what, 0.0, why);
         }
     }
-    free(m.alloc);
+    free_matrix(&m);
+    free(x);
     free(want);
     free(y);
 }
@@ -488,39 +905,26 @@ static void check_exact_dot(int32_t type) {
         }
         r++;
     }
-    float *x = malloc(sizeof(float) * (size_t)cols);
-    double *want = malloc(sizeof(double) * (size_t)rows);
+    float *x = xmalloc(sizeof(float) * (size_t)cols);
+    double *want = xmalloc(sizeof(double) * (size_t)rows);
     float *y = make_output(rows);
-    if (!x || !want) { fprintf(stderr, "out of memory\n"); exit(2); }
-    for (int32_t c = 0; c < cols; c++) x[c] = 1.0f;
+    for (int32_t c = 0; c < cols; c++) x[c] = c % QK == 0 ? 127.0f : 1.0f;
     for (int32_t i = 0; i < rows; i++) {
         want[i] = 0.0;
-        for (int32_t c = 0; c < cols; c++) want[i] += weight(&m.t, i, c);
+        for (int32_t c = 0; c < cols; c++) want[i] += weight(&m.t, i, c) * (double)x[c];
     }
     for (int32_t li = 0; li < g_nlevels; li++) {
         const int32_t level = g_levels[li];
         use_level(level);
         char what[160], why[200] = "";
-        const uint32_t bits = SENTINEL_BITS;
-        for (int32_t i = 0; i < rows + GUARD; i++) memcpy(&y[i], &bits, 4);
+        fill_sentinel(y, rows + GUARD);
         const int32_t rc = lr_dot_rows(&m.t, x, y);
-        int failed = rc != LR_OK;
-        if (failed) snprintf(why, sizeof why, "returned %d", rc);
-        for (int32_t i = 0; !failed && i < rows; i++)
-            if (!same_value(y[i], want[i])) {
-                failed = 1;
-                snprintf(why, sizeof why, "y[%d] = %.9g, exact %.9g", i, (double)y[i], want[i]);
-            }
-        for (int32_t i = rows; !failed && i < rows + GUARD; i++)
-            if (!is_sentinel(y[i])) {
-                failed = 1;
-                snprintf(why, sizeof why, "wrote y[%d] past the end", i);
-            }
+        const int failed = check_exact(y, want, rows, rc, why, sizeof why);
         snprintf(what, sizeof what, "exact halves: lr_dot_rows %s, all %d finite %s", type_name(type), rows,
                  type == LR_F16 ? "values" : "scales");
         report(level, failed, what, 0.0, why);
     }
-    free(m.alloc);
+    free_matrix(&m);
     free(x);
     free(want);
     free(y);
@@ -627,6 +1031,7 @@ static void check_topk(void) {
     report_other(rc != LR_EARG, "lr_topk k>n -> LR_EARG", why);
 }
 
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
@@ -640,13 +1045,12 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
 
 #if defined(__aarch64__)
-    const char *arch = "aarch64";
+    printf("kernel_check arch=aarch64 seed=%llu dotprod=%s\n", (unsigned long long)seed, lr_neon_dotprod() ? "yes" : "no");
 #elif defined(__x86_64__)
-    const char *arch = "x86_64";
+    printf("kernel_check arch=x86_64 seed=%llu\n", (unsigned long long)seed);
 #else
-    const char *arch = "other";
+    printf("kernel_check arch=other seed=%llu\n", (unsigned long long)seed);
 #endif
-    printf("kernel_check arch=%s seed=%llu\n", arch, (unsigned long long)seed);
     printf("levels:");
     for (int32_t l = 0; l < 4; l++) {
         const int avail = lr_simd_available(l);
@@ -670,27 +1074,42 @@ int main(int argc, char **argv) {
         }
     }
 
-    /* columns: every tile / chunk / tail combination of the float kernels (AVX-512 256/16/1,
-     * AVX2 64/8/1, NEON 32/1) and of the quantized ones (blocks: 1, 2, 3, 9, 17, 33) */
+    /* float weights: every tile / chunk / tail combination (AVX-512 256/16/1, AVX2 64/8/1, NEON 32/1) */
     static const int32_t fcols[] = {1, 3, 8, 16, 31, 40, 77, 96, 255, 256, 288, 300, 544, 1056};
-    static const int32_t qcols[] = {32, 64, 96, 288, 544, 1056};
     static const int32_t spmv_rows[] = {1, 7, 150};
     static const int32_t dot_rows[] = {1, 5, 37};
-    static const int32_t types[] = {LR_F32, LR_F16, LR_Q8_0, LR_Q4_0};
-    for (size_t ti = 0; ti < 4; ti++) {
-        const int32_t type = types[ti];
-        const int quant = type == LR_Q8_0 || type == LR_Q4_0;
-        const int32_t *cols = quant ? qcols : fcols;
-        const size_t ncols = quant ? sizeof qcols / sizeof qcols[0] : sizeof fcols / sizeof fcols[0];
-        for (size_t ci = 0; ci < ncols; ci++) {
-            for (size_t ri = 0; ri < 3; ri++) check_spmv(type, spmv_rows[ri], cols[ci]);
-            for (size_t ri = 0; ri < 3; ri++) check_dot(type, dot_rows[ri], cols[ci]);
+    /* _IM: 1, 2, 3, 5 and 17 chunks of 64 columns; 1, 2 and 5 groups of 32 inputs */
+    static const int32_t im_cols[] = {64, 128, 192, 320, 1088};
+    static const int32_t im_rows[] = {32, 64, 160};
+    /* ggml Q8_0 / Q4_0 rows: 1, 2, 3, 9, 17 and 33 blocks */
+    static const int32_t qcols[] = {32, 64, 96, 288, 544, 1056};
+    for (int32_t type = LR_F32; type <= LR_F16; type++)
+        for (size_t ci = 0; ci < sizeof fcols / sizeof fcols[0]; ci++) {
+            for (size_t ri = 0; ri < 3; ri++) check_spmv(type, spmv_rows[ri], fcols[ci]);
+            for (size_t ri = 0; ri < 3; ri++) check_dot(type, dot_rows[ri], fcols[ci]);
         }
+    static const int32_t im_types[] = {LR_Q8_0_IM, LR_Q4_0_IM}, q_types[] = {LR_Q8_0, LR_Q4_0};
+    for (size_t ti = 0; ti < 2; ti++) {
+        for (size_t ci = 0; ci < sizeof im_cols / sizeof im_cols[0]; ci++)
+            for (size_t ri = 0; ri < 3; ri++) check_spmv(im_types[ti], im_rows[ri], im_cols[ci]);
+        /* batches: one token, a few, the largest (LR_QGEMM_TOKENS) */
+        check_spmm(im_types[ti], 32, 64, 1);
+        check_spmm(im_types[ti], 64, 192, 5);
+        check_spmm(im_types[ti], 96, 1088, 3);
+        check_spmm(im_types[ti], 160, 320, LR_QGEMM_TOKENS);
+        for (size_t ci = 0; ci < sizeof qcols / sizeof qcols[0]; ci++)
+            for (size_t ri = 0; ri < 3; ri++) check_dot(q_types[ti], dot_rows[ri], qcols[ci]);
     }
-    for (size_t ti = 0; g_exhaustive && ti < 4; ti++) {
-        if (types[ti] != LR_F32) check_exact_spmv(types[ti]);
-        if (types[ti] != LR_F32) check_exact_dot(types[ti]);
+    check_nonfinite();
+    if (g_exhaustive) {
+        check_exact_spmv(LR_F16);
+        check_exact_spmv(LR_Q8_0_IM);
+        check_exact_spmv(LR_Q4_0_IM);
+        check_exact_dot(LR_F16);
+        check_exact_dot(LR_Q8_0);
+        check_exact_dot(LR_Q4_0);
     }
+    check_refusals();
     check_topk();
 
     long checks = g_other_checks, fails = g_other_fail;

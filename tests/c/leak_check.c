@@ -1,7 +1,7 @@
 /* leak_check: lr_model_new / lr_eval / lr_model_free cycles, for valgrind or LeakSanitizer.
  *
- * Builds a tiny random model (F32 and Q8_0 weights, 2 layers, GQA, scores and adapters present)
- * in memory and, per cycle, creates it with 1 and with 2 threads, sets a Top-K selection, evaluates
+ * Builds a tiny random model (2 layers, GQA, scores and adapters present: layer 0 F32, layer 1 the
+ * integer kernels' Q8_0_IM and Q4_0_IM weights, a ggml Q8_0 embedding and head) in memory and, per cycle, creates it with 1 and with 2 threads, sets a Top-K selection, evaluates
  * a prompt (the prefill path) and single tokens (the decode path), rewinds, and frees it. Each cycle
  * also takes every refusal path of lr_model_new: a bad shape, bad hyper-parameters, an out of range
  * n_ctx, and a KV cache no allocator grants (the ENOMEM path must free what it had allocated).
@@ -9,7 +9,7 @@
  * ASAN_OPTIONS=detect_leaks=1) does, and this program checks only that every call did what it says.
  *
  * Build: cc -O1 -g -std=c11 -D_GNU_SOURCE -pthread -I c_kernels tests/c/leak_check.c c_kernels/{kernels,
- *        simd_x86,simd_neon,threads,forward,prefill,membw}.c -lm
+ *        qmatvec,qmatvec_x86,qmatvec_neon,simd_x86,simd_neon,threads,forward,prefill,membw}.c -lm
  * Usage: leak_check [cycles]   Output: "leak_check: N cycles, M calls ok"; exit 0 only if all were ok.
  */
 #include <stdint.h>
@@ -35,11 +35,21 @@ static void *g_bufs[64];
 static int g_nbufs;
 
 static lr_tensor make(int32_t type, int32_t rows, int32_t cols) {
-    lr_tensor t = {type, rows, cols, NULL, 0};
+    lr_tensor t = {type, rows, cols, NULL, 0, NULL, 0};
     if (type == LR_F32) {
         float *w = malloc((size_t)rows * cols * sizeof(float));
         for (size_t i = 0; i < (size_t)rows * cols; i++) w[i] = rnd() * 0.3f;
         t.data = w, t.nbytes = (uint64_t)rows * cols * 4;
+    } else if (type == LR_Q8_0_IM || type == LR_Q4_0_IM) {
+        /* input-major codes (Q4: two per byte, any nibble) and one fp16 scale per (group of 32
+         * inputs, output): 0x2000 = 2^-7 (Q8), 0x2c00 = 2^-4 (Q4) */
+        const size_t n = type == LR_Q8_0_IM ? (size_t)rows * cols : (size_t)rows * cols / 2, ns = (size_t)rows / 32 * cols;
+        int8_t *w = malloc(n);
+        uint16_t *d = malloc(ns * sizeof(uint16_t));
+        for (size_t i = 0; i < n; i++) w[i] = (int8_t)(type == LR_Q8_0_IM ? rnd() * 60.0f : rnd() * 255.0f);
+        for (size_t i = 0; i < ns; i++) d[i] = type == LR_Q8_0_IM ? 0x2000 : 0x2c00;
+        t.data = w, t.nbytes = n, t.scale = d, t.scale_nbytes = ns * sizeof(uint16_t);
+        g_bufs[g_nbufs++] = d;
     } else {   /* Q8_0: 32 int8 + one fp16 scale (0x2000 = 2^-7) per block */
         const size_t blocks = (size_t)rows * cols / 32;
         uint8_t *w = malloc(blocks * 34);
@@ -127,12 +137,12 @@ int main(int argc, char **argv) {
     lr_layer layers[LAYERS];
     memset(layers, 0, sizeof(layers));
     for (int l = 0; l < LAYERS; l++) {
-        const int32_t t = l ? LR_Q8_0 : LR_F32;
+        const int32_t t8 = l ? LR_Q8_0_IM : LR_F32, t4 = l ? LR_Q4_0_IM : LR_F32;
         layers[l].adapter = make(LR_F32, DIM, DIM);
-        layers[l].wqkv = make(t, DIM, (HEADS + 2 * KV_HEADS) * HD);
-        layers[l].wo = make(t, HEADS * HD, DIM);
-        layers[l].wgu = make(t, DIM, 2 * FF);
-        layers[l].wdown = make(t, FF, DIM);
+        layers[l].wqkv = make(t8, DIM, (HEADS + 2 * KV_HEADS) * HD);
+        layers[l].wo = make(t4, HEADS * HD, DIM);
+        layers[l].wgu = make(t8, DIM, 2 * FF);
+        layers[l].wdown = make(t4, FF, DIM);
         const int32_t width[4] = {DIM, HEADS * HD, DIM, FF};
         for (int b = 0; b < 4; b++) layers[l].score[b] = ones(width[b]);
     }

@@ -1,0 +1,232 @@
+/* Integer matvecs: activations quantized to 8 bits (llama.cpp's Q8_0 activations), weights in
+ * 8 or 4 bits, products summed exactly in int32 per group of 32 inputs, then scaled in float.
+ *
+ * Input-major weights (Q8_0_IM, Q4_0_IM; FORMAT.md "Input-major quantized types"): row i holds
+ * input i's codes for every output, and a separate table holds one fp16 scale per (group of 32
+ * inputs, output), so W[i][c] = d[i / 32][c] * q[i][c]. This is ggml's Q8_0 / Q4_0 of the
+ * output-major weight (blocks of 32 along the inputs), stored transposed: a selected input is one
+ * contiguous row, and the 32 inputs sharing a scale can be summed in integers, which is what the
+ * dot-product instructions (VNNI, AVX2 maddubs, NEON sdot) do 4 inputs at a time.
+ *
+ *   y[c] = sum over groups g with a selected input, in ascending order, of
+ *          fmaf((float) isum[g][c], d[g][c] * dx[g], y)      isum[g][c] = sum_i q[i][c] xq[i]
+ *
+ * isum is exact, so every kernel (scalar, AVX2, AVX-512, NEON) and the batched prompt path give
+ * bit-identical results: only the order of the float steps matters, and it is fixed above.
+ * The output-major head (ggml Q8_0 / Q4_0 rows) is an integer dot product per 32-block, with the
+ * float steps fixed the same way (lr_qdot_ref below). */
+#include <float.h>
+#include <stdlib.h>
+
+#include "kernels.h"
+
+/* ---- activation quantization (shared by every SIMD level: one rounding, one order) ------------ */
+
+/* scale and codes of a block of values: dx = max |v| / 127, q = round-half-even(v * (1 / dx)); a
+ * block with a NaN or Inf gets dx = NaN and zero codes, so the NaN reaches the output. A block
+ * whose 1 / dx overflows (max |v| below ~3.7e-37) gets zero codes: its terms are that small. */
+static inline float quant_scale(float amax, int finite) {
+    return finite ? amax / 127.0f : NAN;
+}
+static inline float quant_inv(float dx) {
+    const float id = dx > 0.0f ? 1.0f / dx : 0.0f;   /* dx NaN: 0 */
+    return id <= FLT_MAX ? id : 0.0f;
+}
+static inline int8_t quant_one(float v, float id) {
+    const float r = nearbyintf(v * id);
+    return (int8_t)(r >= 127.0f ? 127 : r <= -127.0f ? -127 : r == r ? (int)r : 0);
+}
+
+void *lr_qsel_new(int32_t n, lr_qsel *s) {
+    const size_t entries = (size_t)n + 3 * (size_t)(n / QK) + 4, groups = (size_t)(n / QK) + 2;
+    char *p = malloc(entries * (sizeof(int32_t) + 1) + groups * 4 * sizeof(int32_t));
+    if (!p) return NULL;
+    s->row = (int32_t *)p;
+    s->group = s->row + entries;
+    s->start = s->group + groups;
+    s->sx = s->start + groups;
+    s->dx = (float *)(s->sx + groups);
+    s->xq = (int8_t *)(s->dx + groups);
+    return p;
+}
+
+void *lr_qbatch_new(int32_t n, int32_t rows, lr_qbatch *b) {
+    const size_t cells = (size_t)n * (size_t)(rows / QK);
+    char *p = malloc(cells * (sizeof(float) + sizeof(int32_t) + 1) + (size_t)n * (size_t)rows);
+    if (!p) return NULL;
+    b->n = n;
+    b->dx = (float *)p;
+    b->sx = (int32_t *)(b->dx + cells);
+    b->has = (uint8_t *)(b->sx + cells);
+    b->xq = (int8_t *)(b->has + cells);
+    return p;
+}
+
+void lr_qbatch_row(lr_qbatch *b, int32_t t, int32_t rows, const float *x, const uint8_t *mask) {
+    const int32_t G = rows / QK;
+    int8_t *xq = b->xq + (int64_t)t * rows;
+    for (int32_t g = 0; g < G; g++) {
+        float amax = 0.0f;
+        int finite = 1, any = 0;
+        for (int32_t i = g * QK; i < (g + 1) * QK; i++) {
+            if (!mask[i]) continue;
+            const float a = fabsf(x[i]);
+            finite &= a <= FLT_MAX;
+            amax = a > amax ? a : amax;
+            any = 1;
+        }
+        const float dx = quant_scale(amax, finite), id = quant_inv(dx);
+        int32_t sum = 0;
+        for (int32_t i = g * QK; i < (g + 1) * QK; i++) sum += xq[i] = mask[i] ? quant_one(x[i], id) : 0;
+        b->dx[(int64_t)t * G + g] = dx;
+        b->sx[(int64_t)t * G + g] = sum;
+        b->has[(int64_t)t * G + g] = (uint8_t)any;
+    }
+}
+
+int32_t lr_qsel_build(const float *x, const int32_t *idx, int32_t k, lr_qsel *s) {
+    int32_t ng = 0, o = 0, j = 0;
+    while (j < k) {
+        const int32_t g = (idx ? idx[j] : j) / QK, j0 = j;
+        float amax = 0.0f;
+        int finite = 1;
+        for (; j < k && (idx ? idx[j] : j) / QK == g; j++) {
+            const float a = fabsf(x[idx ? idx[j] : j]);
+            finite &= a <= FLT_MAX;
+            amax = a > amax ? a : amax;
+        }
+        const float dx = quant_scale(amax, finite), id = quant_inv(dx);
+        int32_t sum = 0;
+        s->group[ng] = g;
+        s->start[ng] = o;
+        s->dx[ng] = dx;
+        for (int32_t t = j0; t < j; t++) {
+            const int32_t i = idx ? idx[t] : t;
+            const int8_t q = quant_one(x[i], id);
+            s->row[o] = i;
+            s->xq[o++] = q;
+            sum += q;
+        }
+        while ((o - s->start[ng]) % 4) {   /* pad to whole quads: zero weight on a real row */
+            s->row[o] = s->row[o - 1];
+            s->xq[o++] = 0;
+        }
+        s->sx[ng++] = sum;
+    }
+    s->n_groups = ng;
+    s->start[ng] = o;
+    return ng;
+}
+
+void lr_quantize_blocks(const float *x, int32_t n, int8_t *xq, float *dx, int32_t *sx) {
+    for (int32_t b = 0; b < n / QK; b++) {
+        const float *v = x + (int64_t)b * QK;
+        float amax = 0.0f;
+        int finite = 1;
+        for (int t = 0; t < QK; t++) {
+            const float a = fabsf(v[t]);
+            finite &= a <= FLT_MAX;
+            amax = a > amax ? a : amax;
+        }
+        dx[b] = quant_scale(amax, finite);
+        const float id = quant_inv(dx[b]);
+        int32_t sum = 0;
+        for (int t = 0; t < QK; t++) sum += xq[(int64_t)b * QK + t] = quant_one(v[t], id);
+        if (sx) sx[b] = sum;
+    }
+}
+
+/* ---- scalar references ------------------------------------------------------------------------ */
+
+/* q[i][c] of an input-major quantized weight */
+static inline int32_t im_code(const lr_tensor *w, int64_t i, int32_t c) {
+    if (w->type == LR_Q8_0_IM) return ((const int8_t *)w->data)[i * w->cols + c];
+    const uint8_t b = ((const uint8_t *)w->data)[i * (w->cols / 2) + c / 64 * 32 + c % 32];
+    return (int32_t)(c % 64 < 32 ? b & 0x0f : b >> 4) - 8;
+}
+
+/* y[c] for c in [c0, c1) (multiples of 64); acc: c1 - c0 int32 of scratch */
+static void qspmv_ref(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0, int32_t c1, int32_t *acc) {
+    const uint16_t *d = w->scale;
+    for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
+    for (int32_t gi = 0; gi < s->n_groups; gi++) {
+        for (int32_t c = c0; c < c1; c++) acc[c - c0] = 0;
+        for (int32_t j = s->start[gi]; j < s->start[gi + 1]; j++)
+            for (int32_t c = c0; c < c1; c++) acc[c - c0] += im_code(w, s->row[j], c) * s->xq[j];
+        const uint16_t *dg = d + (int64_t)s->group[gi] * w->cols;
+        for (int32_t c = c0; c < c1; c++) {
+            const float sc = fp16_to_fp32(dg[c]) * s->dx[gi];
+            y[c] = fmaf((float)acc[c - c0], sc, y[c]);
+        }
+    }
+}
+
+/* The batched form (prompts): Y[t][c0:c1] for every token t of b, each with its own selection
+ * (xq zero at the inputs it did not select, has[t][g] = 1 where it selected any input of g), so
+ * that token t gets exactly what qspmv gives it alone. */
+static void qgemm_ref(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t ldy, int32_t c0, int32_t c1,
+                      void *scratch) {
+    const uint16_t *d = w->scale;
+    const int32_t G = w->rows / QK;
+    int32_t *acc = scratch;
+    for (int32_t t = 0; t < b->n; t++) {
+        float *y = Y + (int64_t)t * ldy;
+        const int8_t *xq = b->xq + (int64_t)t * w->rows;
+        for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
+        for (int32_t g = 0; g < G; g++) {
+            if (!b->has[(int64_t)t * G + g]) continue;
+            for (int32_t c = c0; c < c1; c++) acc[c - c0] = 0;
+            for (int32_t i = g * QK; i < (g + 1) * QK; i++)
+                for (int32_t c = c0; c < c1; c++) acc[c - c0] += im_code(w, i, c) * xq[i];
+            const float dx = b->dx[(int64_t)t * G + g];
+            for (int32_t c = c0; c < c1; c++) {
+                const float sc = fp16_to_fp32(d[(int64_t)g * w->cols + c]) * dx;
+                y[c] = fmaf((float)acc[c - c0], sc, y[c]);
+            }
+        }
+    }
+}
+
+/* Output-major rows (ggml Q8_0 / Q4_0) against x quantized by lr_quantize_blocks. Per block, eight
+ * lanes of four products each (as a 256-bit integer dot product leaves them) are scaled into eight
+ * float lanes; the lanes are added at the end as ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7)). */
+static inline float lanes_sum(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+static void qdot_ref(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {
+    const int32_t nb = w->cols / QK;
+    for (int32_t r = r0; r < r1; r++) {
+        float a[8] = {0};
+        for (int32_t blk = 0; blk < nb; blk++) {
+            int32_t q[QK];
+            float dw;
+            if (w->type == LR_Q8_0) {
+                const block_q8_0 *b = (const block_q8_0 *)lr_row(w, r) + blk;
+                for (int t = 0; t < QK; t++) q[t] = b->qs[t];
+                dw = fp16_to_fp32(b->d);
+            } else {
+                const block_q4_0 *b = (const block_q4_0 *)lr_row(w, r) + blk;
+                for (int t = 0; t < QK / 2; t++) {
+                    q[t] = (b->qs[t] & 0x0f) - 8;
+                    q[t + QK / 2] = (b->qs[t] >> 4) - 8;
+                }
+                dw = fp16_to_fp32(b->d);
+            }
+            const float sc = dw * x->dx[blk];
+            const int8_t *xq = x->xq + (int64_t)blk * QK;
+            for (int l = 0; l < 8; l++) {
+                int32_t s = 0;
+                for (int m = 0; m < 4; m++) s += q[4 * l + m] * xq[4 * l + m];
+                a[l] = fmaf((float)s, sc, a[l]);
+            }
+        }
+        y[r] = lanes_sum(a);
+    }
+}
+
+const lr_qkernel_table lr_qkernels_scalar = {
+    {qspmv_ref, qspmv_ref},
+    {qgemm_ref, qgemm_ref},
+    {qdot_ref, qdot_ref},
+};

@@ -1,0 +1,389 @@
+/* Integer kernels for x86: AVX-512 with VNNI (vpdpbusd: 4 u8 x s8 products per int32 lane) and
+ * AVX2 (vpmaddubsw + vpmaddwd). Each mirrors a reference in qmatvec.c and gives bit-identical
+ * results: the integer sums are exact and the float steps run in the reference's order.
+ *
+ * Input-major matvec (qspmv): the selected inputs of a group are taken 4 rows at a time (8 per pass
+ * on AVX-512); the 4 rows' codes are interleaved byte-wise (unpack 8, then 16 bits), so that each
+ * int32 lane holds one output's 4 products, and added into an int32 accumulator per output kept in
+ * L1. After the group, the accumulators are put back in column order (the unpacks work within
+ * 128-bit lanes), scaled and added into y. Software prefetch brings the next pass's rows into L2:
+ * each selected row starts a new stream (often a new page), which the hardware prefetchers learn
+ * too late.
+ * vpdpbusd multiplies unsigned by signed bytes: Q8 codes are flipped to q + 128 (xor 0x80) and
+ * 128 sum(xq) is taken off after; Q4 codes are stored as q + 8 and 8 sum(xq) is taken off.
+ * vpmaddubsw saturates pairs of u8 x s8 products past 32767: Q8 uses |q| and sign(x, q) instead
+ * (at most 2 * 127 * 127), Q4 codes are small enough as they are.
+ */
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
+#ifndef PF_ROWS
+#define PF_ROWS 16     /* how far ahead (selected rows) the AVX-512 matvec prefetches */
+#endif
+
+int lr_cpu_has_vnni(void) {
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw");
+}
+
+/* ================================ AVX-512 VNNI ============================================= */
+
+/* 64 codes of a row as unsigned bytes (q + off), columns c .. c + 63 */
+VNNI static inline __m512i ld_q8_512(const uint8_t *row, int32_t c) {
+    return _mm512_xor_si512(_mm512_loadu_si512(row + c), _mm512_set1_epi8((char)0x80));
+}
+VNNI static inline __m512i ld_q4_512(const uint8_t *row, int32_t c) {
+    /* the chunk's 32 bytes in both halves; the high half takes the high nibbles */
+    const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(row + c / 2)));
+    return _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4), _mm512_set1_epi8(0x0f));
+}
+
+/* acc[0..3] += 4 rows (a, b, c, d) x the 4 bytes of xv; acc[k] 128-bit lane l = columns 16 l + 4 k .. +3 */
+VNNI static inline void quad_512(__m512i a, __m512i b, __m512i c, __m512i d, __m512i xv, __m512i acc[4]) {
+    const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+    const __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
+    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(ab_lo, cd_lo), xv);
+    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(ab_lo, cd_lo), xv);
+    acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(ab_hi, cd_hi), xv);
+    acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(ab_hi, cd_hi), xv);
+}
+
+/* the 4 accumulators of 64 columns in column order: z[j] = columns 16 j .. 16 j + 15 */
+VNNI static inline void unshuffle_512(const __m512i v[4], __m512i z[4]) {
+    const __m512i t0 = _mm512_shuffle_i32x4(v[0], v[1], 0x44), t1 = _mm512_shuffle_i32x4(v[0], v[1], 0xee);
+    const __m512i t2 = _mm512_shuffle_i32x4(v[2], v[3], 0x44), t3 = _mm512_shuffle_i32x4(v[2], v[3], 0xee);
+    z[0] = _mm512_shuffle_i32x4(t0, t2, 0x88);
+    z[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
+    z[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);
+    z[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+}
+
+/* y[c .. c + 63] = fma(float(isum), d * dx, y) for the 4 accumulators v (isum = v - corr) */
+VNNI static inline void flush_512(const __m512i v[4], __m512i corr, const uint16_t *d, float dx, float *y) {
+    __m512i u[4], z[4];
+    for (int t = 0; t < 4; t++) u[t] = _mm512_sub_epi32(v[t], corr);
+    unshuffle_512(u, z);
+    const __m512 dxv = _mm512_set1_ps(dx);
+    for (int t = 0; t < 4; t++) {
+        const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * t))), dxv);
+        _mm512_storeu_ps(y + 16 * t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(z[t]), s, _mm512_loadu_ps(y + 16 * t)));
+    }
+}
+
+#define QSPMV_512(NAME, LOAD, RB, OFF)                                                             \
+    VNNI static void NAME(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0, int32_t c1,  \
+                          int32_t *acc) {                                                          \
+        const uint8_t *codes = w->data;                                                            \
+        const uint16_t *scale = w->scale;                                                          \
+        const int64_t ld = (int64_t)w->cols * RB / 2;   /* bytes per row */                       \
+        const int32_t nch = (c1 - c0) / 64;                                                        \
+        for (int32_t c = c0; c < c1; c += 16) _mm512_storeu_ps(y + c, _mm512_setzero_ps());        \
+        for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
+            const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
+            for (int32_t j = j0; j < j1;) {                                                        \
+                const int32_t nr = j1 - j >= 8 ? 8 : 4;   /* rows this pass */                     \
+                /* rows two passes ahead (the groups' entries follow each other): each selected row \
+                 * is a new stream, so its first lines are fetched while the rows before it run */ \
+                const int32_t jn = j + PF_ROWS + 8 <= s->start[s->n_groups] ? j + PF_ROWS : j;      \
+                const uint8_t *r[8], *p[8];                                                        \
+                for (int u = 0; u < nr; u++) r[u] = codes + s->row[j + u] * ld;                    \
+                for (int u = 0; u < 8; u++) p[u] = codes + s->row[jn + u] * ld;                    \
+                int32_t x0, x1 = 0;                                                                \
+                memcpy(&x0, s->xq + j, 4);                                                         \
+                if (nr == 8) memcpy(&x1, s->xq + j + 4, 4);                                        \
+                const __m512i xv0 = _mm512_set1_epi32(x0), xv1 = _mm512_set1_epi32(x1);            \
+                const int first = j == j0;                                                         \
+                for (int32_t ch = 0; ch < nch; ch++) {                                             \
+                    const int32_t c = c0 + 64 * ch;                                                \
+                    if (RB == 2 || !(ch & 1))                                                      \
+                        for (int u = 0; u < 8; u++) PREFETCH(p[u] + c * RB / 2);                   \
+                    int32_t *A = acc + 64 * ch;                                                    \
+                    __m512i a[4];                                                                  \
+                    for (int t = 0; t < 4; t++)                                                    \
+                        a[t] = first ? _mm512_setzero_si512() : _mm512_load_si512(A + 16 * t);     \
+                    quad_512(LOAD(r[0], c), LOAD(r[1], c), LOAD(r[2], c), LOAD(r[3], c), xv0, a);  \
+                    if (nr == 8) quad_512(LOAD(r[4], c), LOAD(r[5], c), LOAD(r[6], c), LOAD(r[7], c), xv1, a); \
+                    for (int t = 0; t < 4; t++) _mm512_store_si512(A + 16 * t, a[t]);              \
+                }                                                                                  \
+                j += nr;                                                                           \
+            }                                                                                      \
+            const __m512i corr = _mm512_set1_epi32(OFF * s->sx[gi]);                               \
+            const uint16_t *dg = scale + (int64_t)s->group[gi] * w->cols;                          \
+            for (int32_t ch = 0; ch < nch; ch++) {                                                 \
+                const int32_t c = c0 + 64 * ch;                                                    \
+                __m512i a[4];                                                                      \
+                for (int t = 0; t < 4; t++) a[t] = _mm512_load_si512(acc + 64 * ch + 16 * t);      \
+                flush_512(a, corr, dg + c, s->dx[gi], y + c);                                      \
+            }                                                                                      \
+        }                                                                                          \
+    }
+QSPMV_512(qspmv_q8_512, ld_q8_512, 2, 128)
+QSPMV_512(qspmv_q4_512, ld_q4_512, 1, 8)
+
+/* Batched (prompt): per 64-column chunk, each group's 32 rows are interleaved once into a panel
+ * (8 quads x 4 vectors) and every token of the batch multiplies it (the weights are read once per
+ * batch). Token t's partial outputs stay in a 64-column tile in the accumulators' lane order (the
+ * group's scales are put in that order once), and are put back in column order at the end. */
+#define QGEMM_512(NAME, LOAD, RB, OFF)                                                             \
+    VNNI static void NAME(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t ldy, int32_t c0, \
+                          int32_t c1, void *scratch) {                                             \
+        const uint8_t *codes = w->data;                                                            \
+        const uint16_t *scale = w->scale;                                                          \
+        const int64_t ld = (int64_t)w->cols * RB / 2;                                              \
+        const int32_t G = w->rows / QK, n = b->n;                                                  \
+        __m512i *panel = scratch;                      /* [8 quads][4] */                          \
+        float *tile = (float *)(panel + 32);           /* [n][64], lane order */                  \
+        for (int32_t c = c0; c < c1; c += 64) {                                                    \
+            memset(tile, 0, (size_t)n * 64 * sizeof(float));                                       \
+            for (int32_t g = 0; g < G; g++) {                                                      \
+                const uint8_t *r = codes + (int64_t)g * QK * ld;                                   \
+                for (int q = 0; q < 8; q++) {                                                      \
+                    const __m512i x0 = LOAD(r + (4 * q) * ld, c), x1 = LOAD(r + (4 * q + 1) * ld, c); \
+                    const __m512i x2 = LOAD(r + (4 * q + 2) * ld, c), x3 = LOAD(r + (4 * q + 3) * ld, c); \
+                    const __m512i ab_lo = _mm512_unpacklo_epi8(x0, x1), ab_hi = _mm512_unpackhi_epi8(x0, x1); \
+                    const __m512i cd_lo = _mm512_unpacklo_epi8(x2, x3), cd_hi = _mm512_unpackhi_epi8(x2, x3); \
+                    panel[4 * q + 0] = _mm512_unpacklo_epi16(ab_lo, cd_lo);                        \
+                    panel[4 * q + 1] = _mm512_unpackhi_epi16(ab_lo, cd_lo);                        \
+                    panel[4 * q + 2] = _mm512_unpacklo_epi16(ab_hi, cd_hi);                        \
+                    panel[4 * q + 3] = _mm512_unpackhi_epi16(ab_hi, cd_hi);                        \
+                }                                                                                  \
+                if (g + 1 < G)                                                                     \
+                    for (int i = 0; i < QK; i++) PREFETCH(r + (QK + i) * ld + c * RB / 2);         \
+                /* the scales in lane order: the inverse of unshuffle_512 is itself */              \
+                __m512i sd[4], sl[4];                                                              \
+                __m512 sc[4];                                                                      \
+                const uint16_t *dg = scale + (int64_t)g * w->cols + c;                             \
+                for (int t = 0; t < 4; t++)                                                        \
+                    sd[t] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dg + 16 * t)))); \
+                unshuffle_512(sd, sl);                                                             \
+                for (int t = 0; t < 4; t++) sc[t] = _mm512_castsi512_ps(sl[t]);                    \
+                for (int32_t tk = 0; tk < n; tk++) {                                               \
+                    if (!b->has[(int64_t)tk * G + g]) continue;                                    \
+                    const int8_t *xq = b->xq + (int64_t)tk * w->rows + g * QK;                     \
+                    __m512i a[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(),                \
+                                    _mm512_setzero_si512(), _mm512_setzero_si512()};               \
+                    for (int q = 0; q < 8; q++) {                                                  \
+                        int32_t xw;                                                                \
+                        memcpy(&xw, xq + 4 * q, 4);                                                \
+                        const __m512i xv = _mm512_set1_epi32(xw);                                  \
+                        for (int t = 0; t < 4; t++) a[t] = _mm512_dpbusd_epi32(a[t], panel[4 * q + t], xv); \
+                    }                                                                              \
+                    const __m512i corr = _mm512_set1_epi32(OFF * b->sx[(int64_t)tk * G + g]);      \
+                    const __m512 dxv = _mm512_set1_ps(b->dx[(int64_t)tk * G + g]);                 \
+                    float *yt = tile + (int64_t)tk * 64;                                           \
+                    for (int t = 0; t < 4; t++) {                                                  \
+                        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(a[t], corr));         \
+                        _mm512_storeu_ps(yt + 16 * t, _mm512_fmadd_ps(f, _mm512_mul_ps(sc[t], dxv), \
+                                                                      _mm512_loadu_ps(yt + 16 * t))); \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            for (int32_t tk = 0; tk < n; tk++) {                                                   \
+                __m512i v[4], z[4];                                                                \
+                for (int t = 0; t < 4; t++) v[t] = _mm512_castps_si512(_mm512_loadu_ps(tile + (int64_t)tk * 64 + 16 * t)); \
+                unshuffle_512(v, z);                                                               \
+                for (int t = 0; t < 4; t++) _mm512_storeu_ps(Y + (int64_t)tk * ldy + c + 16 * t, _mm512_castsi512_ps(z[t])); \
+            }                                                                                      \
+        }                                                                                          \
+    }
+QGEMM_512(qgemm_q8_512, ld_q8_512, 2, 128)
+QGEMM_512(qgemm_q4_512, ld_q4_512, 1, 8)
+
+/* ---- output-major rows (the head): 256-bit dot products, as the reference's eight lanes ---------- */
+
+AVX2 static inline float hsum8(__m256 v) {   /* ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7)) */
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* the 32 signed codes of a block */
+AVX2 static inline __m256i blk_q8(const void *b) { return _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)b)->qs); }
+AVX2 static inline __m256i blk_q4(const void *b) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)((const block_q4_0 *)b)->qs);
+    const __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
+    return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
+}
+
+/* int32 lane l = sum of the 4 products of bytes 4l .. 4l + 3 (q signed, x signed) */
+VNNI static inline __m256i dot4_vnni(__m256i q, __m256i x) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(q), _mm256_sign_epi8(x, q));
+}
+AVX2 static inline __m256i dot4_avx2(__m256i q, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q)), _mm256_set1_epi16(1));
+}
+
+#define QDOT(ATTR, NAME, BLOCK, DECODE, DOT4)                                                      \
+    ATTR static void NAME(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {  \
+        const int32_t nb = w->cols / QK;                                                           \
+        for (int32_t r = r0; r < r1; r++) {                                                        \
+            const BLOCK *b = (const BLOCK *)lr_row(w, r);                                          \
+            __m256 acc = _mm256_setzero_ps();                                                      \
+            for (int32_t blk = 0; blk < nb; blk++) {                                               \
+                const __m256i s = DOT4(DECODE(&b[blk]), _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK))); \
+                const float sc = _cvtsh_ss(b[blk].d) * x->dx[blk];                                 \
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc), acc);             \
+            }                                                                                      \
+            y[r] = hsum8(acc);                                                                     \
+        }                                                                                          \
+    }
+QDOT(VNNI, qdot_q8_vnni, block_q8_0, blk_q8, dot4_vnni)
+QDOT(VNNI, qdot_q4_vnni, block_q4_0, blk_q4, dot4_vnni)
+QDOT(AVX2, qdot_q8_avx2, block_q8_0, blk_q8, dot4_avx2)
+QDOT(AVX2, qdot_q4_avx2, block_q4_0, blk_q4, dot4_avx2)
+
+const lr_qkernel_table lr_qkernels_avx512vnni = {
+    {qspmv_q8_512, qspmv_q4_512},
+    {qgemm_q8_512, qgemm_q4_512},
+    {qdot_q8_vnni, qdot_q4_vnni},
+};
+
+/* ================================ AVX2 ===================================================== */
+
+/* 64 codes of a row, columns c .. c + 63, as two vectors of 32: Q8 signed, Q4 unsigned (q + 8) */
+AVX2 static inline void ld_q8_256(const uint8_t *row, int32_t c, __m256i v[2]) {
+    v[0] = _mm256_loadu_si256((const __m256i *)(row + c));
+    v[1] = _mm256_loadu_si256((const __m256i *)(row + c + 32));
+}
+AVX2 static inline void ld_q4_256(const uint8_t *row, int32_t c, __m256i v[2]) {
+    const __m256i b = _mm256_loadu_si256((const __m256i *)(row + c / 2)), m = _mm256_set1_epi8(0x0f);
+    v[0] = _mm256_and_si256(b, m);
+    v[1] = _mm256_and_si256(_mm256_srli_epi16(b, 4), m);
+}
+/* int32 lanes of 4 products: signed codes (|q| and sign(x, q) against vpmaddubsw's saturation) or
+ * unsigned ones (q + 8 <= 15: no saturation) */
+AVX2 static inline __m256i dot_q8_256(__m256i q, __m256i x) { return dot4_avx2(q, x); }
+AVX2 static inline __m256i dot_q4_256(__m256i u, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+}
+
+/* 4 rows (32 columns each) interleaved into 4 vectors; vector k 128-bit lane l = columns 16 l + 4 k .. +3 */
+AVX2 static inline void interleave_256(__m256i a, __m256i b, __m256i c, __m256i d, __m256i out[4]) {
+    const __m256i ab_lo = _mm256_unpacklo_epi8(a, b), ab_hi = _mm256_unpackhi_epi8(a, b);
+    const __m256i cd_lo = _mm256_unpacklo_epi8(c, d), cd_hi = _mm256_unpackhi_epi8(c, d);
+    out[0] = _mm256_unpacklo_epi16(ab_lo, cd_lo);
+    out[1] = _mm256_unpackhi_epi16(ab_lo, cd_lo);
+    out[2] = _mm256_unpacklo_epi16(ab_hi, cd_hi);
+    out[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
+}
+
+/* y[c .. c + 31] = fma(float(v - corr), d * dx, y), v in the lane order of interleave_256 */
+AVX2 static inline void flush_256(const __m256i v[4], __m256i corr, const uint16_t *d, float dx, float *y) {
+    __m256i u[4];
+    for (int t = 0; t < 4; t++) u[t] = _mm256_sub_epi32(v[t], corr);
+    const __m256i z[4] = {_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[2], u[3], 0x20),
+                          _mm256_permute2x128_si256(u[0], u[1], 0x31), _mm256_permute2x128_si256(u[2], u[3], 0x31)};
+    const __m256 dxv = _mm256_set1_ps(dx);
+    for (int t = 0; t < 4; t++) {
+        const __m256 s = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(d + 8 * t))), dxv);
+        _mm256_storeu_ps(y + 8 * t, _mm256_fmadd_ps(_mm256_cvtepi32_ps(z[t]), s, _mm256_loadu_ps(y + 8 * t)));
+    }
+}
+
+#define QSPMV_256(NAME, LOAD, DOT, RB, OFF)                                                        \
+    AVX2 static void NAME(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0, int32_t c1,  \
+                          int32_t *acc) {                                                          \
+        const uint8_t *codes = w->data;                                                            \
+        const int64_t ld = (int64_t)w->cols * RB / 2;                                              \
+        const int32_t nch = (c1 - c0) / 64;                                                        \
+        for (int32_t c = c0; c < c1; c += 8) _mm256_storeu_ps(y + c, _mm256_setzero_ps());        \
+        for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
+            const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
+            for (int32_t j = j0; j < j1; j += 4) {                                                 \
+                const int32_t jn = j + 8 <= s->start[s->n_groups] ? j + 4 : j;                     \
+                const uint8_t *r[4], *p[4];                                                        \
+                for (int u = 0; u < 4; u++) {                                                      \
+                    r[u] = codes + s->row[j + u] * ld;                                             \
+                    p[u] = codes + s->row[jn + u] * ld;                                            \
+                }                                                                                  \
+                int32_t xw;                                                                        \
+                memcpy(&xw, s->xq + j, 4);                                                         \
+                const __m256i xv = _mm256_set1_epi32(xw);                                          \
+                for (int32_t ch = 0; ch < nch; ch++) {                                             \
+                    const int32_t c = c0 + 64 * ch;                                                \
+                    if (RB == 2 || !(ch & 1))                                                      \
+                        for (int u = 0; u < 4; u++) PREFETCH(p[u] + c * RB / 2);                   \
+                    __m256i q[4][2], v[4];                                                         \
+                    for (int u = 0; u < 4; u++) LOAD(r[u], c, q[u]);                               \
+                    for (int h = 0; h < 2; h++) {                                                  \
+                        int32_t *A = acc + 64 * ch + 32 * h;                                       \
+                        interleave_256(q[0][h], q[1][h], q[2][h], q[3][h], v);                     \
+                        for (int t = 0; t < 4; t++) {                                              \
+                            const __m256i p4 = DOT(v[t], xv);                                      \
+                            _mm256_store_si256((__m256i *)(A + 8 * t), j == j0 ? p4 :              \
+                                _mm256_add_epi32(_mm256_load_si256((const __m256i *)(A + 8 * t)), p4)); \
+                        }                                                                          \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            const __m256i corr = _mm256_set1_epi32(OFF * s->sx[gi]);                               \
+            const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)s->group[gi] * w->cols;     \
+            for (int32_t h = 0; h < 2 * nch; h++) {                                                \
+                __m256i v[4];                                                                      \
+                for (int t = 0; t < 4; t++) v[t] = _mm256_load_si256((const __m256i *)(acc + 32 * h + 8 * t)); \
+                flush_256(v, corr, dg + c0 + 32 * h, s->dx[gi], y + c0 + 32 * h);                 \
+            }                                                                                      \
+        }                                                                                          \
+    }
+QSPMV_256(qspmv_q8_256, ld_q8_256, dot_q8_256, 2, 0)
+QSPMV_256(qspmv_q4_256, ld_q4_256, dot_q4_256, 1, 8)
+
+/* Batched (prompt): each group's 32 rows of a 64-column chunk interleaved once into a panel, then
+ * every token of the batch multiplies it; flushed per token straight into Y. */
+#define QGEMM_256(NAME, LOAD, DOT, RB, OFF)                                                        \
+    AVX2 static void NAME(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t ldy, int32_t c0, \
+                          int32_t c1, void *scratch) {                                             \
+        const uint8_t *codes = w->data;                                                            \
+        const int64_t ld = (int64_t)w->cols * RB / 2;                                              \
+        const int32_t G = w->rows / QK, n = b->n;                                                  \
+        __m256i *panel = scratch;                      /* [8 quads][2 halves][4] */                \
+        for (int32_t c = c0; c < c1; c += 64) {                                                    \
+            for (int32_t tk = 0; tk < n; tk++)                                                     \
+                for (int t = 0; t < 8; t++) _mm256_storeu_ps(Y + (int64_t)tk * ldy + c + 8 * t, _mm256_setzero_ps()); \
+            for (int32_t g = 0; g < G; g++) {                                                      \
+                const uint8_t *r = codes + (int64_t)g * QK * ld;                                   \
+                for (int qd = 0; qd < 8; qd++) {                                                   \
+                    __m256i q[4][2];                                                               \
+                    for (int u = 0; u < 4; u++) LOAD(r + (4 * qd + u) * ld, c, q[u]);              \
+                    for (int h = 0; h < 2; h++)                                                    \
+                        interleave_256(q[0][h], q[1][h], q[2][h], q[3][h], panel + 8 * qd + 4 * h); \
+                }                                                                                  \
+                const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)g * w->cols + c;        \
+                for (int32_t tk = 0; tk < n; tk++) {                                               \
+                    if (!b->has[(int64_t)tk * G + g]) continue;                                    \
+                    const int8_t *xq = b->xq + (int64_t)tk * w->rows + g * QK;                     \
+                    __m256i a[2][4];                                                               \
+                    for (int h = 0; h < 2; h++)                                                    \
+                        for (int t = 0; t < 4; t++) a[h][t] = _mm256_setzero_si256();              \
+                    for (int qd = 0; qd < 8; qd++) {                                               \
+                        int32_t xw;                                                                \
+                        memcpy(&xw, xq + 4 * qd, 4);                                               \
+                        const __m256i xv = _mm256_set1_epi32(xw);                                  \
+                        for (int h = 0; h < 2; h++)                                                \
+                            for (int t = 0; t < 4; t++)                                            \
+                                a[h][t] = _mm256_add_epi32(a[h][t], DOT(panel[8 * qd + 4 * h + t], xv)); \
+                    }                                                                              \
+                    const __m256i corr = _mm256_set1_epi32(OFF * b->sx[(int64_t)tk * G + g]);      \
+                    const float dx = b->dx[(int64_t)tk * G + g];                                   \
+                    for (int h = 0; h < 2; h++)                                                    \
+                        flush_256(a[h], corr, dg + 32 * h, dx, Y + (int64_t)tk * ldy + c + 32 * h); \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+    }
+QGEMM_256(qgemm_q8_256, ld_q8_256, dot_q8_256, 2, 0)
+QGEMM_256(qgemm_q4_256, ld_q4_256, dot_q4_256, 1, 8)
+
+const lr_qkernel_table lr_qkernels_avx2 = {
+    {qspmv_q8_256, qspmv_q4_256},
+    {qgemm_q8_256, qgemm_q4_256},
+    {qdot_q8_avx2, qdot_q4_avx2},
+};
+
+#endif
