@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 
 # GGUF value types (gguf's GGUFValueType) and tensor types (ggml ids)
 U8, I8, U16, I16, U32, I32, F32, BOOL, STR, ARR, U64, I64, F64 = range(13)
-T_F32, T_F16, T_Q4_0, T_Q4_1, T_Q8_0, T_I32 = 0, 1, 2, 3, 8, 26
+T_F32, T_F16, T_Q4_0, T_Q4_1, T_Q8_0, T_I8, T_I32 = 0, 1, 2, 3, 8, 24, 26
 _FMT = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "<f", BOOL: "<B",
         U64: "<Q", I64: "<q", F64: "<d"}
 
@@ -157,7 +157,7 @@ class GGUF:
 
     def nbytes(self, t: TI) -> int:
         block, size = {T_F32: (1, 4), T_F16: (1, 2), T_Q4_0: (32, 18), T_Q4_1: (32, 20),
-                       T_Q8_0: (32, 34), T_I32: (1, 4)}[t.ttype]
+                       T_Q8_0: (32, 34), T_I8: (1, 1), T_I32: (1, 4)}[t.ttype]
         return int(np.prod(t.dims)) // block * size
 
     def view(self, name: str) -> memoryview:
@@ -182,7 +182,8 @@ class GGUF:
 
 @pytest.fixture(scope="module")
 def seed(converted) -> GGUF:
-    """tied_q8: F16 adapters, Q8_0 weights, tied embedding, output adapter and norm, 3 layers, GQA."""
+    """tied_q8: F16 adapters, Q8_0 weights (input-major: I8 codes + F16 scales), tied Q8_0 embedding,
+    output adapter and norm, 3 layers, GQA."""
     return GGUF.parse(Path(converted["tied_q8"]).read_bytes())
 
 
@@ -276,7 +277,9 @@ CASES = {
     "alignment string": (_set("general.alignment", STR, s_enc("32")), FormatError, "must be a uint32"),
     "no architecture": (lambda g: g.drop("general.architecture"), FormatError, "missing metadata key"),
     "other architecture": (_set("general.architecture", STR, s_enc("gpt2")), UnsupportedError, "not a LaRoSA"),
-    "format version 2": (_set(F.K_VERSION, U32, scalar(U32, 2)), UnsupportedError, "format version 2"),
+    "format version 1": (_set(F.K_VERSION, U32, scalar(U32, 1)), UnsupportedError,
+                         "format version 1; this runtime reads version 2 .* convert the source model again"),
+    "format version 3": (_set(F.K_VERSION, U32, scalar(U32, 3)), UnsupportedError, "format version 3"),
     "method unknown": (_set(F.K_METHOD, STR, s_enc("magic")), UnsupportedError, "method"),
     "method not utf-8": (_set(F.K_METHOD, STR, s_enc(b"\xff\xfe")), FormatError, "not valid UTF-8"),
     "block count as float": (_set(F.K_LAYERS, F32, scalar(F32, 3.0)), FormatError, "must be an integer"),
@@ -343,12 +346,26 @@ CASES = {
     "tensor dim huge": (lambda g: setattr(g.t(QKV0), "dims", [96, 1 << 62]), FormatError, "outside"),
     "tensor dims overflow": (lambda g: setattr(g.t(QKV0), "dims", [1 << 32, 1 << 32]), FormatError, "past the end"),
     "tensor shape swapped": (lambda g: setattr(g.t(NORM), "dims", [1, 64]), FormatError, "has shape"),
-    "tensor wrong shape": (lambda g: setattr(g.t(QKV0), "dims", [64, 64]), FormatError, "has shape"),
+    "tensor wrong shape": (lambda g: setattr(g.t(QKV0), "dims", [96, 64]), FormatError, "holds codes of shape"),
+    "embedding wrong shape": (lambda g: setattr(g.t(EMBD), "dims", [64, 256]), FormatError, "has shape"),
+    # input-major quantized weights: I8 codes and an F16 scale table (FORMAT.md)
+    "scales missing": (lambda g: g.tensors.remove(g.t(F.scale_name(QKV0))), FormatError,
+                       "missing tensor 'blk.0.attn_qkv.scale'"),
+    "scales F32": (lambda g: setattr(g.t(F.scale_name(QKV0)), "ttype", T_F32) or
+                   setattr(g.t(F.scale_name(QKV0)), "dims", [64, 1]), FormatError, "must be F16"),
+    "scales wrong shape": (lambda g: setattr(g.t(F.scale_name(QKV0)), "dims", [128, 1]), FormatError,
+                           "must be F16 of shape"),
+    "scales without codes": (lambda g: setattr(g.t(QKV0), "ttype", T_F16) or setattr(g.t(QKV0), "dims", [64, 64]),
+                             FormatError, "has shape|unexpected tensors"),
+    "input-major weight in ggml blocks": (lambda g: setattr(g.t(QKV0), "ttype", T_Q8_0) or
+                                          setattr(g.t(QKV0), "dims", [64, 64]), FormatError, "stored as Q8_0 blocks"),
+    "codes of a layer not a group multiple": (lambda g: setattr(g.t(F.T_O(0)), "dims", [64, 48]), FormatError,
+                                              "has shape|holds codes"),
     "tensor unknown type": (lambda g: setattr(g.t(QKV0), "ttype", 99), FormatError, "unknown type 99"),
     "tensor Q4_1": (lambda g: setattr(g.t(QKV0), "ttype", T_Q4_1), UnsupportedError, "has type Q4_1"),
     "tensor I32": (lambda g: setattr(g.t(NORM), "ttype", T_I32), FormatError, "must be F32"),
     "norm F16": (lambda g: setattr(g.t(NORM), "ttype", T_F16), FormatError, "must be F32"),
-    "row not a block multiple": (lambda g: setattr(g.t(QKV0), "dims", [80, 64]), FormatError, "blocks of 32"),
+    "row not a block multiple": (lambda g: setattr(g.t(QKV0), "dims", [80, 64]), FormatError, "holds codes of shape"),
     "offset unaligned": (lambda g: setattr(g.t(QKV0), "offset", g.t(QKV0).offset + 2), FormatError,
                          "multiple of the alignment"),
     "offset past the end": (lambda g: setattr(g.t(QKV0), "offset", 1 << 60), FormatError, "past the end"),
@@ -372,9 +389,9 @@ CASES = {
     "norm Inf": (lambda g: _poison_f32(g, NORM, float("-inf")), FormatError, "NaN or Inf"),
     "score NaN": (lambda g: g.add_tensor(F.T_SCORE(0, "attn_in"), [64], T_F32,
                                          np.full(64, np.nan, np.float32).tobytes()), FormatError, "NaN or Inf"),
-    "rope freqs 0": (lambda g: g.add_tensor(F.T_ROPE_FREQS, [8], T_F32, bytes(32)), FormatError, "positive"),
-    "rope freqs Inf": (lambda g: g.add_tensor(F.T_ROPE_FREQS, [8], T_F32,
-                                              np.full(8, np.inf, np.float32).tobytes()), FormatError, "NaN or Inf"),
+    "rope freqs 0": (lambda g: g.add_tensor(F.T_ROPE_FREQS, [16], T_F32, bytes(64)), FormatError, "positive"),
+    "rope freqs Inf": (lambda g: g.add_tensor(F.T_ROPE_FREQS, [16], T_F32,
+                                              np.full(16, np.inf, np.float32).tobytes()), FormatError, "NaN or Inf"),
     # the tokenizer (llama.cpp aborts the process on some of these: they must not reach it)
     "duplicate tokens": (_dup_token, FormatError, "appears twice"),
     "empty token": (_empty_token, FormatError, "token 400 is empty"),
@@ -457,9 +474,9 @@ def test_kv_cache_bound(converted, monkeypatch, tmp_path):
     allocation, with the sizes in the message."""
     f = load(converted["tied_q8"])
     need = f.memory_bytes(4096)
-    assert need > 2 * 3 * 4096 * 16 * 4   # at least the KV cache
+    assert need > 2 * 3 * 4096 * 32 * 4   # at least the KV cache
     monkeypatch.setattr(L, "physical_memory", lambda: need - 1)
-    with pytest.raises(ResourceError, match=r"KV cache: 3 layers x 4096 positions x 16 values") as e:
+    with pytest.raises(ResourceError, match=r"KV cache: 3 layers x 4096 positions x 32 values") as e:
         load(converted["tied_q8"])
     assert "smaller context" in str(e.value)
     from larosa.runtime.cli import run_main
@@ -480,7 +497,7 @@ def test_kv_cache_bound_for_user_context(seed, monkeypatch, tmp_path):
     monkeypatch.setattr(L, "physical_memory", lambda: f.memory_bytes(4096, 1))
     Model(p, n_threads=1)                         # the default context fits
     with pytest.raises(ResourceError, match="KV cache"):
-        Model(p, n_threads=1, n_ctx=1 << 20)     # 3 x 2^20 x 16 x 8 bytes: refused, not allocated
+        Model(p, n_threads=1, n_ctx=1 << 20)     # 3 x 2^20 x 32 x 8 bytes: refused, not allocated
 
 
 # ---- NaN / Inf weights: found at the logits, not by scanning the weights at load ----------------
@@ -499,8 +516,9 @@ POISON = {   # converted model -> edit
     "F16 adapter Inf": ("tied_q8", lambda g: _poison_blocks(g, F.T_ADAPTER(1), 2, INF16)),
     "F16 down NaN": ("odd_f16", lambda g: _poison_blocks(g, F.T_DOWN(0), 2, NAN16)),
     "Q8_0 embedding scales NaN": ("tied_q8", lambda g: _poison_blocks(g, EMBD, 34, NAN16)),
-    "Q4_0 down scales Inf": ("tied_q4", lambda g: _poison_blocks(g, F.T_DOWN(0), 18, INF16)),
-    "Q4_0 qkv scales NaN (GQA)": ("gqa_q4", lambda g: _poison_blocks(g, F.T_QKV(1), 18, NAN16)),
+    "Q4_0 down scales Inf": ("tied_q4", lambda g: _poison_blocks(g, F.scale_name(F.T_DOWN(0)), 2, INF16)),
+    "Q4_0 qkv scales NaN (GQA)": ("gqa_q4", lambda g: _poison_blocks(g, F.scale_name(F.T_QKV(1)), 2, NAN16)),
+    "Q8_0 gate/up one scale NaN": ("tied_q8", lambda g: _poison_blocks(g, F.scale_name(F.T_GATE_UP(0)), 1 << 30, NAN16)),
     "F16 output adapter NaN (GQA)": ("gqa_q4", lambda g: _poison_blocks(g, F.T_OUTPUT_ADAPTER, 2, NAN16)),
 }
 

@@ -179,7 +179,7 @@ def make_seeds(out_dir: str) -> list[str]:
     from conftest import convert_for_test
     from larosa.tools.make_synthetic import make_synthetic
     os.makedirs(out_dir, exist_ok=True)
-    shapes = {"tied_q8": dict(dim=32, ff=32, layers=1, heads=2, kv_heads=1, vocab=300, qtype="q8_0", tied=True),
+    shapes = {"tied_q8": dict(dim=64, ff=64, layers=1, heads=2, kv_heads=1, vocab=300, qtype="q8_0", tied=True),
               "untied_f16": dict(dim=32, ff=64, layers=2, heads=2, kv_heads=2, vocab=300, qtype="f16", tied=False)}
     out = []
     with tempfile.TemporaryDirectory() as tmp:
