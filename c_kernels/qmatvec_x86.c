@@ -75,13 +75,50 @@ VNNI static inline void flush_512(const __m512i v[4], __m512i corr, const uint16
     }
 }
 
-#define QSPMV_512(NAME, LOAD, RB, OFF)                                                             \
+/* Q4, 128 columns per step: one 64-byte load per row holds two packed chunks; the 4 rows' bytes are
+ * interleaved before the nibbles are split, so 4 loads and 8 unpacks feed 8 vpdpbusd (against 4
+ * loads, 12 nibble steps and 8 unpacks for 4 with 64 columns per step). acc[4 h + k] lane l holds
+ * chunk (l / 2), columns 32 h + 16 (l % 2) + 4 k .. +3 of the step. */
+VNNI static inline void quad_q4_128(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, const uint8_t *r3,
+                                    __m512i xv, __m512i acc[8]) {
+    const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
+    const __m512i c = _mm512_loadu_si512(r2), d = _mm512_loadu_si512(r3), m = _mm512_set1_epi8(0x0f);
+    const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
+    const __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
+    const __m512i v[4] = {_mm512_unpacklo_epi16(ab_lo, cd_lo), _mm512_unpackhi_epi16(ab_lo, cd_lo),
+                          _mm512_unpacklo_epi16(ab_hi, cd_hi), _mm512_unpackhi_epi16(ab_hi, cd_hi)};
+    for (int k = 0; k < 4; k++) {
+        acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_and_si512(v[k], m), xv);
+        acc[4 + k] = _mm512_dpbusd_epi32(acc[4 + k], _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m), xv);
+    }
+}
+
+/* y[c .. c + 127] from the 8 accumulators of quad_q4_128 */
+VNNI static inline void flush_q4_128(const __m512i v[8], __m512i corr, const uint16_t *d, float dx, float *y) {
+    const __m512 dxv = _mm512_set1_ps(dx);
+    for (int h = 0; h < 2; h++) {
+        __m512i u[4], z[4];
+        for (int t = 0; t < 4; t++) u[t] = _mm512_sub_epi32(v[4 * h + t], corr);
+        unshuffle_512(u, z);   /* z[j]: chunk j / 2, columns 32 h + 16 (j % 2) .. +15 */
+        for (int j = 0; j < 4; j++) {
+            const int32_t o = 64 * (j / 2) + 32 * h + 16 * (j % 2);
+            const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + o))), dxv);
+            _mm512_storeu_ps(y + o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(z[j]), s, _mm512_loadu_ps(y + o)));
+        }
+    }
+}
+
+/* The selected rows of each group, 8 per pass (4 in a group's last pass), over the columns [c0, c1)
+ * in steps: Q8 64 columns (4 accumulators), Q4 128 (8 accumulators) and a last 64-column step when
+ * the range has an odd number of chunks. The accumulators live in acc (L1) across the passes of a
+ * group; after it they are scaled into y. */
+#define QSPMV_512(NAME, RB, OFF, Q4)                                                               \
     VNNI static void NAME(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0, int32_t c1,  \
                           int32_t *acc) {                                                          \
         const uint8_t *codes = w->data;                                                            \
         const uint16_t *scale = w->scale;                                                          \
         const int64_t ld = (int64_t)w->cols * RB / 2;   /* bytes per row */                       \
-        const int32_t nch = (c1 - c0) / 64;                                                        \
+        const int32_t wide = Q4 ? (c1 - c0) / 128 * 128 : 0;   /* [c0, c0 + wide): 128 per step */ \
         for (int32_t c = c0; c < c1; c += 16) _mm512_storeu_ps(y + c, _mm512_setzero_ps());        \
         for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
             const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
@@ -98,32 +135,51 @@ VNNI static inline void flush_512(const __m512i v[4], __m512i corr, const uint16
                 if (nr == 8) memcpy(&x1, s->xq + j + 4, 4);                                        \
                 const __m512i xv0 = _mm512_set1_epi32(x0), xv1 = _mm512_set1_epi32(x1);            \
                 const int first = j == j0;                                                         \
-                for (int32_t ch = 0; ch < nch; ch++) {                                             \
-                    const int32_t c = c0 + 64 * ch;                                                \
-                    if (RB == 2 || !(ch & 1))                                                      \
+                int32_t c = c0;                                                                    \
+                for (; c < c0 + wide; c += 128) {   /* Q4: two chunks per step */                  \
+                    const int64_t o = (c - 0) / 2;                                                 \
+                    for (int u = 0; u < 8; u++) PREFETCH(p[u] + o);                                \
+                    int32_t *A = acc + (c - c0);                                                   \
+                    __m512i a[8];                                                                  \
+                    for (int t = 0; t < 8; t++)                                                    \
+                        a[t] = first ? _mm512_setzero_si512() : _mm512_load_si512(A + 16 * t);     \
+                    quad_q4_128(r[0] + o, r[1] + o, r[2] + o, r[3] + o, xv0, a);                   \
+                    if (nr == 8) quad_q4_128(r[4] + o, r[5] + o, r[6] + o, r[7] + o, xv1, a);      \
+                    for (int t = 0; t < 8; t++) _mm512_store_si512(A + 16 * t, a[t]);              \
+                }                                                                                  \
+                for (; c < c1; c += 64) {                                                          \
+                    if (RB == 2 || !((c - c0) & 64))                                               \
                         for (int u = 0; u < 8; u++) PREFETCH(p[u] + c * RB / 2);                   \
-                    int32_t *A = acc + 64 * ch;                                                    \
+                    int32_t *A = acc + (c - c0);                                                   \
                     __m512i a[4];                                                                  \
                     for (int t = 0; t < 4; t++)                                                    \
                         a[t] = first ? _mm512_setzero_si512() : _mm512_load_si512(A + 16 * t);     \
-                    quad_512(LOAD(r[0], c), LOAD(r[1], c), LOAD(r[2], c), LOAD(r[3], c), xv0, a);  \
-                    if (nr == 8) quad_512(LOAD(r[4], c), LOAD(r[5], c), LOAD(r[6], c), LOAD(r[7], c), xv1, a); \
+                    quad_512(LOAD_##RB(r[0], c), LOAD_##RB(r[1], c), LOAD_##RB(r[2], c), LOAD_##RB(r[3], c), xv0, a); \
+                    if (nr == 8)                                                                   \
+                        quad_512(LOAD_##RB(r[4], c), LOAD_##RB(r[5], c), LOAD_##RB(r[6], c), LOAD_##RB(r[7], c), xv1, a); \
                     for (int t = 0; t < 4; t++) _mm512_store_si512(A + 16 * t, a[t]);              \
                 }                                                                                  \
                 j += nr;                                                                           \
             }                                                                                      \
             const __m512i corr = _mm512_set1_epi32(OFF * s->sx[gi]);                               \
             const uint16_t *dg = scale + (int64_t)s->group[gi] * w->cols;                          \
-            for (int32_t ch = 0; ch < nch; ch++) {                                                 \
-                const int32_t c = c0 + 64 * ch;                                                    \
+            int32_t c = c0;                                                                        \
+            for (; c < c0 + wide; c += 128) {                                                      \
+                __m512i a[8];                                                                      \
+                for (int t = 0; t < 8; t++) a[t] = _mm512_load_si512(acc + (c - c0) + 16 * t);     \
+                flush_q4_128(a, corr, dg + c, s->dx[gi], y + c);                                   \
+            }                                                                                      \
+            for (; c < c1; c += 64) {                                                              \
                 __m512i a[4];                                                                      \
-                for (int t = 0; t < 4; t++) a[t] = _mm512_load_si512(acc + 64 * ch + 16 * t);      \
+                for (int t = 0; t < 4; t++) a[t] = _mm512_load_si512(acc + (c - c0) + 16 * t);     \
                 flush_512(a, corr, dg + c, s->dx[gi], y + c);                                      \
             }                                                                                      \
         }                                                                                          \
     }
-QSPMV_512(qspmv_q8_512, ld_q8_512, 2, 128)
-QSPMV_512(qspmv_q4_512, ld_q4_512, 1, 8)
+#define LOAD_2 ld_q8_512
+#define LOAD_1 ld_q4_512
+QSPMV_512(qspmv_q8_512, 2, 128, 0)
+QSPMV_512(qspmv_q4_512, 1, 8, 1)
 
 /* Batched (prompt): per 64-column chunk, each group's 32 rows are interleaved once into a panel
  * (8 quads x 4 vectors) and every token of the batch multiplies it (the weights are read once per
