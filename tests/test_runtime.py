@@ -21,7 +21,7 @@ from larosa.runtime import format as F
 from larosa.runtime import perplexity as P
 from larosa.runtime.model import Model
 
-from conftest import CONVERTED
+from conftest import CONVERTED, convert_for_test
 
 
 def traced_eval(m: Model, tokens: list[int], batched: bool, keys: dict | None = None):
@@ -186,6 +186,41 @@ def test_prefix_reuse_equals_fresh_eval(converted):
     np.testing.assert_array_equal(logits, fresh)
     m.reset()                              # all of b batched: the same function, rounded differently
     np.testing.assert_allclose(m.eval(b), logits, rtol=0, atol=1e-4 * np.abs(logits).max())
+
+
+@pytest.mark.parametrize("method,wtype", [("wina", "q8_0"), ("budget", "q4_0")])
+def test_integer_logits_identical_however_computed(tiny, tmp_path, method, wtype):
+    """A Q8_0 / Q4_0 file without adapters runs every product on the integer kernels, whose sums are
+    exact and whose float steps run in one fixed order: a token's logits are the same bits whether
+    its sequence is evaluated in one batch (over more than one 64-token pass), in chunks, token by
+    token, from a cached prefix, on 1 or 2 threads, or at another SIMD level."""
+    path = convert_for_test(tiny["tied_gqa_q8"], str(tmp_path / "m.gguf"), wtype, method=method)
+    tokens = np.random.default_rng(9).integers(0, 512, 70).tolist()
+
+    def run(threads: int, chunks: list[int]) -> np.ndarray:
+        m = Model(path, sparsity=0.4, n_threads=threads)
+        out, pos = [], 0
+        for c in chunks:
+            out.append(m.eval(tokens[pos:pos + c], all_logits=True).reshape(c, -1))
+            pos += c
+        assert pos == len(tokens)
+        return np.concatenate(out)
+
+    want = run(2, [70])
+    for threads, chunks in ((2, [1] * 70), (2, [5, 30, 35]), (1, [70]), (1, [64, 6]), (1, [3, 1, 66])):
+        np.testing.assert_array_equal(run(threads, chunks).view(np.uint32), want.view(np.uint32),
+                                      err_msg=f"{threads} threads, chunks {chunks[:4]}")
+    before = lib.lr_get_simd()
+    try:
+        assert lib.lr_set_simd(lib.LR_SIMD_SCALAR) == lib.LR_OK
+        np.testing.assert_array_equal(run(2, [40, 30]).view(np.uint32), want.view(np.uint32), err_msg="scalar")
+    finally:
+        lib.lr_set_simd(before)
+    m = Model(path, sparsity=0.4, n_threads=2)     # prefix reuse from the cache
+    m.eval_prompt(tokens[:50])
+    logits, n = m.eval_prompt(tokens)
+    assert n == 20
+    np.testing.assert_array_equal(logits.view(np.uint32), want[-1].view(np.uint32))
 
 
 def test_per_op_timers(converted):
