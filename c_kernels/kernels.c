@@ -168,8 +168,8 @@ static inline uint32_t abs_key(float v) {
 }
 
 /* Radix select of the k-th largest key: one histogram of the top 10 bits (sign-free exponent and two
- * mantissa bits) over all keys, then the few keys in the bucket holding the k-th are refined 11 and
- * 10 bits at a time; a last pass in index order takes the keys above the threshold and the first
+ * mantissa bits) over all keys, then the few keys in the bucket holding the k-th are sorted (up to
+ * 48) or refined 11 and 10 bits at a time; a last pass in index order takes the keys above the threshold and the first
  * (k - above) keys equal to it. */
 static uint32_t select_in(uint32_t *cand, int32_t m, int32_t *need, uint32_t prefix, int shift, int bits) {
     uint32_t hist[2048] = {0};
@@ -202,13 +202,27 @@ int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_
         cand[m] = key;
         m += (int32_t)(key >> 21) == top;
     }
-    uint32_t thr = select_in(cand, m, &need, (uint32_t)top << 21, 10, 11);
-    int32_t mm = 0;
-    for (int32_t i = 0; i < m; i++) {
-        cand[mm] = cand[i];
-        mm += (cand[i] & ~0x3ffu) == thr;
+    uint32_t thr;
+    if (m <= 48) {   /* few candidates (the usual case): sort them, cheaper than two histograms */
+        for (int32_t i = 1; i < m; i++) {
+            const uint32_t v = cand[i];
+            int32_t j = i;
+            for (; j > 0 && cand[j - 1] < v; j--) cand[j] = cand[j - 1];
+            cand[j] = v;
+        }
+        thr = cand[need - 1];
+        int32_t above = 0;
+        while (cand[above] > thr) above++;
+        need -= above;
+    } else {
+        thr = select_in(cand, m, &need, (uint32_t)top << 21, 10, 11);
+        int32_t mm = 0;
+        for (int32_t i = 0; i < m; i++) {
+            cand[mm] = cand[i];
+            mm += (cand[i] & ~0x3ffu) == thr;
+        }
+        thr = select_in(cand, mm, &need, thr, 0, 10);
     }
-    thr = select_in(cand, mm, &need, thr, 0, 10);
     /* thr is the k-th largest key; `need` of the keys equal to it are taken, lowest index first */
     int32_t out = 0, eq_left = need;
     for (int32_t i = 0; i < n && out < k; i++) {   /* stops at k: idx has room for k only */
