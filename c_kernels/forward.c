@@ -75,27 +75,47 @@ static void sum_task(void *p, int ith, int nth, int thread) {
     }
 }
 
-/* Integer kernels (_IM weights): x is quantized once, then the output columns are split between
- * the threads, one contiguous range each (a range is whole 64-column chunks). Each column's sum
- * does not depend on the split, so the result is the same for any number of threads. */
-typedef struct { const lr_tensor *w; const lr_qsel *s; float *y; int32_t *acc; int32_t stride, parts; qspmv_fn fn; } qspmv_job;
+/* Integer kernels (_IM weights): x is quantized once, then each thread takes a contiguous range of
+ * the input groups (lr_im_parts: a partition fixed by the thread count and the weight, not by the
+ * selection) over all output columns, so that it streams whole rows (a split by columns reads every
+ * row in short pieces, which the prefetchers follow badly: 2 threads were slower than one), and
+ * the parts are added in order. The prompt path (prefill.c) splits and adds the same way, so a
+ * token gets the same bits either way for a given thread count. */
+typedef struct { const lr_tensor *w; const lr_qsel *s; float *parts; int32_t *acc; int32_t stride, acc_stride, n_parts; qspmv_fn fn; } qspmv_job;
+
+int32_t lr_im_parts(const lr_model *m, const lr_tensor *w) {
+    const int32_t G = w->rows / QK, t = lr_pool_size(m->pool);
+    return t < G ? (t < LR_MAX_PARTS ? t : LR_MAX_PARTS) : G;
+}
 
 static void qspmv_task(void *p, int ith, int nth, int thread) {
     qspmv_job *j = p;
-    if (ith >= j->parts) return;
-    const int32_t chunks = j->w->cols / 64;
-    const int32_t c0 = (int32_t)((int64_t)chunks * ith / j->parts) * 64, c1 = (int32_t)((int64_t)chunks * (ith + 1) / j->parts) * 64;
-    if (c0 < c1) j->fn(j->w, j->s, j->y, c0, c1, j->acc + (size_t)thread * (size_t)j->stride);
+    if (ith >= j->n_parts) return;
+    const int32_t G = j->w->rows / QK, g0 = G * ith / j->n_parts, g1 = G * (ith + 1) / j->n_parts;
+    const lr_qsel *s = j->s;
+    int32_t a = 0, b;
+    while (a < s->n_groups && s->group[a] < g0) a++;
+    for (b = a; b < s->n_groups && s->group[b] < g1; b++) {}
+    lr_qsel v = *s;   /* the groups [g0, g1) of the selection */
+    v.n_groups = b - a, v.group += a, v.start += a, v.dx += a, v.sx += a;
+    j->fn(j->w, &v, j->parts + (size_t)ith * (size_t)j->stride, 0, j->w->cols,
+          j->acc + (size_t)thread * (size_t)j->acc_stride);
 }
 
 /* y = x W over the k rows idx (idx NULL: all rows) */
 static void matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y) {
     if (lr_is_im(w->type)) {
         lr_qsel_build(x, idx, k, &m->qsel);
-        const int32_t chunks = w->cols / 64, threads = lr_pool_size(m->pool);
-        qspmv_job j = {w, &m->qsel, y, m->qacc, (m->out_widest + 15) / 16 * 16, chunks < threads ? chunks : threads,
-                       lr_qkernels()->qspmv[lr_type_slot(w->type)]};
+        const qspmv_fn fn = lr_qkernels()->qspmv[lr_type_slot(w->type)];
+        const int32_t parts = lr_im_parts(m, w);
+        if (parts == 1) {
+            fn(w, &m->qsel, y, 0, w->cols, m->qacc);
+            return;
+        }
+        qspmv_job j = {w, &m->qsel, m->parts, m->qacc, m->out_widest, (m->out_widest + 15) / 16 * 16, parts, fn};
         lr_pool_run(m->pool, qspmv_task, &j);
+        sum_job sj = {m->parts, m->out_widest, parts, w->cols, y};
+        lr_pool_run(m->pool, sum_task, &sj);
         return;
     }
     if (lr_pool_size(m->pool) == 1 || k < 2 * lr_pool_shares(m->pool)) {
@@ -447,7 +467,7 @@ void lr_model_free(lr_model *m) {
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
                     m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts,
-                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->qb_buf, m->bmask, m->qscratch};
+                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->qb_buf, m->bmask, m->qscratch, m->qparts};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
 }
@@ -507,13 +527,16 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->bmask = malloc(B * (size_t)widest);
     const size_t qs = ((size_t)lr_qgemm_scratch(out_widest) + 63) / 64 * 64;
     m->qscratch = aligned_alloc(64, (size_t)n_threads * qs);
+    m->qparts = n_threads > 1 ? malloc((size_t)(n_threads < LR_MAX_PARTS ? n_threads : LR_MAX_PARTS) * B *
+                                       (size_t)out_widest * sizeof(float)) : NULL;
     m->inv_freq = calloc((size_t)hd / 2, sizeof(double));
     m->rope_cos = calloc((size_t)hd / 2, sizeof(float));
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
     int ok = m->layers && m->key_cache && m->value_cache && m->x && m->xn && m->tmp && m->qkv && m->att &&
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
              m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota &&
-             m->qsel_buf && m->qacc && m->hxq && m->hdx && m->qb_buf && m->bmask && m->qscratch;
+             m->qsel_buf && m->qacc && m->hxq && m->hdx && m->qb_buf && m->bmask && m->qscratch &&
+             (m->qparts || n_threads == 1);
     for (int i = 0; i < 4 && ok; i++)
         ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) && (m->thr[i] = malloc((size_t)L * sizeof(float))) &&
              (m->plan[i] = malloc((size_t)L * sizeof(float))) && (m->cost[i] = malloc((size_t)L * sizeof(float))) &&

@@ -105,9 +105,10 @@ int32_t lr_qsel_build(const float *x, const int32_t *idx, int32_t k, lr_qsel *s)
 
 /* a batch of tokens over an _IM weight of `rows` inputs (the prompt path): token t's xq[t][rows]
  * (zero at the inputs it did not select) and, per group, dx[t][g], sx[t][g] and has[t][g] (1 where
- * it selected any input of g), each group quantized as lr_qsel_build does */
+ * it selected any input of g), each group quantized as lr_qsel_build does; a product adds the
+ * groups g0 <= g < g1 (all: 0, rows / 32) */
 typedef struct {
-    int32_t n;
+    int32_t n, g0, g1;
     int8_t *xq;
     float *dx;
     int32_t *sx;

@@ -6,6 +6,7 @@
 
 enum { ATTN_IN = 0, ATTN_OUT = 1, MLP_IN = 2, MLP_OUT = 3 };
 #define LR_BATCH 64            /* prompt tokens per batched pass */
+#define LR_MAX_PARTS 16        /* most input-group ranges an integer product is split into */
 
 struct lr_model {
     lr_model_desc d;
@@ -41,6 +42,7 @@ struct lr_model {
     void *qb_buf;
     uint8_t *bmask;            /* [B][widest] 1 where token t selected input i */
     uint8_t *qscratch;         /* [n_threads][lr_qgemm_scratch(out_widest)] (64-byte aligned) */
+    float *qparts;             /* [min(n_threads, LR_MAX_PARTS)][B][out_widest] a batch's partial products */
     int32_t out_widest;
     uint32_t *topk_scratch;
     float *keys;               /* [max width] ranking keys (scores, CATS gate) */
@@ -74,6 +76,9 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
  * the MLP (for a CATS key). t: token index within the current lr_eval call (for the trace). */
 const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t layer, int32_t block,
                          int32_t t, int32_t *k);
+/* the number of input-group ranges an _IM product of w is split into (one per thread, at most
+ * LR_MAX_PARTS and the number of groups); the decode step and the prompt path split alike */
+int32_t lr_im_parts(const lr_model *m, const lr_tensor *w);
 /* logits = head x (the last product of a token; quantizes x for a Q8_0 / Q4_0 head) */
 void lr_head_rows(lr_model *m, const float *x, float *logits);
 int32_t lr_prefill(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);

@@ -23,14 +23,34 @@ static void decode_panel_t(const lr_tensor *w, int32_t r0, float *P, float *row)
     }
 }
 
-typedef struct { lr_model *m; const lr_tensor *w; float *Y; int32_t ldy, n; qgemm_fn fn; } qgemm_job;
+/* An _IM product of the batch, split as the decode step splits it (forward.c matvec): part s adds
+ * the input groups of its range over all columns into its own buffer, and the parts are added in
+ * order, token by token; one part writes Y directly. */
+typedef struct { lr_model *m; const lr_tensor *w; float *Y; int32_t ldy, n, parts; qgemm_fn fn; } qgemm_job;
 
 static void qgemm_task(void *p, int ith, int nth, int thread) {
     qgemm_job *j = p;
-    const int32_t chunks = j->w->cols / 64;
-    const int32_t c0 = (int32_t)((int64_t)chunks * ith / nth) * 64, c1 = (int32_t)((int64_t)chunks * (ith + 1) / nth) * 64;
+    if (ith >= j->parts) return;
+    const int32_t G = j->w->rows / QK, cols = j->w->cols;
     const size_t qs = ((size_t)lr_qgemm_scratch(j->m->out_widest) + 63) / 64 * 64;
-    if (c0 < c1) j->fn(j->w, &j->m->qb, j->Y, j->ldy, c0, c1, j->m->qscratch + (size_t)thread * qs);
+    lr_qbatch b = j->m->qb;
+    b.g0 = G * ith / j->parts, b.g1 = G * (ith + 1) / j->parts;
+    float *Y = j->parts == 1 ? j->Y : j->m->qparts + (size_t)ith * LR_BATCH * (size_t)cols;
+    j->fn(j->w, &b, Y, j->parts == 1 ? j->ldy : cols, 0, cols, j->m->qscratch + (size_t)thread * qs);
+}
+
+static void qsum_task(void *p, int ith, int nth, int thread) {
+    qgemm_job *j = p;
+    const int32_t cols = j->w->cols;
+    for (int32_t t = ith; t < j->n; t += nth) {
+        float *y = j->Y + (size_t)t * j->ldy;
+        memcpy(y, j->m->qparts + (size_t)t * cols, (size_t)cols * sizeof(float));
+        for (int32_t s = 1; s < j->parts; s++) {
+            const float *part = j->m->qparts + ((size_t)s * LR_BATCH + (size_t)t) * (size_t)cols;
+#pragma omp simd
+            for (int32_t c = 0; c < cols; c++) y[c] += part[c];
+        }
+    }
 }
 
 typedef struct {
@@ -78,8 +98,9 @@ static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, c
         m->qb.n = n;
         for (int32_t t = 0; t < n; t++)
             lr_qbatch_row(&m->qb, t, w->rows, X + (size_t)t * ldx, mask ? mask + (size_t)t * m->widest : m->bmask);
-        qgemm_job j = {m, w, Y, ldy, n, lr_qkernels()->qgemm[lr_type_slot(w->type)]};
+        qgemm_job j = {m, w, Y, ldy, n, lr_im_parts(m, w), lr_qkernels()->qgemm[lr_type_slot(w->type)]};
         lr_pool_run(m->pool, qgemm_task, &j);
+        if (j.parts > 1) lr_pool_run(m->pool, qsum_task, &j);
         return;
     }
     gemm_job j = {m, w, X, ldx, Y, ldy, n, transposed, lr_kernels()};

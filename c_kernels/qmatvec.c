@@ -55,6 +55,8 @@ void *lr_qbatch_new(int32_t n, int32_t rows, lr_qbatch *b) {
     char *p = malloc(cells * (sizeof(float) + sizeof(int32_t) + 1) + (size_t)n * (size_t)rows);
     if (!p) return NULL;
     b->n = n;
+    b->g0 = 0;
+    b->g1 = rows / QK;
     b->dx = (float *)p;
     b->sx = (int32_t *)(b->dx + cells);
     b->has = (uint8_t *)(b->sx + cells);
@@ -168,9 +170,9 @@ static void qspmv_ref(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0
     }
 }
 
-/* The batched form (prompts): Y[t][c0:c1] for every token t of b, each with its own selection
- * (xq zero at the inputs it did not select, has[t][g] = 1 where it selected any input of g), so
- * that token t gets exactly what qspmv gives it alone. */
+/* The batched form (prompts): Y[t][c0:c1] for every token t of b over the groups [b->g0, b->g1),
+ * each token with its own selection (xq zero at the inputs it did not select, has[t][g] = 1 where it
+ * selected any input of g), so that token t gets exactly what qspmv gives it alone over those groups. */
 static void qgemm_ref(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t ldy, int32_t c0, int32_t c1,
                       void *scratch) {
     const uint16_t *d = w->scale;
@@ -180,7 +182,7 @@ static void qgemm_ref(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t 
         float *y = Y + (int64_t)t * ldy;
         const int8_t *xq = b->xq + (int64_t)t * w->rows;
         for (int32_t c = c0; c < c1; c++) y[c] = 0.0f;
-        for (int32_t g = 0; g < G; g++) {
+        for (int32_t g = b->g0; g < b->g1; g++) {
             if (!b->has[(int64_t)t * G + g]) continue;
             for (int32_t c = c0; c < c1; c++) acc[c - c0] = 0;
             for (int32_t i = g * QK; i < (g + 1) * QK; i++)

@@ -28,9 +28,10 @@ def source_weights(src: SourceModel) -> Weights:
         rope_freqs=src.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in src.tensors else None)
 
 
-def larosa_weights(f: LarosaFile | str) -> Weights:
+def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True) -> Weights:
     """The fused model exactly as stored (dequantized to float32), with the runtime's 8-bit
-    activations marked where it uses them (the inputs of Q8_0 / Q4_0 weights)."""
+    activations marked where it uses them (the inputs of Q8_0 / Q4_0 weights; quantized_activations
+    False: float activations everywhere, the fusion's math alone)."""
     f = load(f) if isinstance(f, str) else f
     hp = f.hp
 
@@ -48,7 +49,8 @@ def larosa_weights(f: LarosaFile | str) -> Weights:
         return torch.from_numpy(np.array(arr, dtype=np.float32).reshape(tensor_rows_cols(t)))
 
     def q8(names: dict[str, str]) -> frozenset:   # the runtime quantizes the inputs of Q8_0 / Q4_0 weights
-        return frozenset(k for k, n in names.items() if n in shapes_types and shapes_types[n][1] in F.IM_TYPES)
+        return frozenset(k for k, n in names.items() if quantized_activations and n in shapes_types
+                         and shapes_types[n][1] in F.IM_TYPES)
 
     layers = []
     for l in range(hp.n_layers):

@@ -45,7 +45,7 @@ def test_fused_equals_original_at_sparsity_0(tiny, tmp_path, name):
     convert(tiny[name], out)
     assert (sha(tiny[name]), os.path.getmtime(tiny[name])) == before   # input untouched
     w0 = source_weights(SourceModel(tiny[name]))
-    w1 = larosa_weights(out)
+    w1 = larosa_weights(out, quantized_activations=False)   # the fusion's math
     toks = tokens_for(w0.hp)
     a, b = forward(w0, toks), forward(w1, toks)
     assert a.abs().max() > 0.1
@@ -57,7 +57,7 @@ def test_fused_equals_original_at_sparsity_0(tiny, tmp_path, name):
 def test_smollm2_fused_equals_original(smollm2, tmp_path):
     out = str(tmp_path / "smol.gguf")
     convert(smollm2, out)
-    w0, w1 = source_weights(SourceModel(smollm2)), larosa_weights(out)
+    w0, w1 = source_weights(SourceModel(smollm2)), larosa_weights(out, quantized_activations=False)
     toks = tokens_for(w0.hp, 40)
     a, b = forward(w0, toks), forward(w1, toks)
     torch.testing.assert_close(b, a, rtol=1e-4, atol=2e-3)   # logits up to ~35
@@ -91,7 +91,7 @@ def test_fusion_computes_rotated_topk(tiny, tmp_path):
     out = str(tmp_path / "t.gguf")
     convert(tiny["tied_gqa_q8"], out)
     f = load(out)
-    w0, w1 = source_weights(SourceModel(tiny["tied_gqa_q8"])), larosa_weights(f)
+    w0, w1 = source_weights(SourceModel(tiny["tied_gqa_q8"])), larosa_weights(f, quantized_activations=False)
     Qs = [w1.layers[0].adapter.double()]                    # tied: blk.0.adapter = Q_0
     for lw in w1.layers[1:]:
         Qs.append(Qs[-1] @ lw.adapter.double())             # Q_l = Q_{l-1} (Q_{l-1}^T Q_l)
