@@ -264,34 +264,36 @@ static int32_t budget_k(lr_model *m, const float *key, float thr, int32_t layer,
 }
 
 const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t layer, int32_t block,
-                         int32_t t, int32_t *k) {
+                         int32_t t, int32_t thread, int32_t *k) {
     const int32_t n = m->width[block];
     const float *score = m->layers[layer].score[block].data, thr = m->thr[block][layer];
     const int gate_key = block == MLP_OUT && m->d.mlp_out_gate_key;
+    float *keys = m->keys + (size_t)thread * m->widest;
     const float *key = x;
     if (score || gate_key) {
         for (int32_t i = 0; i < n; i++) {
             const float v = gate_key ? gate[i] / (1.0f + expf(-gate[i])) : x[i];
-            m->keys[i] = fabsf(v) * (score ? score[i] : 1.0f);
+            keys[i] = fabsf(v) * (score ? score[i] : 1.0f);
         }
-        key = m->keys;
+        key = keys;
     }
-    int32_t *idx = m->idx, cnt = 0;
+    int32_t *idx = m->idx + (size_t)thread * m->widest, cnt = 0;
+    uint32_t *scratch = m->topk_scratch + (size_t)thread * m->widest;
     if (thr >= 0.0f && m->budget) {  /* budget: the count above the threshold, scaled back on plan */
         cnt = budget_k(m, key, thr, layer, block, t);
-        if (cnt < n) lr_topk_impl(key, n, cnt, idx, m->topk_scratch);
+        if (cnt < n) lr_topk_impl(key, n, cnt, idx, scratch);
     } else if (thr >= 0.0f) {        /* threshold: every key above it */
         for (int32_t i = 0; i < n; i++)
             if (fabsf(key[i]) > thr) idx[cnt++] = i;
     } else {                         /* Top-K: the k largest keys */
         cnt = m->k[block][layer];
-        if (cnt < n) lr_topk_impl(key, n, cnt, idx, m->topk_scratch);
+        if (cnt < n) lr_topk_impl(key, n, cnt, idx, scratch);
     }
     if (cnt >= n) {
         idx = NULL;
         cnt = n;
     }
-    m->rows_read[block] += (uint64_t)cnt;
+    __atomic_fetch_add(&m->rows_read[block], (uint64_t)cnt, __ATOMIC_RELAXED);   /* prompt tokens select in parallel */
     if (m->trace) {   /* masks laid out by (token, layer, block input) */
         const int64_t per_layer = m->width[0] + m->width[1] + m->width[2] + m->width[3];
         int64_t off = (m->trace_tokens + t) * per_layer * m->d.n_layers + layer * per_layer;
@@ -324,7 +326,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     }
     /* attention */
     TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
-    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, &k));
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, 0, &k));
     TIMED(m, LR_PROF_QKV, matvec(m, &L->wqkv, m->xn, idx, k, m->qkv));
     TIMED(m, LR_PROF_ATTN, {
         lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
@@ -335,18 +337,18 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
         attn_job aj = {m, l, pos};
         lr_pool_run(m->pool, attn_task, &aj);
     });
-    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->ao, NULL, l, ATTN_OUT, 0, &k));
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->ao, NULL, l, ATTN_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_O, matvec(m, &L->wo, m->ao, idx, k, m->tmp));
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
     /* MLP */
     TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
-    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, &k));
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, 0, &k));
     TIMED(m, LR_PROF_GATE_UP, matvec(m, &L->wgu, m->xn, idx, k, m->gu));
     TIMED(m, LR_PROF_SWIGLU, for (int32_t i = 0; i < ff; i++) {
         const float g = m->gu[i];
         m->hm[i] = g / (1.0f + expf(-g)) * m->gu[ff + i];
     });
-    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, &k));
+    TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_DOWN, matvec(m, &L->wdown, m->hm, idx, k, m->tmp));
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
 }
@@ -504,11 +506,11 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->ao = calloc((size_t)qd, sizeof(float));
     m->gu = calloc((size_t)2 * ff, sizeof(float));
     m->hm = calloc((size_t)ff, sizeof(float));
-    m->idx = calloc((size_t)widest, sizeof(int32_t));
+    m->idx = calloc((size_t)n_threads * widest, sizeof(int32_t));   /* per thread: prompt tokens select in parallel */
     m->iota = malloc((size_t)widest * sizeof(int32_t));
     m->out_widest = out_widest;
-    m->topk_scratch = calloc((size_t)widest, sizeof(uint32_t));
-    m->keys = calloc((size_t)widest, sizeof(float));
+    m->topk_scratch = calloc((size_t)n_threads * widest, sizeof(uint32_t));
+    m->keys = calloc((size_t)n_threads * widest, sizeof(float));
     m->bx = calloc(B * (size_t)dim, sizeof(float));
     m->bxn = calloc(B * (size_t)widest, sizeof(float));
     m->by = calloc(B * (size_t)out_widest, sizeof(float));

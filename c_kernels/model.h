@@ -29,7 +29,7 @@ struct lr_model {
     float *att;                /* [nh][n_ctx] attention scores */
     float *ao;                 /* [nh hd] attention output */
     float *gu, *hm;            /* [2 ff], [ff] */
-    int32_t *idx;              /* [max width] Top-K indices */
+    int32_t *idx;              /* [n_threads][widest] Top-K indices (lr_select's thread) */
     int32_t *iota;             /* [max width] 0, 1, 2...: the rows of a dense matvec */
     float *parts;              /* [pool shares][max matvec output] partial sums of a row-split matvec */
     /* integer kernels (_IM weights, quantized head): x quantized once per matvec */
@@ -44,8 +44,8 @@ struct lr_model {
     uint8_t *qscratch;         /* [n_threads][lr_qgemm_scratch(out_widest)] (64-byte aligned) */
     float *qparts;             /* [min(n_threads, LR_MAX_PARTS)][B][out_widest] a batch's partial products */
     int32_t out_widest;
-    uint32_t *topk_scratch;
-    float *keys;               /* [max width] ranking keys (scores, CATS gate) */
+    uint32_t *topk_scratch;    /* [n_threads][widest] */
+    float *keys;               /* [n_threads][widest] ranking keys (scores, CATS gate) */
     /* a batch of LR_BATCH tokens (prefill.c): row t of each is token t */
     float *bx, *bxn, *by;      /* [B][d], [B][max width], [B][max(d, 2 ff, qkv)] */
     float *bqkv, *bao, *bgu;   /* [B][qkv], [B][nh hd], [B][2 ff] */
@@ -73,9 +73,10 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
                     float *out, float *scores);
 /* The inputs of block input `block` of `layer` to read for the current token (x, n wide): their
  * indices in ascending order, and their count in *k; NULL when all are read. gate: the gate half of
- * the MLP (for a CATS key). t: token index within the current lr_eval call (for the trace). */
+ * the MLP (for a CATS key). t: token index within the current lr_eval call (for the trace). thread:
+ * whose scratch it uses (prompt tokens select in parallel, one thread each). */
 const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t layer, int32_t block,
-                         int32_t t, int32_t *k);
+                         int32_t t, int32_t thread, int32_t *k);
 /* the number of input-group ranges an _IM product of w is split into (one per thread, at most
  * LR_MAX_PARTS and the number of groups); the decode step and the prompt path split alike */
 int32_t lr_im_parts(const lr_model *m, const lr_tensor *w);

@@ -124,9 +124,10 @@ static void battn_task(void *p, int ith, int nth, int thread) {
 
 /* token t's selection of row x: mask[i] = 1 for the selected inputs, 0 for the rest, which are
  * zeroed in x (gate: for a CATS key); mask is the row of token t in m->bmask (m->widest apart) */
-static void sparsify(lr_model *m, float *x, const float *gate, int32_t t, int32_t layer, int32_t block, int32_t row) {
+static void sparsify(lr_model *m, float *x, const float *gate, int32_t t, int32_t layer, int32_t block, int32_t row,
+                     int32_t thread) {
     int32_t k;
-    const int32_t *idx = lr_select(m, x, gate, layer, block, t, &k);
+    const int32_t *idx = lr_select(m, x, gate, layer, block, t, thread, &k);
     const int32_t n = m->width[block];
     uint8_t *mask = m->bmask + (size_t)row * m->widest;
     if (!idx) {
@@ -139,6 +140,34 @@ static void sparsify(lr_model *m, float *x, const float *gate, int32_t t, int32_
         if (mask[i]) j++;
         else x[i] = 0.0f;
     }
+}
+
+/* The per-token steps before a block input's product, for the n tokens of the batch in parallel:
+ * ATTN_IN, MLP_IN: the norm of the residual; MLP_OUT: SwiGLU; then each token's selection. */
+typedef struct { lr_model *m; int32_t t0, n, layer, block; } prep_job;
+
+static void prep_task(void *p, int ith, int nth, int thread) {
+    prep_job *j = p;
+    lr_model *m = j->m;
+    const lr_model_desc *d = &m->d;
+    const int32_t W = m->widest, ff = d->ffn_dim, qd = d->n_heads * d->head_dim;
+    for (int32_t t = ith; t < j->n; t += nth) {
+        float *x = j->block == ATTN_OUT ? m->bao + (size_t)t * qd : m->bxn + (size_t)t * W;
+        const float *gate = NULL;
+        if (j->block == ATTN_IN || j->block == MLP_IN) {
+            lr_rmsnorm(x, m->bx + (size_t)t * d->dim, d->dim, d->norm_eps, NULL);
+        } else if (j->block == MLP_OUT) {
+            const float *gu = m->bgu + (size_t)t * 2 * ff;
+            for (int32_t i = 0; i < ff; i++) x[i] = gu[i] / (1.0f + expf(-gu[i])) * gu[ff + i];
+            gate = gu;
+        }
+        sparsify(m, x, gate, j->t0 + t, j->layer, j->block, t, thread);
+    }
+}
+
+static void prep(lr_model *m, int32_t t0, int32_t n, int32_t layer, int32_t block) {
+    prep_job j = {m, t0, n, layer, block};
+    lr_pool_run(m->pool, prep_task, &j);
 }
 
 static void add_rows(float *X, int32_t ldx, const float *Y, int32_t ldy, int32_t n, int32_t width) {
@@ -157,11 +186,7 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
             gemm(m, &L->adapter, m->bx, dim, NULL, m->by, dim, n, 0);
             memcpy(m->bx, m->by, (size_t)n * dim * sizeof(float));
         }
-        for (int32_t t = 0; t < n; t++) {
-            float *xn = m->bxn + (size_t)t * W;
-            lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
-            sparsify(m, xn, NULL, t0 + t, l, ATTN_IN, t);
-        }
+        prep(m, t0, n, l, ATTN_IN);
         gemm(m, &L->wqkv, m->bxn, W, m->bmask, m->bqkv, qkvd, n, 0);
         for (int32_t t = 0; t < n; t++) {
             float *qkv = m->bqkv + (size_t)t * qkvd;
@@ -174,22 +199,12 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         }
         battn_job aj = {m, l, pos0, n};
         lr_pool_run(m->pool, battn_task, &aj);
-        for (int32_t t = 0; t < n; t++)
-            sparsify(m, m->bao + (size_t)t * qd, NULL, t0 + t, l, ATTN_OUT, t);
+        prep(m, t0, n, l, ATTN_OUT);
         gemm(m, &L->wo, m->bao, qd, m->bmask, m->by, dim, n, 0);
         add_rows(m->bx, dim, m->by, dim, n, dim);
-        for (int32_t t = 0; t < n; t++) {
-            float *xn = m->bxn + (size_t)t * W;
-            lr_rmsnorm(xn, m->bx + (size_t)t * dim, dim, d->norm_eps, NULL);
-            sparsify(m, xn, NULL, t0 + t, l, MLP_IN, t);
-        }
+        prep(m, t0, n, l, MLP_IN);
         gemm(m, &L->wgu, m->bxn, W, m->bmask, m->bgu, 2 * ff, n, 0);
-        for (int32_t t = 0; t < n; t++) {
-            const float *gu = m->bgu + (size_t)t * 2 * ff;
-            float *h = m->bxn + (size_t)t * W;
-            for (int32_t i = 0; i < ff; i++) h[i] = gu[i] / (1.0f + expf(-gu[i])) * gu[ff + i];
-            sparsify(m, h, gu, t0 + t, l, MLP_OUT, t);
-        }
+        prep(m, t0, n, l, MLP_OUT);
         gemm(m, &L->wdown, m->bxn, W, m->bmask, m->by, dim, n, 0);
         add_rows(m->bx, dim, m->by, dim, n, dim);
     }
