@@ -194,23 +194,44 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
     const float scale = 1.0f / sqrtf((float)hd);
     const float *kc = m->key_cache + (size_t)layer * m->n_ctx * kvd + (size_t)kvh * hd;
     const float *vc = m->value_cache + (size_t)layer * m->n_ctx * kvd + (size_t)kvh * hd;
+    const int32_t n = pos + 1;
     float mx = -INFINITY, sum = 0.0f;
-    for (int32_t t = 0; t <= pos; t++) {
+    int32_t t = 0;
+    for (; t + 4 <= n; t += 4) {   /* 4 positions per pass: 4 independent sums instead of one chain */
+        const float *k0 = kc + (size_t)t * kvd, *k1 = k0 + kvd, *k2 = k1 + kvd, *k3 = k2 + kvd;
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int32_t i = 0; i < hd; i++) {
+            s0 += q[i] * k0[i];
+            s1 += q[i] * k1[i];
+            s2 += q[i] * k2[i];
+            s3 += q[i] * k3[i];
+        }
+        att[t] = s0 * scale, att[t + 1] = s1 * scale, att[t + 2] = s2 * scale, att[t + 3] = s3 * scale;
+    }
+    for (; t < n; t++) {
         const float *kt = kc + (size_t)t * kvd;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (int32_t i = 0; i < hd; i++) s += q[i] * kt[i];
         att[t] = s * scale;
-        mx = att[t] > mx ? att[t] : mx;
     }
+    for (t = 0; t < n; t++) mx = att[t] > mx ? att[t] : mx;
 #pragma omp simd reduction(+ : sum)
-    for (int32_t t = 0; t <= pos; t++) {
+    for (t = 0; t < n; t++) {
         att[t] = exp_neg(att[t] - mx);
         sum += att[t];
     }
+    const float inv = 1.0f / sum;
     for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
-    for (int32_t t = 0; t <= pos; t++) {
-        const float a = att[t] / sum, *vt = vc + (size_t)t * kvd;
+    for (t = 0; t + 4 <= n; t += 4) {   /* 4 positions per pass over out */
+        const float a0 = att[t] * inv, a1 = att[t + 1] * inv, a2 = att[t + 2] * inv, a3 = att[t + 3] * inv;
+        const float *v0 = vc + (size_t)t * kvd, *v1 = v0 + kvd, *v2 = v1 + kvd, *v3 = v2 + kvd;
+#pragma omp simd
+        for (int32_t i = 0; i < hd; i++) out[i] += (a0 * v0[i] + a1 * v1[i]) + (a2 * v2[i] + a3 * v3[i]);
+    }
+    for (; t < n; t++) {
+        const float a = att[t] * inv, *vt = vc + (size_t)t * kvd;
 #pragma omp simd
         for (int32_t i = 0; i < hd; i++) out[i] += a * vt[i];
     }
