@@ -197,7 +197,7 @@ QSPMV(BASE, qspmv_q4_base, ld_q4, prep_raw, mac_mull, 1, 8)
         for (int32_t c = c0; c < c1; c += 64) {                                                    \
             for (int32_t tk = 0; tk < n; tk++)                                                     \
                 for (int t = 0; t < 16; t++) vst1q_f32(Y + (int64_t)tk * ldy + c + 4 * t, vdupq_n_f32(0.0f)); \
-            for (int32_t g = b->g0; g < b->g1; g++) {                                                      \
+            for (int32_t g = b->g0; g < b->g1; g++) {                                              \
                 const uint8_t *r = codes + (int64_t)g * QK * ld;                                   \
                 for (int q = 0; q < 8; q++)                                                        \
                     for (int h = 0; h < 2; h++) {                                                  \
@@ -206,7 +206,7 @@ QSPMV(BASE, qspmv_q4_base, ld_q4, prep_raw, mac_mull, 1, 8)
                         PREP(v[0][0], v[1][0], v[2][0], v[3][0], panel[q][h]);                     \
                         PREP(v[0][1], v[1][1], v[2][1], v[3][1], panel[q][h + 2]);                 \
                     }                                                                              \
-                if (g + 1 < b->g1)                                                                     \
+                if (g + 1 < b->g1)                                                                 \
                     for (int i = 0; i < QK; i++) PREFETCH(r + (QK + i) * ld + c * RB / 2);         \
                 const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)g * w->cols + c;        \
                 for (int32_t tk = 0; tk < n; tk++) {                                               \

@@ -196,7 +196,7 @@ QSPMV_512(qspmv_q4_512, 1, 8, 1)
         float *tile = (float *)(panel + 32);           /* [n][64], lane order */                  \
         for (int32_t c = c0; c < c1; c += 64) {                                                    \
             memset(tile, 0, (size_t)n * 64 * sizeof(float));                                       \
-            for (int32_t g = b->g0; g < b->g1; g++) {                                                      \
+            for (int32_t g = b->g0; g < b->g1; g++) {                                              \
                 const uint8_t *r = codes + (int64_t)g * QK * ld;                                   \
                 for (int q = 0; q < 8; q++) {                                                      \
                     const __m512i x0 = LOAD(r + (4 * q) * ld, c), x1 = LOAD(r + (4 * q + 1) * ld, c); \
@@ -208,7 +208,7 @@ QSPMV_512(qspmv_q4_512, 1, 8, 1)
                     panel[4 * q + 2] = _mm512_unpacklo_epi16(ab_hi, cd_hi);                        \
                     panel[4 * q + 3] = _mm512_unpackhi_epi16(ab_hi, cd_hi);                        \
                 }                                                                                  \
-                if (g + 1 < b->g1)                                                                     \
+                if (g + 1 < b->g1)                                                                 \
                     for (int i = 0; i < QK; i++) PREFETCH(r + (QK + i) * ld + c * RB / 2);         \
                 /* the scales in lane order: the inverse of unshuffle_512 is itself */              \
                 __m512i sd[4], sl[4];                                                              \
@@ -402,7 +402,7 @@ QSPMV_256(qspmv_q4_256, ld_q4_256, dot_q4_256, 1, 8)
         for (int32_t c = c0; c < c1; c += 64) {                                                    \
             for (int32_t tk = 0; tk < n; tk++)                                                     \
                 for (int t = 0; t < 8; t++) _mm256_storeu_ps(Y + (int64_t)tk * ldy + c + 8 * t, _mm256_setzero_ps()); \
-            for (int32_t g = b->g0; g < b->g1; g++) {                                                      \
+            for (int32_t g = b->g0; g < b->g1; g++) {                                              \
                 const uint8_t *r = codes + (int64_t)g * QK * ld;                                   \
                 for (int qd = 0; qd < 8; qd++) {                                                   \
                     __m256i q[4][2];                                                               \
