@@ -96,7 +96,7 @@ int32_t lr_get_simd(void);
 /* kernels, exposed for tests and benchmarks */
 int32_t lr_topk(const float *x, int32_t n, int32_t k, int32_t *idx);
 /* y = sum_j x[idx[j]] W[idx[j], :] for an input-major W (F32, F16, Q8_0_IM, Q4_0_IM; the _IM types
- * quantize x to 8 bits); idx NULL with k = rows: all rows */
+ * quantize x to 8 bits); idx strictly ascending, or NULL with k = rows: all rows */
 int32_t lr_spmv(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y);
 /* y[r] = W[r, :] . x for an output-major W (F32, F16; Q8_0 / Q4_0 with x quantized to 8 bits) */
 int32_t lr_dot_rows(const lr_tensor *w, const float *x, float *y);

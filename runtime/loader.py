@@ -134,16 +134,23 @@ class LarosaFile:
 
 
 def memory_bytes(hp: F.HParams, n_ctx: int, n_threads: int = 1) -> int:
-    """Bytes lr_model_new allocates (c_kernels/forward.c): the f32 KV cache (layers x n_ctx x
-    n_kv_heads head_dim, keys and values), the attention scores, per-thread scratch and the
-    64-token batch buffers, the partial sums of row-split matvecs. Weights are memory-mapped, not counted."""
+    """Bytes lr_model_new allocates (c_kernels/forward.c), to within a few KiB: the f32 KV cache
+    (layers x n_ctx x n_kv_heads head_dim, keys and values), the attention scores, per-thread scratch
+    and the 64-token batch buffers, the partial sums of split matvecs and of the prompt's integer
+    products. Weights are memory-mapped, not counted."""
     d, q, kv, ff = hp.dim, hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.ffn_dim
     widest, out_widest = max(d, q, ff), max(2 * ff, hp.qkv_dim, d)
     floats = (2 * hp.n_layers * n_ctx * kv + hp.n_heads * n_ctx
               + n_threads * (max(widest, d) * 32 + max(n_ctx, d))
               + (4 * n_threads if n_threads > 1 else 1) * out_widest + widest   # row-split partial sums, iota
               + 64 * (d + widest + out_widest + hp.qkv_dim + q + 2 * ff)
-              + 4 * d + hp.qkv_dim + q + 3 * ff + 3 * widest)
+              + 4 * d + hp.qkv_dim + q + 3 * ff
+              + 3 * widest * n_threads                                   # Top-K keys, indices, scratch
+              # integer kernels: accumulators and prompt scratch per thread, a batch's partial
+              # products (more than one thread), a batch's 8-bit inputs and masks, one matvec's
+              + n_threads * (out_widest + 16 + 64 * out_widest + 4096)
+              + (min(n_threads, 16) * 64 * out_widest if n_threads > 1 else 0)
+              + 64 * widest // 2 + 2 * widest)
     return 4 * floats
 
 
