@@ -1,8 +1,10 @@
 """Perplexity through the C runtime against the torch reference simulation, on a few WikiText-2
 windows, for every sparsity method:
-  1. given the runtime's own selections (replayed in the reference), the perplexities agree within 0.5 %
+  1. given the runtime's own selections (replayed in the reference), the perplexities agree within 1.5 %
      (test_runtime.py checks separately that each selection is an exact Top-K / threshold of the
-     reference's activations);
+     reference's activations). 0.5 % held with float activations; these Q8_0 files run on 8-bit
+     activations, which the reference rounds on its own float noise, and the replayed perplexities
+     then moved by up to 0.67 % (TEAL, one CI run);
   2. with each side making its own selections, the runtime is within 3 % of the reference's mean
      over N_PERTURBED runs (as is, then with its embedding perturbed by a relative 1e-6), or within
      twice their standard deviation where that is wider. Not tighter, and not against one run:
@@ -79,7 +81,7 @@ def test_runtime_perplexity_equals_reference(setup, name):
         independent.append(ppl(lambda i: reference(i, None), windows))
     m.set_sparsity(0.0)
     dense = P.score(windows, P.larosa_logits(m), progress=False).ppl
-    assert ours == pytest.approx(replayed, rel=5e-3), (name, ours, replayed)
+    assert ours == pytest.approx(replayed, rel=1.5e-2), (name, ours, replayed)
     spread = max(3e-2 * np.mean(independent), 2 * np.std(independent, ddof=1))
     assert abs(ours - np.mean(independent)) <= spread, (name, ours, independent)
     assert ours > dense * 1.01 and 0.1 < skipped < 0.7    # the sparsity is real: it costs perplexity
