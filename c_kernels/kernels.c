@@ -277,11 +277,7 @@ void lr_dequant_row(const lr_tensor *w, int64_t r, float *out) {
     case LR_Q8_0_IM:
     case LR_Q4_0_IM: {
         const uint16_t *d = (const uint16_t *)w->scale + r / QK * w->cols;
-        for (int32_t c = 0; c < w->cols; c++) {
-            const int32_t q = w->type == LR_Q8_0_IM ? ((const int8_t *)row)[c]
-                : (int32_t)(c % 64 < 32 ? row[c / 64 * 32 + c % 32] & 0x0f : row[c / 64 * 32 + c % 32] >> 4) - 8;
-            out[c] = fp16_to_fp32(d[c]) * (float)q;
-        }
+        for (int32_t c = 0; c < w->cols; c++) out[c] = fp16_to_fp32(d[c]) * (float)lr_im_code(w, r, c);
         break;
     }
     }

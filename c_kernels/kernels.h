@@ -51,6 +51,15 @@ static inline const uint8_t *lr_row(const lr_tensor *w, int64_t r) {
     return (const uint8_t *)w->data + (uint64_t)r * lr_row_bytes(w->type, w->cols);
 }
 
+/* q[i][c] of an _IM weight (FORMAT.md): Q8_0 the int8 code; Q4_0 the nibble of output c of its
+ * 64-output run (low: c % 64 < 32), minus 8 */
+static inline int32_t lr_im_code(const lr_tensor *w, int64_t i, int32_t c) {
+    const uint8_t *row = lr_row(w, i);
+    if (w->type == LR_Q8_0_IM) return ((const int8_t *)row)[c];
+    const uint8_t b = row[c / 64 * 32 + c % 32];
+    return (int32_t)(c % 64 < 32 ? b & 0x0f : b >> 4) - 8;
+}
+
 /* y[c0:c1] = sum_j x[idx[j]] * W[idx[j], c0:c1] over j < k (idx NULL: all rows, x dense).
  * c0, c1 multiples of 32 (or c1 = cols). */
 typedef void (*spmv_fn)(const lr_tensor *w, const float *x, const int32_t *idx, int32_t k,

@@ -147,13 +147,6 @@ void lr_quantize_blocks(const float *x, int32_t n, int8_t *xq, float *dx, int32_
 
 /* ---- scalar references ------------------------------------------------------------------------ */
 
-/* q[i][c] of an input-major quantized weight */
-static inline int32_t im_code(const lr_tensor *w, int64_t i, int32_t c) {
-    if (w->type == LR_Q8_0_IM) return ((const int8_t *)w->data)[i * w->cols + c];
-    const uint8_t b = ((const uint8_t *)w->data)[i * (w->cols / 2) + c / 64 * 32 + c % 32];
-    return (int32_t)(c % 64 < 32 ? b & 0x0f : b >> 4) - 8;
-}
-
 /* y[c] for c in [c0, c1) (multiples of 64); acc: c1 - c0 int32 of scratch */
 static void qspmv_ref(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0, int32_t c1, int32_t *acc) {
     const uint16_t *d = w->scale;
@@ -161,7 +154,7 @@ static void qspmv_ref(const lr_tensor *w, const lr_qsel *s, float *y, int32_t c0
     for (int32_t gi = 0; gi < s->n_groups; gi++) {
         for (int32_t c = c0; c < c1; c++) acc[c - c0] = 0;
         for (int32_t j = s->start[gi]; j < s->start[gi + 1]; j++)
-            for (int32_t c = c0; c < c1; c++) acc[c - c0] += im_code(w, s->row[j], c) * s->xq[j];
+            for (int32_t c = c0; c < c1; c++) acc[c - c0] += lr_im_code(w, s->row[j], c) * s->xq[j];
         const uint16_t *dg = d + (int64_t)s->group[gi] * w->cols;
         for (int32_t c = c0; c < c1; c++) {
             const float sc = fp16_to_fp32(dg[c]) * s->dx[gi];
@@ -186,7 +179,7 @@ static void qgemm_ref(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t 
             if (!b->has[(int64_t)t * G + g]) continue;
             for (int32_t c = c0; c < c1; c++) acc[c - c0] = 0;
             for (int32_t i = g * QK; i < (g + 1) * QK; i++)
-                for (int32_t c = c0; c < c1; c++) acc[c - c0] += im_code(w, i, c) * xq[i];
+                for (int32_t c = c0; c < c1; c++) acc[c - c0] += lr_im_code(w, i, c) * xq[i];
             const float dx = b->dx[(int64_t)t * G + g];
             for (int32_t c = c0; c < c1; c++) {
                 const float sc = fp16_to_fp32(d[(int64_t)g * w->cols + c]) * dx;
