@@ -6,6 +6,13 @@ magic, version, byte order, counts, every key and value (types, lengths, caps), 
 description (name, dims, type, offset inside the file, alignment, no overlap). Anything wrong is a
 FormatError (UnsupportedError for a well-formed file this runtime does not read) naming the file,
 the offset and the problem.
+
+Reading: `GGUFFile` keeps the checked mapping and reads a value only when asked, at the offset the
+scan recorded. gguf's GGUFReader is not used to open files: it builds Python objects for every item
+of every array when it opens one (~2.5 s for SmolLM2's 49,152-token vocabulary, 11 s for Gemma 3's
+262,144), while a model needs scalars, a few array lengths and the tensor descriptions, and the
+vocabulary is read by llama.cpp's tokenizer itself (`write_vocab_gguf` copies its keys byte for byte).
+gguf still supplies the types, the block sizes and ReaderTensor.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, ReaderTensor
+from gguf.quants import quant_shape_to_byte_shape
 
 from .errors import FormatError, UnsupportedError
 
@@ -25,8 +33,8 @@ _INT_TYPES = {GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGU
 _FLOAT_TYPES = {GGUFValueType.FLOAT32, GGUFValueType.FLOAT64}
 
 # Caps on what a header may ask for. Far above any real model (Llama 3: 291 tensors, ~40 keys,
-# 128256 tokens + 280147 merges = ~0.7 M array items), low enough that a hostile count cannot make
-# the scan or GGUFReader allocate much or loop for long.
+# 128256 tokens + 280147 merges = ~0.7 M array items; Gemma 3: 3 x 262144), low enough that a hostile
+# count cannot make the scan allocate much or loop for long.
 READ_VERSIONS = (2, 3)          # v2 and v3 share the layout (v1's 32-bit counts are long gone)
 MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16
@@ -34,7 +42,7 @@ MAX_KEY_BYTES = (1 << 16) - 1   # the GGUF spec's limit on key length
 MAX_NAME_BYTES = 64             # ggml's GGML_MAX_NAME
 MAX_DIMS = 4                    # ggml's GGML_MAX_DIMS
 MAX_STRING_BYTES = 1 << 26      # one string value (chat templates are a few KiB)
-MAX_ARRAY_ITEMS = 1 << 21       # all array items of a file together (GGUFReader: one Python step each)
+MAX_ARRAY_ITEMS = 1 << 21       # all array items of a file together (strings: one Python step each)
 _HEADER = struct.Struct("<4sIQQ")
 _SCALAR_SIZE = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.UINT16: 2,
                 GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4,
@@ -69,6 +77,8 @@ class KeyInfo:
     item_type: GGUFValueType | None
     count: int
     offset: int                    # of the key's length prefix
+    value_at: int = 0              # the value: a scalar, a string's length prefix, an array's first item
+    end: int = 0                   # just past the value (offset..end is the whole key/value entry)
 
 
 @dataclass
@@ -167,8 +177,7 @@ def _scan_value(cur: _Cursor, key: str, t: GGUFValueType, budget: list[int]) -> 
         raise cur.fail(f"array {what} has {n} items: the arrays of the file would hold more than "
                        f"{MAX_ARRAY_ITEMS} items together", at)
     if sub == GGUFValueType.STRING:
-        for i in range(n):
-            cur.skip_string(f"item {i} of {what}")
+        _skip_strings(cur, n, what)
     else:
         size = _SCALAR_SIZE[sub] * n
         cur.need(size, f"{n} items of {what}")
@@ -179,9 +188,30 @@ def _scan_value(cur: _Cursor, key: str, t: GGUFValueType, budget: list[int]) -> 
     return sub, n
 
 
+def _skip_strings(cur: _Cursor, n: int, what: str) -> None:
+    """Skips n strings (a vocabulary: up to ~10^6): a tight loop, the message is made only on failure."""
+    buf, size, pos, unpack = cur.buf, cur.size, cur.pos, struct.unpack_from
+    for i in range(n):
+        if pos + 8 > size:
+            break
+        ln = unpack("<Q", buf, pos)[0]
+        if ln > MAX_STRING_BYTES or pos + 8 + ln > size:
+            break
+        pos += 8 + ln
+    else:
+        cur.pos = pos
+        return
+    cur.pos = pos
+    cur.skip_string(f"item {i} of {what}")   # raises, naming the item
+
+
 def scan_gguf(path: str | os.PathLike) -> GGUFLayout:
     """Checks the structure of a GGUF file with bounded work and returns it (see the module doc)."""
-    path = os.fspath(path)
+    return GGUFFile(path).layout
+
+
+def _map(path: str) -> mmap.mmap:
+    """The file mapped read-only; FormatError for what is not a regular GGUF file of header size."""
     if not os.path.exists(path):
         raise FormatError(f"{path}: no such file")
     if not os.path.isfile(path):
@@ -194,8 +224,7 @@ def scan_gguf(path: str | os.PathLike) -> GGUFLayout:
                 if magic != b"GGUF":
                     raise FormatError(f"{path}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
                 raise FormatError(f"{path}: truncated GGUF header ({size} bytes, at least {_HEADER.size} needed)")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return _scan(mm, len(mm), path)
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise FormatError(f"{path}: cannot read the file: {e.strerror or e}") from None
 
@@ -224,13 +253,14 @@ def _scan(buf, size: int, path: str) -> GGUFLayout:
         if key in layout.keys:
             raise cur.fail(f"duplicate metadata key {key!r}", at)
         t = _value_type(cur, cur.u32(f"value type of {key!r}"), f"key {key!r}")
+        value_at = cur.pos + (12 if t == GGUFValueType.ARRAY else 0)
         sub, count = _scan_value(cur, key, t, budget)
-        layout.keys[key] = KeyInfo(t, sub, count, at)
+        layout.keys[key] = KeyInfo(t, sub, count, at, value_at, cur.pos)
     align_key = layout.keys.get("general.alignment")
     if align_key is not None:
         if align_key.type != GGUFValueType.UINT32:
             raise FormatError(f"{path}: general.alignment must be a uint32, not {align_key.type.name}")
-        a = _read_scalar_at(buf, align_key, "<I")
+        a = struct.unpack_from("<I", buf, align_key.value_at)[0]
         if a == 0 or a & (a - 1) or a > 1 << 20:
             raise FormatError(f"{path}: general.alignment = {a} is not a power of two up to 2^20")
         layout.alignment = a
@@ -279,54 +309,129 @@ def _scan(buf, size: int, path: str) -> GGUFLayout:
     return layout
 
 
-def _read_scalar_at(buf, k: KeyInfo, fmt: str):
-    """The scalar value of a key scanned at k.offset (its length prefix)."""
-    klen = struct.unpack_from("<Q", buf, k.offset)[0]
-    return struct.unpack_from(fmt, buf, k.offset + 8 + klen + 4)[0]
+# numpy item type of a tensor's data view, as gguf's GGUFReader builds it (others: raw bytes per row)
+_TENSOR_DTYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16,
+                  GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
+                  GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
+                  GGMLQuantizationType.I64: np.int64}
+_ARRAY_DTYPES = {GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2",
+                 GGUFValueType.INT16: "<i2", GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4",
+                 GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "<u1", GGUFValueType.UINT64: "<u8",
+                 GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8"}
 
 
-def open_checked(path: str | os.PathLike) -> tuple[GGUFReader, GGUFLayout]:
-    """scan_gguf, then gguf's reader over the checked file (memory-mapped read-only), and a cross-check
-    that both agree; any failure is a FormatError naming the file."""
-    path = os.fspath(path)
-    layout = scan_gguf(path)
-    try:
-        reader = GGUFReader(path, "r")
-    except Exception as e:  # the scan should leave nothing for gguf to trip on; never a traceback
-        raise FormatError(f"{path}: malformed GGUF ({type(e).__name__}: {e})") from None
-    got = [(t.name, int(t.data_offset), int(t.data.nbytes)) for t in reader.tensors]
-    want = [(t.name, layout.data_offset + t.offset, t.nbytes) for t in layout.tensors]
-    if len(reader.data) != layout.file_size or got != want or list(reader.fields)[3:] != list(layout.keys):
-        raise FormatError(f"{path}: the file changed while it was opened, or gguf reads it differently")
-    return reader, layout
+class GGUFFile:
+    """A GGUF file checked by the scan (module doc), memory-mapped read-only, its values read on demand.
+
+    fields: key -> KeyInfo, in file order. tensors: gguf ReaderTensor per tensor description, in file
+    order, `data` a read-only view of the mapping shaped as gguf's reader shapes it (F32/F16/I8...:
+    items in row-major order; quantized types: bytes per row). Reading a value never re-trusts the
+    file: every offset was checked by the scan of this same mapping."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        self._mm = _map(self.path)
+        self.layout = _scan(self._mm, len(self._mm), self.path)
+        self.fields: dict[str, KeyInfo] = self.layout.keys
+        self.data = np.frombuffer(self._mm, dtype=np.uint8)   # read-only: the mapping is ACCESS_READ
+        self.tensors = [self._tensor(t) for t in self.layout.tensors]
+
+    def _tensor(self, t: TensorInfo) -> ReaderTensor:
+        start = self.layout.data_offset + t.offset
+        rows_cols = tuple(reversed(t.dims))
+        dtype = _TENSOR_DTYPES.get(t.type)
+        if dtype is None:
+            data = self.data[start:start + t.nbytes].reshape(quant_shape_to_byte_shape(rows_cols, t.type))
+        else:
+            data = self.data[start:start + t.nbytes].view(dtype).reshape(rows_cols)
+        n = 1
+        for d in t.dims:
+            n *= d
+        return ReaderTensor(name=t.name, tensor_type=t.type, shape=np.array(t.dims, dtype=np.uint64),
+                            n_elements=n, n_bytes=t.nbytes, data_offset=start, data=data, field=None)
+
+    def bytes_at(self, start: int, end: int) -> bytes:
+        return self._mm[start:end]
+
+    def string_at(self, pos: int) -> bytes:
+        n = struct.unpack_from("<Q", self._mm, pos)[0]
+        return self._mm[pos + 8:pos + 8 + n]
+
+    def strings(self, key: str) -> list[bytes]:
+        """The items of a string array (the scan checked each lies inside the file)."""
+        k = self.fields[key]
+        mm, pos, out, unpack = self._mm, k.value_at, [], struct.unpack_from
+        for _ in range(k.count):
+            n = unpack("<Q", mm, pos)[0]
+            out.append(mm[pos + 8:pos + 8 + n])
+            pos += 8 + n
+        return out
+
+    def numbers(self, key: str) -> np.ndarray:
+        """The items of a numeric or bool array, as stored (a copy)."""
+        k = self.fields[key]
+        return np.frombuffer(self._mm, dtype=_ARRAY_DTYPES[k.item_type], count=k.count, offset=k.value_at).copy()
+
+    def value(self, key: str) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
+        """(value, type, array item type) as gguf.GGUFWriter.add_key_value takes them; strings as bytes."""
+        k = self.fields[key]
+        if k.type == GGUFValueType.ARRAY:
+            items = self.strings(key) if k.item_type == GGUFValueType.STRING else self.numbers(key).tolist()
+            if k.item_type == GGUFValueType.BOOL:
+                items = [bool(x) for x in items]
+            return items, k.type, k.item_type
+        if k.type == GGUFValueType.STRING:
+            return self.string_at(k.value_at), k.type, None
+        v = struct.unpack_from(_SCALAR_FMT[k.type], self._mm, k.value_at)[0]
+        return (bool(v) if k.type == GGUFValueType.BOOL else v), k.type, None
 
 
-def open_gguf(path: str | os.PathLike) -> GGUFReader:
-    """Checks `path` (scan_gguf) and memory-maps it read-only with gguf's reader; any problem becomes a
-    FormatError or UnsupportedError naming the file."""
-    return open_checked(path)[0]
+def open_checked(path: str | os.PathLike) -> tuple[GGUFFile, GGUFLayout]:
+    """The checked, mapped file and its layout; any problem is a FormatError/UnsupportedError naming it."""
+    f = GGUFFile(path)
+    return f, f.layout
+
+
+def open_gguf(path: str | os.PathLike) -> GGUFFile:
+    """Checks `path` (see the module doc) and maps it read-only; any problem becomes a FormatError or
+    UnsupportedError naming the file."""
+    return GGUFFile(path)
 
 
 class Metadata:
-    """Typed access to a GGUF file's key/value pairs."""
+    """Typed access to a GGUF file's key/value pairs: a wrong type is a FormatError naming the key."""
 
-    def __init__(self, reader: GGUFReader, path: str):
-        self.reader, self.path = reader, path
+    def __init__(self, file: GGUFFile, path: str):
+        self.file, self.path = file, path
+
+    @property
+    def reader(self) -> GGUFFile:   # the name of former versions
+        return self.file
 
     def has(self, key: str) -> bool:
-        return key in self.reader.fields
+        return key in self.file.fields
 
-    def _field(self, key: str):
-        f = self.reader.fields.get(key)
+    def _field(self, key: str) -> KeyInfo:
+        f = self.file.fields.get(key)
         if f is None:
             raise FormatError(f"{self.path}: missing metadata key {key!r}")
         return f
 
+    def types(self, key: str) -> list[GGUFValueType]:
+        """[type], or [ARRAY, item type] for an array."""
+        f = self._field(key)
+        return [f.type] if f.item_type is None else [f.type, f.item_type]
+
+    def count(self, key: str) -> int:
+        """Items of an array (1 for a scalar or string)."""
+        return self._field(key).count
+
     def _scalar(self, key: str, allowed: set, what: str) -> Any:
         f = self._field(key)
-        if len(f.types) != 1 or f.types[0] not in allowed:
-            raise FormatError(f"{self.path}: metadata {key!r} must be {what}")
-        return f.parts[f.data[0]][0]
+        if f.type not in allowed:
+            raise FormatError(f"{self.path}: metadata {key!r} must be {what}"
+                              + (f", not an array of {f.count}" if f.type == GGUFValueType.ARRAY else ""))
+        return self.file.value(key)[0]
 
     def int(self, key: str, default: int | None = None) -> int:
         if default is not None and not self.has(key):
@@ -347,10 +452,10 @@ class Metadata:
         if default is not None and not self.has(key):
             return default
         f = self._field(key)
-        if f.types != [GGUFValueType.STRING]:
+        if f.type != GGUFValueType.STRING:
             raise FormatError(f"{self.path}: metadata {key!r} must be a string")
         try:
-            return bytes(f.parts[f.data[0]]).decode("utf-8")
+            return self.file.string_at(f.value_at).decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError(f"{self.path}: metadata {key!r} is not valid UTF-8") from None
 
@@ -358,14 +463,18 @@ class Metadata:
         """A numeric array; kind 'int' or 'float'."""
         f = self._field(key)
         allowed = _INT_TYPES if kind == "int" else _FLOAT_TYPES
-        if len(f.types) != 2 or f.types[0] != GGUFValueType.ARRAY or f.types[1] not in allowed:
+        if f.type != GGUFValueType.ARRAY or f.item_type not in allowed:
             raise FormatError(f"{self.path}: metadata {key!r} must be an array of {kind}s")
-        if not f.data:
-            return np.zeros(0, dtype=np.float64 if kind == "float" else np.int64)
-        return np.concatenate([f.parts[i] for i in f.data]).astype(np.float64 if kind == "float" else np.int64)
+        return self.file.numbers(key).astype(np.float64 if kind == "float" else np.int64)
+
+    def strings(self, key: str) -> list[bytes]:
+        """A string array's items as bytes."""
+        if self.types(key) != [GGUFValueType.ARRAY, GGUFValueType.STRING]:
+            raise FormatError(f"{self.path}: metadata {key!r} must be an array of strings")
+        return self.file.strings(key)
 
 
-def tensor_map(reader: GGUFReader) -> dict[str, ReaderTensor]:
+def tensor_map(reader: GGUFFile | GGUFReader) -> dict[str, ReaderTensor]:
     return {t.name: t for t in reader.tensors}
 
 
@@ -375,7 +484,7 @@ def tensor_rows_cols(t: ReaderTensor) -> tuple[int, ...]:
 
 
 def field_value(f) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
-    """(value, type, array item type) of a reader field, strings kept as raw bytes."""
+    """(value, type, array item type) of a gguf GGUFReader field, strings kept as raw bytes."""
     t = f.types[0]
     if t == GGUFValueType.ARRAY:
         if len(f.types) != 2:
@@ -389,10 +498,33 @@ def field_value(f) -> tuple[Any, GGUFValueType, GGUFValueType | None]:
     return f.parts[f.data[0]].tolist()[0], t, None
 
 
-def copy_fields(reader: GGUFReader, writer, keys: list[str]) -> None:
-    """Copies metadata verbatim (types included) from a reader to a gguf.GGUFWriter."""
+def copy_fields(reader: GGUFFile | GGUFReader, writer, keys: list[str]) -> None:
+    """Copies metadata verbatim (types included) from a GGUFFile (or gguf's reader) to a gguf.GGUFWriter."""
     for k in keys:
-        value, t, sub = field_value(reader.fields[k])
+        value, t, sub = reader.value(k) if isinstance(reader, GGUFFile) else field_value(reader.fields[k])
         if t == GGUFValueType.ARRAY and not value:
             continue  # gguf's writer cannot write empty arrays
         writer.add_key_value(k, value, t, sub)
+
+
+def _kv_bytes(key: str, t: GGUFValueType, value) -> bytes:
+    k = key.encode()
+    head = struct.pack("<Q", len(k)) + k + struct.pack("<I", t)
+    if t == GGUFValueType.STRING:
+        v = value.encode()
+        return head + struct.pack("<Q", len(v)) + v
+    return head + struct.pack(_SCALAR_FMT[t], value)
+
+
+def write_vocab_gguf(file: GGUFFile, out_path: str, kvs: list[tuple[str, GGUFValueType, Any]],
+                     keys: list[str]) -> None:
+    """A tensor-less GGUF v3 for llama.cpp's vocab-only load: general.architecture and the scalar or
+    string `kvs` (key, type, value), then `keys` of `file` copied byte for byte (their entries are
+    contiguous and were checked by the scan). gguf's writer would need every token as a Python
+    object first (~0.3 s for SmolLM2's vocabulary, several seconds for 256k-token ones)."""
+    entries = [_kv_bytes("general.architecture", GGUFValueType.STRING, "llama")]
+    entries += [_kv_bytes(k, t, v) for k, t, v in kvs]
+    entries += [file.bytes_at(file.fields[k].offset, file.fields[k].end) for k in keys]
+    body = _HEADER.pack(b"GGUF", 3, 0, len(entries)) + b"".join(entries)
+    with open(out_path, "wb") as f:
+        f.write(body + bytes(-len(body) % 32))

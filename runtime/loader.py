@@ -8,13 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
-from gguf import GGUFReader, ReaderTensor
-
 from gguf import GGUFValueType as VT
+from gguf import ReaderTensor
 
 from . import format as F
 from .errors import FormatError, ResourceError, UnsupportedError
-from .gguf_file import GGUFLayout, Metadata, open_checked, tensor_map, tensor_rows_cols
+from .gguf_file import GGUFFile, GGUFLayout, Metadata, open_checked, tensor_map, tensor_rows_cols
 
 MAX_DIM = 1 << 17      # caps on sizes read from the file, far above any real model
 MAX_LAYERS = 1024
@@ -40,7 +39,7 @@ class Selection:
 @dataclass
 class LarosaFile:
     path: str
-    reader: GGUFReader
+    reader: GGUFFile                      # the checked, mapped file (values read on demand)
     meta: Metadata
     hp: F.HParams
     method: str
@@ -54,14 +53,14 @@ class LarosaFile:
     tensors: dict[str, ReaderTensor]
     layout: GGUFLayout | None = None      # the header as gguf_file.scan_gguf checked it
 
-    def memory_bytes(self, n_ctx: int, n_threads: int = 1) -> int:
+    def memory_bytes(self, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> int:
         """What lr_model_new allocates for a context of n_ctx (see memory_bytes below)."""
-        return memory_bytes(self.hp, n_ctx, n_threads)
+        return memory_bytes(self.hp, n_ctx, n_threads, type_k, type_v)
 
-    def check_memory(self, n_ctx: int, n_threads: int = 1) -> None:
+    def check_memory(self, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> None:
         """ResourceError (before any allocation) when the KV cache and buffers of a context of n_ctx
         positions would exceed the machine's physical memory."""
-        check_memory(self.hp, n_ctx, n_threads, self.path)
+        check_memory(self.hp, n_ctx, n_threads, self.path, type_k, type_v)
 
     def levels(self, sparsity: float | None = None) -> dict[str, list[float]]:
         """Fraction of each block input's inputs skipped, per layer: min(coef * s, 1)."""
@@ -133,14 +132,23 @@ class LarosaFile:
         return F.bytes_per_token(self.hp, self.shapes_types(), None)
 
 
-def memory_bytes(hp: F.HParams, n_ctx: int, n_threads: int = 1) -> int:
-    """Bytes lr_model_new allocates (c_kernels/forward.c), to within a few KiB: the f32 KV cache
-    (layers x n_ctx x n_kv_heads head_dim, keys and values), the attention scores, per-thread scratch
-    and the 64-token batch buffers, the partial sums of split matvecs and of the prompt's integer
-    products. Weights are memory-mapped, not counted."""
+KV_BYTES = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}   # bytes per cached value (q8_0: 32 codes + f16 scale)
+
+
+def kv_cache_bytes(hp: F.HParams, n_ctx: int, type_k: str = "f16", type_v: str = "f16") -> int:
+    """The KV cache: layers x n_ctx x n_kv_heads head_dim values, keys of type_k and values of type_v."""
+    n = hp.n_layers * n_ctx * hp.n_kv_heads * hp.head_dim
+    return round(n * KV_BYTES[type_k]) + round(n * KV_BYTES[type_v])
+
+
+def memory_bytes(hp: F.HParams, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> int:
+    """Bytes lr_model_new allocates (c_kernels/forward.c), to within a few KiB: the KV cache
+    (kv_cache_bytes), the attention scores, per-thread scratch and the 64-token batch buffers, the
+    partial sums of split matvecs and of the prompt's integer products. Weights are memory-mapped,
+    not counted."""
     d, q, kv, ff = hp.dim, hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.ffn_dim
     widest, out_widest = max(d, q, ff), max(2 * ff, hp.qkv_dim, d)
-    floats = (2 * hp.n_layers * n_ctx * kv + hp.n_heads * n_ctx
+    floats = (hp.n_heads * n_ctx
               + n_threads * (max(widest, d) * 32 + max(n_ctx, d))
               + (4 * n_threads if n_threads > 1 else 1) * out_widest + widest   # row-split partial sums, iota
               + 64 * (d + widest + out_widest + hp.qkv_dim + q + 2 * ff)
@@ -151,7 +159,7 @@ def memory_bytes(hp: F.HParams, n_ctx: int, n_threads: int = 1) -> int:
               + n_threads * (out_widest + 16 + 64 * out_widest + 4096)
               + (min(n_threads, 16) * 64 * out_widest if n_threads > 1 else 0)
               + 64 * widest // 2 + 2 * widest)
-    return 4 * floats
+    return 4 * floats + kv_cache_bytes(hp, n_ctx, type_k, type_v) + n_threads * (hp.head_dim // 32 + 1) * 34
 
 
 def physical_memory() -> int:
@@ -162,15 +170,16 @@ def physical_memory() -> int:
         return 1 << 50
 
 
-def check_memory(hp: F.HParams, n_ctx: int, n_threads: int, path: str) -> None:
-    need, have = memory_bytes(hp, n_ctx, n_threads), physical_memory()
+def check_memory(hp: F.HParams, n_ctx: int, n_threads: int, path: str, type_k: str = "f16",
+                 type_v: str = "f16") -> None:
+    need, have = memory_bytes(hp, n_ctx, n_threads, type_k, type_v), physical_memory()
     if need > have:
-        kv = 2 * hp.n_layers * n_ctx * hp.n_kv_heads * hp.head_dim * 4
+        kv = kv_cache_bytes(hp, n_ctx, type_k, type_v)
         raise ResourceError(
             f"{path}: a context of {n_ctx} positions needs {need / 2**30:.1f} GiB (KV cache: {hp.n_layers} "
-            f"layers x {n_ctx} positions x {hp.n_kv_heads * hp.head_dim} values x 2 x 4 bytes = "
-            f"{kv / 2**30:.1f} GiB), more than this machine's {have / 2**30:.1f} GiB of memory: "
-            "use a smaller context (n_ctx, -c)")
+            f"layers x {n_ctx} positions x {hp.n_kv_heads * hp.head_dim} values, keys {type_k} and values "
+            f"{type_v} = {kv / 2**30:.1f} GiB), more than this machine's {have / 2**30:.1f} GiB of memory: "
+            "use a smaller context (n_ctx, -c) or a smaller KV cache type (-ctk / -ctv q8_0)")
 
 
 def _hparams(m: Metadata, path: str) -> F.HParams:
@@ -245,10 +254,6 @@ def _selection_keys(m: Metadata, hp: F.HParams, path: str):
     return coefs, [bool(r) for r in rotated], (grid.tolist() if grid is not None else None), tables, mlp_out_key
 
 
-def _field_type(m: Metadata, key: str) -> list:
-    return list(m.reader.fields[key].types)
-
-
 def _tokenizer_keys(m: Metadata, hp: F.HParams, path: str) -> None:
     """The tokenizer.* keys llama.cpp reads when Model builds the tokenizer: types, lengths and the
     token list (one distinct non-empty token per embedding row). llama.cpp aborts the process on
@@ -258,12 +263,11 @@ def _tokenizer_keys(m: Metadata, hp: F.HParams, path: str) -> None:
         raise UnsupportedError(f"{path}: tokenizer.ggml.model = {kind!r}; the runtime reads "
                                f"{', '.join(TOKENIZER_MODELS)} tokenizers")
     key = "tokenizer.ggml.tokens"
-    if not m.has(key) or _field_type(m, key) != [VT.ARRAY, VT.STRING]:
+    if not m.has(key) or m.types(key) != [VT.ARRAY, VT.STRING]:
         raise FormatError(f"{path}: {key} must be an array of strings")
-    f = m.reader.fields[key]
-    if len(f.data) != hp.n_vocab:
-        raise FormatError(f"{path}: {key} has {len(f.data)} tokens, the embedding {hp.n_vocab} rows")
-    tokens = [bytes(f.parts[i]) for i in f.data]
+    if m.count(key) != hp.n_vocab:
+        raise FormatError(f"{path}: {key} has {m.count(key)} tokens, the embedding {hp.n_vocab} rows")
+    tokens = m.strings(key)
     if not all(tokens):
         raise FormatError(f"{path}: {key}: token {tokens.index(b'')} is empty")
     if len(set(tokens)) != len(tokens):
@@ -273,13 +277,13 @@ def _tokenizer_keys(m: Metadata, hp: F.HParams, path: str) -> None:
     for k, want, what in (("tokenizer.ggml.scores", VT.FLOAT32, "float32"),
                           ("tokenizer.ggml.token_type", VT.INT32, "int32")):
         if m.has(k):
-            if _field_type(m, k) != [VT.ARRAY, want] or len(m.reader.fields[k].data) != hp.n_vocab:
+            if m.types(k) != [VT.ARRAY, want] or m.count(k) != hp.n_vocab:
                 raise FormatError(f"{path}: {k} must be an array of {hp.n_vocab} {what} values")
     for k in m.reader.fields:
         if not k.startswith("tokenizer."):
             continue
-        t = _field_type(m, k)
-        if k in ("tokenizer.ggml.merges",) and t not in ([VT.ARRAY, VT.STRING], [VT.ARRAY]):
+        t = m.types(k)
+        if k in ("tokenizer.ggml.merges",) and t != [VT.ARRAY, VT.STRING]:
             raise FormatError(f"{path}: {k} must be an array of strings")
         if k.startswith("tokenizer.ggml.") and k.endswith("_token_id") and t != [VT.UINT32]:
             raise FormatError(f"{path}: {k} must be a uint32")
@@ -326,7 +330,7 @@ def load(path: str | os.PathLike) -> LarosaFile:
     library and llama.cpp's tokenizer will read is checked here, before either is called; weights
     are not scanned (NaN/Inf in them shows up in the logits: model.NumericsError)."""
     path = os.fspath(path)
-    reader, layout = open_checked(path)
+    reader, layout = open_checked(path)   # header only: values are read below as needed (gguf_file)
     m = Metadata(reader, path)
     arch = m.str("general.architecture")
     if arch == "llama":

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,12 +15,14 @@ from typing import Iterator
 
 import numpy as np
 from gguf import GGMLQuantizationType as QT
+from gguf import GGUFValueType as VT
 
 from larosa._kernels import ffi, lib
 
 from . import format as F
-from .errors import LarosaError
+from .errors import FormatError, LarosaError
 from .generate import Sampling, generate_text, generate_tokens
+from .gguf_file import write_vocab_gguf
 from .loader import LarosaFile, load
 from .tokenizer import Tokenizer
 
@@ -30,7 +33,25 @@ _ERRORS = {lib.LR_EARG: "invalid argument", lib.LR_ESHAPE: "tensor shape or size
            lib.LR_ERANGE: "value out of range", lib.LR_ENAN: "non-finite values in the logits",
            lib.LR_ETHREAD: "cannot start threads"}
 DEFAULT_N_CTX = 4096
+# KV cache types: llama.cpp's names (-ctk / -ctv) and GGML type ids (llama-cpp-python's type_k / type_v)
+KV_TYPES = {"f32": lib.LR_F32, "f16": lib.LR_F16, "q8_0": lib.LR_Q8_0}
+DEFAULT_KV_TYPE = "f16"   # llama.cpp's default
 PROMPT_CHUNK = 256     # prompt tokens per C call in eval_prompt
+
+
+def kv_type_name(t: str | int | None, what: str = "KV cache type") -> str:
+    """A KV cache type by llama.cpp's name or GGML type id -> its name ("f32", "f16", "q8_0");
+    None: the default (f16). ValueError for anything else."""
+    if t is None:
+        return DEFAULT_KV_TYPE
+    if isinstance(t, str) and t.lower() in KV_TYPES:
+        return t.lower()
+    if isinstance(t, int) and not isinstance(t, bool):
+        for name, tid in KV_TYPES.items():
+            if tid == t:
+                return name
+    raise ValueError(f"{what} must be one of {', '.join(KV_TYPES)} (or GGML type ids "
+                     f"{', '.join(str(v) for v in KV_TYPES.values())}), got {t!r}")
 
 
 class ContextError(LarosaError):
@@ -66,6 +87,28 @@ class _Keep:
     arrays: list = field(default_factory=list)
 
 
+def _tokenizer(f: LarosaFile) -> Tokenizer:
+    """llama.cpp's tokenizer of the file: its tokenizer.* keys (checked by load) copied byte for byte
+    into a small vocab-only llama GGUF (gguf_file.write_vocab_gguf), loaded by llama.cpp, deleted.
+    Tokenizer.from_metadata does the same through gguf's writer, which first turns every token and
+    merge into a Python object (~0.2 s on SmolLM2, seconds on 256k-token vocabularies)."""
+    keys = [k for k in f.reader.fields if k.startswith("tokenizer.")]
+    if "tokenizer.ggml.model" not in keys:
+        raise FormatError(f"{f.path}: no tokenizer in the file (tokenizer.ggml.model missing)")
+    hp, u32 = f.hp, VT.UINT32
+    kvs = [("llama.block_count", u32, hp.n_layers), ("llama.context_length", u32, hp.n_ctx),
+           ("llama.embedding_length", u32, hp.dim), ("llama.feed_forward_length", u32, hp.ffn_dim),
+           ("llama.attention.head_count", u32, hp.n_heads), ("llama.attention.head_count_kv", u32, hp.n_kv_heads),
+           ("llama.attention.layer_norm_rms_epsilon", VT.FLOAT32, hp.norm_eps)]
+    fd, tmp = tempfile.mkstemp(suffix=".vocab.gguf")
+    os.close(fd)
+    try:
+        write_vocab_gguf(f.reader, tmp, kvs, keys)
+        return Tokenizer(tmp)
+    finally:
+        os.unlink(tmp)
+
+
 class Model:
     """A converted model ready to evaluate. Two Model objects (of the same or different files) are
     independent and may run concurrently, one per thread (the C calls release the GIL). One Model
@@ -78,7 +121,12 @@ class Model:
     generation stops once the context is full (its last token is sampled but not evaluated)."""
 
     def __init__(self, path: str | os.PathLike, sparsity: float | None = None,
-                 n_threads: int | None = None, n_ctx: int | None = None, budget: bool | None = None):
+                 n_threads: int | None = None, n_ctx: int | None = None, budget: bool | None = None,
+                 type_k: str | int | None = None, type_v: str | int | None = None):
+        """type_k, type_v: the KV cache's types, "f32", "f16" (default, as llama.cpp) or "q8_0"
+        (or their GGML type ids 0, 1, 8, as llama-cpp-python takes them); q8_0 needs a head
+        dimension that is a multiple of 32."""
+        self.type_k, self.type_v = kv_type_name(type_k, "type_k"), kv_type_name(type_v, "type_v")
         self.file: LarosaFile = load(path)
         # thresholds held to a per-token byte budget (LarosaFile.budget); None: as the file says
         self.budget = self.file.budget_default if budget is None else bool(budget)
@@ -91,8 +139,12 @@ class Model:
         self.n_ctx = min(hp.n_ctx, DEFAULT_N_CTX) if n_ctx is None else n_ctx
         if not isinstance(self.n_ctx, int) or not 1 <= self.n_ctx <= hp.n_ctx:
             raise ValueError(f"n_ctx must be an integer in [1, {hp.n_ctx}] (the model's context), got {n_ctx}")
-        self.file.check_memory(self.n_ctx, self.n_threads)   # ResourceError before lr_model_new allocates
-        self.tokenizer = Tokenizer.from_metadata(self.file.reader, hp, self.file.path)
+        if "q8_0" in (self.type_k, self.type_v) and hp.head_dim % 32:
+            raise ValueError(f"a q8_0 KV cache needs a head dimension that is a multiple of 32; "
+                             f"{self.file.path} has {hp.head_dim} (use f16 or f32)")
+        # ResourceError before lr_model_new allocates
+        self.file.check_memory(self.n_ctx, self.n_threads, self.type_k, self.type_v)
+        self.tokenizer = _tokenizer(self.file)
         if self.tokenizer.n_vocab != hp.n_vocab:
             raise LarosaError(f"{self.file.path}: tokenizer has {self.tokenizer.n_vocab} tokens, "
                               f"the embedding {hp.n_vocab}")
@@ -101,7 +153,8 @@ class Model:
         self._lock = threading.RLock()
         desc = self._describe()
         err = ffi.new("char[]", 256)
-        ptr = lib.lr_model_new(desc, self.n_ctx, self.n_threads, err, 256)
+        ptr = lib.lr_model_new(desc, self.n_ctx, self.n_threads, KV_TYPES[self.type_k], KV_TYPES[self.type_v],
+                               err, 256)
         if ptr == ffi.NULL:
             raise LarosaError(f"{self.file.path}: {ffi.string(err).decode()}")
         self._m = ffi.gc(ptr, lib.lr_model_free)
