@@ -3,12 +3,14 @@
  * results: the integer sums are exact and the float steps run in the reference's order.
  *
  * Input-major matvec (qspmv): the selected inputs of a group are taken 4 rows at a time (8 per pass
- * on AVX-512); the 4 rows' codes are interleaved byte-wise (unpack 8, then 16 bits), so that each
- * int32 lane holds one output's 4 products, and added into an int32 accumulator per output kept in
- * L1. After the group, the accumulators are put back in column order (the unpacks work within
- * 128-bit lanes), scaled and added into y. Software prefetch brings the next pass's rows into L2:
- * each selected row starts a new stream (often a new page), which the hardware prefetchers learn
- * too late.
+ * on AVX-512); the 4 rows' codes are interleaved byte-wise so that each int32 lane holds one
+ * output's 4 products, and added into an int32 accumulator per output kept in L1 (L2 for wide
+ * weights). AVX-512 interleaves with a cross-lane byte permute (VBMI) chosen so that the lanes come
+ * out in column order: the group's flush (scale, add into y) needs no shuffles. Software prefetch
+ * brings the next pass's rows into L2: each selected row starts a new stream (often a new page),
+ * which the hardware prefetchers learn too late; the group's scales are prefetched in its first
+ * pass (a sparse group reads all of its scales for fewer rows: 20 % of a 50 % Q4_0 matvec's bytes,
+ * which stalled the flush when left to the hardware prefetchers).
  * vpdpbusd multiplies unsigned by signed bytes: Q8 codes are flipped to q + 128 (xor 0x80) and
  * 128 sum(xq) is taken off after; Q4 codes are stored as q + 8 and 8 sum(xq) is taken off.
  * vpmaddubsw saturates pairs of u8 x s8 products past 32767: Q8 uses |q| and sign(x, q) instead
@@ -19,7 +21,7 @@
 
 #include "kernels.h"
 
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,fma,f16c")))
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define PREFETCH(p) _mm_prefetch((const char *)(p), _MM_HINT_T1)
 #ifndef PF_ROWS
@@ -27,8 +29,9 @@
 #endif
 
 int lr_cpu_has_vnni(void) {
+    /* VBMI for the interleave: CPUs with VNNI and without it (Cascade Lake) run the AVX2 kernels */
     return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw");
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vbmi");
 }
 
 /* ================================ AVX-512 VNNI ============================================= */
@@ -43,50 +46,57 @@ VNNI static inline __m512i ld_q4_512(const uint8_t *row, int32_t c) {
     return _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4), _mm512_set1_epi8(0x0f));
 }
 
-/* acc[0..3] += 4 rows (a, b, c, d) x the 4 bytes of xv; acc[k] 128-bit lane l = columns 16 l + 4 k .. +3 */
-VNNI static inline void quad_512(__m512i a, __m512i b, __m512i c, __m512i d, __m512i xv, __m512i acc[4]) {
-    const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
-    const __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
-    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_unpacklo_epi16(ab_lo, cd_lo), xv);
-    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_unpackhi_epi16(ab_lo, cd_lo), xv);
-    acc[2] = _mm512_dpbusd_epi32(acc[2], _mm512_unpacklo_epi16(ab_hi, cd_hi), xv);
-    acc[3] = _mm512_dpbusd_epi32(acc[3], _mm512_unpackhi_epi16(ab_hi, cd_hi), xv);
+/* The 4 rows' bytes j = 0 .. 63 interleaved so that int32 lane m of v[k] holds byte 16 k + m of
+ * each row (rows in byte order): a two-source byte permute (vpermt2b, VBMI) puts the pairs (a, b)
+ * and (c, d) where the in-lane 16-bit unpacks then leave every lane in column order. */
+VNNI static inline void ilv4_512(__m512i a, __m512i b, __m512i c, __m512i d, __m512i v[4]) {
+    static const int8_t IDX[2][64] = {
+#define P(l, w) (((w) < 4 ? 4 * (l) + (w) : 16 + 4 * (l) + (w) - 4))
+#define LANE(l, h) P(l, 0) + 32 * h, P(l, 0) + 32 * h + 64, P(l, 1) + 32 * h, P(l, 1) + 32 * h + 64, \
+                   P(l, 2) + 32 * h, P(l, 2) + 32 * h + 64, P(l, 3) + 32 * h, P(l, 3) + 32 * h + 64, \
+                   P(l, 4) + 32 * h, P(l, 4) + 32 * h + 64, P(l, 5) + 32 * h, P(l, 5) + 32 * h + 64, \
+                   P(l, 6) + 32 * h, P(l, 6) + 32 * h + 64, P(l, 7) + 32 * h, P(l, 7) + 32 * h + 64
+        {LANE(0, 0), LANE(1, 0), LANE(2, 0), LANE(3, 0)},
+        {LANE(0, 1), LANE(1, 1), LANE(2, 1), LANE(3, 1)},
+#undef LANE
+#undef P
+    };
+    const __m512i i0 = _mm512_loadu_si512(IDX[0]), i1 = _mm512_loadu_si512(IDX[1]);
+    const __m512i ab0 = _mm512_permutex2var_epi8(a, i0, b), ab1 = _mm512_permutex2var_epi8(a, i1, b);
+    const __m512i cd0 = _mm512_permutex2var_epi8(c, i0, d), cd1 = _mm512_permutex2var_epi8(c, i1, d);
+    v[0] = _mm512_unpacklo_epi16(ab0, cd0);
+    v[1] = _mm512_unpackhi_epi16(ab0, cd0);
+    v[2] = _mm512_unpacklo_epi16(ab1, cd1);
+    v[3] = _mm512_unpackhi_epi16(ab1, cd1);
 }
 
-/* the 4 accumulators of 64 columns in column order: z[j] = columns 16 j .. 16 j + 15 */
-VNNI static inline void unshuffle_512(const __m512i v[4], __m512i z[4]) {
-    const __m512i t0 = _mm512_shuffle_i32x4(v[0], v[1], 0x44), t1 = _mm512_shuffle_i32x4(v[0], v[1], 0xee);
-    const __m512i t2 = _mm512_shuffle_i32x4(v[2], v[3], 0x44), t3 = _mm512_shuffle_i32x4(v[2], v[3], 0xee);
-    z[0] = _mm512_shuffle_i32x4(t0, t2, 0x88);
-    z[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
-    z[2] = _mm512_shuffle_i32x4(t1, t3, 0x88);
-    z[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+/* acc[k] (columns 16 k .. 16 k + 15) += 4 rows (a, b, c, d) x the 4 bytes of xv */
+VNNI static inline void quad_512(__m512i a, __m512i b, __m512i c, __m512i d, __m512i xv, __m512i acc[4]) {
+    __m512i v[4];
+    ilv4_512(a, b, c, d, v);
+    for (int k = 0; k < 4; k++) acc[k] = _mm512_dpbusd_epi32(acc[k], v[k], xv);
 }
 
 /* y[c .. c + 63] = fma(float(isum), d * dx, y) for the 4 accumulators v (isum = v - corr) */
 VNNI static inline void flush_512(const __m512i v[4], __m512i corr, const uint16_t *d, float dx, float *y) {
-    __m512i u[4], z[4];
-    for (int t = 0; t < 4; t++) u[t] = _mm512_sub_epi32(v[t], corr);
-    unshuffle_512(u, z);
     const __m512 dxv = _mm512_set1_ps(dx);
     for (int t = 0; t < 4; t++) {
         const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + 16 * t))), dxv);
-        _mm512_storeu_ps(y + 16 * t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(z[t]), s, _mm512_loadu_ps(y + 16 * t)));
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(v[t], corr));
+        _mm512_storeu_ps(y + 16 * t, _mm512_fmadd_ps(f, s, _mm512_loadu_ps(y + 16 * t)));
     }
 }
 
 /* Q4, 128 columns per step: one 64-byte load per row holds two packed chunks; the 4 rows' bytes are
- * interleaved before the nibbles are split, so 4 loads and 8 unpacks feed 8 vpdpbusd (against 4
- * loads, 12 nibble steps and 8 unpacks for 4 with 64 columns per step). acc[4 h + k] lane l holds
- * chunk (l / 2), columns 32 h + 16 (l % 2) + 4 k .. +3 of the step. */
+ * interleaved before the nibbles are split, so 4 loads and 8 permutes feed 8 vpdpbusd. Byte j of the
+ * step is chunk j / 32, low nibble column 64 (j / 32) + j % 32, high nibble that + 32: acc[k] holds
+ * columns COL4(k) .. +15, acc[4 + k] columns COL4(k) + 32 .. +15. */
+#define COL4(k) (64 * ((k) / 2) + 16 * ((k) % 2))
 VNNI static inline void quad_q4_128(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, const uint8_t *r3,
                                     __m512i xv, __m512i acc[8]) {
-    const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
-    const __m512i c = _mm512_loadu_si512(r2), d = _mm512_loadu_si512(r3), m = _mm512_set1_epi8(0x0f);
-    const __m512i ab_lo = _mm512_unpacklo_epi8(a, b), ab_hi = _mm512_unpackhi_epi8(a, b);
-    const __m512i cd_lo = _mm512_unpacklo_epi8(c, d), cd_hi = _mm512_unpackhi_epi8(c, d);
-    const __m512i v[4] = {_mm512_unpacklo_epi16(ab_lo, cd_lo), _mm512_unpackhi_epi16(ab_lo, cd_lo),
-                          _mm512_unpacklo_epi16(ab_hi, cd_hi), _mm512_unpackhi_epi16(ab_hi, cd_hi)};
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    __m512i v[4];
+    ilv4_512(_mm512_loadu_si512(r0), _mm512_loadu_si512(r1), _mm512_loadu_si512(r2), _mm512_loadu_si512(r3), v);
     for (int k = 0; k < 4; k++) {
         acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_and_si512(v[k], m), xv);
         acc[4 + k] = _mm512_dpbusd_epi32(acc[4 + k], _mm512_and_si512(_mm512_srli_epi16(v[k], 4), m), xv);
@@ -96,15 +106,11 @@ VNNI static inline void quad_q4_128(const uint8_t *r0, const uint8_t *r1, const 
 /* y[c .. c + 127] from the 8 accumulators of quad_q4_128 */
 VNNI static inline void flush_q4_128(const __m512i v[8], __m512i corr, const uint16_t *d, float dx, float *y) {
     const __m512 dxv = _mm512_set1_ps(dx);
-    for (int h = 0; h < 2; h++) {
-        __m512i u[4], z[4];
-        for (int t = 0; t < 4; t++) u[t] = _mm512_sub_epi32(v[4 * h + t], corr);
-        unshuffle_512(u, z);   /* z[j]: chunk j / 2, columns 32 h + 16 (j % 2) .. +15 */
-        for (int j = 0; j < 4; j++) {
-            const int32_t o = 64 * (j / 2) + 32 * h + 16 * (j % 2);
-            const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + o))), dxv);
-            _mm512_storeu_ps(y + o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(z[j]), s, _mm512_loadu_ps(y + o)));
-        }
+    for (int t = 0; t < 8; t++) {
+        const int32_t o = COL4(t % 4) + 32 * (t / 4);
+        const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(d + o))), dxv);
+        const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(v[t], corr));
+        _mm512_storeu_ps(y + o, _mm512_fmadd_ps(f, s, _mm512_loadu_ps(y + o)));
     }
 }
 
@@ -122,6 +128,7 @@ VNNI static inline void flush_q4_128(const __m512i v[8], __m512i corr, const uin
         for (int32_t c = c0; c < c1; c += 16) _mm512_storeu_ps(y + c, _mm512_setzero_ps());        \
         for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
             const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
+            const uint16_t *dg = scale + (int64_t)s->group[gi] * w->cols;                          \
             for (int32_t j = j0; j < j1;) {                                                        \
                 const int32_t nr = j1 - j >= 8 ? 8 : 4;   /* rows this pass */                     \
                 /* rows two passes ahead (the groups' entries follow each other): each selected row \
@@ -139,6 +146,7 @@ VNNI static inline void flush_q4_128(const __m512i v[8], __m512i corr, const uin
                 for (; c < c0 + wide; c += 128) {   /* Q4: two chunks per step */                  \
                     const int64_t o = (c - 0) / 2;                                                 \
                     for (int u = 0; u < 8; u++) PREFETCH(p[u] + o);                                \
+                    if (first) for (int t = 0; t < 4; t++) PREFETCH(dg + c + 32 * t);              \
                     int32_t *A = acc + (c - c0);                                                   \
                     __m512i a[8];                                                                  \
                     for (int t = 0; t < 8; t++)                                                    \
@@ -150,6 +158,7 @@ VNNI static inline void flush_q4_128(const __m512i v[8], __m512i corr, const uin
                 for (; c < c1; c += 64) {                                                          \
                     if (RB == 2 || !((c - c0) & 64))                                               \
                         for (int u = 0; u < 8; u++) PREFETCH(p[u] + c * RB / 2);                   \
+                    if (first) for (int t = 0; t < 2; t++) PREFETCH(dg + c + 32 * t);              \
                     int32_t *A = acc + (c - c0);                                                   \
                     __m512i a[4];                                                                  \
                     for (int t = 0; t < 4; t++)                                                    \
@@ -162,7 +171,6 @@ VNNI static inline void flush_q4_128(const __m512i v[8], __m512i corr, const uin
                 j += nr;                                                                           \
             }                                                                                      \
             const __m512i corr = _mm512_set1_epi32(OFF * s->sx[gi]);                               \
-            const uint16_t *dg = scale + (int64_t)s->group[gi] * w->cols;                          \
             int32_t c = c0;                                                                        \
             for (; c < c0 + wide; c += 128) {                                                      \
                 __m512i a[8];                                                                      \
@@ -183,8 +191,7 @@ QSPMV_512(qspmv_q4_512, 1, 8, 1)
 
 /* Batched (prompt): per 64-column chunk, each group's 32 rows are interleaved once into a panel
  * (8 quads x 4 vectors) and every token of the batch multiplies it (the weights are read once per
- * batch). Token t's partial outputs stay in a 64-column tile in the accumulators' lane order (the
- * group's scales are put in that order once), and are put back in column order at the end. */
+ * batch); token t's partial outputs are added into Y's row t group by group. */
 #define QGEMM_512(NAME, LOAD, RB, OFF)                                                             \
     VNNI static void NAME(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t ldy, int32_t c0, \
                           int32_t c1, void *scratch) {                                             \
@@ -193,31 +200,19 @@ QSPMV_512(qspmv_q4_512, 1, 8, 1)
         const int64_t ld = (int64_t)w->cols * RB / 2;                                              \
         const int32_t G = w->rows / QK, n = b->n;                                                  \
         __m512i *panel = scratch;                      /* [8 quads][4] */                          \
-        float *tile = (float *)(panel + 32);           /* [n][64], lane order */                  \
         for (int32_t c = c0; c < c1; c += 64) {                                                    \
-            memset(tile, 0, (size_t)n * 64 * sizeof(float));                                       \
+            for (int32_t tk = 0; tk < n; tk++)                                                     \
+                for (int t = 0; t < 4; t++) _mm512_storeu_ps(Y + (int64_t)tk * ldy + c + 16 * t, _mm512_setzero_ps()); \
             for (int32_t g = b->g0; g < b->g1; g++) {                                              \
                 const uint8_t *r = codes + (int64_t)g * QK * ld;                                   \
-                for (int q = 0; q < 8; q++) {                                                      \
-                    const __m512i x0 = LOAD(r + (4 * q) * ld, c), x1 = LOAD(r + (4 * q + 1) * ld, c); \
-                    const __m512i x2 = LOAD(r + (4 * q + 2) * ld, c), x3 = LOAD(r + (4 * q + 3) * ld, c); \
-                    const __m512i ab_lo = _mm512_unpacklo_epi8(x0, x1), ab_hi = _mm512_unpackhi_epi8(x0, x1); \
-                    const __m512i cd_lo = _mm512_unpacklo_epi8(x2, x3), cd_hi = _mm512_unpackhi_epi8(x2, x3); \
-                    panel[4 * q + 0] = _mm512_unpacklo_epi16(ab_lo, cd_lo);                        \
-                    panel[4 * q + 1] = _mm512_unpackhi_epi16(ab_lo, cd_lo);                        \
-                    panel[4 * q + 2] = _mm512_unpacklo_epi16(ab_hi, cd_hi);                        \
-                    panel[4 * q + 3] = _mm512_unpackhi_epi16(ab_hi, cd_hi);                        \
-                }                                                                                  \
+                for (int q = 0; q < 8; q++)                                                        \
+                    ilv4_512(LOAD(r + (4 * q) * ld, c), LOAD(r + (4 * q + 1) * ld, c),             \
+                             LOAD(r + (4 * q + 2) * ld, c), LOAD(r + (4 * q + 3) * ld, c), panel + 4 * q); \
                 if (g + 1 < b->g1)                                                                 \
                     for (int i = 0; i < QK; i++) PREFETCH(r + (QK + i) * ld + c * RB / 2);         \
-                /* the scales in lane order: the inverse of unshuffle_512 is itself */              \
-                __m512i sd[4], sl[4];                                                              \
                 __m512 sc[4];                                                                      \
                 const uint16_t *dg = scale + (int64_t)g * w->cols + c;                             \
-                for (int t = 0; t < 4; t++)                                                        \
-                    sd[t] = _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dg + 16 * t)))); \
-                unshuffle_512(sd, sl);                                                             \
-                for (int t = 0; t < 4; t++) sc[t] = _mm512_castsi512_ps(sl[t]);                    \
+                for (int t = 0; t < 4; t++) sc[t] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dg + 16 * t))); \
                 for (int32_t tk = 0; tk < n; tk++) {                                               \
                     if (!b->has[(int64_t)tk * G + g]) continue;                                    \
                     const int8_t *xq = b->xq + (int64_t)tk * w->rows + g * QK;                     \
@@ -231,19 +226,13 @@ QSPMV_512(qspmv_q4_512, 1, 8, 1)
                     }                                                                              \
                     const __m512i corr = _mm512_set1_epi32(OFF * b->sx[(int64_t)tk * G + g]);      \
                     const __m512 dxv = _mm512_set1_ps(b->dx[(int64_t)tk * G + g]);                 \
-                    float *yt = tile + (int64_t)tk * 64;                                           \
+                    float *yt = Y + (int64_t)tk * ldy + c;                                         \
                     for (int t = 0; t < 4; t++) {                                                  \
                         const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(a[t], corr));         \
                         _mm512_storeu_ps(yt + 16 * t, _mm512_fmadd_ps(f, _mm512_mul_ps(sc[t], dxv), \
                                                                       _mm512_loadu_ps(yt + 16 * t))); \
                     }                                                                              \
                 }                                                                                  \
-            }                                                                                      \
-            for (int32_t tk = 0; tk < n; tk++) {                                                   \
-                __m512i v[4], z[4];                                                                \
-                for (int t = 0; t < 4; t++) v[t] = _mm512_castps_si512(_mm512_loadu_ps(tile + (int64_t)tk * 64 + 16 * t)); \
-                unshuffle_512(v, z);                                                               \
-                for (int t = 0; t < 4; t++) _mm512_storeu_ps(Y + (int64_t)tk * ldy + c + 16 * t, _mm512_castsi512_ps(z[t])); \
             }                                                                                      \
         }                                                                                          \
     }
