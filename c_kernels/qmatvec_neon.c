@@ -131,6 +131,7 @@ static inline void mac_mull(const int8x16_t v[4], int8x16_t xv, int32x4_t acc[4]
         for (int32_t c = c0; c < c1; c += 4) vst1q_f32(y + c, vdupq_n_f32(0.0f));                  \
         for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
             const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
+            const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)s->group[gi] * w->cols;     \
             for (int32_t j = j0; j < j1;) {                                                        \
                 const int32_t nr = j1 - j >= 8 ? 8 : 4;   /* rows this pass */                     \
                 /* the next pass's rows (the groups' entries follow each other, whole quads) */    \
@@ -148,6 +149,7 @@ static inline void mac_mull(const int8x16_t v[4], int8x16_t xv, int32x4_t acc[4]
                     const int32_t c = c0 + 64 * ch;                                                \
                     if (RB == 2 || !(ch & 1))                                                      \
                         for (int u = 0; u < np; u++) PREFETCH(p[u] + c * RB / 2);                  \
+                    if (first) PREFETCH(dg + c), PREFETCH(dg + c + 32);   /* the flush's scales */ \
                     for (int h = 0; h < 2; h++) {   /* columns 16 h .. and 32 + 16 h .. */          \
                         int32_t *A[2] = {acc + 64 * ch + 16 * h, acc + 64 * ch + 32 + 16 * h};     \
                         int32x4_t a[2][4];                                                         \
@@ -170,7 +172,6 @@ static inline void mac_mull(const int8x16_t v[4], int8x16_t xv, int32x4_t acc[4]
             }                                                                                      \
             const int32x4_t corr = vdupq_n_s32(OFF * s->sx[gi]);                                   \
             const float32x4_t dxv = vdupq_n_f32(s->dx[gi]);                                        \
-            const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)s->group[gi] * w->cols;     \
             for (int32_t c = c0; c < c1; c += 16) {                                                \
                 int32x4_t a[4];                                                                    \
                 for (int t = 0; t < 4; t++) a[t] = vld1q_s32(acc + (c - c0) + 4 * t);             \

@@ -340,6 +340,7 @@ AVX2 static inline void flush_256(const __m256i v[4], __m256i corr, const uint16
         for (int32_t c = c0; c < c1; c += 8) _mm256_storeu_ps(y + c, _mm256_setzero_ps());        \
         for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
             const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
+            const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)s->group[gi] * w->cols;     \
             for (int32_t j = j0; j < j1; j += 4) {                                                 \
                 const int32_t jn = j + 8 <= s->start[s->n_groups] ? j + 4 : j;                     \
                 const uint8_t *r[4], *p[4];                                                        \
@@ -354,6 +355,7 @@ AVX2 static inline void flush_256(const __m256i v[4], __m256i corr, const uint16
                     const int32_t c = c0 + 64 * ch;                                                \
                     if (RB == 2 || !(ch & 1))                                                      \
                         for (int u = 0; u < 4; u++) PREFETCH(p[u] + c * RB / 2);                   \
+                    if (j == j0) PREFETCH(dg + c), PREFETCH(dg + c + 32);   /* the flush's scales */ \
                     __m256i q[4][2], v[4];                                                         \
                     for (int u = 0; u < 4; u++) LOAD(r[u], c, q[u]);                               \
                     for (int h = 0; h < 2; h++) {                                                  \
@@ -368,7 +370,6 @@ AVX2 static inline void flush_256(const __m256i v[4], __m256i corr, const uint16
                 }                                                                                  \
             }                                                                                      \
             const __m256i corr = _mm256_set1_epi32(OFF * s->sx[gi]);                               \
-            const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)s->group[gi] * w->cols;     \
             for (int32_t h = 0; h < 2 * nch; h++) {                                                \
                 __m256i v[4];                                                                      \
                 for (int t = 0; t < 4; t++) v[t] = _mm256_load_si256((const __m256i *)(acc + 32 * h + 8 * t)); \
