@@ -189,7 +189,7 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
 
 def output_shapes(src: SourceModel, m: S.Method, rotated: list[bool]) -> dict[str, tuple[int, ...]]:
     scores = {(l, b) for l, r in enumerate(rotated) for b in S.SCORED[S.layer_score(m, r)]}
-    return F.expected_tensors(src.hp, rotated, scores, F.T_ROPE_FREQS in src.tensors)
+    return F.expected_tensors(src.hp, rotated, scores, src.has_rope_freqs())
 
 
 def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> Summary:
@@ -252,7 +252,7 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
     """Pass 1: the basis and the threshold tables of every layer."""
     hp = src.hp
     x = src.weight("token_embd.weight")[torch.from_numpy(calib.tokens.astype(np.int64))]  # [n_win, T, d]
-    freqs = src.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in src.tensors else None
+    freqs = src.rope_freqs()   # rope_freqs.weight and the linear RoPE factor (source.py)
     cos, sin = rope_tables(hp, x.shape[1], freqs)
     widths = {b: hp.block_input_width(b) for b in F.BLOCK_INPUTS}
     look = bool(m.thresholds) or m.rotation == "auto"      # does the plan need the block inputs?
@@ -343,8 +343,8 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
     else:
         put(F.T_EMBD, embd @ basis[0].float())
         put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.weight("output_norm.weight"), basis[-1]))
-    if F.T_ROPE_FREQS in src.tensors:
-        put(F.T_ROPE_FREQS, src.weight(F.T_ROPE_FREQS))
+    if src.has_rope_freqs():
+        put(F.T_ROPE_FREQS, src.rope_freqs())
     return written
 
 

@@ -1,12 +1,35 @@
 """The input of the converter: a llama.cpp GGUF of the LLaMA architecture, validated and
-read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole)."""
+read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
+
+Metadata: every llama.* key is either applied as llama.cpp applies it to a llama model or refused by
+name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS). What llama.cpp does with the
+RoPE and attention keys, as read in its llama-model.cpp / llama-context.cpp and checked against its
+logits (tests/test_source_keys.py):
+- rope.scaling.type: absent means "linear"; "none" turns any factor off; "yarn", "longrope" and
+  other types are refused here.
+- rope.scaling.factor, else the legacy rope.scale_linear (0: none): linear position interpolation,
+  angle = pos / factor * base^(-2i/d) / rope_freqs[i]. Folded into the rope_freqs divisors the
+  runtime already applies (rope_freqs()).
+- rope.scaling.attn_factor: ggml scales the rotated q and k by it, so the scores by its square;
+  folded into attn_q (layer()).
+- rope.scaling.original_context_length, rope.scaling.finetuned: read by llama.cpp, used only by YaRN
+  or not at all: accepted, no effect in either.
+- rope.dimension_count: must equal the head size (llama.cpp refuses partial rotary for llama too).
+- feed_forward_length, attention.head_count(_kv): a number or one per layer; per-layer arrays whose
+  values differ are refused as unsupported.
+Tensors: a fused blk.N.attn_qkv (q, k, v rows in that order, as llama.cpp splits it) is read as the
+three; biases, mixture-of-experts and LongRoPE tensors are refused by name.
+"""
 from __future__ import annotations
 
+import math
 import os
+import re
 
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QT
+from gguf import GGUFValueType as VT
 from gguf import quants
 
 from larosa.runtime import format as F
@@ -15,6 +38,19 @@ from larosa.runtime.gguf_file import Metadata, open_gguf, tensor_map, tensor_row
 
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                  "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
+
+# llama.* keys (after the prefix) the converter knows. Any other llama.* key is refused by name.
+LLAMA_KEYS = {
+    "context_length", "embedding_length", "block_count", "vocab_size",
+    "feed_forward_length", "attention.head_count", "attention.head_count_kv",   # number or per layer
+    "attention.layer_norm_rms_epsilon", "attention.key_length", "attention.value_length",
+    "rope.dimension_count", "rope.freq_base",
+    "rope.scaling.type", "rope.scaling.factor", "rope.scale_linear", "rope.scaling.attn_factor",
+    "rope.scaling.original_context_length", "rope.scaling.finetuned",          # no effect without YaRN
+    "expert_count", "expert_used_count",                                       # 0, or refused (MoE)
+}
+ROPE_SCALING_TYPES = ("none", "linear")      # of llama.cpp's none / linear / yarn / longrope
+_MOE = re.compile(r"blk\.\d+\.ffn_(gate_inp|(gate|up|down)_(exps|shexp)|gate_inp_shexp|exp_probs_b)\.")
 
 
 def _dequantizable(qt: QT) -> bool:
@@ -28,11 +64,15 @@ def _dequantizable(qt: QT) -> bool:
 
 
 class SourceModel:
-    """A validated llama GGUF: hyper-parameters, metadata and lazily dequantized weights."""
+    """A validated llama GGUF: hyper-parameters, metadata and lazily dequantized weights.
+
+    rope_scale: the linear RoPE factor (1: none); attn_factor: llama.cpp's rope attention factor
+    (1: none). Both are applied by rope_freqs() and layer(), so every user of the weights (the
+    calibration, the fusion, the reference) sees the model llama.cpp runs."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self.reader = open_gguf(self.path)
+        self.reader = open_gguf(self.path)    # header only (runtime/gguf_file.py): big arrays stay unread
         self.meta = Metadata(self.reader, self.path)
         arch = self.meta.str("general.architecture")
         if arch == F.ARCH:
@@ -40,34 +80,67 @@ class SourceModel:
         if arch != "llama":
             raise UnsupportedError(f"{self.path}: architecture {arch!r} is not supported (only 'llama')")
         self.tensors = tensor_map(self.reader)
+        self._check_keys()
         self.hp = self._hparams()
+        self.rope_scale, self.attn_factor = self._rope_scaling()
+        self.fused_qkv = "blk.0.attn_qkv.weight" in self.tensors
         self._validate()
 
     # -- metadata ---------------------------------------------------------------------------
+    def _check_keys(self) -> None:
+        unknown = [k for k in self.reader.fields if k.startswith("llama.") and k[len("llama."):] not in LLAMA_KEYS]
+        if unknown:
+            raise UnsupportedError(f"{self.path}: metadata key {unknown[0]!r} is not supported"
+                                   + (f" (nor {', '.join(unknown[1:4])})" if len(unknown) > 1 else "")
+                                   + ": the converter applies only the llama.* keys llama.cpp applies to a "
+                                   "llama model, and refuses the others rather than ignore them")
+
+    def _per_layer(self, key: str, n_layers: int, default: int | None = None) -> int:
+        """A hyper-parameter llama.cpp takes as one number or one per layer (get_key_or_arr)."""
+        m = self.meta
+        if m.has(key) and m.types(key)[0] == VT.ARRAY:
+            a = m.array(key, "int")
+            if a.size != n_layers:
+                raise FormatError(f"{self.path}: {key} has {a.size} entries, expected one per layer ({n_layers})")
+            if a.size and (a != a[0]).any():
+                raise UnsupportedError(f"{self.path}: {key} differs between layers ({', '.join(map(str, a[:6]))}"
+                                       f"{', ...' if a.size > 6 else ''}); per-layer sizes are not supported")
+            return int(a[0])
+        return m.int(key, default)
+
     def _hparams(self) -> F.HParams:
         m = self.meta
-        for k in ("llama.expert_count",):
-            if m.has(k) and m.int(k) > 0:
-                raise UnsupportedError(f"{self.path}: mixture-of-experts models are not supported")
-        scaling = m.str("llama.rope.scaling.type", "none")
-        if scaling not in ("none", ""):
-            raise UnsupportedError(f"{self.path}: rope scaling {scaling!r} is not supported")
+        n_experts = m.int("llama.expert_count", 0)
+        if n_experts > 0:
+            raise UnsupportedError(f"{self.path}: mixture-of-experts models are not supported "
+                                   f"(llama.expert_count = {n_experts})")
+        if m.int("llama.expert_used_count", 0) != 0:
+            raise FormatError(f"{self.path}: llama.expert_used_count is set without experts")
         dim = m.int("llama.embedding_length")
-        n_heads = m.int("llama.attention.head_count")
-        n_kv = m.int("llama.attention.head_count_kv", n_heads)
+        n_layers = m.int("llama.block_count")
+        if not 0 < n_layers <= 4096:
+            raise FormatError(f"{self.path}: llama.block_count = {n_layers} must be in [1, 4096]")
+        n_heads = self._per_layer("llama.attention.head_count", n_layers)
+        n_kv = self._per_layer("llama.attention.head_count_kv", n_layers, n_heads)
         if "token_embd.weight" not in self.tensors:
             raise FormatError(f"{self.path}: missing tensor 'token_embd.weight'")
         n_vocab = tensor_rows_cols(self.tensors["token_embd.weight"])[0]
+        if m.int("llama.vocab_size", n_vocab) != n_vocab:
+            raise FormatError(f"{self.path}: llama.vocab_size = {m.int('llama.vocab_size')}, but token_embd "
+                              f"has {n_vocab} rows")
         if n_heads <= 0 or n_kv <= 0 or n_heads % n_kv:
             raise FormatError(f"{self.path}: head counts {n_heads}/{n_kv} are inconsistent")
         head_dim = m.int("llama.attention.key_length", dim // n_heads if dim % n_heads == 0 else 0)
         if head_dim <= 0 or head_dim % 2 or m.int("llama.attention.value_length", head_dim) != head_dim:
-            raise UnsupportedError(f"{self.path}: head size must be even and equal for keys and values")
-        if m.int("llama.rope.dimension_count", head_dim) != head_dim:
-            raise UnsupportedError(f"{self.path}: partial rotary embeddings are not supported")
+            raise UnsupportedError(f"{self.path}: head size must be even and equal for keys and values "
+                                   "(llama.attention.key_length / value_length)")
+        n_rot = m.int("llama.rope.dimension_count", head_dim)
+        if n_rot != head_dim:
+            raise UnsupportedError(f"{self.path}: partial rotary embeddings are not supported "
+                                   f"(llama.rope.dimension_count = {n_rot}, head size {head_dim})")
         hp = F.HParams(
-            n_vocab=n_vocab, dim=dim, n_layers=m.int("llama.block_count"), n_heads=n_heads,
-            n_kv_heads=n_kv, head_dim=head_dim, ffn_dim=m.int("llama.feed_forward_length"),
+            n_vocab=n_vocab, dim=dim, n_layers=n_layers, n_heads=n_heads,
+            n_kv_heads=n_kv, head_dim=head_dim, ffn_dim=self._per_layer("llama.feed_forward_length", n_layers),
             norm_eps=m.float("llama.attention.layer_norm_rms_epsilon"),
             rope_base=m.float("llama.rope.freq_base", 10000.0),
             n_ctx=m.int("llama.context_length"), tied="output.weight" not in self.tensors)
@@ -78,6 +151,24 @@ class SourceModel:
             raise FormatError(f"{self.path}: invalid norm epsilon or rope base")
         return hp
 
+    def _rope_scaling(self) -> tuple[float, float]:
+        """(linear factor, attention factor) as llama.cpp derives them (module doc)."""
+        m = self.meta
+        kind = m.str("llama.rope.scaling.type", "linear")     # llama.cpp's default when absent
+        if kind not in ROPE_SCALING_TYPES:
+            raise UnsupportedError(f"{self.path}: rope scaling {kind!r} (llama.rope.scaling.type) is not "
+                                   f"supported; the converter implements {' and '.join(ROPE_SCALING_TYPES)}")
+        key = "llama.rope.scaling.factor" if m.has("llama.rope.scaling.factor") else "llama.rope.scale_linear"
+        factor = m.float(key, 0.0)
+        if not math.isfinite(factor) or factor < 0:
+            raise FormatError(f"{self.path}: {key} = {factor} must be a finite number >= 0")
+        attn = m.float("llama.rope.scaling.attn_factor", 1.0)
+        if not (math.isfinite(attn) and attn > 0):
+            raise FormatError(f"{self.path}: llama.rope.scaling.attn_factor = {attn} must be finite and > 0")
+        if kind == "none" or factor == 0.0:
+            factor = 1.0
+        return factor, attn
+
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
         hp = self.hp
         q, kv = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
@@ -86,8 +177,9 @@ class SourceModel:
             shapes["output.weight"] = (hp.n_vocab, hp.dim)
         if F.T_ROPE_FREQS in self.tensors:
             shapes[F.T_ROPE_FREQS] = (hp.head_dim // 2,)
-        per_layer = {"attn_norm": (hp.dim,), "attn_q": (q, hp.dim), "attn_k": (kv, hp.dim),
-                     "attn_v": (kv, hp.dim), "attn_output": (hp.dim, q), "ffn_norm": (hp.dim,),
+        attn = {"attn_qkv": (q + 2 * kv, hp.dim)} if self.fused_qkv else \
+            {"attn_q": (q, hp.dim), "attn_k": (kv, hp.dim), "attn_v": (kv, hp.dim)}
+        per_layer = {"attn_norm": (hp.dim,), **attn, "attn_output": (hp.dim, q), "ffn_norm": (hp.dim,),
                      "ffn_gate": (hp.ffn_dim, hp.dim), "ffn_up": (hp.ffn_dim, hp.dim),
                      "ffn_down": (hp.dim, hp.ffn_dim)}
         for l in range(hp.n_layers):
@@ -96,6 +188,17 @@ class SourceModel:
         return shapes
 
     def _validate(self) -> None:
+        extra = sorted(set(self.tensors) - set(self._expected_shapes()))
+        for kind, hits in (("bias tensors", [n for n in extra if n.endswith(".bias")]),
+                           ("mixture-of-experts tensors", [n for n in extra if _MOE.match(n)]),
+                           ("LongRoPE factors", [n for n in extra if n.startswith("rope_factors_")])):
+            if hits:
+                raise UnsupportedError(f"{self.path}: {kind} are not supported ({', '.join(hits[:3])})")
+        fused = [n for n in self.tensors if n.endswith(".attn_qkv.weight")]
+        split = [n for n in self.tensors if re.fullmatch(r"blk\.\d+\.attn_[qkv]\.weight", n)]
+        if fused and split:
+            raise FormatError(f"{self.path}: both a fused attn_qkv and separate q/k/v weights "
+                              f"({fused[0]}, {split[0]})")
         expected = self._expected_shapes()
         for name, shape in expected.items():
             t = self.tensors.get(name)
@@ -106,7 +209,6 @@ class SourceModel:
             if not _dequantizable(t.tensor_type):
                 raise UnsupportedError(f"{self.path}: tensor {name!r} has type {t.tensor_type.name}, "
                                        "which gguf cannot dequantize")
-        extra = sorted(set(self.tensors) - set(expected))
         if extra:
             raise UnsupportedError(f"{self.path}: unexpected tensors for a LLaMA model: {', '.join(extra[:5])}")
 
@@ -124,8 +226,30 @@ class SourceModel:
         arr = np.array(arr, dtype=np.float32).reshape(tensor_rows_cols(t))  # a copy: mmap is read-only
         return torch.from_numpy(arr)
 
+    def has_rope_freqs(self) -> bool:
+        """Whether the model's RoPE needs per-pair divisors (rope_freqs.weight or a linear factor)."""
+        return F.T_ROPE_FREQS in self.tensors or self.rope_scale != 1.0
+
+    def rope_freqs(self) -> torch.Tensor | None:
+        """[head_dim / 2] float32 divisors of the RoPE frequencies: the file's rope_freqs (Llama 3
+        factors) times the linear factor (one divisor per pair is what linear scaling is); None when
+        both are absent."""
+        if not self.has_rope_freqs():
+            return None
+        base = self.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in self.tensors else torch.ones(self.hp.head_dim // 2)
+        return (base.double() * self.rope_scale).float()
+
     def layer(self, l: int) -> dict[str, torch.Tensor]:
-        return {n: self.weight(f"blk.{l}.{n}.weight") for n in LAYER_TENSORS}
+        """Layer l's weights by llama.cpp's names (LAYER_TENSORS); a fused attn_qkv split into its
+        q, k, v rows; attn_q scaled by attn_factor^2 (ggml scales the rotated q and k each by it)."""
+        names = [n for n in LAYER_TENSORS if not (self.fused_qkv and n in ("attn_q", "attn_k", "attn_v"))]
+        w = {n: self.weight(f"blk.{l}.{n}.weight") for n in names}
+        if self.fused_qkv:
+            q, kv = self.hp.n_heads * self.hp.head_dim, self.hp.n_kv_heads * self.hp.head_dim
+            w["attn_q"], w["attn_k"], w["attn_v"] = self.weight(f"blk.{l}.attn_qkv.weight").split([q, kv, kv])
+        if self.attn_factor != 1.0:
+            w["attn_q"] = w["attn_q"] * float(self.attn_factor) ** 2
+        return w
 
     def tokenizer_fields(self) -> list[str]:
         return [k for k in self.reader.fields if k.startswith("tokenizer.")]

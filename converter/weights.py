@@ -25,7 +25,7 @@ def source_weights(src: SourceModel) -> Weights:
         hp=hp, embd=embd, head=embd if hp.tied else src.weight("output.weight"),
         layers=[source_layer(src.layer(l)) for l in range(hp.n_layers)],
         out_norm=src.weight("output_norm.weight"),
-        rope_freqs=src.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in src.tensors else None)
+        rope_freqs=src.rope_freqs())
 
 
 def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True) -> Weights:
