@@ -11,8 +11,8 @@ reaching for a private attribute fails at once and a render has a budget of size
 """
 from __future__ import annotations
 
-import codecs
 import json
+import re
 import time
 import uuid
 import warnings
@@ -29,6 +29,7 @@ from .errors import LarosaError
 from .generate import Sampling
 from .gguf_file import Metadata
 from .model import ContextError, Model
+from .tokenizer import Tokenizer
 from .sandbox import BoundedSandbox
 
 # The de-facto default (OpenAI's ChatML, used by SmolLM2, Qwen...), for files without a template.
@@ -39,6 +40,8 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CHATML_END = "<|im_end|>"
+SYSTEM_FOLD_NOTE = ("the chat template has no system role (it refuses or drops a system message): "
+                    "the system message is put at the start of the first user message")
 
 
 class ChatTemplateError(LarosaError):
@@ -96,6 +99,99 @@ class ChatTemplate:
                 LookupError, AttributeError, MemoryError) as e:
             raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
 
+    def render_with_spans(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                          control_texts: Sequence[str] = (), **variables: Any) -> tuple[str, list[tuple[int, int]]]:
+        """render(), and the [start, end) character spans of the text that came from the caller's
+        data (every string of the messages, tools and documents), so that the tokenizer can keep
+        them plain text: a message saying "<|im_end|>" must not close its turn.
+
+        How: the data is rendered again with each string wrapped in two marker characters (around
+        its text, inside its leading and trailing whitespace, so that trim still works); the
+        markers give the spans, and the text without them must equal the plain render. Strings
+        that are plain names (roles, types: letters, digits, _.:-) stay unwrapped, since templates
+        compare them. A template that rewrites the text in a way the markers disturb (slicing,
+        counting) gets the markers around the control-token texts alone; if that fails too and
+        some string holds control_texts, ChatTemplateError: the origin of the text is unknown."""
+        text = self.render(messages, add_generation_prompt, **variables)
+        data = {"messages": messages, **{k: variables[k] for k in ("tools", "documents") if k in variables}}
+        found = [c for c in control_texts if c and _holds(data, c)]
+        s, e = _markers(self.source + text)
+        for only_controls in (False, True):
+            if only_controls and not found:
+                return text, []          # nothing to protect but the edges; plain render
+            marked = _mark(data, s, e, found, only_controls)
+            try:
+                rendered = self.render(marked["messages"], add_generation_prompt,
+                                       **{**variables, **{k: v for k, v in marked.items() if k != "messages"}})
+            except ChatTemplateError:
+                continue
+            spans = _spans(rendered, s, e)
+            if spans is not None and rendered.replace(s, "").replace(e, "") == text:
+                return text, spans
+        raise ChatTemplateError(
+            f"a message holds control-token text ({found[0]!r}) and the chat template rewrites the "
+            "messages in a way that hides which text came from them: remove that text from the message")
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.:-]{0,64}")
+
+
+def _holds(value: Any, needle: str) -> bool:
+    if isinstance(value, str):
+        return needle in value
+    if isinstance(value, Mapping):
+        return any(_holds(v, needle) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds(v, needle) for v in value)
+    return False
+
+
+def _markers(used: str) -> tuple[str, str]:
+    """Two Unicode noncharacters (U+FDD0..U+FDEF, never assigned) that the text does not use."""
+    free = [c for c in map(chr, range(0xFDD0, 0xFDF0)) if c not in used]
+    if len(free) < 2:
+        raise ChatTemplateError("the conversation uses every character in U+FDD0..U+FDEF")
+    return free[0], free[1]
+
+
+def _mark(value: Any, s: str, e: str, controls: Sequence[str], only_controls: bool) -> Any:
+    """value with its strings wrapped in s...e (see render_with_spans); copies, never changes it."""
+    if isinstance(value, str):
+        if only_controls:
+            if not controls:
+                return value
+            rx = "|".join(re.escape(c) for c in sorted(controls, key=len, reverse=True))
+            return re.sub(rx, lambda m: s + m.group(0) + e, value)
+        core = value.strip()
+        if not core or (_PLAIN_NAME.fullmatch(value) and not any(c in value for c in controls)):
+            return value
+        lead = len(value) - len(value.lstrip())
+        return value[:lead] + s + core + e + value[lead + len(core):]
+    if isinstance(value, Mapping):
+        return {k: _mark(v, s, e, controls, only_controls) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mark(v, s, e, controls, only_controls) for v in value]
+    return value
+
+
+def _spans(marked: str, s: str, e: str) -> list[tuple[int, int]] | None:
+    """[start, end) spans of the text between s and e, in the text without the markers; None when
+    the markers do not pair up (the template cut a string)."""
+    spans, at, start = [], 0, None
+    for ch in marked:
+        if ch == s:
+            if start is not None:
+                return None
+            start = at
+        elif ch == e:
+            if start is None:
+                return None
+            spans.append((start, at))
+            start = None
+        else:
+            at += 1
+    return spans if start is None else None
+
 
 def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Plain dict copies (the template cannot change the caller's), content as a string."""
@@ -124,6 +220,8 @@ class ChatSetup:
     stop_ids: frozenset[int] = frozenset()      # end-of-turn tokens besides the vocabulary's EOG
     stop_strings: tuple[str, ...] = ()          # end-of-turn text when it is not a single token
     notes: list[str] = field(default_factory=list)
+    system_role: bool = True                    # False: the template refuses or drops system messages
+    folded_warned: bool = False
 
 
 _setups: "weakref.WeakKeyDictionary[Model, ChatSetup]" = weakref.WeakKeyDictionary()
@@ -157,12 +255,24 @@ def make_setup(model: Model, template: str | None = None) -> ChatSetup:
                           notes=["the model file has no chat template (tokenizer.chat_template): "
                                  "using ChatML"])
         warnings.warn(f"{model.file.path}: {setup.notes[0]}", UserWarning, stacklevel=2)
+    setup.system_role = _has_system_role(setup.template)
     end = _end_of_turn(model, setup.template)
     if end is not None:
         setup.stop_ids = frozenset({end})
     elif setup.template.is_fallback:
         setup.stop_strings = (CHATML_END,)   # ChatML's marker is plain text in this vocabulary
     return setup
+
+
+def _has_system_role(template: ChatTemplate) -> bool:
+    """Whether the template writes a system message given before a user message (Mistral v0.1's
+    raises "roles must alternate", some templates drop it without a word)."""
+    probe = "larosa system probe 7f3a"
+    try:
+        text = template.render([{"role": "system", "content": probe}, {"role": "user", "content": "hi"}])
+    except ChatTemplateError:
+        return False
+    return probe in text
 
 
 def _end_of_turn(model: Model, template: ChatTemplate) -> int | None:
@@ -183,18 +293,48 @@ def _end_of_turn(model: Model, template: ChatTemplate) -> int | None:
     return tok if is_control else None
 
 
+def encode_chat(tokenizer: Tokenizer, template: ChatTemplate, messages: Sequence[Mapping[str, Any]],
+                add_generation_prompt: bool = True, **variables: Any) -> list[int]:
+    """Token ids of a conversation as template writes it. The template's own markup is parsed for
+    special tokens (<|im_start|>, <start_of_turn>...); the text of the messages (every field, any
+    role), tools and documents is plain text, as tokenizer.encode(..., special=False) reads it, so
+    that no message can write a control token. For a conversation whose messages hold no
+    control-token text the ids are those of the whole text with special parsing. BOS is added only
+    when the vocabulary wants one and the text does not begin with it already (a template that
+    writes {{ bos_token }} gets no second one)."""
+    text, spans = template.render_with_spans(messages, add_generation_prompt,
+                                             control_texts=tokenizer.control_texts(), **variables)
+    ids = tokenizer.encode_protected(text, spans)
+    if tokenizer.add_bos and tokenizer.bos_id >= 0 and (not ids or ids[0] != tokenizer.bos_id):
+        ids = [tokenizer.bos_id] + ids
+    return ids
+
+
+def fold_system(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+    """For a template without a system role: the conversation with a leading system message put at
+    the start of the first user message (a blank line between), or None when there is nothing to
+    fold (no leading system message, or no user message right after it)."""
+    msgs = _check_messages(messages)
+    if len(msgs) < 2 or msgs[0]["role"] != "system" or msgs[1]["role"] != "user":
+        return None
+    system, user = msgs[0]["content"], msgs[1]["content"]
+    return [{**msgs[1], "content": f"{system}\n\n{user}" if system and user else system + user}] + msgs[2:]
+
+
 def format_chat(model: Model, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                 setup: ChatSetup | None = None, **variables: Any) -> list[int]:
-    """Token ids of a conversation as the template (default: the model's) writes it. Special tokens
-    in the text are parsed; BOS is added only when the model wants one and the text does not begin
-    with it already (a template that writes {{ bos_token }} gets no second one)."""
+    """Token ids of a conversation for model (encode_chat with the model's template, or setup's).
+    A template without a system role (setup.system_role False) gets a leading system message
+    folded into the first user message (fold_system), with a UserWarning the first time."""
     setup = setup or chat_setup(model)
-    text = setup.template.render(messages, add_generation_prompt, **variables)
-    ids = model.tokenize(text, add_bos=False, special=True)
-    tk = model.tokenizer
-    if tk.add_bos and tk.bos_id >= 0 and (not ids or ids[0] != tk.bos_id):
-        ids = [tk.bos_id] + ids
-    return ids
+    if not setup.system_role:
+        folded = fold_system(messages)
+        if folded is not None:
+            messages = folded
+            if not setup.folded_warned:
+                setup.folded_warned = True
+                warnings.warn(f"{model.file.path}: {SYSTEM_FOLD_NOTE}", UserWarning, stacklevel=2)
+    return encode_chat(model.tokenizer, setup.template, messages, add_generation_prompt, **variables)
 
 
 @dataclass
@@ -211,9 +351,11 @@ def _first_stop(text: str, stop: Sequence[str]) -> int:
 
 def _reply(model: Model, prompt: list[int], max_tokens: int, sampling: Sampling, stop: Sequence[str],
            setup: ChatSetup, run: _Run) -> Iterator[str]:
-    """Text pieces of the reply (UTF-8 safe; a tail that may begin a stop string is held back).
-    Ends at an end-of-turn token or stop string ("stop"), or at max_tokens or a full context ("length")."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    """Text pieces of the reply, which is detokenized on its own (Tokenizer.stream: a SentencePiece
+    reply does not start with the space of its first token; UTF-8 safe); a tail that may begin a
+    stop string is held back. Ends at an end-of-turn token or stop string ("stop"), or at
+    max_tokens or a full context ("length")."""
+    text = model.tokenizer.stream()
     hold = max((len(s) for s in stop), default=1) - 1
     pending = ""
     tokens = model.generate_tokens(prompt, max_tokens, sampling)
@@ -223,7 +365,7 @@ def _reply(model: Model, prompt: list[int], max_tokens: int, sampling: Sampling,
                 run.finish_reason = "stop"
                 break
             run.completion_tokens += 1
-            pending += decoder.decode(model.tokenizer.piece(tok))
+            pending += text.feed(tok)
             at = _first_stop(pending, stop)
             if at >= 0:
                 run.finish_reason = "stop"
@@ -235,7 +377,11 @@ def _reply(model: Model, prompt: list[int], max_tokens: int, sampling: Sampling,
                 pending = pending[len(pending) - hold:]
     finally:
         tokens.close()
-    pending += decoder.decode(b"", final=True)
+    pending += text.finish()
+    at = _first_stop(pending, stop)
+    if at >= 0:
+        run.finish_reason = "stop"
+        pending = pending[:at]
     if pending:
         yield pending
 
@@ -248,8 +394,9 @@ def create_chat_completion(
 ) -> dict[str, Any] | Iterator[dict[str, Any]]:
     """An OpenAI-style chat completion: a "chat.completion" dict, or with stream=True an iterator of
     "chat.completion.chunk" dicts (first delta the role, then content, the last one the finish_reason).
-    max_tokens None: up to the context. Raises ContextError when the conversation leaves no room for
-    a reply; a reply that fills the context ends with finish_reason "length". Same seed, same text.
+    max_tokens None or <= 0: up to the context (llama-cpp-python's convention). Raises ContextError
+    when the conversation leaves no room for a reply; a reply that fills the context ends with
+    finish_reason "length". Same seed, same text. Sampling values: generate.Sampling.
     setup: another template (make_setup); completion_tokens counts the reply without its end token."""
     setup = setup or chat_setup(model)
     prompt = format_chat(model, messages, setup=setup)
@@ -257,9 +404,7 @@ def create_chat_completion(
         raise ContextError(f"the conversation is {len(prompt)} tokens and leaves no room for a reply in "
                            f"the context of n_ctx = {model.n_ctx} tokens: shorten it or raise n_ctx")
     room = model.n_ctx - len(prompt)
-    if max_tokens is not None and max_tokens < 0:
-        raise ValueError("max_tokens must be >= 0 (or None: up to the context)")
-    n = room if max_tokens is None else min(max_tokens, room)
+    n = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     stops = [s for s in stops if s] + list(setup.stop_strings)
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

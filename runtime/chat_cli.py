@@ -185,10 +185,22 @@ class ChatSession:
             repeat_penalty=a.repeat_penalty, seed=a.seed, stream=True)
 
 
+def _check_template(model, system_prompt: str | None) -> None:
+    """Refuses at start-up a chat the template would refuse at every turn (a template that raises on
+    any conversation, or on this system prompt even folded into the first user message)."""
+    from .chat import ChatTemplateError, format_chat
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    try:
+        format_chat(model, system + [{"role": "user", "content": "Hello"}])
+    except ChatTemplateError as e:
+        what = "a conversation with this system prompt" if system else "a one-message conversation"
+        raise LarosaError(f"the model's chat template refuses {what}, so every turn would fail: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
-        from .chat import chat_setup
+        from .chat import SYSTEM_FOLD_NOTE, chat_setup
         from .generate import Sampling
         from .model import Model
         if a.threads < 1:
@@ -196,16 +208,18 @@ def main(argv: list[str] | None = None) -> int:
         Sampling(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                  repeat_penalty=a.repeat_penalty)   # bad options fail before the model loads
         model = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size)
-        with warnings.catch_warnings():   # the fallback template's warning: printed as a note below
+        with warnings.catch_warnings():   # the template's warnings: printed as notes below
             warnings.simplefilter("ignore")
             setup = chat_setup(model)     # a broken template fails here, not at the first message
+            _check_template(model, a.system_prompt)
     except (LarosaError, ValueError, OSError, ImportError) as e:   # ImportError: C library not built
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
-    for note in setup.notes:
+    notes = setup.notes + ([f"{SYSTEM_FOLD_NOTE} (-sys)"] if a.system_prompt and not setup.system_role else [])
+    for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     print(f"{PROG}: {os.path.basename(model.file.path)}, sparsity {model.sparsity:g}, n_ctx {model.n_ctx}, "
           f"{model.n_threads} threads. /help for commands, Ctrl-C stops a reply, Ctrl-D exits.",
