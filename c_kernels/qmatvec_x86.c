@@ -310,10 +310,8 @@ AVX2 static inline void interleave_256(__m256i a, __m256i b, __m256i c, __m256i 
     out[3] = _mm256_unpackhi_epi16(ab_hi, cd_hi);
 }
 
-/* y[c .. c + 31] = fma(float(v - corr), d * dx, y), v in the lane order of interleave_256 */
-AVX2 static inline void flush_256(const __m256i v[4], __m256i corr, const uint16_t *d, float dx, float *y) {
-    __m256i u[4];
-    for (int t = 0; t < 4; t++) u[t] = _mm256_sub_epi32(v[t], corr);
+/* y[c .. c + 31] = fma(float(v), d * dx, y), v exact sums in the lane order of interleave_256 */
+AVX2 static inline void flush_256(const __m256i u[4], const uint16_t *d, float dx, float *y) {
     const __m256i z[4] = {_mm256_permute2x128_si256(u[0], u[1], 0x20), _mm256_permute2x128_si256(u[2], u[3], 0x20),
                           _mm256_permute2x128_si256(u[0], u[1], 0x31), _mm256_permute2x128_si256(u[2], u[3], 0x31)};
     const __m256 dxv = _mm256_set1_ps(dx);
@@ -333,6 +331,7 @@ AVX2 static inline void flush_256(const __m256i v[4], __m256i corr, const uint16
         for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
             const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
             const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)s->group[gi] * w->cols;     \
+            const __m256i ncorr = _mm256_set1_epi32(-OFF * s->sx[gi]);   /* see QSPMV_512 */       \
             for (int32_t j = j0; j < j1; j += 4) {                                                 \
                 const int32_t jn = j + 8 <= s->start[s->n_groups] ? j + 4 : j;                     \
                 const uint8_t *r[4], *p[4];                                                        \
@@ -352,20 +351,15 @@ AVX2 static inline void flush_256(const __m256i v[4], __m256i corr, const uint16
                     for (int u = 0; u < 4; u++) LOAD(r[u], c, q[u]);                               \
                     for (int h = 0; h < 2; h++) {                                                  \
                         int32_t *A = acc + 64 * ch + 32 * h;                                       \
+                        __m256i a[4];                                                              \
                         interleave_256(q[0][h], q[1][h], q[2][h], q[3][h], v);                     \
-                        for (int t = 0; t < 4; t++) {                                              \
-                            const __m256i p4 = DOT(v[t], xv);                                      \
-                            _mm256_store_si256((__m256i *)(A + 8 * t), j == j0 ? p4 :              \
-                                _mm256_add_epi32(_mm256_load_si256((const __m256i *)(A + 8 * t)), p4)); \
-                        }                                                                          \
+                        for (int t = 0; t < 4; t++)                                                \
+                            a[t] = _mm256_add_epi32(j == j0 ? ncorr : _mm256_load_si256((const __m256i *)(A + 8 * t)), \
+                                                    DOT(v[t], xv));                                \
+                        if (j + 4 == j1) flush_256(a, dg + c + 32 * h, s->dx[gi], y + c + 32 * h); \
+                        else for (int t = 0; t < 4; t++) _mm256_store_si256((__m256i *)(A + 8 * t), a[t]); \
                     }                                                                              \
                 }                                                                                  \
-            }                                                                                      \
-            const __m256i corr = _mm256_set1_epi32(OFF * s->sx[gi]);                               \
-            for (int32_t h = 0; h < 2 * nch; h++) {                                                \
-                __m256i v[4];                                                                      \
-                for (int t = 0; t < 4; t++) v[t] = _mm256_load_si256((const __m256i *)(acc + 32 * h + 8 * t)); \
-                flush_256(v, corr, dg + c0 + 32 * h, s->dx[gi], y + c0 + 32 * h);                 \
             }                                                                                      \
         }                                                                                          \
     }
@@ -396,9 +390,10 @@ QSPMV_256(qspmv_q4_256, ld_q4_256, dot_q4_256, 1, 8)
                 for (int32_t tk = 0; tk < n; tk++) {                                               \
                     if (!b->has[(int64_t)tk * G + g]) continue;                                    \
                     const int8_t *xq = b->xq + (int64_t)tk * w->rows + g * QK;                     \
+                    const __m256i ncorr = _mm256_set1_epi32(-OFF * b->sx[(int64_t)tk * G + g]);    \
                     __m256i a[2][4];                                                               \
                     for (int h = 0; h < 2; h++)                                                    \
-                        for (int t = 0; t < 4; t++) a[h][t] = _mm256_setzero_si256();              \
+                        for (int t = 0; t < 4; t++) a[h][t] = ncorr;                               \
                     for (int qd = 0; qd < 8; qd++) {                                               \
                         int32_t xw;                                                                \
                         memcpy(&xw, xq + 4 * qd, 4);                                               \
@@ -407,10 +402,9 @@ QSPMV_256(qspmv_q4_256, ld_q4_256, dot_q4_256, 1, 8)
                             for (int t = 0; t < 4; t++)                                            \
                                 a[h][t] = _mm256_add_epi32(a[h][t], DOT(panel[8 * qd + 4 * h + t], xv)); \
                     }                                                                              \
-                    const __m256i corr = _mm256_set1_epi32(OFF * b->sx[(int64_t)tk * G + g]);      \
                     const float dx = b->dx[(int64_t)tk * G + g];                                   \
                     for (int h = 0; h < 2; h++)                                                    \
-                        flush_256(a[h], corr, dg + 32 * h, dx, Y + (int64_t)tk * ldy + c + 32 * h); \
+                        flush_256(a[h], dg + 32 * h, dx, Y + (int64_t)tk * ldy + c + 32 * h);     \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
