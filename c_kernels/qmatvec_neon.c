@@ -78,11 +78,11 @@ static inline void ld_q4(const uint8_t *row, int32_t c, int h, int8x16_t v[2]) {
     v[1] = vreinterpretq_s8_u8(vshrq_n_u8(b, 4));
 }
 
-/* y[0..15] = fma(float(a - corr), d * dx, y), a[t] = columns 4 t .. 4 t + 3 */
-static inline void flush16(const int32x4_t a[4], int32x4_t corr, const uint16_t *d, float32x4_t dxv, float *y) {
+/* y[0..15] = fma(float(a), d * dx, y), a[t] = exact sums of columns 4 t .. 4 t + 3 */
+static inline void flush16(const int32x4_t a[4], const uint16_t *d, float32x4_t dxv, float *y) {
     for (int t = 0; t < 4; t++) {
         const float32x4_t s = vmulq_f32(vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(d + 4 * t))), dxv);
-        vst1q_f32(y + 4 * t, vfmaq_f32(vld1q_f32(y + 4 * t), vcvtq_f32_s32(vsubq_s32(a[t], corr)), s));
+        vst1q_f32(y + 4 * t, vfmaq_f32(vld1q_f32(y + 4 * t), vcvtq_f32_s32(a[t]), s));
     }
 }
 
@@ -132,6 +132,9 @@ static inline void mac_mull(const int8x16_t v[4], int8x16_t xv, int32x4_t acc[4]
         for (int32_t gi = 0; gi < s->n_groups; gi++) {                                             \
             const int32_t j0 = s->start[gi], j1 = s->start[gi + 1];                                \
             const uint16_t *dg = (const uint16_t *)w->scale + (int64_t)s->group[gi] * w->cols;     \
+            /* accumulators start at -OFF sum(xq), the code offset's share (exact in int32) */     \
+            const int32x4_t ncorr = vdupq_n_s32(-OFF * s->sx[gi]);                                 \
+            const float32x4_t dxv = vdupq_n_f32(s->dx[gi]);                                        \
             for (int32_t j = j0; j < j1;) {                                                        \
                 const int32_t nr = j1 - j >= 8 ? 8 : 4;   /* rows this pass */                     \
                 /* the next pass's rows (the groups' entries follow each other, whole quads) */    \
@@ -144,7 +147,7 @@ static inline void mac_mull(const int8x16_t v[4], int8x16_t xv, int32x4_t acc[4]
                 if (nr == 8) memcpy(&xw[1], s->xq + j + 4, 4);                                     \
                 const int8x16_t xv0 = vreinterpretq_s8_s32(vdupq_n_s32(xw[0]));                    \
                 const int8x16_t xv1 = vreinterpretq_s8_s32(vdupq_n_s32(xw[1]));                    \
-                const int first = j == j0;                                                         \
+                const int first = j == j0, last = j + nr == j1;                                    \
                 for (int32_t ch = 0; ch < nch; ch++) {                                             \
                     const int32_t c = c0 + 64 * ch;                                                \
                     if (RB == 2 || !(ch & 1))                                                      \
@@ -155,7 +158,7 @@ static inline void mac_mull(const int8x16_t v[4], int8x16_t xv, int32x4_t acc[4]
                         int32x4_t a[2][4];                                                         \
                         for (int e = 0; e < 2; e++)                                                \
                             for (int t = 0; t < 4; t++)                                            \
-                                a[e][t] = first ? vdupq_n_s32(0) : vld1q_s32(A[e] + 4 * t);        \
+                                a[e][t] = first ? ncorr : vld1q_s32(A[e] + 4 * t);                 \
                         for (int q = 0; q < nr; q += 4) {                                          \
                             int8x16_t v[4][2], m[4];                                               \
                             for (int u = 0; u < 4; u++) LOAD(r[q + u], c, h, v[u]);                \
@@ -164,18 +167,12 @@ static inline void mac_mull(const int8x16_t v[4], int8x16_t xv, int32x4_t acc[4]
                                 MAC(m, q ? xv1 : xv0, a[e]);                                       \
                             }                                                                      \
                         }                                                                          \
-                        for (int e = 0; e < 2; e++)                                                \
-                            for (int t = 0; t < 4; t++) vst1q_s32(A[e] + 4 * t, a[e][t]);          \
+                        for (int e = 0; e < 2; e++)   /* the last pass flushes from the registers */ \
+                            if (last) flush16(a[e], dg + c + 16 * h + 32 * e, dxv, y + c + 16 * h + 32 * e); \
+                            else for (int t = 0; t < 4; t++) vst1q_s32(A[e] + 4 * t, a[e][t]);     \
                     }                                                                              \
                 }                                                                                  \
                 j += nr;                                                                           \
-            }                                                                                      \
-            const int32x4_t corr = vdupq_n_s32(OFF * s->sx[gi]);                                   \
-            const float32x4_t dxv = vdupq_n_f32(s->dx[gi]);                                        \
-            for (int32_t c = c0; c < c1; c += 16) {                                                \
-                int32x4_t a[4];                                                                    \
-                for (int t = 0; t < 4; t++) a[t] = vld1q_s32(acc + (c - c0) + 4 * t);             \
-                flush16(a, corr, dg + c, dxv, y + c);                                              \
             }                                                                                      \
         }                                                                                          \
     }
@@ -214,18 +211,18 @@ QSPMV(BASE, qspmv_q4_base, ld_q4, prep_raw, mac_mull, 1, 8)
                     if (!b->has[(int64_t)tk * G + g]) continue;                                    \
                     const int8_t *xq = b->xq + (int64_t)tk * w->rows + g * QK;                     \
                     int32x4_t a[4][4];   /* [sixteen][4 columns] */                                \
+                    const int32x4_t ncorr = vdupq_n_s32(-OFF * b->sx[(int64_t)tk * G + g]);        \
                     for (int h = 0; h < 4; h++)                                                    \
-                        for (int t = 0; t < 4; t++) a[h][t] = vdupq_n_s32(0);                      \
+                        for (int t = 0; t < 4; t++) a[h][t] = ncorr;                               \
                     for (int q = 0; q < 8; q++) {                                                  \
                         int32_t xw;                                                                \
                         memcpy(&xw, xq + 4 * q, 4);                                                \
                         const int8x16_t xv = vreinterpretq_s8_s32(vdupq_n_s32(xw));                \
                         for (int h = 0; h < 4; h++) MAC(panel[q][h], xv, a[h]);                    \
                     }                                                                              \
-                    const int32x4_t corr = vdupq_n_s32(OFF * b->sx[(int64_t)tk * G + g]);          \
                     const float32x4_t dxv = vdupq_n_f32(b->dx[(int64_t)tk * G + g]);               \
                     for (int h = 0; h < 4; h++)                                                    \
-                        flush16(a[h], corr, dg + 16 * h, dxv, Y + (int64_t)tk * ldy + c + 16 * h); \
+                        flush16(a[h], dg + 16 * h, dxv, Y + (int64_t)tk * ldy + c + 16 * h); \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
