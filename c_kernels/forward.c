@@ -160,7 +160,7 @@ static void attn_task(void *p, int ith, int nth, int thread) {
     const int32_t nh = m->d.n_heads, hd = m->d.head_dim, per = (nh + nth - 1) / nth;
     for (int32_t h = ith * per; h < (ith + 1) * per && h < nh; h++)
         lr_attend_head(m, j->layer, j->pos, h, m->qkv + (size_t)h * hd, m->ao + (size_t)h * hd,
-                       m->att + (size_t)h * m->n_ctx);
+                       m->att + (size_t)h * m->n_ctx, thread);
 }
 
 /* ---- shared small pieces (also used by prefill.c) ------------------------------------------ */
@@ -188,53 +188,38 @@ static inline float exp_neg(float x) {
 }
 
 void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,
-                    float *out, float *att) {
-    const int32_t hd = m->d.head_dim, kvd = m->d.n_kv_heads * hd;
+                    float *out, float *att, int32_t thread) {
+    const int32_t hd = m->d.head_dim;
     const int32_t kvh = head / (m->d.n_heads / m->d.n_kv_heads);   /* grouped-query: shared kv head */
     const float scale = 1.0f / sqrtf((float)hd);
-    const float *kc = m->key_cache + (size_t)layer * m->n_ctx * kvd + (size_t)kvh * hd;
-    const float *vc = m->value_cache + (size_t)layer * m->n_ctx * kvd + (size_t)kvh * hd;
+    const uint8_t *kc = m->key_cache + (size_t)layer * m->n_ctx * m->k_row + (size_t)kvh * lr_row_bytes(m->type_k, hd);
+    const uint8_t *vc = m->value_cache + (size_t)layer * m->n_ctx * m->v_row + (size_t)kvh * lr_row_bytes(m->type_v, hd);
+    const lr_kernel_table *kt = lr_kernels();
     const int32_t n = pos + 1;
+    const void *qk = q;
+    if (m->type_k == LR_Q8_0) {   /* q as the keys' blocks: integer dot products, as ggml's */
+        block_q8_0 *qb = m->qk8 + (size_t)thread * (size_t)(hd / QK);
+        lr_kv_quantize(LR_Q8_0, q, hd, qb);
+        qk = qb;
+    }
+    kt->attn_scores[lr_kv_slot(m->type_k)](qk, kc, m->k_row, n, hd, scale, att);
     float mx = -INFINITY, sum = 0.0f;
-    int32_t t = 0;
-    for (; t + 4 <= n; t += 4) {   /* 4 positions per pass: 4 independent sums instead of one chain */
-        const float *k0 = kc + (size_t)t * kvd, *k1 = k0 + kvd, *k2 = k1 + kvd, *k3 = k2 + kvd;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int32_t i = 0; i < hd; i++) {
-            s0 += q[i] * k0[i];
-            s1 += q[i] * k1[i];
-            s2 += q[i] * k2[i];
-            s3 += q[i] * k3[i];
-        }
-        att[t] = s0 * scale, att[t + 1] = s1 * scale, att[t + 2] = s2 * scale, att[t + 3] = s3 * scale;
-    }
-    for (; t < n; t++) {
-        const float *kt = kc + (size_t)t * kvd;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int32_t i = 0; i < hd; i++) s += q[i] * kt[i];
-        att[t] = s * scale;
-    }
-    for (t = 0; t < n; t++) mx = att[t] > mx ? att[t] : mx;
+    for (int32_t t = 0; t < n; t++) mx = att[t] > mx ? att[t] : mx;
 #pragma omp simd reduction(+ : sum)
-    for (t = 0; t < n; t++) {
+    for (int32_t t = 0; t < n; t++) {
         att[t] = exp_neg(att[t] - mx);
         sum += att[t];
     }
     const float inv = 1.0f / sum;
-    for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
-    for (t = 0; t + 4 <= n; t += 4) {   /* 4 positions per pass over out */
-        const float a0 = att[t] * inv, a1 = att[t + 1] * inv, a2 = att[t + 2] * inv, a3 = att[t + 3] * inv;
-        const float *v0 = vc + (size_t)t * kvd, *v1 = v0 + kvd, *v2 = v1 + kvd, *v3 = v2 + kvd;
-#pragma omp simd
-        for (int32_t i = 0; i < hd; i++) out[i] += (a0 * v0[i] + a1 * v1[i]) + (a2 * v2[i] + a3 * v3[i]);
-    }
-    for (; t < n; t++) {
-        const float a = att[t] * inv, *vt = vc + (size_t)t * kvd;
-#pragma omp simd
-        for (int32_t i = 0; i < hd; i++) out[i] += a * vt[i];
-    }
+    for (int32_t t = 0; t < n; t++) att[t] *= inv;
+    kt->attn_values[lr_kv_slot(m->type_v)](att, vc, m->v_row, n, hd, out);
+}
+
+void lr_kv_write(lr_model *m, int32_t layer, int32_t pos, const float *k, const float *v) {
+    const int32_t kvd = m->d.n_kv_heads * m->d.head_dim;
+    const size_t row = (size_t)layer * m->n_ctx + (size_t)pos;
+    lr_kv_quantize(m->type_k, k, kvd, m->key_cache + row * m->k_row);
+    lr_kv_quantize(m->type_v, v, kvd, m->value_cache + row * m->v_row);
 }
 
 void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w) {
@@ -352,9 +337,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     TIMED(m, LR_PROF_ATTN, {
         lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
         lr_rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
-        const size_t off = ((size_t)l * m->n_ctx + pos) * kvd;
-        memcpy(m->key_cache + off, m->qkv + qd, (size_t)kvd * sizeof(float));
-        memcpy(m->value_cache + off, m->qkv + qd + kvd, (size_t)kvd * sizeof(float));
+        lr_kv_write(m, l, pos, m->qkv + qd, m->qkv + qd + kvd);
         attn_job aj = {m, l, pos};
         lr_pool_run(m->pool, attn_task, &aj);
     });
@@ -490,16 +473,25 @@ void lr_model_free(lr_model *m) {
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
                     m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts,
-                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->qb_buf, m->bmask, m->qscratch, m->qparts};
+                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
 }
 
-lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threads, char *err, int32_t err_len) {
+lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threads, int32_t type_k, int32_t type_v,
+                       char *err, int32_t err_len) {
     if (!desc) { fail(err, err_len, LR_EARG, "no model description"); return NULL; }
     if (check_desc(desc, err, err_len)) return NULL;
     if (n_ctx < 1 || n_ctx > (1 << 22) || n_threads < 1 || n_threads > 512) {
         fail(err, err_len, LR_EARG, "n_ctx or n_threads out of range");
+        return NULL;
+    }
+    if (lr_kv_slot(type_k) < 0 || lr_kv_slot(type_v) < 0) {
+        fail(err, err_len, LR_ETYPE, "KV cache types are f32, f16 or q8_0");
+        return NULL;
+    }
+    if ((type_k == LR_Q8_0 || type_v == LR_Q8_0) && desc->head_dim % QK) {
+        fail(err, err_len, LR_ESHAPE, "a q8_0 KV cache needs a head dimension that is a multiple of 32");
         return NULL;
     }
     lr_model *m = calloc(1, sizeof(*m));
@@ -515,10 +507,13 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     if (dim > out_widest) out_widest = dim;
     m->widest = widest;
     m->width[ATTN_IN] = dim, m->width[ATTN_OUT] = qd, m->width[MLP_IN] = dim, m->width[MLP_OUT] = ff;
-    const size_t kv = (size_t)L * (size_t)n_ctx * (size_t)kvd, B = LR_BATCH;
+    const size_t B = LR_BATCH;
     m->layers = malloc((size_t)L * sizeof(lr_layer));
-    m->key_cache = calloc(kv, sizeof(float));
-    m->value_cache = calloc(kv, sizeof(float));
+    m->type_k = type_k, m->type_v = type_v;
+    m->k_row = lr_row_bytes(type_k, kvd), m->v_row = lr_row_bytes(type_v, kvd);
+    m->key_cache = calloc((size_t)L * (size_t)n_ctx, m->k_row);   /* pages taken as positions fill */
+    m->value_cache = calloc((size_t)L * (size_t)n_ctx, m->v_row);
+    m->qk8 = malloc((size_t)n_threads * (size_t)(hd / QK + 1) * sizeof(block_q8_0));
     m->x = calloc((size_t)dim, sizeof(float));
     m->xn = calloc((size_t)dim, sizeof(float));
     m->tmp = calloc((size_t)dim, sizeof(float));
@@ -555,7 +550,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->inv_freq = calloc((size_t)hd / 2, sizeof(double));
     m->rope_cos = calloc((size_t)hd / 2, sizeof(float));
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
-    int ok = m->layers && m->key_cache && m->value_cache && m->x && m->xn && m->tmp && m->qkv && m->att &&
+    int ok = m->layers && m->key_cache && m->value_cache && m->qk8 && m->x && m->xn && m->tmp && m->qkv && m->att &&
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
              m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota &&
              m->qsel_buf && m->qacc && m->hxq && m->hdx && m->qb_buf && m->bmask && m->qscratch &&

@@ -82,11 +82,118 @@ void lr_panel_partial(const lr_tensor *w, int32_t c0, float *P) {
     }
 }
 
+/* ---- attention over the KV cache, in the order kernels.h defines --------------------------- */
+
+static inline float kv_f32(const uint8_t *row, int32_t i) {
+    float f;
+    memcpy(&f, row + 4 * (size_t)i, 4);
+    return f;
+}
+static inline float kv_f16(const uint8_t *row, int32_t i) {
+    uint16_t h;
+    memcpy(&h, row + 2 * (size_t)i, 2);
+    return fp16_to_fp32(h);
+}
+
+/* q . k over hd values in the 16-lane order (ld: one k value as a float) */
+#define ATTN_DOT(NAME, LD)                                                                         \
+    static float NAME(const float *q, const uint8_t *k, int32_t hd) {                              \
+        float s[16] = {0};                                                                         \
+        const int32_t hd16 = hd & ~15;                                                             \
+        for (int32_t i = 0; i < hd16; i++) s[i % 16] = fmaf(q[i], LD(k, i), s[i % 16]);            \
+        for (int step = 8; step >= 2; step /= 2)                                                   \
+            for (int j = 0; j < step; j++) s[j] += s[j + step];                                    \
+        float r = s[0] + s[1];                                                                     \
+        for (int32_t i = hd16; i < hd; i++) r = fmaf(q[i], LD(k, i), r);                           \
+        return r;                                                                                  \
+    }
+ATTN_DOT(attn_dot_f32, kv_f32)
+ATTN_DOT(attn_dot_f16, kv_f16)
+
+static void attn_scores_f32(const void *q, const uint8_t *k, size_t stride, int32_t n, int32_t hd, float scale,
+                            float *att) {
+    for (int32_t t = 0; t < n; t++) att[t] = attn_dot_f32(q, k + (size_t)t * stride, hd) * scale;
+}
+
+static void attn_scores_f16(const void *q, const uint8_t *k, size_t stride, int32_t n, int32_t hd, float scale,
+                            float *att) {
+    for (int32_t t = 0; t < n; t++) att[t] = attn_dot_f16(q, k + (size_t)t * stride, hd) * scale;
+}
+
+static void attn_scores_q8_0(const void *q, const uint8_t *k, size_t stride, int32_t n, int32_t hd, float scale,
+                             float *att) {
+    const block_q8_0 *qb = q;
+    for (int32_t t = 0; t < n; t++) {
+        const block_q8_0 *kb = (const block_q8_0 *)(k + (size_t)t * stride);
+        float s = 0.0f;
+        for (int32_t b = 0; b < hd / QK; b++) {
+            int32_t sum = 0;
+            for (int i = 0; i < QK; i++) sum += (int32_t)qb[b].qs[i] * kb[b].qs[i];
+            s = fmaf(fp16_to_fp32(qb[b].d) * fp16_to_fp32(kb[b].d), (float)sum, s);
+        }
+        att[t] = s * scale;
+    }
+}
+
+/* the value sum; W(t, i): position t's weight for value i, V(t, i): the value as a float */
+#define ATTN_VALUES(NAME, W, V)                                                                    \
+    static void NAME(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd, float *out) { \
+        for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;                                            \
+        int32_t t = 0;                                                                             \
+        for (; t + 4 <= n; t += 4) {                                                               \
+            const uint8_t *v0 = v + (size_t)t * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride; \
+            for (int32_t i = 0; i < hd; i++)                                                       \
+                out[i] += fmaf(W(t + 1, v1, i), V(v1, i), W(t, v0, i) * V(v0, i)) +                \
+                          fmaf(W(t + 3, v3, i), V(v3, i), W(t + 2, v2, i) * V(v2, i));             \
+        }                                                                                          \
+        for (; t < n; t++) {                                                                       \
+            const uint8_t *vt = v + (size_t)t * stride;                                            \
+            for (int32_t i = 0; i < hd; i++) out[i] = fmaf(W(t, vt, i), V(vt, i), out[i]);         \
+        }                                                                                          \
+    }
+#define W_PLAIN(t, row, i) w[t]
+#define W_Q8_0(t, row, i) (w[t] * fp16_to_fp32(((const block_q8_0 *)(row))[(i) / QK].d))
+#define V_Q8_0(row, i) ((float)((const block_q8_0 *)(row))[(i) / QK].qs[(i) % QK])
+ATTN_VALUES(attn_values_f32, W_PLAIN, kv_f32)
+ATTN_VALUES(attn_values_f16, W_PLAIN, kv_f16)
+ATTN_VALUES(attn_values_q8_0, W_Q8_0, V_Q8_0)
+
+/* ggml's Q8_0 rule; codes of non-finite or out-of-range products are clamped (a float -> int8
+ * conversion out of range is undefined), the scale then carries the NaN / Inf */
+static void quantize_q8_0(const float *x, int32_t n, block_q8_0 *out) {
+    for (int32_t b = 0; b < n / QK; b++) {
+        const float *xb = x + (size_t)b * QK;
+        float amax = 0.0f;
+        for (int i = 0; i < QK; i++) {
+            const float a = fabsf(xb[i]);
+            amax = a > amax || a != a ? a : amax;   /* NaN wins */
+        }
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        out[b].d = fp32_to_fp16(d);
+        for (int i = 0; i < QK; i++) {
+            const float v = xb[i] * id;
+            out[b].qs[i] = (int8_t)(v >= -127.0f && v <= 127.0f ? roundf(v) : v > 0.0f ? 127.0f : v < 0.0f ? -127.0f : 0.0f);
+        }
+    }
+}
+
+void lr_kv_quantize(int32_t type, const float *x, int32_t n, void *out) {
+    switch (type) {
+    case LR_F32: memcpy(out, x, (size_t)n * sizeof(float)); break;
+    case LR_F16:
+        for (int32_t i = 0; i < n; i++) ((uint16_t *)out)[i] = fp32_to_fp16(x[i]);
+        break;
+    case LR_Q8_0: quantize_q8_0(x, n, out); break;
+    }
+}
+
 const lr_kernel_table lr_kernels_scalar = {
     {spmv_f32, spmv_f16},
     {dot_f32, dot_f16},
     gemm32,
     {panel_f32, panel_f16},
+    {attn_scores_f32, attn_scores_f16, attn_scores_q8_0},
+    {attn_values_f32, attn_values_f16, attn_values_q8_0},
 };
 
 /* ---- SIMD dispatch -------------------------------------------------------------------------- */
@@ -360,5 +467,52 @@ int32_t lr_get_row(const lr_tensor *w, int32_t row, float *out) {
     if (rc) return rc;
     if (row < 0 || row >= w->rows) return LR_ERANGE;
     lr_dequant_row(w, row, out);
+    return LR_OK;
+}
+
+/* ---- attention kernels, checked entry points for tests ---------------------------------------- */
+
+int64_t lr_kv_row_bytes(int32_t type, int32_t n) {
+    if (n < 1 || lr_kv_slot(type) < 0 || (type == LR_Q8_0 && n % QK)) return LR_EARG;
+    return (int64_t)lr_row_bytes(type, n);
+}
+
+int32_t lr_kv_store(int32_t type, const float *x, int32_t n, void *out) {
+    if (!x || !out) return LR_EARG;
+    if (lr_kv_row_bytes(type, n) < 0) return lr_kv_slot(type) < 0 ? LR_ETYPE : LR_ESHAPE;
+    lr_kv_quantize(type, x, n, out);
+    return LR_OK;
+}
+
+static int32_t attn_check(int32_t type, const void *a, const void *kv, int64_t stride, int32_t n, int32_t hd,
+                          const void *out) {
+    if (!a || !kv || !out) return LR_EARG;
+    if (lr_kv_slot(type) < 0) return LR_ETYPE;
+    if (n < 1 || lr_kv_row_bytes(type, hd) < 0 || stride < lr_kv_row_bytes(type, hd)) return LR_ESHAPE;
+    return LR_OK;
+}
+
+int32_t lr_attn_scores(int32_t type_k, const float *q, const void *k, int64_t stride, int32_t n, int32_t hd,
+                       float scale, float *att) {
+    const int32_t rc = attn_check(type_k, q, k, stride, n, hd, att);
+    if (rc) return rc;
+    const attn_scores_fn fn = lr_kernels()->attn_scores[lr_kv_slot(type_k)];
+    if (type_k != LR_Q8_0) {
+        fn(q, k, (size_t)stride, n, hd, scale, att);
+        return LR_OK;
+    }
+    block_q8_0 *qb = malloc((size_t)(hd / QK) * sizeof(block_q8_0));   /* q as the keys' blocks */
+    if (!qb) return LR_ENOMEM;
+    quantize_q8_0(q, hd, qb);
+    fn(qb, k, (size_t)stride, n, hd, scale, att);
+    free(qb);
+    return LR_OK;
+}
+
+int32_t lr_attn_values(int32_t type_v, const float *w, const void *v, int64_t stride, int32_t n, int32_t hd,
+                       float *out) {
+    const int32_t rc = attn_check(type_v, w, v, stride, n, hd, out);
+    if (rc) return rc;
+    lr_kernels()->attn_values[lr_kv_slot(type_v)](w, v, (size_t)stride, n, hd, out);
     return LR_OK;
 }

@@ -75,11 +75,54 @@ typedef void (*gemm32_fn)(const float *X, int32_t ldx, const float *P, int32_t K
  * (c0 + 32 <= cols) */
 typedef void (*panel_fn)(const lr_tensor *w, int32_t c0, float *P);
 
+/* ---- attention over the KV cache (forward.c's lr_attend_head) ------------------------------ *
+ * One kv head's n cached positions, each row hd values of the cache type (F32, F16, Q8_0: hd / 32
+ * ggml blocks along the head dimension), rows `stride` bytes apart. Every level adds in the order
+ * written here, so a score or output has the same bits at every SIMD level:
+ * - scores, F32 / F16: s[j] = sum over i = j (mod 16), i < hd16 = hd & ~15, ascending, of
+ *   fma(q[i], k[i], s[j]); then s[j] += s[j + 8], s[j] += s[j + 4], s[j] += s[j + 2] (j below the
+ *   step), s = s[0] + s[1]; then s = fma(q[i], k[i], s) for the tail i >= hd16; att = s * scale.
+ * - scores, Q8_0: q as Q8_0 blocks (lr_kv_quantize); per block b in order, s = fma(dq_b dk_b,
+ *   (float) sum of the 32 int8 products, s) from s = 0 (the sums are exact); att = s * scale.
+ * - values: out[i] = 0, then per 4 positions t..t+3 (t = 0, 4, ...; while t + 4 <= n)
+ *   out[i] += fma(w1, v1[i], w0 v0[i]) + fma(w3, v3[i], w2 v2[i]), then out[i] = fma(w_t, v_t[i],
+ *   out[i]) for the last n % 4. Q8_0: w_t is w[t] times the block's scale and v_t[i] the code. */
+typedef void (*attn_scores_fn)(const void *q, const uint8_t *k, size_t stride, int32_t n, int32_t hd, float scale,
+                               float *att);
+typedef void (*attn_values_fn)(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd, float *out);
+
+/* KV cache types: slot 0 (F32), 1 (F16), 2 (Q8_0); -1 for any other type */
+static inline int lr_kv_slot(int32_t type) {
+    return type == LR_F32 ? 0 : type == LR_F16 ? 1 : type == LR_Q8_0 ? 2 : -1;
+}
+
+/* f32 -> f16, rounded to nearest even (F16C's rule): overflow to inf, NaN stays NaN (quiet) */
+static inline uint16_t fp32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((ax >> 13) & 0x3ff));   /* NaN */
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);   /* >= 65520: inf (and inf itself) */
+    if (ax < 0x38800000u) {                                    /* below 2^-14: subnormal or zero */
+        if (ax < 0x33000000u) return (uint16_t)sign;           /* <= 2^-25: rounds to zero */
+        const uint32_t e = ax >> 23, mant = (ax & 0x7fffff) | 0x800000, shift = 126 - e;   /* 14..24 */
+        uint32_t h = mant >> shift;
+        const uint32_t rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+        h += rest > half || (rest == half && (h & 1));
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((ax >> 13) - (112u << 10)), rest = ax & 0x1fff;   /* rebias 127 -> 15 */
+    h += rest > 0x1000 || (rest == 0x1000 && (h & 1));           /* a carry into the exponent is right */
+    return (uint16_t)(sign | h);
+}
+
 typedef struct {
     spmv_fn spmv[2];          /* by lr_type_slot(): float weights */
     dot_rows_fn dot_rows[2];
     gemm32_fn gemm32;
     panel_fn panel[2];
+    attn_scores_fn attn_scores[3];   /* by lr_kv_slot() */
+    attn_values_fn attn_values[3];
 } lr_kernel_table;
 
 /* float types: slot 0 (F32), 1 (F16); integer kernels: slot 0 (Q8_0, Q8_0_IM), 1 (Q4_0, Q4_0_IM) */
@@ -173,5 +216,9 @@ int32_t lr_tensor_check(const lr_tensor *w, int32_t rows, int32_t cols, int f32_
 void lr_dequant_row(const lr_tensor *w, int64_t r, float *out);
 void lr_panel_partial(const lr_tensor *w, int32_t c0, float *P);   /* float types, last partial panel */
 int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch);
+/* n values (n % 32 == 0 for Q8_0) as one row of the KV cache type: F32 copied, F16 rounded to
+ * nearest even, Q8_0 as ggml quantizes (per block d = max |x| / 127 stored as f16, codes
+ * round(x / d) half away from zero, in [-127, 127]; a non-finite value gives a non-finite d) */
+void lr_kv_quantize(int32_t type, const float *x, int32_t n, void *out);
 
 #endif

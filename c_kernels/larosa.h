@@ -52,8 +52,12 @@ enum { LR_F32 = 0, LR_F16 = 1, LR_Q4_0 = 2, LR_Q8_0 = 8, LR_Q8_0_IM = 108, LR_Q4
 /* SIMD levels */
 enum { LR_SIMD_SCALAR = 0, LR_SIMD_AVX2 = 1, LR_SIMD_AVX512 = 2, LR_SIMD_NEON = 3 };
 
-/* model: n_ctx positions of KV cache, n_threads >= 1. err receives a message on failure. */
-lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threads, char *err, int32_t err_len);
+/* model: n_ctx positions of KV cache, n_threads >= 1. type_k, type_v: the cache's types (llama.cpp's
+ * -ctk / -ctv): LR_F32, LR_F16 (llama.cpp's default) or LR_Q8_0 (ggml blocks of 32 along the head
+ * dimension: head_dim % 32 == 0; the keys' scores then take q as Q8_0 blocks too, as ggml does).
+ * err receives a message on failure. */
+lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threads, int32_t type_k, int32_t type_v,
+                       char *err, int32_t err_len);
 void lr_model_free(lr_model *m);
 /* The selection of every block input (attn_in, attn_out, mlp_in, mlp_out) of every layer, block
  * input major ([4][n_layers]): threshold[b][l] >= 0 keeps the inputs whose key exceeds it, a
@@ -105,6 +109,18 @@ int32_t lr_get_row(const lr_tensor *w, int32_t row, float *out);
  * inputs i with mask[t * rows + i] != 0, for t < n (X [n][rows], Y [n][cols]); bit-identical to
  * n calls of lr_spmv with those inputs as idx. */
 int32_t lr_spmm(const lr_tensor *w, const float *X, const uint8_t *mask, int32_t n, float *Y);
+/* Attention kernels of the KV cache, exposed for tests. lr_kv_row_bytes: bytes of n values of a
+ * cache type (LR_EARG for another type, or Q8_0 with n % 32 != 0). lr_kv_store: x (n values) as
+ * that type into out (lr_kv_row_bytes(type, n) bytes), the rounding of every cache write.
+ * lr_attn_scores: att[t] = scale * (q . K[t]) for t < n, K rows of hd values of type_k `stride`
+ * bytes apart (Q8_0: q quantized to Q8_0 first). lr_attn_values: out[0:hd] = sum_t w[t] V[t].
+ * Both add in one fixed order (kernels.h), the same bits at every SIMD level. */
+int64_t lr_kv_row_bytes(int32_t type, int32_t n);
+int32_t lr_kv_store(int32_t type, const float *x, int32_t n, void *out);
+int32_t lr_attn_scores(int32_t type_k, const float *q, const void *k, int64_t stride, int32_t n, int32_t hd,
+                       float scale, float *att);
+int32_t lr_attn_values(int32_t type_v, const float *w, const void *v, int64_t stride, int32_t n, int32_t hd,
+                       float *out);
 /* best-of-reps read bandwidth (bytes/s) of a buffer of `bytes` summed by n_threads threads; -1 on error */
 double lr_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t reps);
 

@@ -21,8 +21,12 @@ struct lr_model {
     double over[LR_BATCH];     /* per token of a batch: cost spent above the plan so far */
     int32_t width[4];          /* per block input: its width n */
     uint64_t rows_read[4], rows_tokens;   /* selected inputs, for the bytes actually read */
-    float *key_cache;          /* [L][n_ctx][nkv hd] */
-    float *value_cache;
+    /* KV cache: [L][n_ctx] rows of nkv hd values of type_k / type_v (F32, F16, Q8_0 blocks of 32
+     * along each head), k_row / v_row bytes each (lr_kv_store writes them) */
+    uint8_t *key_cache, *value_cache;
+    int32_t type_k, type_v;
+    size_t k_row, v_row;
+    block_q8_0 *qk8;           /* [n_threads][hd / 32] a head's q as Q8_0 blocks (Q8_0 keys) */
     /* one token */
     float *x, *xn, *tmp;       /* [d] residual, normalized input, matvec output */
     float *qkv;                /* [(nh + 2 nkv) hd] */
@@ -68,9 +72,13 @@ struct lr_model {
 void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w);
 void lr_rope_angles(const lr_model *m, int32_t pos, float *c, float *s);
 void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s);
-/* attention of one query head (q: hd floats) at position pos over cached positions 0..pos */
+/* attention of one query head (q: hd floats) at position pos over cached positions 0..pos;
+ * scores: pos + 1 floats of scratch, thread: whose Q8_0 scratch it uses */
 void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,
-                    float *out, float *scores);
+                    float *out, float *scores, int32_t thread);
+/* the keys and values of one position (nkv hd floats each, after RoPE) into the cache, rounded to
+ * its types: the one write of the decode step and the prompt path alike */
+void lr_kv_write(lr_model *m, int32_t layer, int32_t pos, const float *k, const float *v);
 /* The inputs of block input `block` of `layer` to read for the current token (x, n wide): their
  * indices in ascending order, and their count in *k; NULL when all are read. gate: the gate half of
  * the MLP (for a CATS key). t: token index within the current lr_eval call (for the trace). thread:

@@ -118,7 +118,7 @@ static void battn_task(void *p, int ith, int nth, int thread) {
     for (int32_t i = ith * per; i < (ith + 1) * per && i < pairs; i++) {
         const int32_t t = i / nh, h = i % nh;
         lr_attend_head(m, j->layer, j->pos0 + t, h, m->bqkv + (size_t)t * qkvd + (size_t)h * hd,
-                       m->bao + (size_t)t * nh * hd + (size_t)h * hd, scores);
+                       m->bao + (size_t)t * nh * hd + (size_t)h * hd, scores, thread);
     }
 }
 
@@ -193,9 +193,7 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
             lr_rope_angles(m, pos0 + t, m->rope_cos, m->rope_sin);
             lr_rope(qkv, nh, hd, m->rope_cos, m->rope_sin);
             lr_rope(qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
-            const size_t off = ((size_t)l * m->n_ctx + pos0 + t) * kvd;
-            memcpy(m->key_cache + off, qkv + qd, (size_t)kvd * sizeof(float));
-            memcpy(m->value_cache + off, qkv + qd + kvd, (size_t)kvd * sizeof(float));
+            lr_kv_write(m, l, pos0 + t, qkv + qd, qkv + qd + kvd);
         }
         battn_job aj = {m, l, pos0, n};
         lr_pool_run(m->pool, battn_task, &aj);

@@ -117,12 +117,160 @@ static void panel_f16_neon(const lr_tensor *w, int32_t c0, float *P) {
         for (int j = 0; j < QK; j++) P[(int64_t)k * QK + j] = h2f(row[j]);
     }
 }
+/* ---- attention (kernels.h's order: the 16 lanes as four vectors of 4) ------------------------ */
+
+static inline float32x4_t kv4_f32_neon(const uint8_t *row, int32_t i) { return vld1q_f32((const float *)row + i); }
+static inline float32x4_t kv4_f16_neon(const uint8_t *row, int32_t i) {
+    return vcvt_f32_f16(vld1_f16((const float16_t *)row + i));
+}
+static inline float kv1_f32_neon(const uint8_t *row, int32_t i) { return ((const float *)row)[i]; }
+static inline float kv1_f16_neon(const uint8_t *row, int32_t i) { return h2f(((const uint16_t *)row)[i]); }
+
+/* lanes 0-3, 4-7, 8-11, 12-15 -> one float: 16 -> 8 -> 4 -> 2 -> 1 */
+static inline float hsum16_neon(const float32x4_t *a) {
+    const float32x4_t b0 = vaddq_f32(a[0], a[2]), b1 = vaddq_f32(a[1], a[3]);   /* s[j] += s[j + 8] */
+    const float32x4_t c = vaddq_f32(b0, b1);                                     /* s[j] += s[j + 4] */
+    const float32x2_t d = vadd_f32(vget_low_f32(c), vget_high_f32(c));           /* s[j] += s[j + 2] */
+    return vget_lane_f32(d, 0) + vget_lane_f32(d, 1);
+}
+
+#define ATTN_SCORES_NEON(NAME, LD4, LD1)                                                           \
+    static void NAME(const void *qv, const uint8_t *k, size_t stride, int32_t n, int32_t hd, float scale, float *att) { \
+        const float *q = qv;                                                                       \
+        const int32_t hd16 = hd & ~15;                                                             \
+        int32_t t = 0;                                                                             \
+        for (; t + 2 <= n; t += 2) {   /* 2 positions per pass (8 accumulators) */                 \
+            const uint8_t *r0 = k + (size_t)t * stride, *r1 = r0 + stride;                         \
+            float32x4_t a0[4], a1[4];                                                              \
+            for (int j = 0; j < 4; j++) a0[j] = a1[j] = vdupq_n_f32(0.0f);                         \
+            for (int32_t i = 0; i < hd16; i += 16)                                                 \
+                for (int j = 0; j < 4; j++) {                                                      \
+                    const float32x4_t qj = vld1q_f32(q + i + 4 * j);                               \
+                    a0[j] = vfmaq_f32(a0[j], qj, LD4(r0, i + 4 * j));                              \
+                    a1[j] = vfmaq_f32(a1[j], qj, LD4(r1, i + 4 * j));                              \
+                }                                                                                  \
+            float s0 = hsum16_neon(a0), s1 = hsum16_neon(a1);                                      \
+            for (int32_t i = hd16; i < hd; i++) s0 = fmaf(q[i], LD1(r0, i), s0), s1 = fmaf(q[i], LD1(r1, i), s1); \
+            att[t] = s0 * scale, att[t + 1] = s1 * scale;                                          \
+        }                                                                                          \
+        for (; t < n; t++) {                                                                       \
+            const uint8_t *r = k + (size_t)t * stride;                                             \
+            float32x4_t a[4];                                                                      \
+            for (int j = 0; j < 4; j++) a[j] = vdupq_n_f32(0.0f);                                  \
+            for (int32_t i = 0; i < hd16; i += 16)                                                 \
+                for (int j = 0; j < 4; j++) a[j] = vfmaq_f32(a[j], vld1q_f32(q + i + 4 * j), LD4(r, i + 4 * j)); \
+            float s = hsum16_neon(a);                                                              \
+            for (int32_t i = hd16; i < hd; i++) s = fmaf(q[i], LD1(r, i), s);                      \
+            att[t] = s * scale;                                                                    \
+        }                                                                                          \
+    }
+ATTN_SCORES_NEON(attn_scores_f32_neon, kv4_f32_neon, kv1_f32_neon)
+ATTN_SCORES_NEON(attn_scores_f16_neon, kv4_f16_neon, kv1_f16_neon)
+
+/* the exact int32 sum of one Q8_0 block's 32 products (int16 products, pairwise into int32) */
+static inline int32_t dot32_i8_neon(const int8_t *a, const int8_t *b) {
+    const int8x16_t x0 = vld1q_s8(a), x1 = vld1q_s8(a + 16), y0 = vld1q_s8(b), y1 = vld1q_s8(b + 16);
+    int32x4_t s = vpaddlq_s16(vmull_s8(vget_low_s8(x0), vget_low_s8(y0)));
+    s = vpadalq_s16(s, vmull_s8(vget_high_s8(x0), vget_high_s8(y0)));
+    s = vpadalq_s16(s, vmull_s8(vget_low_s8(x1), vget_low_s8(y1)));
+    s = vpadalq_s16(s, vmull_s8(vget_high_s8(x1), vget_high_s8(y1)));
+    return vaddvq_s32(s);
+}
+
+static void attn_scores_q8_0_neon(const void *qv, const uint8_t *k, size_t stride, int32_t n, int32_t hd,
+                                  float scale, float *att) {
+    const block_q8_0 *qb = qv;
+    for (int32_t t = 0; t < n; t++) {
+        const block_q8_0 *kb = (const block_q8_0 *)(k + (size_t)t * stride);
+        float s = 0.0f;
+        for (int32_t b = 0; b < hd / QK; b++)
+            s = fmaf(h2f(qb[b].d) * h2f(kb[b].d), (float)dot32_i8_neon(qb[b].qs, kb[b].qs), s);
+        att[t] = s * scale;
+    }
+}
+
+static inline float32x4_t vsum4_neon(float32x4_t o, const float *w, const float32x4_t *v) {
+    return vaddq_f32(o, vaddq_f32(vfmaq_n_f32(vmulq_n_f32(v[0], w[0]), v[1], w[1]),
+                                  vfmaq_n_f32(vmulq_n_f32(v[2], w[2]), v[3], w[3])));
+}
+
+#define ATTN_VALUES_NEON(NAME, LD4, LD1)                                                           \
+    static void NAME(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd, float *out) { \
+        const int32_t hd4 = hd & ~3;                                                               \
+        for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;                                            \
+        int32_t t = 0;                                                                             \
+        for (; t + 4 <= n; t += 4) {                                                               \
+            const uint8_t *r[4];                                                                   \
+            for (int u = 0; u < 4; u++) r[u] = v + (size_t)(t + u) * stride;                       \
+            for (int32_t i = 0; i < hd4; i += 4) {                                                 \
+                float32x4_t x[4];                                                                  \
+                for (int u = 0; u < 4; u++) x[u] = LD4(r[u], i);                                   \
+                vst1q_f32(out + i, vsum4_neon(vld1q_f32(out + i), w + t, x));                      \
+            }                                                                                      \
+            for (int32_t i = hd4; i < hd; i++)                                                     \
+                out[i] += fmaf(w[t + 1], LD1(r[1], i), w[t] * LD1(r[0], i)) +                      \
+                          fmaf(w[t + 3], LD1(r[3], i), w[t + 2] * LD1(r[2], i));                   \
+        }                                                                                          \
+        for (; t < n; t++) {                                                                       \
+            const uint8_t *r = v + (size_t)t * stride;                                             \
+            for (int32_t i = 0; i < hd4; i += 4) vst1q_f32(out + i, vfmaq_n_f32(vld1q_f32(out + i), LD4(r, i), w[t])); \
+            for (int32_t i = hd4; i < hd; i++) out[i] = fmaf(w[t], LD1(r, i), out[i]);             \
+        }                                                                                          \
+    }
+ATTN_VALUES_NEON(attn_values_f32_neon, kv4_f32_neon, kv1_f32_neon)
+ATTN_VALUES_NEON(attn_values_f16_neon, kv4_f16_neon, kv1_f16_neon)
+
+/* 16 codes as four float vectors */
+static inline void codes16_neon(const int8_t *c, float32x4_t *x) {
+    const int8x16_t b = vld1q_s8(c);
+    const int16x8_t lo = vmovl_s8(vget_low_s8(b)), hi = vmovl_s8(vget_high_s8(b));
+    x[0] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(lo)));
+    x[1] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(lo)));
+    x[2] = vcvtq_f32_s32(vmovl_s16(vget_low_s16(hi)));
+    x[3] = vcvtq_f32_s32(vmovl_s16(vget_high_s16(hi)));
+}
+
+static void attn_values_q8_0_neon(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd, float *out) {
+    for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
+    int32_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const block_q8_0 *r[4];
+        for (int u = 0; u < 4; u++) r[u] = (const block_q8_0 *)(v + (size_t)(t + u) * stride);
+        for (int32_t b = 0; b < hd / QK; b++) {
+            float wb[4];
+            for (int u = 0; u < 4; u++) wb[u] = w[t + u] * h2f(r[u][b].d);
+            for (int j = 0; j < QK; j += 16) {
+                float32x4_t x[4][4];   /* [position][4 lanes of 16 codes] */
+                for (int u = 0; u < 4; u++) codes16_neon(r[u][b].qs + j, x[u]);
+                float *o = out + (size_t)b * QK + j;
+                for (int l = 0; l < 4; l++) {
+                    const float32x4_t xl[4] = {x[0][l], x[1][l], x[2][l], x[3][l]};
+                    vst1q_f32(o + 4 * l, vsum4_neon(vld1q_f32(o + 4 * l), wb, xl));
+                }
+            }
+        }
+    }
+    for (; t < n; t++) {
+        const block_q8_0 *r = (const block_q8_0 *)(v + (size_t)t * stride);
+        for (int32_t b = 0; b < hd / QK; b++) {
+            const float wt = w[t] * h2f(r[b].d);
+            for (int j = 0; j < QK; j += 16) {
+                float32x4_t x[4];
+                codes16_neon(r[b].qs + j, x);
+                float *o = out + (size_t)b * QK + j;
+                for (int l = 0; l < 4; l++) vst1q_f32(o + 4 * l, vfmaq_n_f32(vld1q_f32(o + 4 * l), x[l], wt));
+            }
+        }
+    }
+}
 
 const lr_kernel_table lr_kernels_neon = {
     {spmv_f32_neon, spmv_f16_neon},
     {dot_f32_neon, dot_f16_neon},
     gemm32_neon,
     {panel_f32_neon, panel_f16_neon},
+    {attn_scores_f32_neon, attn_scores_f16_neon, attn_scores_q8_0_neon},
+    {attn_values_f32_neon, attn_values_f16_neon, attn_values_q8_0_neon},
 };
 
 #endif

@@ -127,11 +127,151 @@ AVX512 static void gemm32_512(const float *X, int32_t ldx, const float *P, int32
 PANEL_F(AVX512, panel_f32_512, 16, _mm512_storeu_ps, ldw_f32_512)
 PANEL_F(AVX512, panel_f16_512, 16, _mm512_storeu_ps, ldw_f16_512)
 
+/* ---- attention (kernels.h's order: 16 lanes per score, reduced 16 -> 8 -> 4 -> 2 -> 1) ----------- */
+
+AVX512 static inline float hsum_512(__m512 v) {   /* 16 -> 8, then hsum_8 */
+    const __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(v),
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a8), _mm256_extractf128_ps(a8, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+AVX512 static inline __m512 kv16_f32_512(const uint8_t *row, int32_t i) { return _mm512_loadu_ps((const float *)row + i); }
+AVX512 static inline __m512 kv16_f16_512(const uint8_t *row, int32_t i) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)));
+}
+AVX512 static inline float kv1_f32_512(const uint8_t *row, int32_t i) { return ((const float *)row)[i]; }
+AVX512 static inline float kv1_f16_512(const uint8_t *row, int32_t i) { return _cvtsh_ss(((const uint16_t *)row)[i]); }
+
+#define ATTN_SCORES_512(NAME, LD16, LD1)                                                           \
+    AVX512 static void NAME(const void *qv, const uint8_t *k, size_t stride, int32_t n, int32_t hd, float scale, \
+                            float *att) {                                                          \
+        const float *q = qv;                                                                       \
+        const int32_t hd16 = hd & ~15;                                                             \
+        int32_t t = 0;                                                                             \
+        for (; t + 4 <= n; t += 4) {   /* 4 positions per pass: 4 independent sums */              \
+            const uint8_t *r[4];                                                                   \
+            __m512 a[4];                                                                           \
+            for (int u = 0; u < 4; u++) r[u] = k + (size_t)(t + u) * stride, a[u] = _mm512_setzero_ps(); \
+            for (int32_t i = 0; i < hd16; i += 16) {                                               \
+                const __m512 qi = _mm512_loadu_ps(q + i);                                          \
+                _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) a[u] = _mm512_fmadd_ps(qi, LD16(r[u], i), a[u]); \
+            }                                                                                      \
+            for (int u = 0; u < 4; u++) {                                                          \
+                float s = hsum_512(a[u]);                                                          \
+                for (int32_t i = hd16; i < hd; i++) s = fmaf(q[i], LD1(r[u], i), s);               \
+                att[t + u] = s * scale;                                                            \
+            }                                                                                      \
+        }                                                                                          \
+        for (; t < n; t++) {                                                                       \
+            const uint8_t *r = k + (size_t)t * stride;                                             \
+            __m512 a = _mm512_setzero_ps();                                                        \
+            for (int32_t i = 0; i < hd16; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), LD16(r, i), a); \
+            float s = hsum_512(a);                                                                 \
+            for (int32_t i = hd16; i < hd; i++) s = fmaf(q[i], LD1(r, i), s);                      \
+            att[t] = s * scale;                                                                    \
+        }                                                                                          \
+    }
+ATTN_SCORES_512(attn_scores_f32_512, kv16_f32_512, kv1_f32_512)
+ATTN_SCORES_512(attn_scores_f16_512, kv16_f16_512, kv1_f16_512)
+
+/* the exact int32 sum of one Q8_0 block's 32 products */
+AVX512 static inline int32_t dot32_i8_512(const int8_t *a, const int8_t *b) {
+    const __m512i x = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)a));
+    const __m512i y = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)b));
+    return _mm512_reduce_add_epi32(_mm512_madd_epi16(x, y));
+}
+
+AVX512 static void attn_scores_q8_0_512(const void *qv, const uint8_t *k, size_t stride, int32_t n, int32_t hd,
+                                        float scale, float *att) {
+    const block_q8_0 *qb = qv;
+    for (int32_t t = 0; t < n; t++) {
+        const block_q8_0 *kb = (const block_q8_0 *)(k + (size_t)t * stride);
+        float s = 0.0f;
+        for (int32_t b = 0; b < hd / QK; b++)
+            s = fmaf(_cvtsh_ss(qb[b].d) * _cvtsh_ss(kb[b].d), (float)dot32_i8_512(qb[b].qs, kb[b].qs), s);
+        att[t] = s * scale;
+    }
+}
+
+/* out[i] += fma(w1, v1, w0 v0) + fma(w3, v3, w2 v2) on 16 lanes */
+AVX512 static inline __m512 vsum4_512(__m512 o, const __m512 *w, const __m512 *v) {
+    return _mm512_add_ps(o, _mm512_add_ps(_mm512_fmadd_ps(w[1], v[1], _mm512_mul_ps(w[0], v[0])),
+                                          _mm512_fmadd_ps(w[3], v[3], _mm512_mul_ps(w[2], v[2]))));
+}
+
+#define ATTN_VALUES_512(NAME, LD16, LD1)                                                           \
+    AVX512 static void NAME(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd, float *out) { \
+        const int32_t hd16 = hd & ~15;                                                             \
+        for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;                                            \
+        int32_t t = 0;                                                                             \
+        for (; t + 4 <= n; t += 4) {                                                               \
+            const uint8_t *r[4];                                                                   \
+            __m512 wv[4];                                                                          \
+            for (int u = 0; u < 4; u++) r[u] = v + (size_t)(t + u) * stride, wv[u] = _mm512_set1_ps(w[t + u]); \
+            for (int32_t i = 0; i < hd16; i += 16) {                                               \
+                __m512 x[4];                                                                       \
+                for (int u = 0; u < 4; u++) x[u] = LD16(r[u], i);                                  \
+                _mm512_storeu_ps(out + i, vsum4_512(_mm512_loadu_ps(out + i), wv, x));             \
+            }                                                                                      \
+            for (int32_t i = hd16; i < hd; i++)                                                    \
+                out[i] += fmaf(w[t + 1], LD1(r[1], i), w[t] * LD1(r[0], i)) +                      \
+                          fmaf(w[t + 3], LD1(r[3], i), w[t + 2] * LD1(r[2], i));                   \
+        }                                                                                          \
+        for (; t < n; t++) {                                                                       \
+            const uint8_t *r = v + (size_t)t * stride;                                             \
+            const __m512 wt = _mm512_set1_ps(w[t]);                                                \
+            for (int32_t i = 0; i < hd16; i += 16)                                                 \
+                _mm512_storeu_ps(out + i, _mm512_fmadd_ps(wt, LD16(r, i), _mm512_loadu_ps(out + i))); \
+            for (int32_t i = hd16; i < hd; i++) out[i] = fmaf(w[t], LD1(r, i), out[i]);            \
+        }                                                                                          \
+    }
+ATTN_VALUES_512(attn_values_f32_512, kv16_f32_512, kv1_f32_512)
+ATTN_VALUES_512(attn_values_f16_512, kv16_f16_512, kv1_f16_512)
+
+/* Q8_0 values: codes as floats, w[t] times the block's scale as the weight (hd % 32 == 0) */
+AVX512 static inline __m512 codes16_512(const int8_t *c) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)c)));
+}
+
+AVX512 static void attn_values_q8_0_512(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd,
+                                        float *out) {
+    for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
+    int32_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const block_q8_0 *r[4];
+        for (int u = 0; u < 4; u++) r[u] = (const block_q8_0 *)(v + (size_t)(t + u) * stride);
+        for (int32_t b = 0; b < hd / QK; b++) {
+            __m512 wv[4], lo[4], hi[4];
+            for (int u = 0; u < 4; u++) {
+                wv[u] = _mm512_set1_ps(w[t + u] * _cvtsh_ss(r[u][b].d));
+                lo[u] = codes16_512(r[u][b].qs);
+                hi[u] = codes16_512(r[u][b].qs + 16);
+            }
+            float *o = out + (size_t)b * QK;
+            _mm512_storeu_ps(o, vsum4_512(_mm512_loadu_ps(o), wv, lo));
+            _mm512_storeu_ps(o + 16, vsum4_512(_mm512_loadu_ps(o + 16), wv, hi));
+        }
+    }
+    for (; t < n; t++) {
+        const block_q8_0 *r = (const block_q8_0 *)(v + (size_t)t * stride);
+        for (int32_t b = 0; b < hd / QK; b++) {
+            const __m512 wt = _mm512_set1_ps(w[t] * _cvtsh_ss(r[b].d));
+            float *o = out + (size_t)b * QK;
+            _mm512_storeu_ps(o, _mm512_fmadd_ps(wt, codes16_512(r[b].qs), _mm512_loadu_ps(o)));
+            _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(wt, codes16_512(r[b].qs + 16), _mm512_loadu_ps(o + 16)));
+        }
+    }
+}
+
 const lr_kernel_table lr_kernels_avx512 = {
     {spmv_f32_512, spmv_f16_512},
     {dot_f32_512, dot_f16_512},
     gemm32_512,
     {panel_f32_512, panel_f16_512},
+    {attn_scores_f32_512, attn_scores_f16_512, attn_scores_q8_0_512},
+    {attn_values_f32_512, attn_values_f16_512, attn_values_q8_0_512},
 };
 
 /* ================================ AVX2 ===================================================== */
@@ -204,11 +344,149 @@ AVX2 static void gemm32_256(const float *X, int32_t ldx, const float *P, int32_t
 PANEL_F(AVX2, panel_f32_256, 8, _mm256_storeu_ps, ldw_f32_256)
 PANEL_F(AVX2, panel_f16_256, 8, _mm256_storeu_ps, ldw_f16_256)
 
+/* ---- attention (kernels.h's order: the 16 lanes as two vectors, lanes 0-7 and 8-15) ------------ */
+
+AVX2 static inline __m256 kv8_f32_256(const uint8_t *row, int32_t i) { return _mm256_loadu_ps((const float *)row + i); }
+AVX2 static inline __m256 kv8_f16_256(const uint8_t *row, int32_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+}
+AVX2 static inline float kv1_f32_256(const uint8_t *row, int32_t i) { return ((const float *)row)[i]; }
+AVX2 static inline float kv1_f16_256(const uint8_t *row, int32_t i) { return _cvtsh_ss(((const uint16_t *)row)[i]); }
+
+#define ATTN_SCORES_256(NAME, LD8, LD1)                                                            \
+    AVX2 static void NAME(const void *qv, const uint8_t *k, size_t stride, int32_t n, int32_t hd, float scale, \
+                          float *att) {                                                            \
+        const float *q = qv;                                                                       \
+        const int32_t hd16 = hd & ~15;                                                             \
+        int32_t t = 0;                                                                             \
+        for (; t + 2 <= n; t += 2) {   /* 2 positions per pass (4 accumulators) */                 \
+            const uint8_t *r0 = k + (size_t)t * stride, *r1 = r0 + stride;                         \
+            __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0;                            \
+            for (int32_t i = 0; i < hd16; i += 16) {                                               \
+                const __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + 8);         \
+                a0 = _mm256_fmadd_ps(qa, LD8(r0, i), a0);                                          \
+                b0 = _mm256_fmadd_ps(qb, LD8(r0, i + 8), b0);                                      \
+                a1 = _mm256_fmadd_ps(qa, LD8(r1, i), a1);                                          \
+                b1 = _mm256_fmadd_ps(qb, LD8(r1, i + 8), b1);                                      \
+            }                                                                                      \
+            float s0 = hsum_256(_mm256_add_ps(a0, b0)), s1 = hsum_256(_mm256_add_ps(a1, b1));      \
+            for (int32_t i = hd16; i < hd; i++) s0 = fmaf(q[i], LD1(r0, i), s0), s1 = fmaf(q[i], LD1(r1, i), s1); \
+            att[t] = s0 * scale, att[t + 1] = s1 * scale;                                          \
+        }                                                                                          \
+        for (; t < n; t++) {                                                                       \
+            const uint8_t *r = k + (size_t)t * stride;                                             \
+            __m256 a = _mm256_setzero_ps(), b = a;                                                 \
+            for (int32_t i = 0; i < hd16; i += 16) {                                               \
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), LD8(r, i), a);                         \
+                b = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), LD8(r, i + 8), b);                 \
+            }                                                                                      \
+            float s = hsum_256(_mm256_add_ps(a, b));                                               \
+            for (int32_t i = hd16; i < hd; i++) s = fmaf(q[i], LD1(r, i), s);                      \
+            att[t] = s * scale;                                                                    \
+        }                                                                                          \
+    }
+ATTN_SCORES_256(attn_scores_f32_256, kv8_f32_256, kv1_f32_256)
+ATTN_SCORES_256(attn_scores_f16_256, kv8_f16_256, kv1_f16_256)
+
+/* the exact int32 sum of one Q8_0 block's 32 products: |k| times q with k's sign (q in [-127, 127],
+ * so no pair of products saturates the int16 sums) */
+AVX2 static inline int32_t dot32_i8_256(const int8_t *q, const int8_t *k) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)q), y = _mm256_loadu_si256((const __m256i *)k);
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(y), _mm256_sign_epi8(x, y));
+    const __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p32), _mm256_extracti128_si256(p32, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+AVX2 static void attn_scores_q8_0_256(const void *qv, const uint8_t *k, size_t stride, int32_t n, int32_t hd,
+                                      float scale, float *att) {
+    const block_q8_0 *qb = qv;
+    for (int32_t t = 0; t < n; t++) {
+        const block_q8_0 *kb = (const block_q8_0 *)(k + (size_t)t * stride);
+        float s = 0.0f;
+        for (int32_t b = 0; b < hd / QK; b++)
+            s = fmaf(_cvtsh_ss(qb[b].d) * _cvtsh_ss(kb[b].d), (float)dot32_i8_256(qb[b].qs, kb[b].qs), s);
+        att[t] = s * scale;
+    }
+}
+
+AVX2 static inline __m256 vsum4_256(__m256 o, const __m256 *w, const __m256 *v) {
+    return _mm256_add_ps(o, _mm256_add_ps(_mm256_fmadd_ps(w[1], v[1], _mm256_mul_ps(w[0], v[0])),
+                                          _mm256_fmadd_ps(w[3], v[3], _mm256_mul_ps(w[2], v[2]))));
+}
+
+#define ATTN_VALUES_256(NAME, LD8, LD1)                                                            \
+    AVX2 static void NAME(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd, float *out) { \
+        const int32_t hd8 = hd & ~7;                                                               \
+        for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;                                            \
+        int32_t t = 0;                                                                             \
+        for (; t + 4 <= n; t += 4) {                                                               \
+            const uint8_t *r[4];                                                                   \
+            __m256 wv[4];                                                                          \
+            for (int u = 0; u < 4; u++) r[u] = v + (size_t)(t + u) * stride, wv[u] = _mm256_set1_ps(w[t + u]); \
+            for (int32_t i = 0; i < hd8; i += 8) {                                                 \
+                __m256 x[4];                                                                       \
+                for (int u = 0; u < 4; u++) x[u] = LD8(r[u], i);                                   \
+                _mm256_storeu_ps(out + i, vsum4_256(_mm256_loadu_ps(out + i), wv, x));             \
+            }                                                                                      \
+            for (int32_t i = hd8; i < hd; i++)                                                     \
+                out[i] += fmaf(w[t + 1], LD1(r[1], i), w[t] * LD1(r[0], i)) +                      \
+                          fmaf(w[t + 3], LD1(r[3], i), w[t + 2] * LD1(r[2], i));                   \
+        }                                                                                          \
+        for (; t < n; t++) {                                                                       \
+            const uint8_t *r = v + (size_t)t * stride;                                             \
+            const __m256 wt = _mm256_set1_ps(w[t]);                                                \
+            for (int32_t i = 0; i < hd8; i += 8)                                                   \
+                _mm256_storeu_ps(out + i, _mm256_fmadd_ps(wt, LD8(r, i), _mm256_loadu_ps(out + i))); \
+            for (int32_t i = hd8; i < hd; i++) out[i] = fmaf(w[t], LD1(r, i), out[i]);             \
+        }                                                                                          \
+    }
+ATTN_VALUES_256(attn_values_f32_256, kv8_f32_256, kv1_f32_256)
+ATTN_VALUES_256(attn_values_f16_256, kv8_f16_256, kv1_f16_256)
+
+AVX2 static inline __m256 codes8_256(const int8_t *c) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)c)));
+}
+
+AVX2 static void attn_values_q8_0_256(const float *w, const uint8_t *v, size_t stride, int32_t n, int32_t hd,
+                                      float *out) {
+    for (int32_t i = 0; i < hd; i++) out[i] = 0.0f;
+    int32_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const block_q8_0 *r[4];
+        for (int u = 0; u < 4; u++) r[u] = (const block_q8_0 *)(v + (size_t)(t + u) * stride);
+        for (int32_t b = 0; b < hd / QK; b++) {
+            __m256 wv[4];
+            for (int u = 0; u < 4; u++) wv[u] = _mm256_set1_ps(w[t + u] * _cvtsh_ss(r[u][b].d));
+            for (int j = 0; j < QK; j += 8) {
+                __m256 x[4];
+                for (int u = 0; u < 4; u++) x[u] = codes8_256(r[u][b].qs + j);
+                float *o = out + (size_t)b * QK + j;
+                _mm256_storeu_ps(o, vsum4_256(_mm256_loadu_ps(o), wv, x));
+            }
+        }
+    }
+    for (; t < n; t++) {
+        const block_q8_0 *r = (const block_q8_0 *)(v + (size_t)t * stride);
+        for (int32_t b = 0; b < hd / QK; b++) {
+            const __m256 wt = _mm256_set1_ps(w[t] * _cvtsh_ss(r[b].d));
+            for (int j = 0; j < QK; j += 8) {
+                float *o = out + (size_t)b * QK + j;
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(wt, codes8_256(r[b].qs + j), _mm256_loadu_ps(o)));
+            }
+        }
+    }
+}
+
 const lr_kernel_table lr_kernels_avx2 = {
     {spmv_f32_256, spmv_f16_256},
     {dot_f32_256, dot_f16_256},
     gemm32_256,
     {panel_f32_256, panel_f16_256},
+    {attn_scores_f32_256, attn_scores_f16_256, attn_scores_q8_0_256},
+    {attn_values_f32_256, attn_values_f16_256, attn_values_q8_0_256},
 };
 
 #endif

@@ -38,6 +38,7 @@ class Weights:
     out_adapter: torch.Tensor | None = None  # [d, d]
     rope_freqs: torch.Tensor | None = None   # [hd/2] frequency divisors (llama3 style)
     act_q8: frozenset = frozenset()          # "out_adapter", "head": inputs quantized to 8 bits
+    kv_types: tuple = ("f32", "f32")         # the runtime's KV cache (type_k, type_v): kv_round
 
 
 class Budget:
@@ -112,6 +113,22 @@ def quantize_act(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(g * inv).clamp(-127, 127) * dx).reshape(shape)
 
 
+def kv_round(x: torch.Tensor, kv_type: str) -> torch.Tensor:
+    """x [..., hd] as the runtime's KV cache stores it (c_kernels/kernels.c lr_kv_quantize): "f32"
+    as is, "f16" rounded to nearest even, "q8_0" ggml's blocks of 32 along hd (d = max |x| / 127
+    stored as f16, codes round(x / d) half away from zero); the Q8_0 keys' scores also take q so."""
+    if kv_type == "f32":
+        return x
+    if kv_type == "f16":
+        return x.half().float()
+    shape = x.shape
+    g = x.float().reshape(*shape[:-1], shape[-1] // 32, 32)
+    d = g.abs().amax(-1, keepdim=True) / 127
+    v = (g * torch.where(d > 0, 1 / d, torch.zeros_like(d))).double()
+    codes = (v.sign() * (v.abs() + 0.5).floor()).clamp(-127, 127).float()
+    return (codes * d.half().float()).reshape(shape)
+
+
 def matmul(x: torch.Tensor, w: torch.Tensor, q8: bool) -> torch.Tensor:
     """x @ w, with x quantized first when the runtime does (q8)."""
     return (quantize_act(x) if q8 else x) @ w
@@ -156,8 +173,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | None = None,
-                  l: int = 0) -> torch.Tensor:
-    """One decoder layer on the residual r [B, T, d] (positions 0..T-1, causal)."""
+                  l: int = 0, kv_types: tuple = ("f32", "f32")) -> torch.Tensor:
+    """One decoder layer on the residual r [B, T, d] (positions 0..T-1, causal); keys and values
+    rounded as a KV cache of kv_types stores them."""
     def keep(x, which, gate=None):
         if ks is None:
             return x
@@ -187,6 +205,9 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
     q = apply_rope(q.view(B, T, nh, hd), cos, sin).transpose(1, 2)
     k = apply_rope(k.view(B, T, nkv, hd), cos, sin).transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
+    if kv_types[0] == "q8_0":
+        q = kv_round(q, "q8_0")
+    k, v = kv_round(k, kv_types[0]), kv_round(v, kv_types[1])
     a = Fn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
     a = keep(a.transpose(1, 2).reshape(B, T, nh * hd), "attn_out")
     r = r + matmul(a, lw.wo, "wo" in q8)
@@ -208,5 +229,5 @@ def forward(w: Weights, tokens: torch.Tensor, ks: TopK | None = None) -> torch.T
     cos, sin = rope_tables(w.hp, tokens.shape[1], w.rope_freqs)
     r = w.embd[tokens]
     for l, lw in enumerate(w.layers):
-        r = layer_forward(lw, r, w.hp, cos, sin, ks, l)
+        r = layer_forward(lw, r, w.hp, cos, sin, ks, l, w.kv_types)
     return head_forward(w, r)

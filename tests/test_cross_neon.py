@@ -83,7 +83,8 @@ def _assert_level_checked(out: str, level: str) -> None:
                ("lr_dot_rows", dot_types), ("dot_rows slice", ("F32", "F16")), ("qdot slice", ("Q8_0", "Q4_0")),
                ("lr_spmm", ("Q8_0_IM", "Q4_0_IM")), ("qgemm slice", ("Q8_0_IM", "Q4_0_IM")),
                ("nonfinite lr_spmv", spmv_types), ("nonfinite lr_dot_rows", dot_types),
-               ("nonfinite lr_spmm", ("Q8_0_IM", "Q4_0_IM"))]
+               ("nonfinite lr_spmm", ("Q8_0_IM", "Q4_0_IM")),
+               ("lr_attn_scores", ("F32", "F16", "Q8_0")), ("lr_attn_values", ("F32", "F16", "Q8_0"))]
     for op, types in checked:
         for t in types:
             n = len(re.findall(rf"^PASS level={level} {op} {t} ", out, re.M))
@@ -110,6 +111,16 @@ def _assert_level_checked(out: str, level: str) -> None:
     for t in ("Q8_0", "Q4_0"):
         for cols in (32, 96, 1056):
             assert re.search(rf"^PASS level={level} lr_dot_rows {t} rows=\d+ cols={cols} ", out, re.M), (t, cols)
+    # the attention kernels: every vector tail of the head size (F32 / F16), 1 .. 5 positions and more
+    for t in ("F32", "F16"):
+        for hd in (2, 6, 40, 72, 100, 128):
+            for n in (1, 3, 4, 5, 333):
+                for op in ("lr_attn_scores", "lr_attn_values"):
+                    assert re.search(rf"^PASS level={level} {op} {t} hd={hd} n={n} ", out, re.M), (op, t, hd, n)
+    for hd in (32, 96, 256):
+        for op in ("lr_attn_scores", "lr_attn_values"):
+            assert re.search(rf"^PASS level={level} {op} Q8_0 hd={hd} n=333 ", out, re.M), (op, hd)
+    assert len(re.findall(r"^PASS lr_kv_store ", out, re.M)) == 6   # F16 (2), Q8_0 (2), refusals (2)
     assert len(re.findall(r"^PASS lr_topk ", out, re.M)) >= 100
     assert len(re.findall(r"^PASS lr_(spmv|dot_rows|spmm) .* -> LR_E", out, re.M)) >= 10
 

@@ -18,6 +18,8 @@
  *   is written, with scratch buffers full of garbage;
  * - NaN and Inf inputs: a selected one makes every output non-finite (the integer kernels: NaN,
  *   through the group's or block's scale), an unselected one changes nothing;
+ * - the attention kernels of the KV cache (lr_kv_store, lr_attn_scores, lr_attn_values) for F32,
+ *   F16 and Q8_0 caches: the same bits at every level, and a double reference (check_attention);
  * - the refusals: ggml Q8_0 / Q4_0 in lr_spmv, _IM in lr_dot_rows, float weights in lr_spmm, _IM
  *   shapes that are not whole groups and chunks, a missing scale table, an unsorted idx.
  * The integer kernels (_IM types; Q8_0 / Q4_0 rows) add exactly and scale in one fixed order, so
@@ -930,6 +932,241 @@ static void check_exact_dot(int32_t type) {
     free(y);
 }
 
+
+/* ---- attention over the KV cache ---------------------------------------------------------------
+ * lr_kv_store (the rounding of every cache write) against independent rules: F16 the nearest half,
+ * ties to an even mantissa, 65520 and up to inf; Q8_0 ggml's (d = max |x| / 127 stored as a half,
+ * codes round(x / d) half away from zero). lr_attn_scores / lr_attn_values of every cache type at
+ * every level: the scalar level's bits exactly (kernels.h fixes one order for all levels), and a
+ * double reference from an independent decoding of the stored rows (Q8_0 keys: q quantized by the
+ * same independent rule), within TOL (1 + sum |terms|). Rows are a head's slice of wider cache rows
+ * (stride > row bytes, not at offset 0), the last one ending at the end of its allocation. */
+
+/* ggml's Q8_0 rule, written out independently: codes[] and the half scale */
+static uint16_t q8_0_ref(const float *x, int8_t *codes) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; i++) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int i = 0; i < 32; i++) {
+        const float v = x[i] * id;
+        codes[i] = (int8_t)(v < 0.0f ? -floorf(-v + 0.5f) : floorf(v + 0.5f));
+    }
+    uint16_t h;
+    lr_kv_store(LR_F16, &d, 1, &h);   /* the half rounding is checked on its own (check_kv_store) */
+    return h;
+}
+
+/* value i of a stored row, in double */
+static double kv_value(int32_t type, const uint8_t *row, int32_t i) {
+    if (type == LR_F32) {
+        float f;
+        memcpy(&f, row + 4 * (size_t)i, 4);
+        return f;
+    }
+    if (type == LR_F16) {
+        uint16_t h;
+        memcpy(&h, row + 2 * (size_t)i, 2);
+        return half_value(h);
+    }
+    const uint8_t *blk = row + (size_t)(i / 32) * 34;
+    uint16_t d;
+    memcpy(&d, blk, 2);
+    return half_value(d) * (double)(int8_t)blk[2 + i % 32];
+}
+
+static void check_kv_store(void) {
+    char why[200] = "";
+    /* F16: every half round-trips; every float between two halves goes to the nearer (ties: even) */
+    int failed = 0;
+    for (int32_t h = 0; h < 65536 && !failed; h++) {
+        const double v = half_value((uint16_t)h);
+        const float f = (float)v;
+        uint16_t got;
+        lr_kv_store(LR_F16, &f, 1, &got);
+        if (isnan(v) ? !isnan(half_value(got)) : got != h) {
+            failed = 1;
+            snprintf(why, sizeof why, "half 0x%04x stored as 0x%04x", h, got);
+        }
+    }
+    report_other(failed, "lr_kv_store F16: all 65536 halves round-trip", why);
+    failed = 0;
+    for (int32_t k = 0; k < 400000 && !failed; k++) {
+        float f;
+        if (k < 200000) {   /* random bits over the whole float range */
+            const uint32_t u = (uint32_t)rnd();
+            memcpy(&f, &u, 4);
+        } else if (k < 300000) {   /* the half range, subnormals included */
+            f = ldexpf(rnd_uniform(-1.0f, 1.0f), rnd_below(44) - 27);
+        } else {   /* exact midpoints between two neighbouring finite halves */
+            const uint16_t h = (uint16_t)(rnd_below(0x7bff) | (rnd() & 1) << 15);
+            f = (float)((half_value(h) + half_value((uint16_t)(h + 1))) / 2);
+        }
+        uint16_t got;
+        lr_kv_store(LR_F16, &f, 1, &got);
+        const double x = f, g = half_value(got);
+        int ok;
+        if (isnan(x)) {
+            ok = isnan(g);
+        } else if (fabs(x) >= 65520.0) {
+            ok = isinf(g) && (g > 0) == (x > 0);
+        } else {   /* nearer than both neighbours, an even mantissa at a tie, the sign kept */
+            const double lo = half_value((uint16_t)(got - 1)), hi = half_value((uint16_t)(got + 1));
+            const double e = fabs(x - g);
+            ok = !isnan(g) && !isinf(g) && (signbit(g) == signbit(x) || g == 0.0) &&
+                 ((got & 0x7fff) == 0 || e <= fabs(x - lo)) && ((got & 0x7fff) == 0x7bff || e <= fabs(x - hi)) &&
+                 !(((got & 0x7fff) != 0 && e == fabs(x - lo)) && (got & 1)) &&
+                 !(((got & 0x7fff) != 0x7bff && e == fabs(x - hi)) && (got & 1));
+        }
+        if (!ok) {
+            failed = 1;
+            snprintf(why, sizeof why, "%.9g stored as 0x%04x (%.9g)", x, got, g);
+        }
+    }
+    report_other(failed, "lr_kv_store F16: 400000 floats to the nearest half, ties to even", why);
+    /* Q8_0 against the rule, on blocks with zeros, ties (x / d = k + 1/2) and wide ranges */
+    failed = 0;
+    for (int32_t k = 0; k < 2000 && !failed; k++) {
+        float x[64];
+        const float range = ldexpf(1.0f, rnd_below(20) - 10);
+        for (int i = 0; i < 64; i++) x[i] = rnd_below(16) == 0 ? 0.0f : rnd_uniform(-range, range);
+        if (k % 4 == 1) for (int i = 1; i < 32; i++) x[i] = (float)(rnd_below(255) - 127) * 0.5f, x[0] = 127.0f;   /* d = 1: halves tie */
+        if (k % 4 == 2) for (int i = 32; i < 64; i++) x[i] = 0.0f;   /* an all-zero block */
+        block_q8_0 got[2];
+        lr_kv_store(LR_Q8_0, x, 64, got);
+        for (int b = 0; b < 2 && !failed; b++) {
+            int8_t codes[32];
+            const uint16_t d = q8_0_ref(x + 32 * b, codes);
+            if (d != got[b].d || memcmp(codes, got[b].qs, 32)) {
+                failed = 1;
+                snprintf(why, sizeof why, "block %d of case %d: scale 0x%04x want 0x%04x or codes differ", b, (int)k,
+                         got[b].d, d);
+            }
+        }
+    }
+    report_other(failed, "lr_kv_store Q8_0: 2000 rows of 2 blocks against ggml's rule", why);
+    /* non-finite values: no crash, a non-finite scale, codes within [-127, 127] */
+    {
+        float x[32];
+        for (int i = 0; i < 32; i++) x[i] = rnd_uniform(-1.0f, 1.0f);
+        const float bad[2] = {NAN, INFINITY};
+        failed = 0;
+        for (int j = 0; j < 2; j++) {
+            x[5] = bad[j];
+            block_q8_0 b;
+            lr_kv_store(LR_Q8_0, x, 32, &b);
+            int in_range = 1;
+            for (int i = 0; i < 32; i++) in_range &= b.qs[i] >= -127;
+            if (isfinite(half_value(b.d)) || !in_range) {
+                failed = 1;
+                snprintf(why, sizeof why, "x[5] = %g: scale %g", (double)bad[j], half_value(b.d));
+            }
+        }
+        report_other(failed, "lr_kv_store Q8_0: NaN / Inf give a non-finite scale", why);
+    }
+    /* refusals */
+    float x[32] = {0};
+    uint8_t out[256];
+    int32_t rc = lr_kv_store(LR_Q4_0, x, 32, out);
+    snprintf(why, sizeof why, "returned %d", rc);
+    report_other(rc != LR_ETYPE, "lr_kv_store Q4_0 -> LR_ETYPE", why);
+    rc = lr_kv_store(LR_Q8_0, x, 31, out);
+    snprintf(why, sizeof why, "returned %d", rc);
+    report_other(rc != LR_ESHAPE, "lr_kv_store Q8_0 n=31 -> LR_ESHAPE", why);
+    rc = lr_attn_scores(LR_F16, x, out, 2, 1, 4, 1.0f, x);   /* stride below a row */
+    snprintf(why, sizeof why, "returned %d", rc);
+    report_other(rc != LR_ESHAPE, "lr_attn_scores stride < row -> LR_ESHAPE", why);
+    rc = lr_attn_values(LR_F32, x, out, 16, 0, 4, x);
+    snprintf(why, sizeof why, "returned %d", rc);
+    report_other(rc != LR_ESHAPE, "lr_attn_values n=0 -> LR_ESHAPE", why);
+    rc = lr_attn_values(LR_Q8_0, x, out, 64, 1, 16, x);
+    snprintf(why, sizeof why, "returned %d", rc);
+    report_other(rc != LR_ESHAPE, "lr_attn_values Q8_0 hd=16 -> LR_ESHAPE", why);
+}
+
+/* n positions of a cache with 2 kv heads, head 1 checked: K or V rows stored from random floats */
+static uint8_t *make_cache(int32_t type, int32_t n, int32_t hd, int64_t *stride, uint8_t **alloc) {
+    const int64_t row = lr_kv_row_bytes(type, hd);
+    *stride = 2 * row;
+    const size_t bytes = (size_t)(*stride) * (size_t)n;
+    *alloc = xmalloc(bytes);
+    float *x = xmalloc(sizeof(float) * (size_t)hd);
+    for (int32_t t = 0; t < n; t++)
+        for (int h = 0; h < 2; h++) {
+            for (int32_t i = 0; i < hd; i++) x[i] = rnd_below(50) == 0 ? 0.0f : rnd_uniform(-2.0f, 2.0f);
+            lr_kv_store(type, x, hd, *alloc + (size_t)t * (size_t)(*stride) + (size_t)h * (size_t)row);
+        }
+    free(x);
+    return *alloc + row;   /* head 1: its last row ends at the end of the allocation */
+}
+
+static void check_attention(int32_t type, int32_t hd, int32_t n) {
+    int64_t stride;
+    uint8_t *alloc;
+    const uint8_t *kv = make_cache(type, n, hd, &stride, &alloc);
+    float *q = make_vector(hd), *w = xmalloc(sizeof(float) * (size_t)n);
+    for (int32_t t = 0; t < n; t++) w[t] = rnd_uniform(0.0f, 1.0f);
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int32_t big = n > hd ? n : hd;
+    double *ref = xmalloc(sizeof(double) * (size_t)big), *mag = xmalloc(sizeof(double) * (size_t)big);
+    float *want = make_output(big), *got = make_output(big);
+    double *qs = xmalloc(sizeof(double) * (size_t)hd);   /* q as the scores take it */
+    for (int32_t i = 0; i < hd; i++) qs[i] = q[i];
+    if (type == LR_Q8_0)
+        for (int32_t b = 0; b < hd / 32; b++) {
+            int8_t codes[32];
+            const double d = half_value(q8_0_ref(q + 32 * b, codes));
+            for (int i = 0; i < 32; i++) qs[32 * b + i] = d * codes[i];
+        }
+    char what[160], why[240];
+    double err = 0.0;
+    for (int32_t t = 0; t < n; t++) {   /* scores */
+        double s = 0.0, a = 0.0;
+        for (int32_t i = 0; i < hd; i++) {
+            const double term = qs[i] * kv_value(type, kv + (size_t)t * (size_t)stride, i);
+            s += term, a += fabs(term);
+        }
+        ref[t] = s * scale, mag[t] = a * scale;
+    }
+    for (int32_t li = 0; li < g_nlevels; li++) {
+        const int32_t level = g_levels[li];
+        float *out = level_out(level, want, got, n);
+        use_level(level);
+        snprintf(what, sizeof what, "lr_attn_scores %s hd=%d n=%d", type_name(type), hd, n);
+        const int32_t rc = lr_attn_scores(type, q, kv, stride, n, hd, scale, out);
+        int failed = rc != LR_OK;
+        if (failed) snprintf(why, sizeof why, "returned %d", rc);
+        else failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, n, 0, n, 1, &err, why, sizeof why);
+        report(level, failed, what, err, why);
+    }
+    for (int32_t i = 0; i < hd; i++) {   /* values */
+        double s = 0.0, a = 0.0;
+        for (int32_t t = 0; t < n; t++) {
+            const double term = (double)w[t] * kv_value(type, kv + (size_t)t * (size_t)stride, i);
+            s += term, a += fabs(term);
+        }
+        ref[i] = s, mag[i] = a;
+    }
+    for (int32_t li = 0; li < g_nlevels; li++) {
+        const int32_t level = g_levels[li];
+        float *out = level_out(level, want, got, hd);
+        use_level(level);
+        snprintf(what, sizeof what, "lr_attn_values %s hd=%d n=%d", type_name(type), hd, n);
+        const int32_t rc = lr_attn_values(type, w, kv, stride, n, hd, out);
+        int failed = rc != LR_OK;
+        if (failed) snprintf(why, sizeof why, "returned %d", rc);
+        else failed = compare(out, level == LR_SIMD_SCALAR ? NULL : want, ref, mag, hd, 0, hd, 1, &err, why, sizeof why);
+        report(level, failed, what, err, why);
+    }
+    free(alloc);
+    free(q);
+    free(w);
+    free(ref);
+    free(mag);
+    free(want);
+    free(got);
+    free(qs);
+}
+
 /* ---- Top-K ----------------------------------------------------------------------------------- */
 
 static const float *g_sort_x;
@@ -1111,6 +1348,17 @@ int main(int argc, char **argv) {
     }
     check_refusals();
     check_topk();
+    /* attention: head sizes with every vector tail (16 / 8 / 4 lanes) for F32 / F16, whole blocks
+     * for Q8_0; positions 1 .. 4 and past (passes of 4 and of 2, and the rest) */
+    check_kv_store();
+    static const int32_t hds[] = {2, 6, 16, 32, 40, 64, 72, 96, 100, 128, 256};
+    static const int32_t ns[] = {1, 2, 3, 4, 5, 7, 64, 333};
+    for (int32_t type = LR_F32; type <= LR_F16; type++)
+        for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) check_attention(type, hds[hi], ns[ni]);
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++)
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+            if (hds[hi] % 32 == 0) check_attention(LR_Q8_0, hds[hi], ns[ni]);
 
     long checks = g_other_checks, fails = g_other_fail;
     for (int32_t li = 0; li < g_nlevels; li++) {

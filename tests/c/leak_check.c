@@ -69,9 +69,9 @@ static lr_tensor ones(int32_t n) {
     return t;
 }
 
-static void one_cycle(lr_model_desc *d, int32_t threads) {
+static void one_cycle(lr_model_desc *d, int32_t threads, int32_t type_kv) {
     char err[128] = "";
-    lr_model *m = lr_model_new(d, CTX, threads, err, sizeof(err));
+    lr_model *m = lr_model_new(d, CTX, threads, type_kv, type_kv, err, sizeof(err));
     EXPECT(m != NULL);
     if (!m) { fprintf(stderr, "lr_model_new: %s\n", err); return; }
     int32_t k[4 * LAYERS];
@@ -97,14 +97,16 @@ static void refusals(lr_model_desc *d) {
     char err[128];
     lr_layer *layers = (lr_layer *)d->layers;
     layers[1].wo.nbytes += 4;                                           /* a size that lies */
-    EXPECT(lr_model_new(d, CTX, 1, err, sizeof(err)) == NULL && strstr(err, "layer 1 tensor attn_output"));
+    EXPECT(lr_model_new(d, CTX, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL && strstr(err, "layer 1 tensor attn_output"));
     layers[1].wo.nbytes -= 4;
     d->n_heads = 3;                                                     /* not a multiple of n_kv_heads */
-    EXPECT(lr_model_new(d, CTX, 1, err, sizeof(err)) == NULL);
+    EXPECT(lr_model_new(d, CTX, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL);
     d->n_heads = HEADS;
-    EXPECT(lr_model_new(d, 0, 1, err, sizeof(err)) == NULL);
-    EXPECT(lr_model_new(d, CTX, 0, err, sizeof(err)) == NULL);
-    EXPECT(lr_model_new(NULL, CTX, 1, err, sizeof(err)) == NULL);
+    EXPECT(lr_model_new(d, 0, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL);
+    EXPECT(lr_model_new(d, CTX, 0, LR_F16, LR_F16, err, sizeof(err)) == NULL);
+    EXPECT(lr_model_new(NULL, CTX, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL);
+    EXPECT(lr_model_new(d, CTX, 1, LR_Q4_0, LR_F16, err, sizeof(err)) == NULL && strstr(err, "KV cache types"));
+    EXPECT(lr_model_new(d, CTX, 1, LR_F16, LR_Q8_0, err, sizeof(err)) == NULL && strstr(err, "multiple of 32"));
 }
 
 /* A model whose KV cache at the largest n_ctx (4 layers x 2^22 positions x 32768 floats, 2 TiB) no
@@ -126,7 +128,7 @@ static void refused_kv_cache(const lr_model_desc *small) {
     d.n_layers = L, d.n_heads = H, d.n_kv_heads = H, d.layers = layers;
     d.out_adapter.data = NULL;
     char err[128] = "";
-    lr_model *m = lr_model_new(&d, 1 << 22, 1, err, sizeof(err));
+    lr_model *m = lr_model_new(&d, 1 << 22, 1, LR_F32, LR_F32, err, sizeof(err));
     EXPECT(m == NULL && strstr(err, "out of memory"));
     lr_model_free(m);
     free(zero);
@@ -156,8 +158,8 @@ int main(int argc, char **argv) {
     d.out_norm = ones(DIM);
     d.layers = layers;
     for (int c = 0; c < cycles; c++) {
-        one_cycle(&d, 1);
-        one_cycle(&d, 2);
+        one_cycle(&d, 1, LR_F32);
+        one_cycle(&d, 2, LR_F16);
         refusals(&d);
         refused_kv_cache(&d);
     }
