@@ -274,31 +274,49 @@ static inline uint32_t abs_key(float v) {
     return u & 0x7fffffffu;
 }
 
-/* Radix select of the k-th largest key: one histogram of the top 10 bits (sign-free exponent and two
- * mantissa bits) over all keys, then the few keys in the bucket holding the k-th are sorted (up to
- * 48) or refined 11 and 10 bits at a time; a last pass in index order takes the keys above the threshold and the first
- * (k - above) keys equal to it. */
-static uint32_t select_in(uint32_t *cand, int32_t m, int32_t *need, uint32_t prefix, int shift, int bits) {
-    uint32_t hist[2048] = {0};
-    const uint32_t mask = (1u << bits) - 1;
-    for (int32_t i = 0; i < m; i++) hist[(cand[i] >> shift) & mask]++;
-    int32_t bucket = (int32_t)mask;
-    for (; bucket > 0; bucket--) {   /* walk from the top until the bucket holding the k-th */
-        if ((int32_t)hist[bucket] >= *need) break;
-        *need -= (int32_t)hist[bucket];
+/* The need-th largest (1-based) of a[0 .. m), reordering a: quickselect, Hoare partition around a
+ * median of three (expected ~3 m compares: a bucket of a wide block input holds 50-200 keys). */
+static uint32_t kth_largest(uint32_t *a, int32_t m, int32_t need) {
+    int32_t lo = 0, hi = m - 1;
+    const int32_t want = need - 1;   /* its position in descending order */
+    while (hi > lo) {
+        const uint32_t p0 = a[lo], p1 = a[lo + (hi - lo) / 2], p2 = a[hi];
+        const uint32_t piv = p0 > p1 ? (p1 > p2 ? p1 : p0 > p2 ? p2 : p0) : (p0 > p2 ? p0 : p1 > p2 ? p2 : p1);
+        int32_t i = lo, j = hi;
+        while (i <= j) {   /* a[lo .. i) >= piv, a(j .. hi] <= piv */
+            while (a[i] > piv) i++;
+            while (a[j] < piv) j--;
+            if (i <= j) {
+                const uint32_t t = a[i];
+                a[i++] = a[j];
+                a[j--] = t;
+            }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return a[want];   /* between the two parts: equal to the pivot */
     }
-    return prefix | (uint32_t)bucket << shift;
+    return a[lo];
 }
 
+/* Radix select of the k-th largest key: a histogram of the top 10 bits (sign-free exponent and two
+ * mantissa bits), walked down from the largest key's bucket to the bucket holding the k-th; its
+ * keys (a few dozen to a few hundred) are sorted (up to 48) or quickselected. A last pass in index
+ * order takes the keys above the threshold and the first (k - above) keys equal to it; when every
+ * key equal to it is taken (no tie at the cut, the usual case) that is one compare per key. */
 int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *cand) {
     if (k >= n) {
         for (int32_t i = 0; i < n; i++) idx[i] = i;
         return n;
     }
-    int32_t need = k;   /* how many of the keys inside the current prefix must still be taken */
-    uint32_t hist[1024] = {0};
-    for (int32_t i = 0; i < n; i++) hist[abs_key(x[i]) >> 21]++;
-    int32_t top = 1023;
+    uint32_t hist[1024] = {0}, kmax = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const uint32_t key = abs_key(x[i]);
+        hist[key >> 21]++;
+        kmax = key > kmax ? key : kmax;
+    }
+    int32_t need = k;   /* how many of the keys inside the current bucket must still be taken */
+    int32_t top = (int32_t)(kmax >> 21);
     for (; top > 0; top--) {
         if ((int32_t)hist[top] >= need) break;
         need -= (int32_t)hist[top];
@@ -310,7 +328,7 @@ int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_
         m += (int32_t)(key >> 21) == top;
     }
     uint32_t thr;
-    if (m <= 48) {   /* few candidates (the usual case): sort them, cheaper than two histograms */
+    if (m <= 48) {   /* few candidates: an insertion sort, descending */
         for (int32_t i = 1; i < m; i++) {
             const uint32_t v = cand[i];
             int32_t j = i;
@@ -318,21 +336,22 @@ int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_
             cand[j] = v;
         }
         thr = cand[need - 1];
-        int32_t above = 0;
-        while (cand[above] > thr) above++;
-        need -= above;
     } else {
-        thr = select_in(cand, m, &need, (uint32_t)top << 21, 10, 11);
-        int32_t mm = 0;
-        for (int32_t i = 0; i < m; i++) {
-            cand[mm] = cand[i];
-            mm += (cand[i] & ~0x3ffu) == thr;
-        }
-        thr = select_in(cand, mm, &need, thr, 0, 10);
+        thr = kth_largest(cand, m, need);
     }
-    /* thr is the k-th largest key; `need` of the keys equal to it are taken, lowest index first */
-    int32_t out = 0, eq_left = need;
-    for (int32_t i = 0; i < n && out < k; i++) {   /* stops at k: idx has room for k only */
+    int32_t above = 0, equal = 0;
+    for (int32_t i = 0; i < m; i++) above += cand[i] > thr, equal += cand[i] == thr;
+    need -= above;      /* thr is the k-th largest key; `need` of the keys equal to it are taken */
+    int32_t out = 0;
+    if (need == equal) {
+        for (int32_t i = 0; i < n && out < k; i++) {   /* idx has room for k only */
+            idx[out] = i;
+            out += abs_key(x[i]) >= thr;
+        }
+        return out;
+    }
+    int32_t eq_left = need;   /* a tie at the cut: the lowest indices first */
+    for (int32_t i = 0; i < n && out < k; i++) {
         const uint32_t key = abs_key(x[i]);
         const int32_t eq = key == thr, take = (key > thr) | (eq & (eq_left > 0));
         eq_left -= eq & take;

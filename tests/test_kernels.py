@@ -229,9 +229,12 @@ def test_topk_exact_with_ties():
         x = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
         if trial % 3 == 0:
             x = np.round(x * 2) / 2              # many exact ties, including zeros and +-x
-        idx = np.full(n, -1, np.int32)
+        if trial % 50 == 1:
+            x[:] = x[0]                          # one key: every bucket candidate ties
+        idx = np.full(k + 1, -1, np.int32)       # idx[k]: a guard, must stay untouched
         assert lib.lr_topk(fptr(x), n, k, ffi.from_buffer("int32_t[]", idx)) == k
         np.testing.assert_array_equal(idx[:k], topk_ref(x, k))
+        assert idx[k] == -1
 
 
 def test_topk_tie_rule_and_specials():
