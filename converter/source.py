@@ -35,6 +35,7 @@ from gguf import quants
 from larosa.runtime import format as F
 from larosa.runtime.errors import FormatError, UnsupportedError
 from larosa.runtime.gguf_file import Metadata, open_gguf, tensor_map, tensor_rows_cols
+from larosa.runtime.loader import check_tokenizer_keys
 
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                  "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
@@ -85,6 +86,8 @@ class SourceModel:
         self.rope_scale, self.attn_factor = self._rope_scaling()
         self.fused_qkv = "blk.0.attn_qkv.weight" in self.tensors
         self._validate()
+        # the runtime's checks of the vocabulary the output will carry, before any slow step
+        check_tokenizer_keys(self.meta, self.hp, self.path)
 
     # -- metadata ---------------------------------------------------------------------------
     def _check_keys(self) -> None:

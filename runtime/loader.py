@@ -254,7 +254,7 @@ def _selection_keys(m: Metadata, hp: F.HParams, path: str):
     return coefs, [bool(r) for r in rotated], (grid.tolist() if grid is not None else None), tables, mlp_out_key
 
 
-def _tokenizer_keys(m: Metadata, hp: F.HParams, path: str) -> None:
+def check_tokenizer_keys(m: Metadata, hp: F.HParams, path: str) -> None:
     """The tokenizer.* keys llama.cpp reads when Model builds the tokenizer: types, lengths and the
     token list (one distinct non-empty token per embedding row). llama.cpp aborts the process on
     some malformed vocabularies (duplicate or empty tokens), so they must not reach it."""
@@ -393,7 +393,7 @@ def load(path: str | os.PathLike) -> LarosaFile:
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise FormatError(f"{path}: unexpected tensors: {', '.join(extra[:5])}")
-    _tokenizer_keys(m, hp, path)
+    check_tokenizer_keys(m, hp, path)
     check_memory(hp, min(hp.n_ctx, DEFAULT_N_CTX), 1, path)
     return LarosaFile(path=path, reader=reader, meta=m, hp=hp, method=method, sparsity=sparsity,
                       coefs=coefs, rotated=rotated, thr_grid=grid, thr_table=tables,

@@ -212,3 +212,17 @@ def test_cli_names_unsupported_key(base, tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "rope scaling 'yarn' (llama.rope.scaling.type) is not supported" in r.stderr
     assert not out.exists()
+
+
+def test_source_vocabulary_checked_before_converting(base, tmp_path):
+    """What the runtime would refuse in the output's vocabulary is refused at the input, before any
+    slow step: an unsupported tokenizer by name, a malformed token list as malformed."""
+    path = variant(base, tmp_path / "bert.gguf", {"tokenizer.ggml.model": ("bert", STR)})
+    with pytest.raises(UnsupportedError, match="tokenizer.ggml.model = 'bert'"):
+        SourceModel(path)
+    r = GGUFReader(base)
+    tokens = [bytes(r.fields["tokenizer.ggml.tokens"].parts[i]) for i in r.fields["tokenizer.ggml.tokens"].data]
+    tokens[300] = tokens[301]
+    path = variant(base, tmp_path / "dup.gguf", {"tokenizer.ggml.tokens": (tokens, ARR, STR)})
+    with pytest.raises(FormatError, match="token 301 .* appears twice"):
+        SourceModel(path)

@@ -111,7 +111,7 @@ def test_big_vocabulary_header_opens_fast(gemma3_header):
     machine; gguf's GGUFReader took 11 s), and the token checks a LaRoSA file of that vocabulary
     would need stay bounded too."""
     from larosa.runtime.format import HParams
-    from larosa.runtime.loader import _tokenizer_keys
+    from larosa.runtime.loader import check_tokenizer_keys
     t = time.perf_counter()
     with pytest.raises(UnsupportedError, match="architecture 'gemma3' is not a LaRoSA file"):
         Model(gemma3_header)
@@ -122,5 +122,5 @@ def test_big_vocabulary_header_opens_fast(gemma3_header):
     hp = HParams(n_vocab=262144, dim=640, n_layers=18, n_heads=4, n_kv_heads=1, head_dim=256, ffn_dim=2048,
                  norm_eps=1e-6, rope_base=1e6, n_ctx=32768, tied=True)
     t = time.perf_counter()
-    _tokenizer_keys(m, hp, gemma3_header)
+    check_tokenizer_keys(m, hp, gemma3_header)
     assert time.perf_counter() - t < 2.0

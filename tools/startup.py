@@ -134,7 +134,7 @@ hp = HParams(n_vocab=n_vocab, dim=m.int(arch + ".embedding_length"), n_layers=m.
              norm_eps=m.float(arch + ".attention.layer_norm_rms_epsilon"), rope_base=1e6,
              n_ctx=m.int(arch + ".context_length"), tied=True)
 t3 = time.perf_counter()
-loader._tokenizer_keys(m, hp, f.path)             # a LaRoSA file's token checks (262,144 strings)
+loader.check_tokenizer_keys(m, hp, f.path)             # a LaRoSA file's token checks (262,144 strings)
 t4 = time.perf_counter()
 lf = loader.LarosaFile(path=f.path, reader=f, meta=m, hp=hp, method="", sparsity=0.0, coefs={}, rotated=[],
                        thr_grid=None, thr_table={}, mlp_out_key="act", budget_default=False, tensors={})
