@@ -9,12 +9,24 @@ import sys
 from .errors import LarosaError
 
 
+KV_TYPE_CHOICES = ["f32", "f16", "q8_0"]   # model.KV_TYPES
+
+
+def add_kv_args(p: argparse.ArgumentParser) -> None:
+    """llama.cpp's KV cache options: -ctk / --cache-type-k, -ctv / --cache-type-v (default f16)."""
+    p.add_argument("-ctk", "--cache-type-k", choices=KV_TYPE_CHOICES, default="f16",
+                   help="KV cache type for K (default f16; q8_0 needs a head size that is a multiple of 32)")
+    p.add_argument("-ctv", "--cache-type-v", choices=KV_TYPE_CHOICES, default="f16",
+                   help="KV cache type for V (default f16)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="LaRoSA GGUF (from larosa-convert)")
     p.add_argument("--sparsity", type=float, help="model sparsity in [0, 1) (default: the file's)")
     p.add_argument("-t", "--threads", type=int, default=min(os.cpu_count() or 1, 8), help="CPU threads")
     p.add_argument("--budget", action=argparse.BooleanOptionalAction,
                    help="hold each token to the planned bytes (threshold files; default: as the file says)")
+    add_kv_args(p)
 
 
 def _fail(prog: str, e: BaseException) -> int:
@@ -39,7 +51,8 @@ def run_main(argv: list[str] | None = None) -> int:
         from .model import Model
         if a.n_predict < 0:
             raise LarosaError("-n must be >= 0")
-        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget)
+        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget,
+                  type_k=a.cache_type_k, type_v=a.cache_type_v)
         stream = m.generate(a.prompt, max_tokens=a.n_predict, temperature=a.temp, top_k=a.top_k,
                             top_p=a.top_p, min_p=a.min_p, repeat_penalty=a.repeat_penalty, seed=a.seed)
         sys.stdout.write(a.prompt)
@@ -85,14 +98,16 @@ def perplexity_main(argv: list[str] | None = None) -> int:
             text = f.read()
         if a.engine == "larosa":
             from .model import Model
-            m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget)
+            m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget,
+                      type_k=a.cache_type_k, type_v=a.cache_type_v)
             tok, fn, sparsity = m.tokenizer, P.larosa_logits(m), round(m.sparsity, 6)
             bytes_per_token = m.bytes_per_token()
         else:
             if a.sparsity not in (None, 0) or a.budget is not None:
                 raise LarosaError("--engine llama.cpp is dense: --sparsity and --budget do not apply")
             tok = Tokenizer(a.model)
-            fn, sparsity, bytes_per_token = P.llama_cpp_logits(a.model, a.ctx_size, a.threads), 0.0, None
+            fn = P.llama_cpp_logits(a.model, a.ctx_size, a.threads, a.cache_type_k, a.cache_type_v)
+            sparsity, bytes_per_token = 0.0, None
         ids = tok.encode(text)
         windows = P.make_windows(ids, a.ctx_size, a.chunks, tok.bos_id if tok.add_bos else None)
         r = P.score(windows, fn, progress=not a.quiet, desc=f"{a.engine} s={sparsity:g}")
@@ -104,6 +119,7 @@ def perplexity_main(argv: list[str] | None = None) -> int:
             print(json.dumps({"engine": a.engine, "model": a.model, "ppl": r.ppl, "nll": r.nll,
                               "tokens": r.tokens, "windows": r.windows, "ctx": a.ctx_size,
                               "sparsity": sparsity, "budget": m.budget if a.engine == "larosa" else None,
+                              "type_k": a.cache_type_k, "type_v": a.cache_type_v,
                               "skipped_fraction": skipped,
                               "bytes_per_token": bytes_per_token, "seconds": r.seconds}))
         return 0

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .cli import add_kv_args
 from .errors import LarosaError
 from .tasks import ACC, ACC_NORM, Doc, get_task, load_docs
 
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", action=argparse.BooleanOptionalAction,
                    help="hold each token to the planned bytes (threshold files; default: as the file says)")
     p.add_argument("--json", action="store_true", help="print a JSON object of the results as the last line")
+    add_kv_args(p)
     a = p.parse_args(argv)
     try:
         names = parse_tasks(a.tasks)
@@ -226,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             raise LarosaError(f"--limit must be >= 1, got {a.limit}")
         docs = {n: load_docs(n, a.limit) for n in names}   # all data problems before the model loads
         from .model import Model
-        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, budget=a.budget)
+        m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, budget=a.budget,
+                  type_k=a.cache_type_k, type_v=a.cache_type_v)
         scorer = Scorer(m)
         results = [evaluate_task(scorer, n, docs[n]) for n in names]
         skipped = m.skipped_fraction()    # measured over every token evaluated (counted since set_sparsity)

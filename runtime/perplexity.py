@@ -69,11 +69,14 @@ def larosa_logits(model) -> Callable[[list[int]], np.ndarray]:
     return run
 
 
-def llama_cpp_logits(path: str, ctx: int, n_threads: int) -> Callable[[list[int]], np.ndarray]:
-    """llama.cpp (llama-cpp-python) on the original GGUF, all logits of a window."""
+def llama_cpp_logits(path: str, ctx: int, n_threads: int, type_k: str = "f16",
+                     type_v: str = "f16") -> Callable[[list[int]], np.ndarray]:
+    """llama.cpp (llama-cpp-python) on the original GGUF, all logits of a window; KV cache types by
+    name (llama.cpp needs flash attention for a quantized V cache)."""
     from llama_cpp import Llama
+    from .model import KV_TYPES
     llm = Llama(path, n_ctx=ctx, n_batch=min(ctx, 512), logits_all=True, n_threads=n_threads,
-                verbose=False)
+                type_k=KV_TYPES[type_k], type_v=KV_TYPES[type_v], flash_attn=type_v == "q8_0", verbose=False)
 
     def run(tokens: list[int]) -> np.ndarray:
         llm.reset()

@@ -201,6 +201,28 @@ def test_kv_cache_type_arguments(converted):
     assert "f32, f16 or q8_0" in ffi.string(err).decode()
 
 
+def test_kv_cache_type_options(converted, tmp_path, capsys):
+    """-ctk / -ctv on the CLIs (llama.cpp's spelling): the run's greedy text is the Python API's with
+    the same types, the perplexity JSON names them, and a q8_0 cache on a 16-wide head is a clear
+    error (exit 1), not a crash."""
+    from larosa.runtime.cli import perplexity_main, run_main
+    path = converted["tied_q8"]
+    assert run_main(["-m", path, "-p", "hello", "-n", "6", "--temp", "0", "-t", "1", "-ctk", "q8_0",
+                     "-ctv", "f32"]) == 0
+    out = capsys.readouterr().out
+    m = Model(path, n_threads=1, type_k="q8_0", type_v="f32")
+    want = "".join(m.generate("hello", max_tokens=6, temperature=0))
+    assert want.strip() and want in out
+    text = tmp_path / "t.txt"
+    text.write_text("one two three four five six seven eight nine ten " * 8)
+    assert perplexity_main(["-m", path, "-f", str(text), "-c", "32", "--chunks", "1", "-q", "--json",
+                            "--cache-type-k", "f32", "--cache-type-v", "q8_0"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (res["type_k"], res["type_v"]) == ("f32", "q8_0") and res["ppl"] > 1
+    assert run_main(["-m", converted["untied_f32"], "-p", "hi", "-t", "1", "-ctv", "q8_0"]) == 1
+    assert "multiple of 32" in capsys.readouterr().err
+
+
 def test_sparsity_changes_work_and_output(smollm2_q8):
     m = Model(smollm2_q8, sparsity=0.0, n_threads=2)
     tokens = m.tokenize("One two three four five six")

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from larosa.runtime.cli import add_kv_args
 from larosa.runtime.errors import LarosaError
 
 if TYPE_CHECKING:
@@ -134,10 +135,12 @@ class LlamaCppEngine:
     """llama.cpp through llama-cpp-python, dense, greedy."""
     name = "llama.cpp"
 
-    def __init__(self, path: str, n_threads: int, n_ctx: int):
+    def __init__(self, path: str, n_threads: int, n_ctx: int, type_k: str = "f16", type_v: str = "f16"):
         from llama_cpp import Llama
+        from larosa.runtime.model import KV_TYPES
         self.llm = Llama(path, n_threads=n_threads, n_threads_batch=n_threads, n_ctx=n_ctx,
-                         n_batch=min(512, n_ctx), verbose=False)
+                         n_batch=min(512, n_ctx), type_k=KV_TYPES[type_k], type_v=KV_TYPES[type_v],
+                         flash_attn=type_v == "q8_0", verbose=False)   # llama.cpp: quantized V needs it
         self.n_vocab = self.llm.n_vocab()
 
     def _eval(self, tokens: list[int]) -> np.ndarray:
@@ -175,9 +178,9 @@ class LarosaEngine:
     """The LaRoSA runtime, sparse, greedy."""
     name = "larosa"
 
-    def __init__(self, path: str, n_threads: int, n_ctx: int):
+    def __init__(self, path: str, n_threads: int, n_ctx: int, type_k: str = "f16", type_v: str = "f16"):
         from larosa.runtime.model import Model
-        self.model = Model(path, sparsity=0.0, n_threads=n_threads, n_ctx=n_ctx)
+        self.model = Model(path, sparsity=0.0, n_threads=n_threads, n_ctx=n_ctx, type_k=type_k, type_v=type_v)
 
     def set_sparsity(self, s: float) -> None:
         self.model.set_sparsity(s)
@@ -260,6 +263,8 @@ class Config:
     rounds: int
     bw_bytes: int
     profile: bool = False
+    type_k: str = "f16"       # KV cache types, both engines
+    type_v: str = "f16"
 
 
 def log(msg: str) -> None:
@@ -303,9 +308,9 @@ def bench_threads(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[i
     bw_gbs = bw / 1e9
     log(f"[t={t}] read bandwidth: {bw_gbs:.2f} GB/s ({cfg.bw_bytes / 2**30:.2f} GiB buffer, best of {BW_REPS})")
     n_ctx = cfg.n_prompt + cfg.n_gen
-    dense = LlamaCppEngine(cfg.dense, t, n_ctx)
+    dense = LlamaCppEngine(cfg.dense, t, n_ctx, cfg.type_k, cfg.type_v)
     try:
-        sparse = LarosaEngine(cfg.larosa, t, n_ctx)
+        sparse = LarosaEngine(cfg.larosa, t, n_ctx, cfg.type_k, cfg.type_v)
         try:
             base, rows = _alternate(cfg, info, larosa_type, prompt, t, bw_gbs, dense, sparse)
         finally:
@@ -417,6 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after the timed rounds, one run per sparsity with the C library's per-op timers on; "
                         "prints ms per token by op")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list on the last line")
+    add_kv_args(p)
     a = p.parse_args(argv)
     for s in a.sparsity:
         if not 0.0 <= s < 1.0:
@@ -437,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     cfg = Config(dense=a.dense, larosa=a.larosa, sparsities=a.sparsity, threads=a.threads, n_gen=a.n_gen,
                  n_prompt=a.n_prompt, rounds=a.rounds, bw_bytes=a.bw_mib * 2**20,
-                 profile=a.profile)
+                 profile=a.profile, type_k=a.cache_type_k, type_v=a.cache_type_v)
     try:
         rows, source = run_bench(cfg, a.allow_type_mismatch)
     except (LarosaError, ValueError, OSError) as e:
@@ -450,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     simd = {lib.LR_SIMD_SCALAR: "scalar", lib.LR_SIMD_AVX2: "AVX2", lib.LR_SIMD_AVX512: "AVX-512",
             lib.LR_SIMD_NEON: "NEON"}.get(lib.lr_get_simd(), "?")
     print(f"prompt: {source}; {cfg.n_gen} greedy tokens per run; median of {cfg.rounds} rounds; "
-          f"{os.cpu_count()} CPUs; larosa kernels {simd}")
+          f"{os.cpu_count()} CPUs; larosa kernels {simd}; KV cache K {cfg.type_k}, V {cfg.type_v}")
     for t in cfg.threads:
         bw = next(r.read_bandwidth_gbs for r in rows if r.threads == t)
         print(f"measured read bandwidth, {t} thread{'s' if t > 1 else ''}: {bw:.2f} GB/s")
