@@ -612,14 +612,14 @@ def test_chat_malformed_template_is_one_line(seed, tmp_path):
     ("{{ 'ab' * 100000000 }}", "longer than"),
 ])
 def test_chat_hostile_template_session(seed, tmp_path, template, said):
-    """The session reports the template's failure as one error line and goes on; nothing runs outside
-    the sandbox."""
+    """A template that fails on every conversation is refused at start-up in one error line (issue 12:
+    never a session where every turn fails); nothing runs outside the sandbox."""
     p = _with_template(seed, tmp_path, template)
     r = _cli("larosa-chat", "-m", p, "-t", "1", "-n", "4", "--seed", "1", stdin="hello\n/stats\n/exit\n")
-    assert r.returncode == 0 and "Traceback" not in r.stderr + r.stdout
-    errors = [ln for ln in r.stdout.splitlines() if "[error:" in ln]
-    assert len(errors) == 1 and said in errors[0], r.stdout[-2000:]
-    assert "pwned" not in r.stdout and "context tokens cached" in r.stdout   # /stats ran after the error
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout and r.stdout == ""
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("larosa-chat: error:") and said in line and "every turn would fail" in line
+    assert "pwned" not in r.stderr
 
 
 BOMBS = {   # templates whose output or intermediate values are huge, built without + * **
