@@ -16,7 +16,10 @@ logits (tests/test_source_keys.py):
   or not at all: accepted, no effect in either.
 - rope.dimension_count: must equal the head size (llama.cpp refuses partial rotary for llama too).
 - feed_forward_length, attention.head_count(_kv): a number or one per layer; per-layer arrays whose
-  values differ are refused as unsupported.
+  values differ are refused as unsupported (llama.cpp aborts on them).
+- attention.scale, logit/embedding/residual scales, sliding_window, YaRN's keys: llama.cpp does not
+  apply them to a llama model (its logits do not move), so a file carrying one expects another
+  architecture's behaviour; refused by name, like every key not in LLAMA_KEYS.
 Tensors: a fused blk.N.attn_qkv (q, k, v rows in that order, as llama.cpp splits it) is read as the
 three; biases, mixture-of-experts and LongRoPE tensors are refused by name.
 """
