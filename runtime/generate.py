@@ -143,12 +143,9 @@ def generate_text(model, prompt: str | list[int], max_tokens: int, stop: list[st
                   s: Sampling) -> Iterator[str]:
     """Text pieces of the continuation of prompt as soon as they are final (Tokenizer.stream with
     the prompt as context: the text goes on from the prompt's, spaces included; never a split
-    UTF-8 character); a stop string ends the text (not included). max_tokens <= 0: up to the
-    context (llama-cpp-python's convention)."""
+    UTF-8 character); a stop string ends the text (not included)."""
     stop = [stop] if isinstance(stop, str) else [x for x in stop if x]   # one string, as in llama-cpp-python
     tokens = model.tokenize(prompt) if isinstance(prompt, (str, bytes)) else list(prompt)
-    if max_tokens <= 0:
-        max_tokens = max(0, model.n_ctx - len(tokens))
     text = model.tokenizer.stream(context=tokens)
     pending = ""
     hold = max((len(x) for x in stop), default=0) - 1   # a tail that may begin a stop string

@@ -94,12 +94,17 @@ def test_is_greedy(lm):
     m.reset()
     logits = m.eval(m.tokenize(ctx) + gen[:-1], all_logits=True)[-1]
     worst = [t for t in np.argsort(logits) if 259 <= t][0]   # a text token (not control/byte)
-    worst_text = m.detokenize([int(worst)])
-    bad = m.detokenize(gen[:-1] + [int(worst)])
+    worst_text = continued(m, m.tokenize(ctx), [int(worst)])
+    bad = continued(m, m.tokenize(ctx), gen[:-1] + [int(worst)])
     out = lm.loglikelihood(reqs("loglikelihood", (ctx, greedy), (ctx, bad), (ctx, worst_text)))
     assert encode_pair(m.tokenize, ctx, bad)[1] == gen[:-1] + [int(worst)]
     assert [g for _, g in out] == [True, False, False]
     assert out[0][0] > out[1][0]
+
+
+def continued(m, ctx_ids: list[int], ids: list[int]) -> str:
+    """The text ids add after ctx_ids (detokenize alone drops a SentencePiece first space, as llama.cpp)."""
+    return m.detokenize(ctx_ids + ids)[len(m.detokenize(ctx_ids)):]
 
 
 def _greedy():
@@ -144,10 +149,10 @@ def test_generate_until(lm):
     m, ctx = lm.model, words(np.random.default_rng(4), 6)
     gen = list(m.generate_tokens(m.tokenize(ctx), 12, sampling=_greedy()))
     assert len(gen) == 12 and not any(m.tokenizer.is_eog(x) for x in gen)
-    full = m.detokenize(gen)
+    full = continued(m, m.tokenize(ctx), gen)
     out = lm.generate_until(reqs("generate_until", (ctx, {"max_gen_toks": 12, "do_sample": False}),
                                  (ctx, {"max_gen_toks": 4}), (ctx, {"max_gen_toks": 0})))
-    assert out == [full, m.detokenize(gen[:4]), ""]
+    assert out == [full, continued(m, m.tokenize(ctx), gen[:4]), ""]
     # sampled text (seeded, plain temperature sampling), so that the stop string is not everywhere
     kw = {"do_sample": True, "temperature": 1.0, "seed": 7, "max_gen_toks": 16}
     text = "".join(m.generate(m.tokenize(ctx), 16, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7))
