@@ -89,6 +89,17 @@ static void gemm_task(void *p, int ith, int nth, int thread) {
     }
 }
 
+/* each token's 8-bit activations for the batched integer product, tokens split between threads */
+typedef struct { lr_model *m; int32_t rows, n, ldx; const float *X; const uint8_t *mask; } qrow_job;
+
+static void qrow_task(void *p, int ith, int nth, int thread) {
+    (void)thread;
+    qrow_job *j = p;
+    for (int32_t t = ith; t < j->n; t += nth)
+        lr_qbatch_row(&j->m->qb, t, j->rows, j->X + (size_t)t * j->ldx,
+                      j->mask ? j->mask + (size_t)t * j->m->widest : j->m->bmask);
+}
+
 /* Y[t][0:N] = X[t] W for t < n; an _IM W reads the inputs with mask[t][i] != 0 (mask rows
  * m->widest apart, as sparsify writes them; NULL: all inputs) */
 static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, const uint8_t *mask,
@@ -96,8 +107,8 @@ static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, c
     if (lr_is_im(w->type)) {
         if (!mask) memset(m->bmask, 1, (size_t)w->rows);
         m->qb.n = n;
-        for (int32_t t = 0; t < n; t++)
-            lr_qbatch_row(&m->qb, t, w->rows, X + (size_t)t * ldx, mask ? mask + (size_t)t * m->widest : m->bmask);
+        qrow_job qj = {m, w->rows, n, ldx, X, mask};
+        lr_pool_run(m->pool, qrow_task, &qj);
         qgemm_job j = {m, w, Y, ldy, n, lr_im_parts(m, w), lr_qkernels()->qgemm[lr_type_slot(w->type)]};
         lr_pool_run(m->pool, qgemm_task, &j);
         if (j.parts > 1) lr_pool_run(m->pool, qsum_task, &j);
@@ -134,12 +145,9 @@ static void sparsify(lr_model *m, float *x, const float *gate, int32_t t, int32_
         memset(mask, 1, (size_t)n);
         return;
     }
-    int32_t j = 0;
-    for (int32_t i = 0; i < n; i++) {
-        mask[i] = j < k && idx[j] == i;
-        if (mask[i]) j++;
-        else x[i] = 0.0f;
-    }
+    memset(mask, 0, (size_t)n);   /* (a merge against idx mispredicted on every other input) */
+    for (int32_t j = 0; j < k; j++) mask[idx[j]] = 1;
+    for (int32_t i = 0; i < n; i++) x[i] = mask[i] ? x[i] : 0.0f;
 }
 
 /* The per-token steps before a block input's product, for the n tokens of the batch in parallel:

@@ -70,16 +70,22 @@ void lr_qbatch_row(lr_qbatch *b, int32_t t, int32_t rows, const float *x, const 
     for (int32_t g = 0; g < G; g++) {   /* branch-free, so that it vectorizes: a row per prompt token */
         const float *xg = x + (int64_t)g * QK;
         const uint8_t *mg = mask + (int64_t)g * QK;
-        float amax = 0.0f;
-        int32_t bad = 0, any = 0;
-#pragma omp simd reduction(max : amax) reduction(| : bad, any)
+        /* max |x| over the selected inputs on the bit patterns (integer max vectorizes where the
+         * float compare with its NaN test did not): above FLT_MAX's bits is inf or NaN */
+        uint32_t kmax = 0;
+        int32_t any = 0;
+#pragma omp simd reduction(max : kmax) reduction(| : any)
         for (int i = 0; i < QK; i++) {
-            const float a = mg[i] ? fabsf(xg[i]) : 0.0f;
-            bad |= !(a <= FLT_MAX);
+            uint32_t u;
+            memcpy(&u, xg + i, 4);
+            u = mg[i] ? u & 0x7fffffffu : 0u;
+            kmax = u > kmax ? u : kmax;
             any |= mg[i] != 0;
-            amax = a > amax ? a : amax;
         }
-        const float dx = quant_scale(amax, !bad), id = quant_inv(dx);
+        const int finite = kmax <= 0x7f7fffffu;
+        float amax;
+        memcpy(&amax, &kmax, 4);
+        const float dx = quant_scale(finite ? amax : 0.0f, finite), id = quant_inv(dx);
         int32_t sum = 0;
 #pragma omp simd reduction(+ : sum)
         for (int i = 0; i < QK; i++) {
