@@ -165,28 +165,6 @@ static void attn_task(void *p, int ith, int nth, int thread) {
 
 /* ---- shared small pieces (also used by prefill.c) ------------------------------------------ */
 
-/* e^x for x <= 0 (softmax after subtracting the max), in plain float steps that vectorize (libm's
- * expf does not, and was most of the attention's time): Cephes' expf, x = n ln2 + r, |r| <= ln2 / 2,
- * a degree-6 polynomial for e^r, times 2^n; about 1 ulp. Below -87 it returns e^-87 (~1.6e-38),
- * negligible next to the maximum's e^0 = 1. */
-static inline float exp_neg(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    const float n = nearbyintf(x * 1.44269504088896341f);
-    float r = fmaf(n, -0.693359375f, x);
-    r = fmaf(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f);
-    p = fmaf(p, r, 8.3334519073e-3f);
-    p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f);
-    p = fmaf(p, r, 5.0000001201e-1f);
-    p = fmaf(p, r * r, r) + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
-
 void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,
                     float *out, float *att, int32_t thread) {
     const int32_t hd = m->d.head_dim;
@@ -207,7 +185,7 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
     for (int32_t t = 0; t < n; t++) mx = att[t] > mx ? att[t] : mx;
 #pragma omp simd reduction(+ : sum)
     for (int32_t t = 0; t < n; t++) {
-        att[t] = exp_neg(att[t] - mx);
+        att[t] = lr_expf(att[t] - mx);
         sum += att[t];
     }
     const float inv = 1.0f / sum;
@@ -278,7 +256,7 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
     const float *key = x;
     if (score || gate_key) {
         for (int32_t i = 0; i < n; i++) {
-            const float v = gate_key ? gate[i] / (1.0f + expf(-gate[i])) : x[i];
+            const float v = gate_key ? lr_silu(gate[i]) : x[i];
             keys[i] = fabsf(v) * (score ? score[i] : 1.0f);
         }
         key = keys;
@@ -348,9 +326,9 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, 0, &k));
     TIMED(m, LR_PROF_GATE_UP, matvec(m, &L->wgu, m->xn, idx, k, m->gu));
-    TIMED(m, LR_PROF_SWIGLU, for (int32_t i = 0; i < ff; i++) {
+    TIMED(m, LR_PROF_SWIGLU, for (int32_t i = 0; i < ff; i++) {   /* vectorizes: lr_silu */
         const float g = m->gu[i];
-        m->hm[i] = g / (1.0f + expf(-g)) * m->gu[ff + i];
+        m->hm[i] = lr_silu(g) * m->gu[ff + i];
     });
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_DOWN, matvec(m, &L->wdown, m->hm, idx, k, m->tmp));

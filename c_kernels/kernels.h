@@ -45,6 +45,32 @@ static inline uint64_t lr_row_bytes(int32_t type, int64_t n) {
     }
 }
 
+/* e^x in plain float steps that vectorize (libm's expf does not; it was most of the attention's
+ * time, then of SwiGLU's): Cephes' expf, x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial for
+ * e^r, times 2^n; about 1 ulp. x is clamped to [-87, 88]: e^-87 ~ 1.6e-38 (negligible next to the
+ * softmax maximum's e^0 = 1), e^88 ~ 1.7e38 (silu(-88 or less) ~ -0 either way). NaN stays NaN. */
+static inline float lr_expf(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    const float n = nearbyintf(x * 1.44269504088896341f);
+    float r = fmaf(n, -0.693359375f, x);
+    r = fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f);
+    p = fmaf(p, r, 8.3334519073e-3f);
+    p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f);
+    p = fmaf(p, r, 5.0000001201e-1f);
+    p = fmaf(p, r * r, r) + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* SiLU (SwiGLU's gate) g sigma(g) = g / (1 + e^-g), one definition for the decode step and the
+ * prompt path (their products must round alike) */
+static inline float lr_silu(float g) { return g / (1.0f + lr_expf(-g)); }
+
 static inline int lr_is_im(int32_t type) { return type == LR_Q8_0_IM || type == LR_Q4_0_IM; }
 
 static inline const uint8_t *lr_row(const lr_tensor *w, int64_t r) {

@@ -166,7 +166,8 @@ static void prep_task(void *p, int ith, int nth, int thread) {
             lr_rmsnorm(x, m->bx + (size_t)t * d->dim, d->dim, d->norm_eps, NULL);
         } else if (j->block == MLP_OUT) {
             const float *gu = m->bgu + (size_t)t * 2 * ff;
-            for (int32_t i = 0; i < ff; i++) x[i] = gu[i] / (1.0f + expf(-gu[i])) * gu[ff + i];
+            #pragma omp simd
+            for (int32_t i = 0; i < ff; i++) x[i] = lr_silu(gu[i]) * gu[ff + i];
             gate = gu;
         }
         sparsify(m, x, gate, j->t0 + t, j->layer, j->block, t, thread);
