@@ -36,9 +36,21 @@ if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
     pip install "$(ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl | head -n 1)"
 fi
 
-pip install -e ".[test]"
+pip install -e ".[test,server]"
 
 # AArch64 cross compiler and qemu-user, so the tests also run the NEON kernels (optional: without
 # them that test skips; needs root and apt-get, which CI has)
 sh tools/setup_cross.sh || echo "larosa: no AArch64 cross tools; the NEON test will be skipped"
+# Debian's chromium and chromedriver: the headless browser of tests/test_server_browser.py (optional:
+# without them that test skips; needs root and apt-get, which CI has)
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends chromium chromium-driver ||
+            { apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver; } ||
+            echo "larosa: could not install chromium; the browser test will be skipped"
+    else
+        echo "larosa: no chromium/chromedriver (apt-get install chromium chromium-driver as root); the browser test will be skipped"
+    fi
+fi
 "$PY" -c "import larosa.runtime, llama_cpp, torch" && echo "larosa: set up in $VENV"
