@@ -242,11 +242,6 @@ AVX2 static inline float hsum8(__m256 v) {   /* ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a
 
 /* the 32 signed codes of a block */
 AVX2 static inline __m256i blk_q8(const void *b) { return _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)b)->qs); }
-AVX2 static inline __m256i blk_q4(const void *b) {
-    const __m128i q = _mm_loadu_si128((const __m128i *)((const block_q4_0 *)b)->qs);
-    const __m256i v = _mm256_set_m128i(_mm_srli_epi16(q, 4), q);
-    return _mm256_sub_epi8(_mm256_and_si256(v, _mm256_set1_epi8(0x0f)), _mm256_set1_epi8(8));
-}
 
 /* int32 lane l = sum of the 4 products of bytes 4l .. 4l + 3 (q signed, x signed) */
 VNNI static inline __m256i dot4_vnni(__m256i q, __m256i x) {
@@ -271,9 +266,37 @@ AVX2 static inline __m256i dot4_avx2(__m256i q, __m256i x) {
         }                                                                                          \
     }
 QDOT(VNNI, qdot_q8_vnni, block_q8_0, blk_q8, dot4_vnni)
-QDOT(VNNI, qdot_q4_vnni, block_q4_0, blk_q4, dot4_vnni)
 QDOT(AVX2, qdot_q8_avx2, block_q8_0, blk_q8, dot4_avx2)
-QDOT(AVX2, qdot_q4_avx2, block_q4_0, blk_q4, dot4_avx2)
+
+/* Q4_0 rows with the codes as stored, u = q + 8 in 0..15 (unsigned, as vpdpbusd and vpmaddubsw take
+ * them): the lane sums of u x less those of 8 x are the reference's integers. A broadcast load, a
+ * variable shift and a mask give the 32 codes in the reference's lanes (was: load, shift, insert,
+ * mask, subtract 8, |q|, sign(x, q)): 49152x576 12.6 -> 14.7 GB/s from L3 (1 thread). */
+AVX2 static inline __m256i nib_q4(const block_q4_0 *b) {
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)b->qs));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0)), _mm256_set1_epi8(0x0f));
+}
+VNNI static inline __m256i sum4_vnni(__m256i u, __m256i x) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x); }
+AVX2 static inline __m256i sum4_avx2(__m256i u, __m256i x) {   /* u <= 15: no saturation */
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+}
+#define QDOT_Q4(ATTR, NAME, SUM4)                                                                  \
+    ATTR static void NAME(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {  \
+        const int32_t nb = w->cols / QK;                                                           \
+        for (int32_t r = r0; r < r1; r++) {                                                        \
+            const block_q4_0 *b = (const block_q4_0 *)lr_row(w, r);                                \
+            __m256 acc = _mm256_setzero_ps();                                                      \
+            for (int32_t blk = 0; blk < nb; blk++) {                                               \
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK));        \
+                const __m256i s = _mm256_sub_epi32(SUM4(nib_q4(&b[blk]), xv), SUM4(_mm256_set1_epi8(8), xv)); \
+                const float sc = _cvtsh_ss(b[blk].d) * x->dx[blk];                                 \
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc), acc);             \
+            }                                                                                      \
+            y[r] = hsum8(acc);                                                                     \
+        }                                                                                          \
+    }
+QDOT_Q4(VNNI, qdot_q4_vnni, sum4_vnni)
+QDOT_Q4(AVX2, qdot_q4_avx2, sum4_avx2)
 
 const lr_qkernel_table lr_qkernels_avx512vnni = {
     {qspmv_q8_512, qspmv_q4_512},
