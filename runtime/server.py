@@ -219,7 +219,7 @@ class Slot:
         self.requests = 0
 
 
-_END = object()
+_END, _CANCELLED = object(), object()
 
 
 class SlotPool:
@@ -280,13 +280,15 @@ class SlotPool:
                 waiter.set_result(slot)
                 return
 
-    def begin_shutdown(self) -> None:
-        """No new work; the queued requests are answered 503 (the running ones go on)."""
+    def begin_shutdown(self, grace: float) -> None:
+        """No new work; the queued requests are answered 503; the running ones have grace seconds
+        to finish, then they are cancelled (and end with a 503 error)."""
         self.closing = True
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(ApiError(503, "the server is shutting down", code="shutting_down"))
+        asyncio.get_running_loop().call_later(grace, self.cancel_all)
 
     async def run(self, slot: Slot, job: Callable[[Any], Iterator[Any]]) -> AsyncIterator[Any]:
         """The items job(model) yields in the slot's thread. Leaving early (the client went away,
@@ -306,7 +308,7 @@ class SlotPool:
                     emit(item)
                 emit(_END)
             except Cancelled:
-                emit(_END)
+                emit(_CANCELLED)
             except BaseException as e:        # handed to the request, which answers it
                 emit(e)
 
@@ -314,6 +316,11 @@ class SlotPool:
         done.add_done_callback(lambda _: self.release(slot))
         try:
             while (item := await items.get()) is not _END:
+                if item is _CANCELLED:
+                    if self.closing:    # not the client's doing: say so (a client that left hears nothing)
+                        raise ApiError(503, "the server shut down before the reply was complete",
+                                       code="shutting_down")
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -530,9 +537,13 @@ def build_app(state: ServerState, cors_origins: list[str] | None = None):
                     yield _event({**_head(item), "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
         except Exception as e:   # after the headers: the error is the last event
-            log.error("stream ended by an error", exc_info=e)
-            msg = str(e) if isinstance(e, (LarosaError, ValueError)) else f"internal error ({type(e).__name__})"
-            yield _event(ApiError(500, msg).body())
+            if isinstance(e, ApiError):
+                log.info("stream ended: %s", e.message)
+            else:
+                log.error("stream ended by an error", exc_info=e)
+                e = ApiError(500, str(e) if isinstance(e, (LarosaError, ValueError)) else
+                             f"internal error ({type(e).__name__})")
+            yield _event(e.body())
         finally:
             await items.aclose()
 
@@ -802,14 +813,14 @@ def main(argv: list[str] | None = None) -> int:
         def handle_exit(self, sig, frame):   # SIGTERM / Ctrl-C: stop taking work, answer the queue 503
             loop = getattr(self, "loop", None)
             if loop is not None:
-                loop.call_soon_threadsafe(state.pool.begin_shutdown)
+                loop.call_soon_threadsafe(state.pool.begin_shutdown, a.shutdown_timeout)
             super().handle_exit(sig, frame)
 
         async def serve(self, sockets=None):
             self.loop = asyncio.get_running_loop()
             await super().serve(sockets)
 
-    config = uvicorn.Config(app, host=a.host, port=a.port, log_level="info", timeout_graceful_shutdown=a.shutdown_timeout,
+    config = uvicorn.Config(app, host=a.host, port=a.port, log_level="info", timeout_graceful_shutdown=a.shutdown_timeout + 10,
                             lifespan="on", access_log=True)
     m = state.front
     print(f"{PROG}: {state.model_id}, sparsity {m.sparsity:g}, n_ctx {m.n_ctx}, {len(state.pool.slots)} slot(s) "
