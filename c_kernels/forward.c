@@ -208,6 +208,22 @@ void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w
     for (int32_t i = 0; i < n; i++) out[i] = x[i] * r * (w ? w[i] : 1.0f);
 }
 
+void lr_add_bias(float *y, const lr_tensor *b, int32_t n) {
+    if (!b->data) return;
+    const float *v = b->data;
+    for (int32_t i = 0; i < n; i++) y[i] += v[i];
+}
+
+void lr_qkv_extras(const lr_model *m, const lr_layer *L, float *qkv) {
+    const int32_t hd = m->d.head_dim, nh = m->d.n_heads, nkv = m->d.n_kv_heads;
+    lr_add_bias(qkv, &L->bqkv, (nh + 2 * nkv) * hd);
+    if (L->q_norm.data)
+        for (int32_t h = 0; h < nh; h++) lr_rmsnorm(qkv + (size_t)h * hd, qkv + (size_t)h * hd, hd, m->d.norm_eps, L->q_norm.data);
+    if (L->k_norm.data)
+        for (int32_t h = 0; h < nkv; h++)
+            lr_rmsnorm(qkv + (size_t)(nh + h) * hd, qkv + (size_t)(nh + h) * hd, hd, m->d.norm_eps, L->k_norm.data);
+}
+
 void lr_rope_angles(const lr_model *m, int32_t pos, float *c, float *s) {
     for (int32_t i = 0; i < m->d.head_dim / 2; i++) {
         const double a = (double)pos * m->inv_freq[i];
@@ -313,6 +329,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, 0, &k));
     TIMED(m, LR_PROF_QKV, matvec(m, &L->wqkv, m->xn, idx, k, m->qkv));
     TIMED(m, LR_PROF_ATTN, {
+        lr_qkv_extras(m, L, m->qkv);
         lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
         lr_rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
         lr_kv_write(m, l, pos, m->qkv + qd, m->qkv + qd + kvd);
@@ -321,6 +338,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     });
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->ao, NULL, l, ATTN_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_O, matvec(m, &L->wo, m->ao, idx, k, m->tmp));
+    lr_add_bias(m->tmp, &L->bo, dim);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
     /* MLP */
     TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
@@ -332,6 +350,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     });
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_DOWN, matvec(m, &L->wdown, m->hm, idx, k, m->tmp));
+    lr_add_bias(m->tmp, &L->bdown, dim);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
 }
 
@@ -420,10 +439,13 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
             {&L->adapter, dim, dim, "adapter"},
             {&L->score[0], 1, dim, "score attn_in"}, {&L->score[1], 1, qd, "score attn_out"},
             {&L->score[2], 1, dim, "score mlp_in"}, {&L->score[3], 1, d->ffn_dim, "score mlp_out"},
+            {&L->bqkv, 1, qd + 2 * kvd, "attn_qkv.bias"}, {&L->bo, 1, dim, "attn_output.bias"},
+            {&L->bdown, 1, dim, "ffn_down.bias"}, {&L->q_norm, 1, d->head_dim, "attn_q_norm"},
+            {&L->k_norm, 1, d->head_dim, "attn_k_norm"},
         };
-        for (int i = 0; i < 9; i++) {
-            if (i >= 4 && !lw[i].t->data) continue;   /* adapter and scores are optional */
-            if (i >= 5 && lw[i].t->type != LR_F32) return fail(err, len, LR_ETYPE, "scores must be F32");
+        for (int i = 0; i < 14; i++) {
+            if (i >= 4 && !lw[i].t->data) continue;   /* adapter, scores, biases and q/k norms are optional */
+            if (i >= 5 && lw[i].t->type != LR_F32) return fail(err, len, LR_ETYPE, "scores, biases and norms must be F32");
             if (i < 5 && !input_major_type(lw[i].t->type)) {
                 snprintf(msg, sizeof(msg), "layer %d tensor %s: input-major weights are F32, F16, Q8_0_IM or Q4_0_IM",
                          (int)l, lw[i].name);

@@ -27,6 +27,10 @@ typedef struct {
     lr_tensor wgu;       /* [d, 2 ff] */
     lr_tensor wdown;     /* [ff, d] */
     lr_tensor score[4];  /* per block input, F32 [1, n] or absent: inputs ranked by |x_i| score_i */
+    /* what an architecture adds to llama's layer (FORMAT.md), each F32 or absent: */
+    lr_tensor bqkv;      /* [1, (nh + 2 nkv) hd] added to q, k, v (Qwen2, llama with biases) */
+    lr_tensor bo, bdown; /* [1, d] added to the o / down products, before the residual add */
+    lr_tensor q_norm, k_norm;  /* [1, hd] RMSNorm scales over each head of q / k, before RoPE (Qwen3) */
 } lr_layer;
 
 typedef struct {

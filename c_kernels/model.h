@@ -72,6 +72,11 @@ struct lr_model {
 void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w);
 void lr_rope_angles(const lr_model *m, int32_t pos, float *c, float *s);
 void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s);
+/* one token's q, k, v after their product, before RoPE: the layer's bias and q/k norms, if any
+ * (the decode step and the prompt path alike) */
+void lr_qkv_extras(const lr_model *m, const lr_layer *L, float *qkv);
+/* y[0:n] += b (an output bias), when b is present */
+void lr_add_bias(float *y, const lr_tensor *b, int32_t n);
 /* attention of one query head (q: hd floats) at position pos over cached positions 0..pos;
  * scores: pos + 1 floats of scratch, thread: whose Q8_0 scratch it uses */
 void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,

@@ -199,6 +199,7 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         gemm(m, &L->wqkv, m->bxn, W, m->bmask, m->bqkv, qkvd, n, 0);
         for (int32_t t = 0; t < n; t++) {
             float *qkv = m->bqkv + (size_t)t * qkvd;
+            lr_qkv_extras(m, L, qkv);
             lr_rope_angles(m, pos0 + t, m->rope_cos, m->rope_sin);
             lr_rope(qkv, nh, hd, m->rope_cos, m->rope_sin);
             lr_rope(qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
@@ -208,11 +209,13 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         lr_pool_run(m->pool, battn_task, &aj);
         prep(m, t0, n, l, ATTN_OUT);
         gemm(m, &L->wo, m->bao, qd, m->bmask, m->by, dim, n, 0);
+        for (int32_t t = 0; t < n; t++) lr_add_bias(m->by + (size_t)t * dim, &L->bo, dim);
         add_rows(m->bx, dim, m->by, dim, n, dim);
         prep(m, t0, n, l, MLP_IN);
         gemm(m, &L->wgu, m->bxn, W, m->bmask, m->bgu, 2 * ff, n, 0);
         prep(m, t0, n, l, MLP_OUT);
         gemm(m, &L->wdown, m->bxn, W, m->bmask, m->by, dim, n, 0);
+        for (int32_t t = 0; t < n; t++) lr_add_bias(m->by + (size_t)t * dim, &L->bdown, dim);
         add_rows(m->bx, dim, m->by, dim, n, dim);
     }
 }

@@ -15,6 +15,7 @@ from gguf import quants
 
 from .errors import UnsupportedError
 
+SOURCE_ARCHS = ("llama", "qwen2", "qwen3")   # the llama.cpp architectures the converter reads
 ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
 FORMAT_VERSION = 2        # 2: input-major quantized weights as I8 codes + F16 scales (FORMAT.md)
 
@@ -113,6 +114,23 @@ def T_GATE_UP(l: int) -> str:   # [d, 2 ff] input-major, gate columns first
 
 def T_DOWN(l: int) -> str:      # [ff, d] input-major
     return f"blk.{l}.ffn_down.weight"
+
+
+# Optional per-layer vectors (F32), each present in every layer or in none (FORMAT.md "Biases and
+# q/k norms"): what a source architecture adds to llama's layer. name -> its length.
+#   attn_qkv.bias    added to q, k, v after their product, before the q/k norms and RoPE
+#   attn_output.bias, ffn_down.bias  added to the block's output (in the layer's basis), then the residual
+#   attn_q_norm, attn_k_norm  RMSNorm scales over each head of q / k (Qwen3), before RoPE
+LAYER_VECTORS = ("attn_qkv.bias", "attn_output.bias", "ffn_down.bias", "attn_q_norm.weight", "attn_k_norm.weight")
+
+
+def layer_vector_len(hp: "HParams", kind: str) -> int:
+    return {"attn_qkv.bias": hp.qkv_dim, "attn_output.bias": hp.dim, "ffn_down.bias": hp.dim,
+            "attn_q_norm.weight": hp.head_dim, "attn_k_norm.weight": hp.head_dim}[kind]
+
+
+def T_VEC(l: int, kind: str) -> str:   # kind: one of LAYER_VECTORS
+    return f"blk.{l}.{kind}"
 
 
 @dataclass(frozen=True)
@@ -251,10 +269,11 @@ WEIGHT_INPUT = {"attn_qkv": "attn_in", "attn_output": "attn_out", "ffn_gate_up":
 
 
 def expected_tensors(hp: HParams, rotated: list[bool], scores: set[tuple[int, str]] = frozenset(),
-                     has_rope_freqs: bool = False) -> dict[str, tuple[int, ...]]:
+                     has_rope_freqs: bool = False, vectors: tuple[str, ...] = ()) -> dict[str, tuple[int, ...]]:
     """Every tensor of a LaRoSA file and its [rows, cols] shape, in file order. rotated[l]: layer l
     has a PCA basis (else the identity); an adapter sits wherever the basis changes, the embedding
-    basis counting as the identity when tied (an untied embedding is stored in layer 0's basis)."""
+    basis counting as the identity when tied (an untied embedding is stored in layer 0's basis).
+    vectors: the LAYER_VECTORS every layer carries."""
     d, q = hp.dim, hp.n_heads * hp.head_dim
     t: dict[str, tuple[int, ...]] = {}
     for l in range(hp.n_layers):
@@ -268,6 +287,9 @@ def expected_tensors(hp: HParams, rotated: list[bool], scores: set[tuple[int, st
         for b in BLOCK_INPUTS:
             if (l, b) in scores:
                 t[T_SCORE(l, b)] = (hp.block_input_width(b),)
+        for kind in LAYER_VECTORS:
+            if kind in vectors:
+                t[T_VEC(l, kind)] = (layer_vector_len(hp, kind),)
     t[T_EMBD] = (hp.n_vocab, d)
     if hp.tied:
         if rotated[-1]:
@@ -291,7 +313,7 @@ def bytes_per_token(hp: HParams, tensors: dict[str, tuple[tuple[int, ...], QT]],
             continue
         n_rows = shape[0] if len(shape) == 2 else 1
         parts = name.split(".")
-        if rows is not None and name.startswith("blk.") and parts[2] in WEIGHT_INPUT:
+        if rows is not None and name.startswith("blk.") and parts[2] in WEIGHT_INPUT and parts[3] == "weight":
             n_rows = rows[WEIGHT_INPUT[parts[2]]][int(parts[1])]
         total += n_rows * row_bytes(qtype, shape[-1])
     return total

@@ -101,7 +101,7 @@ class LarosaFile:
         out = {b: [0.0] * self.hp.n_layers for b in F.BLOCK_INPUTS}
         for name, (shape, qtype) in self.shapes_types().items():
             parts = name.split(".")
-            if name.startswith("blk.") and parts[2] in F.WEIGHT_INPUT:
+            if name.startswith("blk.") and parts[2] in F.WEIGHT_INPUT and parts[3] == "weight":
                 out[F.WEIGHT_INPUT[parts[2]]][int(parts[1])] = float(F.row_bytes(qtype, shape[1]))
         return out
 
@@ -333,8 +333,8 @@ def load(path: str | os.PathLike) -> LarosaFile:
     reader, layout = open_checked(path)   # header only: values are read below as needed (gguf_file)
     m = Metadata(reader, path)
     arch = m.str("general.architecture")
-    if arch == "llama":
-        raise UnsupportedError(f"{path}: a llama GGUF, not a LaRoSA one: convert it first "
+    if arch in F.SOURCE_ARCHS:
+        raise UnsupportedError(f"{path}: a {arch} GGUF, not a LaRoSA one: convert it first "
                                f"(larosa-convert {os.path.basename(path)})")
     if arch != F.ARCH:
         raise UnsupportedError(f"{path}: architecture {arch!r} is not a LaRoSA file")
@@ -363,7 +363,8 @@ def load(path: str | os.PathLike) -> LarosaFile:
         hit = _SCORE.fullmatch(name)
         if hit and int(hit[1]) < hp.n_layers:
             scores.add((int(hit[1]), hit[2]))
-    expected = F.expected_tensors(hp, rotated, scores, F.T_ROPE_FREQS in tensors)
+    vectors = tuple(k for k in F.LAYER_VECTORS if F.T_VEC(0, k) in tensors)   # then every layer's
+    expected = F.expected_tensors(hp, rotated, scores, F.T_ROPE_FREQS in tensors, vectors)
     for name, shape in list(expected.items()):
         t = tensors.get(name)
         if t is None:

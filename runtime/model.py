@@ -202,6 +202,8 @@ class Model:
             self._tensor(F.T_DOWN(l), L.wdown)
             for i, b in enumerate(F.BLOCK_INPUTS):
                 self._tensor(F.T_SCORE(l, b), L.score[i])
+            for kind, field in zip(F.LAYER_VECTORS, ("bqkv", "bo", "bdown", "q_norm", "k_norm")):
+                self._tensor(F.T_VEC(l, kind), getattr(L, field))
         d.layers = layers
         d.mlp_out_gate_key = int(self.file.mlp_out_key == "gate")
         return d
