@@ -1,4 +1,4 @@
-"""llama GGUF -> LaRoSA GGUF, in two passes over the layers.
+"""llama / qwen2 / qwen3 GGUF -> LaRoSA GGUF, in two passes over the layers.
 
 Pass 1 (calibration): the dense original model runs over the calibration tokens one layer at a time.
 For each layer l it accumulates H_l = sum u^T u (u: the scale-free RMSNorm of the residual entering
@@ -153,7 +153,7 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
     w.add_uint32("general.quantization_version", 2)
     w.add_uint32(F.K_VERSION, F.FORMAT_VERSION)
     w.add_string(F.K_METHOD, opts.method)
-    w.add_string(F.K_SOURCE_ARCH, "llama")
+    w.add_string(F.K_SOURCE_ARCH, src.arch_name)
     w.add_string(F.K_SOURCE_FILE, os.path.basename(src.path))
     w.add_uint32(F.K_CONTEXT, hp.n_ctx)
     w.add_uint32(F.K_DIM, hp.dim)
@@ -189,7 +189,7 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
 
 def output_shapes(src: SourceModel, m: S.Method, rotated: list[bool]) -> dict[str, tuple[int, ...]]:
     scores = {(l, b) for l, r in enumerate(rotated) for b in S.SCORED[S.layer_score(m, r)]}
-    return F.expected_tensors(src.hp, rotated, scores, src.has_rope_freqs())
+    return F.expected_tensors(src.hp, rotated, scores, src.has_rope_freqs(), src.vectors())
 
 
 def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> Summary:
@@ -332,6 +332,9 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
         put(F.T_DOWN(l), fused.wdown)
         for b, score in S.scores_of(plans[l].score, fused, orig).items():
             put(F.T_SCORE(l, b), score)
+        for kind, v in zip(F.LAYER_VECTORS, (fused.bqkv, fused.bo, fused.bdown, fused.q_norm, fused.k_norm)):
+            if v is not None:
+                put(F.T_VEC(l, kind), v)
         del fused
 
     embd = src.weight("token_embd.weight")

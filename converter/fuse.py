@@ -20,24 +20,35 @@ def rotation_from_moments(H: torch.Tensor) -> torch.Tensor:
 
 
 def source_layer(w: dict[str, torch.Tensor]) -> Layer:
-    """The original layer (weights W[out, in] from the GGUF) in the reference's input-major form."""
+    """The original layer (weights W[out, in] from the GGUF, SourceModel.layer) in the reference's
+    input-major form; q, k, v biases (any of them, the others zero) as one [qkv] vector."""
+    qkv = ("attn_q", "attn_k", "attn_v")
+    bqkv = None
+    if any(f"{n}.bias" in w for n in qkv):
+        bqkv = torch.cat([w.get(f"{n}.bias", torch.zeros(w[n].shape[0])) for n in qkv])
     return Layer(
         wqkv=torch.cat([w["attn_q"], w["attn_k"], w["attn_v"]], dim=0).T.contiguous(),
         wo=w["attn_output"].T.contiguous(),
         wgu=torch.cat([w["ffn_gate"], w["ffn_up"]], dim=0).T.contiguous(),
         wdown=w["ffn_down"].T.contiguous(),
-        attn_norm=w["attn_norm"], ffn_norm=w["ffn_norm"])
+        attn_norm=w["attn_norm"], ffn_norm=w["ffn_norm"],
+        bqkv=bqkv, bo=w.get("attn_output.bias"), bdown=w.get("ffn_down.bias"),
+        q_norm=w.get("attn_q_norm"), k_norm=w.get("attn_k_norm"))
 
 
 def fuse_layer(src: Layer, Q: torch.Tensor, adapter: torch.Tensor | None) -> Layer:
-    """src in original form (norm scales present), Q = Q_l; adapter = Q_{l-1}^T Q_l or None."""
+    """src in original form (norm scales present), Q = Q_l; adapter = Q_{l-1}^T Q_l or None.
+    The q/k/v bias and the q/k norms act after the product, on the unrotated heads: unchanged; an
+    output bias writes the residual, so it turns with the basis like the output weights."""
     Qf = Q.float()
     return Layer(
         wqkv=Qf.T @ (src.attn_norm[:, None] * src.wqkv),   # u_rot Q^T diag(g) W
         wo=src.wo @ Qf,                                       # writes the rotated residual
         wgu=Qf.T @ (src.ffn_norm[:, None] * src.wgu),
         wdown=src.wdown @ Qf,
-        adapter=None if adapter is None else adapter.float())
+        adapter=None if adapter is None else adapter.float(),
+        bqkv=src.bqkv, bo=None if src.bo is None else src.bo @ Qf,
+        bdown=None if src.bdown is None else src.bdown @ Qf, q_norm=src.q_norm, k_norm=src.k_norm)
 
 
 def adapter(Q_prev: torch.Tensor | None, Q: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""A LLaMA forward pass in torch: the reference for calibration and for the C runtime.
+"""A LLaMA forward pass (with the biases and q/k norms of Qwen2 / Qwen3, Layer) in torch: the reference for calibration and for the C runtime.
 
 One function serves both the original model and the fused LaRoSA model; they differ only in
 their weights (see FORMAT.md). Conventions: activations are row vectors, every linear is
@@ -24,6 +24,12 @@ class Layer:
     attn_norm: torch.Tensor | None = None  # [d] RMSNorm scale; None once folded into wqkv
     ffn_norm: torch.Tensor | None = None   # [d]
     adapter: torch.Tensor | None = None    # [d, d] change of basis of the residual: r <- r @ adapter
+    # what an architecture adds to llama's layer (None: absent; FORMAT.md "Biases and q/k norms")
+    bqkv: torch.Tensor | None = None       # [(nh + 2 nkv) hd] added to q, k, v (Qwen2, llama biases)
+    bo: torch.Tensor | None = None         # [d] added to the o product (in the layer's basis)
+    bdown: torch.Tensor | None = None      # [d] added to the down product
+    q_norm: torch.Tensor | None = None     # [hd] RMSNorm scale over each head of q, before RoPE (Qwen3)
+    k_norm: torch.Tensor | None = None     # [hd] the same for k
     act_q8: frozenset = frozenset()        # names of the weights above whose inputs the runtime
                                            # quantizes to 8 bits (Q8_0 / Q4_0 weights: quantize_act)
 
@@ -172,6 +178,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
 
 
+def add_bias(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return y if b is None else y + b
+
+
 def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | None = None,
                   l: int = 0, kv_types: tuple = ("f32", "f32")) -> torch.Tensor:
     """One decoder layer on the residual r [B, T, d] (positions 0..T-1, causal); keys and values
@@ -201,20 +211,26 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
     if lw.adapter is not None:
         r = matmul(r, lw.adapter, "adapter" in q8)
     h = keep(rmsnorm(r, lw.attn_norm, hp.norm_eps), "attn_in")
-    q, k, v = matmul(h, lw.wqkv, "wqkv" in q8).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
-    q = apply_rope(q.view(B, T, nh, hd), cos, sin).transpose(1, 2)
-    k = apply_rope(k.view(B, T, nkv, hd), cos, sin).transpose(1, 2)
+    qkv = add_bias(matmul(h, lw.wqkv, "wqkv" in q8), lw.bqkv)
+    q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+    q, k = q.view(B, T, nh, hd), k.view(B, T, nkv, hd)
+    if lw.q_norm is not None:
+        q = rmsnorm(q, lw.q_norm, hp.norm_eps)
+    if lw.k_norm is not None:
+        k = rmsnorm(k, lw.k_norm, hp.norm_eps)
+    q = apply_rope(q, cos, sin).transpose(1, 2)
+    k = apply_rope(k, cos, sin).transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
     if kv_types[0] == "q8_0":
         q = kv_round(q, "q8_0")
     k, v = kv_round(k, kv_types[0]), kv_round(v, kv_types[1])
     a = Fn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
     a = keep(a.transpose(1, 2).reshape(B, T, nh * hd), "attn_out")
-    r = r + matmul(a, lw.wo, "wo" in q8)
+    r = r + add_bias(matmul(a, lw.wo, "wo" in q8), lw.bo)
     h = keep(rmsnorm(r, lw.ffn_norm, hp.norm_eps), "mlp_in")
     gate, up = matmul(h, lw.wgu, "wgu" in q8).chunk(2, dim=-1)
     m = keep(Fn.silu(gate) * up, "mlp_out", gate)
-    return r + matmul(m, lw.wdown, "wdown" in q8)
+    return r + add_bias(matmul(m, lw.wdown, "wdown" in q8), lw.bdown)
 
 
 def head_forward(w: Weights, r: torch.Tensor) -> torch.Tensor:

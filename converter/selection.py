@@ -108,7 +108,7 @@ def block_inputs(src: Layer, x: torch.Tensor, eps: float, Q: torch.Tensor | None
     (both from the dense original layer)."""
     Qf = None if Q is None else Q.float()
     u = rmsnorm(x, None, eps)
-    u2 = rmsnorm(x + attn @ src.wo, None, eps)
+    u2 = rmsnorm(x + attn @ src.wo + (0 if src.bo is None else src.bo), None, eps)
     up = (u2 * src.ffn_norm) @ src.wgu[:, ff:]
     return {"attn_in": u if Qf is None else u @ Qf, "attn_out": attn,
             "mlp_in": u2 if Qf is None else u2 @ Qf, "mlp_out": Fn.silu(gate) * up}

@@ -1,8 +1,18 @@
-"""The input of the converter: a llama.cpp GGUF of the LLaMA architecture, validated and
-read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
+"""The input of the converter: a llama.cpp GGUF of the llama, qwen2 or qwen3 architecture, validated
+and read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
 
-Metadata: every llama.* key is either applied as llama.cpp applies it to a llama model or refused by
-name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS). What llama.cpp does with the
+Architectures (ARCHS; read in llama.cpp's llama-model.cpp, checked against its logits in
+tests/test_arch_*.py): qwen2 is llama with q/k/v biases and NEOX RoPE; qwen3 is llama with an RMSNorm
+over each head of q and k before RoPE (attn_q_norm / attn_k_norm), a head size of its own
+(attention.key_length) and NEOX RoPE; llama files may carry attn_q/k/v/output and ffn_down biases.
+NEOX RoPE rotates the pairs (i, i + hd/2) of a head, the runtime's RoPE the pairs (2i, 2i + 1) at the
+same frequencies: layer() permutes the rows of q and k (and their biases and norm scales) within each
+head so that one becomes the other. q . k is unchanged by a permutation shared by q and k, so the
+model is exactly the same. Other architectures (gemma*, phi3, mistral3, granite, smollm3, ...) are
+refused by name.
+
+Metadata: every <arch>.* key is either applied as llama.cpp applies it to a llama model or refused by
+name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS, the same for the three). What llama.cpp does with the
 RoPE and attention keys, as read in its llama-model.cpp / llama-context.cpp and checked against its
 logits (tests/test_source_keys.py):
 - rope.scaling.type: absent means "linear"; "none" turns any factor off; "yarn", "longrope" and
@@ -20,14 +30,16 @@ logits (tests/test_source_keys.py):
 - attention.scale, logit/embedding/residual scales, sliding_window, YaRN's keys: llama.cpp does not
   apply them to a llama model (its logits do not move), so a file carrying one expects another
   architecture's behaviour; refused by name, like every key not in LLAMA_KEYS.
-Tensors: a fused blk.N.attn_qkv (q, k, v rows in that order, as llama.cpp splits it) is read as the
-three; biases, mixture-of-experts and LongRoPE tensors are refused by name.
+Tensors: a fused blk.N.attn_qkv (llama; q, k, v rows in that order, as llama.cpp splits it) is read as
+the three; the biases llama.cpp reads for the architecture (ARCHS) are applied, where one layer has a
+bias the others take zeros; other biases, mixture-of-experts and LongRoPE tensors are refused by name.
 """
 from __future__ import annotations
 
 import math
 import os
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,7 +66,34 @@ LLAMA_KEYS = {
     "expert_count", "expert_used_count",                                       # 0, or refused (MoE)
 }
 ROPE_SCALING_TYPES = ("none", "linear")      # of llama.cpp's none / linear / yarn / longrope
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What an architecture adds to llama's layer, as llama.cpp builds it."""
+    title: str
+    neox: bool = False              # RoPE pairs (i, i + hd/2): permuted to (2i, 2i + 1) at conversion
+    biases: tuple[str, ...] = ()    # optional per-layer biases llama.cpp reads (tensor names, no blk.N.)
+    qk_norm: bool = False           # attn_q_norm / attn_k_norm [hd], required
+    fused_qkv: bool = False         # a fused attn_qkv may replace attn_q / k / v
+    rope_freqs: bool = False        # rope_freqs.weight (Llama 3 factors) may be present
+
+
+ARCHS = {
+    "llama": Arch("LLaMA", biases=("attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias",
+                                   "ffn_down.bias"), fused_qkv=True, rope_freqs=True),
+    "qwen2": Arch("Qwen2", neox=True, biases=("attn_q.bias", "attn_k.bias", "attn_v.bias")),
+    "qwen3": Arch("Qwen3", neox=True, qk_norm=True),
+}
+assert tuple(ARCHS) == F.SOURCE_ARCHS
 _MOE = re.compile(r"blk\.\d+\.ffn_(gate_inp|(gate|up|down)_(exps|shexp)|gate_inp_shexp|exp_probs_b)\.")
+
+
+def neox_to_pairs(hd: int) -> torch.Tensor:
+    """[hd] row order taking a NEOX head (pairs (i, i + hd/2)) to adjacent pairs (2i, 2i + 1):
+    new row 2i is old row i, new row 2i + 1 old row i + hd/2 (pair i keeps its frequency)."""
+    half = torch.arange(hd // 2)
+    return torch.stack([half, half + hd // 2], dim=-1).reshape(-1)
 
 
 def _dequantizable(qt: QT) -> bool:
@@ -68,7 +107,7 @@ def _dequantizable(qt: QT) -> bool:
 
 
 class SourceModel:
-    """A validated llama GGUF: hyper-parameters, metadata and lazily dequantized weights.
+    """A validated llama / qwen2 / qwen3 GGUF: hyper-parameters, metadata and lazily dequantized weights.
 
     rope_scale: the linear RoPE factor (1: none); attn_factor: llama.cpp's rope attention factor
     (1: none). Both are applied by rope_freqs() and layer(), so every user of the weights (the
@@ -81,25 +120,31 @@ class SourceModel:
         arch = self.meta.str("general.architecture")
         if arch == F.ARCH:
             raise UnsupportedError(f"{self.path}: already a LaRoSA file (general.architecture = {arch!r})")
-        if arch != "llama":
-            raise UnsupportedError(f"{self.path}: architecture {arch!r} is not supported (only 'llama')")
+        if arch not in ARCHS:
+            raise UnsupportedError(f"{self.path}: architecture {arch!r} is not supported (the converter reads "
+                                   f"{', '.join(ARCHS)})")
+        self.arch_name, self.arch, self.prefix = arch, ARCHS[arch], arch + "."
         self.tensors = tensor_map(self.reader)
         self._check_keys()
         self.hp = self._hparams()
         self.rope_scale, self.attn_factor = self._rope_scaling()
-        self.fused_qkv = "blk.0.attn_qkv.weight" in self.tensors
+        self.fused_qkv = self.arch.fused_qkv and "blk.0.attn_qkv.weight" in self.tensors
+        # the biases any layer has: every layer of the output carries them (zeros where absent)
+        self.biases = tuple(b for b in self.arch.biases
+                            if any(f"blk.{l}.{b}" in self.tensors for l in range(self.hp.n_layers)))
         self._validate()
         # the runtime's checks of the vocabulary the output will carry, before any slow step
         check_tokenizer_keys(self.meta, self.hp, self.path)
 
     # -- metadata ---------------------------------------------------------------------------
     def _check_keys(self) -> None:
-        unknown = [k for k in self.reader.fields if k.startswith("llama.") and k[len("llama."):] not in LLAMA_KEYS]
+        p = self.prefix
+        unknown = [k for k in self.reader.fields if k.startswith(p) and k[len(p):] not in LLAMA_KEYS]
         if unknown:
             raise UnsupportedError(f"{self.path}: metadata key {unknown[0]!r} is not supported"
                                    + (f" (nor {', '.join(unknown[1:4])})" if len(unknown) > 1 else "")
-                                   + ": the converter applies only the llama.* keys llama.cpp applies to a "
-                                   "llama model, and refuses the others rather than ignore them")
+                                   + f": the converter applies only the {p}* keys llama.cpp applies to a "
+                                   f"{self.arch_name} model, and refuses the others rather than ignore them")
 
     def _per_layer(self, key: str, n_layers: int, default: int | None = None) -> int:
         """A hyper-parameter llama.cpp takes as one number or one per layer (get_key_or_arr)."""
@@ -115,41 +160,41 @@ class SourceModel:
         return m.int(key, default)
 
     def _hparams(self) -> F.HParams:
-        m = self.meta
-        n_experts = m.int("llama.expert_count", 0)
+        m, p = self.meta, self.prefix
+        n_experts = m.int(f"{p}expert_count", 0)
         if n_experts > 0:
             raise UnsupportedError(f"{self.path}: mixture-of-experts models are not supported "
-                                   f"(llama.expert_count = {n_experts})")
-        if m.int("llama.expert_used_count", 0) != 0:
-            raise FormatError(f"{self.path}: llama.expert_used_count is set without experts")
-        dim = m.int("llama.embedding_length")
-        n_layers = m.int("llama.block_count")
+                                   f"({p}expert_count = {n_experts})")
+        if m.int(f"{p}expert_used_count", 0) != 0:
+            raise FormatError(f"{self.path}: {p}expert_used_count is set without experts")
+        dim = m.int(f"{p}embedding_length")
+        n_layers = m.int(f"{p}block_count")
         if not 0 < n_layers <= 4096:
-            raise FormatError(f"{self.path}: llama.block_count = {n_layers} must be in [1, 4096]")
-        n_heads = self._per_layer("llama.attention.head_count", n_layers)
-        n_kv = self._per_layer("llama.attention.head_count_kv", n_layers, n_heads)
+            raise FormatError(f"{self.path}: {p}block_count = {n_layers} must be in [1, 4096]")
+        n_heads = self._per_layer(f"{p}attention.head_count", n_layers)
+        n_kv = self._per_layer(f"{p}attention.head_count_kv", n_layers, n_heads)
         if "token_embd.weight" not in self.tensors:
             raise FormatError(f"{self.path}: missing tensor 'token_embd.weight'")
         n_vocab = tensor_rows_cols(self.tensors["token_embd.weight"])[0]
-        if m.int("llama.vocab_size", n_vocab) != n_vocab:
-            raise FormatError(f"{self.path}: llama.vocab_size = {m.int('llama.vocab_size')}, but token_embd "
+        if m.int(f"{p}vocab_size", n_vocab) != n_vocab:
+            raise FormatError(f"{self.path}: {p}vocab_size = {m.int(p + 'vocab_size')}, but token_embd "
                               f"has {n_vocab} rows")
         if n_heads <= 0 or n_kv <= 0 or n_heads % n_kv:
             raise FormatError(f"{self.path}: head counts {n_heads}/{n_kv} are inconsistent")
-        head_dim = m.int("llama.attention.key_length", dim // n_heads if dim % n_heads == 0 else 0)
-        if head_dim <= 0 or head_dim % 2 or m.int("llama.attention.value_length", head_dim) != head_dim:
+        head_dim = m.int(f"{p}attention.key_length", dim // n_heads if dim % n_heads == 0 else 0)
+        if head_dim <= 0 or head_dim % 2 or m.int(f"{p}attention.value_length", head_dim) != head_dim:
             raise UnsupportedError(f"{self.path}: head size must be even and equal for keys and values "
-                                   "(llama.attention.key_length / value_length)")
-        n_rot = m.int("llama.rope.dimension_count", head_dim)
+                                   f"({p}attention.key_length / value_length)")
+        n_rot = m.int(f"{p}rope.dimension_count", head_dim)
         if n_rot != head_dim:
             raise UnsupportedError(f"{self.path}: partial rotary embeddings are not supported "
-                                   f"(llama.rope.dimension_count = {n_rot}, head size {head_dim})")
+                                   f"({p}rope.dimension_count = {n_rot}, head size {head_dim})")
         hp = F.HParams(
             n_vocab=n_vocab, dim=dim, n_layers=n_layers, n_heads=n_heads,
-            n_kv_heads=n_kv, head_dim=head_dim, ffn_dim=self._per_layer("llama.feed_forward_length", n_layers),
-            norm_eps=m.float("llama.attention.layer_norm_rms_epsilon"),
-            rope_base=m.float("llama.rope.freq_base", 10000.0),
-            n_ctx=m.int("llama.context_length"), tied="output.weight" not in self.tensors)
+            n_kv_heads=n_kv, head_dim=head_dim, ffn_dim=self._per_layer(f"{p}feed_forward_length", n_layers),
+            norm_eps=m.float(f"{p}attention.layer_norm_rms_epsilon"),
+            rope_base=m.float(f"{p}rope.freq_base", 10000.0),
+            n_ctx=m.int(f"{p}context_length"), tied="output.weight" not in self.tensors)
         for name in ("dim", "n_layers", "ffn_dim", "n_ctx"):
             if getattr(hp, name) <= 0:
                 raise FormatError(f"{self.path}: {name} = {getattr(hp, name)} must be positive")
@@ -159,18 +204,18 @@ class SourceModel:
 
     def _rope_scaling(self) -> tuple[float, float]:
         """(linear factor, attention factor) as llama.cpp derives them (module doc)."""
-        m = self.meta
-        kind = m.str("llama.rope.scaling.type", "linear")     # llama.cpp's default when absent
+        m, p = self.meta, self.prefix
+        kind = m.str(f"{p}rope.scaling.type", "linear")     # llama.cpp's default when absent
         if kind not in ROPE_SCALING_TYPES:
-            raise UnsupportedError(f"{self.path}: rope scaling {kind!r} (llama.rope.scaling.type) is not "
+            raise UnsupportedError(f"{self.path}: rope scaling {kind!r} ({p}rope.scaling.type) is not "
                                    f"supported; the converter implements {' and '.join(ROPE_SCALING_TYPES)}")
-        key = "llama.rope.scaling.factor" if m.has("llama.rope.scaling.factor") else "llama.rope.scale_linear"
+        key = f"{p}rope.scaling.factor" if m.has(f"{p}rope.scaling.factor") else f"{p}rope.scale_linear"
         factor = m.float(key, 0.0)
         if not math.isfinite(factor) or factor < 0:
             raise FormatError(f"{self.path}: {key} = {factor} must be a finite number >= 0")
-        attn = m.float("llama.rope.scaling.attn_factor", 1.0)
+        attn = m.float(f"{p}rope.scaling.attn_factor", 1.0)
         if not (math.isfinite(attn) and attn > 0):
-            raise FormatError(f"{self.path}: llama.rope.scaling.attn_factor = {attn} must be finite and > 0")
+            raise FormatError(f"{self.path}: {p}rope.scaling.attn_factor = {attn} must be finite and > 0")
         if kind == "none" or factor == 0.0:
             factor = 1.0
         return factor, attn
@@ -181,16 +226,23 @@ class SourceModel:
         shapes = {"token_embd.weight": (hp.n_vocab, hp.dim), "output_norm.weight": (hp.dim,)}
         if not hp.tied:
             shapes["output.weight"] = (hp.n_vocab, hp.dim)
-        if F.T_ROPE_FREQS in self.tensors:
+        if F.T_ROPE_FREQS in self.tensors and self.arch.rope_freqs:
             shapes[F.T_ROPE_FREQS] = (hp.head_dim // 2,)
         attn = {"attn_qkv": (q + 2 * kv, hp.dim)} if self.fused_qkv else \
             {"attn_q": (q, hp.dim), "attn_k": (kv, hp.dim), "attn_v": (kv, hp.dim)}
         per_layer = {"attn_norm": (hp.dim,), **attn, "attn_output": (hp.dim, q), "ffn_norm": (hp.dim,),
                      "ffn_gate": (hp.ffn_dim, hp.dim), "ffn_up": (hp.ffn_dim, hp.dim),
                      "ffn_down": (hp.dim, hp.ffn_dim)}
+        if self.arch.qk_norm:
+            per_layer.update(attn_q_norm=(hp.head_dim,), attn_k_norm=(hp.head_dim,))
+        bias = {"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,), "attn_output.bias": (hp.dim,),
+                "ffn_down.bias": (hp.dim,)}
         for l in range(hp.n_layers):
             for n, s in per_layer.items():
                 shapes[f"blk.{l}.{n}.weight"] = s
+            for n in self.arch.biases:    # optional, layer by layer
+                if f"blk.{l}.{n}" in self.tensors:
+                    shapes[f"blk.{l}.{n}"] = bias[n]
         return shapes
 
     def _validate(self) -> None:
@@ -216,7 +268,8 @@ class SourceModel:
                 raise UnsupportedError(f"{self.path}: tensor {name!r} has type {t.tensor_type.name}, "
                                        "which gguf cannot dequantize")
         if extra:
-            raise UnsupportedError(f"{self.path}: unexpected tensors for a LLaMA model: {', '.join(extra[:5])}")
+            raise UnsupportedError(f"{self.path}: unexpected tensors for a {self.arch.title} model: "
+                                   f"{', '.join(extra[:5])}")
 
     # -- weights ----------------------------------------------------------------------------
     def raw(self, name: str):
@@ -246,16 +299,47 @@ class SourceModel:
         return (base.double() * self.rope_scale).float()
 
     def layer(self, l: int) -> dict[str, torch.Tensor]:
-        """Layer l's weights by llama.cpp's names (LAYER_TENSORS); a fused attn_qkv split into its
-        q, k, v rows; attn_q scaled by attn_factor^2 (ggml scales the rotated q and k each by it)."""
+        """Layer l's weights by llama.cpp's names (LAYER_TENSORS; "attn_q.bias" etc. for the file's
+        biases, zeros in a layer without one; "attn_q_norm" / "attn_k_norm" [hd] for qwen3); a fused
+        attn_qkv split into its q, k, v rows. NEOX files: the rows of q and k (their biases and norm
+        scales) permuted within each head to the runtime's RoPE pairing (module doc). attn_factor^2
+        (ggml scales the rotated q and k each by it) scales q's norm scale where there is one (a
+        scale before the norm would vanish in it), else attn_q and its bias."""
+        hp = self.hp
+        q, kv = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
         names = [n for n in LAYER_TENSORS if not (self.fused_qkv and n in ("attn_q", "attn_k", "attn_v"))]
+        if self.arch.qk_norm:
+            names += ["attn_q_norm", "attn_k_norm"]
         w = {n: self.weight(f"blk.{l}.{n}.weight") for n in names}
         if self.fused_qkv:
-            q, kv = self.hp.n_heads * self.hp.head_dim, self.hp.n_kv_heads * self.hp.head_dim
             w["attn_q"], w["attn_k"], w["attn_v"] = self.weight(f"blk.{l}.attn_qkv.weight").split([q, kv, kv])
+        size = {"attn_q.bias": q, "attn_k.bias": kv, "attn_v.bias": kv, "attn_output.bias": hp.dim,
+                "ffn_down.bias": hp.dim}
+        for b in self.biases:
+            name = f"blk.{l}.{b}"
+            w[b] = self.weight(name).reshape(-1) if name in self.tensors else torch.zeros(size[b])
+        if self.arch.neox:
+            perm = neox_to_pairs(hp.head_dim)
+            for n in ("attn_q", "attn_k", "attn_q.bias", "attn_k.bias"):
+                if n in w:
+                    heads = w[n].shape[0] // hp.head_dim
+                    w[n] = w[n].reshape(heads, hp.head_dim, -1)[:, perm].reshape(w[n].shape).contiguous()
+            for n in ("attn_q_norm", "attn_k_norm"):
+                if n in w:
+                    w[n] = w[n][perm].contiguous()
         if self.attn_factor != 1.0:
-            w["attn_q"] = w["attn_q"] * float(self.attn_factor) ** 2
+            f2 = float(self.attn_factor) ** 2
+            for n in (("attn_q_norm",) if self.arch.qk_norm else ("attn_q", "attn_q.bias")):
+                if n in w:
+                    w[n] = w[n] * f2
         return w
+
+    def vectors(self) -> tuple[str, ...]:
+        """The per-layer vectors of the LaRoSA file (format.LAYER_VECTORS) this model needs."""
+        have = {"attn_qkv.bias": any(b in self.biases for b in ("attn_q.bias", "attn_k.bias", "attn_v.bias")),
+                "attn_output.bias": "attn_output.bias" in self.biases, "ffn_down.bias": "ffn_down.bias" in self.biases,
+                "attn_q_norm.weight": self.arch.qk_norm, "attn_k_norm.weight": self.arch.qk_norm}
+        return tuple(k for k in F.LAYER_VECTORS if have[k])
 
     def tokenizer_fields(self) -> list[str]:
         return [k for k in self.reader.fields if k.startswith("tokenizer.")]

@@ -1,4 +1,4 @@
-"""Whole models in the reference's Weights form: the original (from a llama GGUF) and the fused
+"""Whole models in the reference's Weights form: the original (from a llama / qwen2 / qwen3 GGUF) and the fused
 LaRoSA model (from a converted file, dequantized). For tests and the reference simulation; the
 converter itself streams layer by layer."""
 from __future__ import annotations
@@ -56,7 +56,8 @@ def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True) -> W
     for l in range(hp.n_layers):
         names = {"wqkv": F.T_QKV(l), "wo": F.T_O(l), "wgu": F.T_GATE_UP(l), "wdown": F.T_DOWN(l),
                  "adapter": F.T_ADAPTER(l)}
-        layers.append(Layer(**{k: get(n) for k, n in names.items()}, act_q8=q8(names)))
+        vecs = {f: get(F.T_VEC(l, kind)) for kind, f in zip(F.LAYER_VECTORS, ("bqkv", "bo", "bdown", "q_norm", "k_norm"))}
+        layers.append(Layer(**{k: get(n) for k, n in names.items()}, **vecs, act_q8=q8(names)))
     embd = get(F.T_EMBD)
     head = F.T_EMBD if hp.tied else F.T_OUTPUT
     return Weights(hp=hp, embd=embd, head=embd if hp.tied else get(F.T_OUTPUT), layers=layers,

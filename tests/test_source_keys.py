@@ -103,6 +103,8 @@ APPLIED = {
                           "llama.attention.head_count": ([4, 4], ARR, U32),
                           "llama.feed_forward_length": ([96, 96], ARR, U32)}, None, "base"),
     "fused attn_qkv": ({}, fuse_qkv, "base"),
+    "biases in some layers": ({}, lambda a: {**a, "blk.1.attn_k.bias": np.linspace(-2, 2, 32, dtype=np.float32),
+                                            "blk.0.ffn_down.bias": np.linspace(1, -1, 64, dtype=np.float32)}, "base"),
 }
 
 
@@ -160,10 +162,11 @@ REFUSED = {
                        "partial rotary.*llama.rope.dimension_count = 8"),
     "experts": ({"llama.expert_count": (8, U32), "llama.expert_used_count": (2, U32)}, None, UnsupportedError,
                 "mixture-of-experts models.*llama.expert_count = 8"),
-    "bias": ({}, lambda a: {**a, "blk.0.attn_output.bias": np.ones(64, np.float32)}, UnsupportedError,
-             "bias tensors are not supported \\(blk.0.attn_output.bias\\)"),
-    "qkv bias": ({}, lambda a: {**a, "blk.1.attn_q.bias": np.ones(64, np.float32)}, UnsupportedError,
-                 "bias tensors.*blk.1.attn_q.bias"),
+    # llama.cpp's llama biases are applied (test_arch_llama_qwen.py); others are refused
+    "bias": ({}, lambda a: {**a, "blk.0.ffn_up.bias": np.ones(96, np.float32)}, UnsupportedError,
+             "bias tensors are not supported \\(blk.0.ffn_up.bias\\)"),
+    "fused qkv bias": ({}, lambda a: {**fuse_qkv(a), "blk.1.attn_qkv.bias": np.ones(128, np.float32)},
+                       UnsupportedError, "bias tensors.*blk.1.attn_qkv.bias"),
     "moe tensor": ({}, lambda a: {**a, "blk.0.ffn_gate_inp.weight": np.ones((4, 64), np.float32)},
                    UnsupportedError, "mixture-of-experts tensors are not supported \\(blk.0.ffn_gate_inp.weight\\)"),
     "longrope factors": ({}, lambda a: {**a, "rope_factors_long.weight": np.ones(8, np.float32)},

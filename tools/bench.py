@@ -81,8 +81,10 @@ def dense_info(path: str) -> DenseInfo:
     reader = open_gguf(path)
     m = Metadata(reader, path)
     arch = m.str("general.architecture")
-    if arch != "llama":
-        raise BenchError(f"{path}: -m needs a llama GGUF for llama.cpp, this one is {arch!r}")
+    from larosa.runtime.format import SOURCE_ARCHS
+    if arch not in SOURCE_ARCHS:
+        raise BenchError(f"{path}: -m needs a llama GGUF for llama.cpp (general.architecture "
+                         f"{' / '.join(SOURCE_ARCHS)}), this one is {arch!r}")
     tensors = {t.name: t for t in reader.tensors}
     embd = tensors.get("token_embd.weight")
     if embd is None:
@@ -92,7 +94,7 @@ def dense_info(path: str) -> DenseInfo:
     total += int(embd.n_bytes) // int(embd.shape[1])
     if "output.weight" not in tensors:   # tied: the embedding is the head too
         total += int(embd.n_bytes)
-    shape = (m.int("llama.embedding_length"), m.int("llama.block_count"), m.int("llama.feed_forward_length"))
+    shape = (m.int(f"{arch}.embedding_length"), m.int(f"{arch}.block_count"), m.int(f"{arch}.feed_forward_length"))
     blk = [(t.name, t.shape, t.tensor_type, int(t.n_bytes)) for t in reader.tensors]
     return DenseInfo(path=path, weight_type=weight_type(blk), bytes_per_token=total,
                      n_vocab=int(embd.shape[1]), shape=shape,

@@ -45,8 +45,13 @@ def spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 
 def tensor_plan(dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab: int,
-                tied: bool, rope_freqs: bool) -> list[tuple[str, tuple[int, ...]]]:
-    hd = dim // heads
+                tied: bool, rope_freqs: bool, head_dim: int | None = None, biases: tuple[str, ...] = (),
+                qk_norm: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+    """biases: of attn_q, attn_k, attn_v, attn_output, ffn_down (every layer); qk_norm: Qwen3's
+    attn_q_norm / attn_k_norm."""
+    hd = head_dim or dim // heads
+    vec = {"attn_q": heads * hd, "attn_k": kv_heads * hd, "attn_v": kv_heads * hd, "attn_output": dim, "ffn_down": dim,
+           "ffn_gate": ff, "ffn_up": ff}
     plan: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (vocab, dim))]
     for l in range(layers):
         plan += [(f"blk.{l}.attn_norm.weight", (dim,)), (f"blk.{l}.attn_q.weight", (heads * hd, dim)),
@@ -54,6 +59,9 @@ def tensor_plan(dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab
                  (f"blk.{l}.attn_output.weight", (dim, heads * hd)), (f"blk.{l}.ffn_norm.weight", (dim,)),
                  (f"blk.{l}.ffn_gate.weight", (ff, dim)), (f"blk.{l}.ffn_up.weight", (ff, dim)),
                  (f"blk.{l}.ffn_down.weight", (dim, ff))]
+        plan += [(f"blk.{l}.{b}.bias", (vec[b],)) for b in biases]
+        if qk_norm:
+            plan += [(f"blk.{l}.attn_q_norm.weight", (hd,)), (f"blk.{l}.attn_k_norm.weight", (hd,))]
     plan.append(("output_norm.weight", (dim,)))
     if not tied:
         plan.append(("output.weight", (vocab, dim)))
@@ -65,6 +73,8 @@ def tensor_plan(dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab
 def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name == "rope_freqs.weight":
         return np.linspace(1.0, 8.0, shape[0], dtype=np.float32)
+    if name.endswith(".bias"):
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.5)
     if len(shape) == 1:   # norm scales around 1 with a few strong channels, as in real models
         g = rng.uniform(0.5, 1.5, shape).astype(np.float32)
         g[rng.choice(shape[0], max(1, shape[0] // 64), replace=False)] *= 4.0
@@ -75,14 +85,19 @@ def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.n
 
 def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab: int,
                    qtype: str = "f32", tied: bool = False, seed: int = 0, ctx: int = 4096,
-                   rope_freqs: bool = False, rope_base: float = 10000.0) -> str:
-    if dim % heads or heads % kv_heads or (dim // heads) % 2:
+                   rope_freqs: bool = False, rope_base: float = 10000.0, arch: str = "llama",
+                   head_dim: int | None = None, biases: tuple[str, ...] = (), qk_norm: bool = False,
+                   chat_template: str | None = None) -> str:
+    """arch: general.architecture (llama, qwen2, qwen3: the same tensors and keys; the caller picks
+    the biases / q/k norms the architecture has); head_dim: a head size other than dim / heads
+    (written as attention.key_length / value_length)."""
+    if (head_dim is None and dim % heads) or heads % kv_heads or (head_dim or dim // heads) % 2:
         raise ValueError("dim must split into heads of even size; heads must be a multiple of kv-heads")
     qt = TYPES[qtype]
     rng = np.random.default_rng(seed)
-    plan = tensor_plan(dim, ff, layers, heads, kv_heads, vocab, tied, rope_freqs)
+    plan = tensor_plan(dim, ff, layers, heads, kv_heads, vocab, tied, rope_freqs, head_dim, biases, qk_norm)
     types = {n: (QT.F32 if len(s) == 1 else qt) for n, s in plan}
-    w = GGUFWriter(path, "llama")
+    w = GGUFWriter(path, arch)
     w.add_name(f"synthetic-{dim}x{layers}")
     w.add_uint32("general.file_type", FILE_TYPE[qt])
     w.add_uint32("general.quantization_version", 2)
@@ -92,7 +107,10 @@ def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_hea
     w.add_block_count(layers)
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
-    w.add_rope_dimension_count(dim // heads)
+    w.add_rope_dimension_count(head_dim or dim // heads)
+    if head_dim:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
@@ -107,6 +125,8 @@ def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_hea
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     for name, shape in plan:
         nbytes = row_bytes(types[name], shape[-1]) * int(np.prod(shape[:-1]))
         w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes, raw_dtype=types[name])
