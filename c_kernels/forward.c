@@ -129,16 +129,22 @@ static void matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_
     lr_pool_run(m->pool, sum_task, &sj);
 }
 
-typedef struct { const lr_tensor *w; const float *x; const lr_qx *qx; float *y; } dot_job;
+typedef struct { const lr_tensor *w; const float *x; const lr_qx *qx; float *y; const void *w8; } dot_job;
 
 static void dot_task(void *p, int ith, int nth, int thread) {
+    (void)thread;
     dot_job *j = p;
-    const int32_t per = (j->w->rows + nth - 1) / nth;
-    int32_t r0 = ith * per, r1 = r0 + per;
-    if (r1 > j->w->rows) r1 = j->w->rows;
-    if (r0 >= r1) return;
-    if (j->qx) lr_qkernels()->qdot[lr_type_slot(j->w->type)](j->w, j->qx, j->y, r0, r1);
-    else lr_kernels()->dot_rows[lr_type_slot(j->w->type)](j->w, j->x, j->y, r0, r1);
+    const int32_t slot = lr_type_slot(j->w->type);
+    const qdot8_fn dot8 = j->w8 ? lr_qkernels()->qdot8[slot] : NULL;
+    const int32_t unit = dot8 ? 8 : 1, units = j->w->rows / unit;   /* rows, or groups of 8 rows */
+    const int32_t per = (units + nth - 1) / nth;
+    int32_t u0 = ith * per, u1 = u0 + per;
+    if (u1 > units) u1 = units;
+    if (u0 < u1 && dot8) dot8(j->w, j->w8, j->qx, j->y, u0, u1);
+    else if (u0 < u1 && j->qx) lr_qkernels()->qdot[slot](j->w, j->qx, j->y, u0, u1);
+    else if (u0 < u1) lr_kernels()->dot_rows[slot](j->w, j->x, j->y, u0, u1);
+    if (dot8 && ith == nth - 1 && units * 8 < j->w->rows)   /* the rows past the last 8 as stored */
+        lr_qkernels()->qdot[slot](j->w, j->qx, j->y, units * 8, j->w->rows);
 }
 
 /* logits = W x for the output-major head (Q8_0 / Q4_0: x quantized in blocks of 32, llama.cpp's
@@ -148,7 +154,7 @@ void lr_head_rows(lr_model *m, const float *x, float *logits) {
     lr_qx qx = {m->hxq, m->hdx, NULL};
     const int quant = w->type == LR_Q8_0 || w->type == LR_Q4_0;
     if (quant) lr_quantize_blocks(x, w->cols, m->hxq, m->hdx, NULL);
-    dot_job dj = {w, x, quant ? &qx : NULL, logits};
+    dot_job dj = {w, x, quant ? &qx : NULL, logits, quant ? m->head8 : NULL};
     lr_pool_run(m->pool, dot_task, &dj);
 }
 
@@ -473,7 +479,7 @@ void lr_model_free(lr_model *m) {
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
                     m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts,
-                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
+                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->head8, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
 }
@@ -541,6 +547,10 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->qacc = aligned_alloc(64, (size_t)n_threads * acc_bytes);
     m->hxq = malloc((size_t)dim);
     m->hdx = malloc((size_t)(dim / QK + 1) * sizeof(float));
+    const lr_tensor *hw = &desc->head;   /* the repacked head where this CPU's kernels read it so */
+    if ((hw->type == LR_Q8_0 || hw->type == LR_Q4_0) && hw->rows >= 8 && lr_qkernels()->qdot8[lr_type_slot(hw->type)] &&
+        (m->head8 = aligned_alloc(64, (size_t)(lr_x8_bytes(hw) + 63) / 64 * 64)))
+        lr_repack_x8(hw, m->head8);   /* out of memory: the head as stored */
     m->qb_buf = lr_qbatch_new(LR_BATCH, widest, &m->qb);
     m->bmask = malloc(B * (size_t)widest);
     const size_t qs = ((size_t)lr_qgemm_scratch(out_widest) + 63) / 64 * 64;

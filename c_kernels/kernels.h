@@ -209,13 +209,25 @@ typedef void (*qgemm_fn)(const lr_tensor *w, const lr_qbatch *b, float *Y, int32
                          void *scratch);
 /* y[r] = W[r, :] . x for r in [r0, r1) */
 typedef void (*qdot_fn)(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1);
+/* the same sums for rows [8 g0, 8 g1) of w read from w8, its rows repacked 8 at a time (lr_repack_x8) */
+typedef void (*qdot8_fn)(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1);
 static inline int64_t lr_qgemm_scratch(int32_t cols) { return (int64_t)LR_QGEMM_TOKENS * cols * 4 + 4096 * 4; }
 
 typedef struct {
     qspmv_fn qspmv[2];        /* by lr_type_slot() */
     qgemm_fn qgemm[2];
     qdot_fn qdot[2];
+    qdot8_fn qdot8[2];        /* NULL: the level reads the head as stored */
 } lr_qkernel_table;
+
+/* The first rows / 8 * 8 rows of an output-major Q8_0 / Q4_0 w with each block of 8 rows side by
+ * side: block b of row 8 g + u goes to block (g nb + b) 8 + u of dst (lr_x8_bytes(w) bytes). The
+ * head read this way is one stream that 8 rows' sums take in turn; one row at a time waits on its
+ * chain of fma, and two rows as two streams starved the hardware prefetchers. */
+void lr_repack_x8(const lr_tensor *w, void *dst);
+static inline uint64_t lr_x8_bytes(const lr_tensor *w) {
+    return (uint64_t)(w->rows / 8 * 8) * lr_row_bytes(w->type, w->cols);
+}
 
 extern const lr_kernel_table lr_kernels_scalar;
 extern const lr_qkernel_table lr_qkernels_scalar;

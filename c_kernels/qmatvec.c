@@ -202,39 +202,58 @@ static inline float lanes_sum(const float a[8]) {
     return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
-static void qdot_ref(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {
-    const int32_t nb = w->cols / QK;
-    for (int32_t r = r0; r < r1; r++) {
-        float a[8] = {0};
-        for (int32_t blk = 0; blk < nb; blk++) {
-            int32_t q[QK];
-            float dw;
-            if (w->type == LR_Q8_0) {
-                const block_q8_0 *b = (const block_q8_0 *)lr_row(w, r) + blk;
-                for (int t = 0; t < QK; t++) q[t] = b->qs[t];
-                dw = fp16_to_fp32(b->d);
-            } else {
-                const block_q4_0 *b = (const block_q4_0 *)lr_row(w, r) + blk;
-                for (int t = 0; t < QK / 2; t++) {
-                    q[t] = (b->qs[t] & 0x0f) - 8;
-                    q[t + QK / 2] = (b->qs[t] >> 4) - 8;
-                }
-                dw = fp16_to_fp32(b->d);
+/* row . x over nb blocks of an output-major Q8_0 / Q4_0 row whose block blk is at row + blk * step */
+static float qdot_row_ref(int32_t type, const uint8_t *row, int64_t step, int32_t nb, const lr_qx *x) {
+    float a[8] = {0};
+    for (int32_t blk = 0; blk < nb; blk++) {
+        int32_t q[QK];
+        float dw;
+        if (type == LR_Q8_0) {
+            const block_q8_0 *b = (const block_q8_0 *)(row + blk * step);
+            for (int t = 0; t < QK; t++) q[t] = b->qs[t];
+            dw = fp16_to_fp32(b->d);
+        } else {
+            const block_q4_0 *b = (const block_q4_0 *)(row + blk * step);
+            for (int t = 0; t < QK / 2; t++) {
+                q[t] = (b->qs[t] & 0x0f) - 8;
+                q[t + QK / 2] = (b->qs[t] >> 4) - 8;
             }
-            const float sc = dw * x->dx[blk];
-            const int8_t *xq = x->xq + (int64_t)blk * QK;
-            for (int l = 0; l < 8; l++) {
-                int32_t s = 0;
-                for (int m = 0; m < 4; m++) s += q[4 * l + m] * xq[4 * l + m];
-                a[l] = fmaf((float)s, sc, a[l]);
-            }
+            dw = fp16_to_fp32(b->d);
         }
-        y[r] = lanes_sum(a);
+        const float sc = dw * x->dx[blk];
+        const int8_t *xq = x->xq + (int64_t)blk * QK;
+        for (int l = 0; l < 8; l++) {
+            int32_t s = 0;
+            for (int m = 0; m < 4; m++) s += q[4 * l + m] * xq[4 * l + m];
+            a[l] = fmaf((float)s, sc, a[l]);
+        }
     }
+    return lanes_sum(a);
+}
+
+static void qdot_ref(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {
+    const int64_t bs = (int64_t)lr_row_bytes(w->type, QK);
+    for (int32_t r = r0; r < r1; r++) y[r] = qdot_row_ref(w->type, lr_row(w, r), bs, w->cols / QK, x);
+}
+
+static void qdot8_ref(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) {
+    const int64_t bs = (int64_t)lr_row_bytes(w->type, QK);
+    const int32_t nb = w->cols / QK;
+    for (int32_t r = 8 * g0; r < 8 * g1; r++)   /* block blk of row r: ((r / 8) nb + blk) 8 + r % 8 */
+        y[r] = qdot_row_ref(w->type, (const uint8_t *)w8 + ((int64_t)(r / 8) * nb * 8 + r % 8) * bs, 8 * bs, nb, x);
+}
+
+void lr_repack_x8(const lr_tensor *w, void *dst) {
+    const int64_t bs = (int64_t)lr_row_bytes(w->type, QK);
+    const int32_t nb = w->cols / QK;
+    for (int32_t r = 0; r < w->rows / 8 * 8; r++)
+        for (int32_t blk = 0; blk < nb; blk++)
+            memcpy((uint8_t *)dst + (((int64_t)(r / 8) * nb + blk) * 8 + r % 8) * bs, lr_row(w, r) + blk * bs, (size_t)bs);
 }
 
 const lr_qkernel_table lr_qkernels_scalar = {
     {qspmv_ref, qspmv_ref},
     {qgemm_ref, qgemm_ref},
     {qdot_ref, qdot_ref},
+    {qdot8_ref, qdot8_ref},
 };

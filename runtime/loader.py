@@ -55,12 +55,20 @@ class LarosaFile:
 
     def memory_bytes(self, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> int:
         """What lr_model_new allocates for a context of n_ctx (see memory_bytes below)."""
-        return memory_bytes(self.hp, n_ctx, n_threads, type_k, type_v)
+        return memory_bytes(self.hp, n_ctx, n_threads, type_k, type_v) + self.head8_bytes()
+
+    def head8_bytes(self) -> int:
+        """The copy of a Q8_0 / Q4_0 head that lr_model_new repacks 8 rows at a time (the x86
+        kernels read it so; counted on every CPU, an upper bound)."""
+        shape, qtype = self.shapes_types()[F.T_EMBD if self.hp.tied else F.T_OUTPUT]
+        if qtype not in (QT.Q8_0, QT.Q4_0):
+            return 0
+        return shape[0] // 8 * 8 * F.row_bytes(qtype, shape[1])
 
     def check_memory(self, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> None:
         """ResourceError (before any allocation) when the KV cache and buffers of a context of n_ctx
         positions would exceed the machine's physical memory."""
-        check_memory(self.hp, n_ctx, n_threads, self.path, type_k, type_v)
+        check_memory(self.hp, n_ctx, n_threads, self.path, type_k, type_v, self.head8_bytes())
 
     def levels(self, sparsity: float | None = None) -> dict[str, list[float]]:
         """Fraction of each block input's inputs skipped, per layer: min(coef * s, 1)."""
@@ -171,8 +179,8 @@ def physical_memory() -> int:
 
 
 def check_memory(hp: F.HParams, n_ctx: int, n_threads: int, path: str, type_k: str = "f16",
-                 type_v: str = "f16") -> None:
-    need, have = memory_bytes(hp, n_ctx, n_threads, type_k, type_v), physical_memory()
+                 type_v: str = "f16", extra: int = 0) -> None:
+    need, have = memory_bytes(hp, n_ctx, n_threads, type_k, type_v) + extra, physical_memory()
     if need > have:
         kv = kv_cache_bytes(hp, n_ctx, type_k, type_v)
         raise ResourceError(
@@ -395,7 +403,8 @@ def load(path: str | os.PathLike) -> LarosaFile:
     if extra:
         raise FormatError(f"{path}: unexpected tensors: {', '.join(extra[:5])}")
     check_tokenizer_keys(m, hp, path)
-    check_memory(hp, min(hp.n_ctx, DEFAULT_N_CTX), 1, path)
-    return LarosaFile(path=path, reader=reader, meta=m, hp=hp, method=method, sparsity=sparsity,
-                      coefs=coefs, rotated=rotated, thr_grid=grid, thr_table=tables,
-                      mlp_out_key=mlp_out_key, budget_default=budget_default, tensors=tensors, layout=layout)
+    f = LarosaFile(path=path, reader=reader, meta=m, hp=hp, method=method, sparsity=sparsity,
+                   coefs=coefs, rotated=rotated, thr_grid=grid, thr_table=tables,
+                   mlp_out_key=mlp_out_key, budget_default=budget_default, tensors=tensors, layout=layout)
+    f.check_memory(min(hp.n_ctx, DEFAULT_N_CTX), 1)
+    return f
