@@ -466,6 +466,8 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
     return LR_OK;
 }
 
+int32_t lr_model_head_repacked(const lr_model *m) { return m && m->head8 ? 1 : 0; }
+
 void lr_model_free(lr_model *m) {
     if (!m) return;
     if (m->pool) lr_pool_free(m->pool);

@@ -79,6 +79,9 @@ int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset);
  * or NULL. Returns LR_OK, or LR_ENAN if a logit is not finite. */
 int32_t lr_eval(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);
 int32_t lr_model_n_ctx(const lr_model *m);
+/* 1 when lr_model_new repacked the head (Q8_0 / Q4_0 on x86: lr_repack_x8), which then reads its
+ * own copy: the mapped head's pages are read again only for embedding lookups of a tied head */
+int32_t lr_model_head_repacked(const lr_model *m);
 /* Per-op timers of the single-token decode step (off by default; the clock is read only when on).
  * Copies min(n, LR_NPROF) accumulated nanoseconds into out_ns (may be NULL) in the order of
  * LR_PROF_*, then sets the timers on (enable = 1) or off (0) and, if reset, zeroes them. Returns the

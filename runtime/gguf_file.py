@@ -350,6 +350,15 @@ class GGUFFile:
         return ReaderTensor(name=t.name, tensor_type=t.type, shape=np.array(t.dims, dtype=np.uint64),
                             n_elements=n, n_bytes=t.nbytes, data_offset=start, data=data, field=None)
 
+    def release(self, t: ReaderTensor) -> None:
+        """Drops the pages wholly inside tensor t's data from this process (MADV_DONTNEED): for data
+        that was read once and is then used from a copy. The mapping is read-only and file-backed, so
+        a later read maps the pages back in from the page cache; nothing is lost."""
+        page = mmap.PAGESIZE
+        a, b = -(-int(t.data_offset) // page) * page, (int(t.data_offset) + int(t.n_bytes)) // page * page
+        if b > a and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+
     def bytes_at(self, start: int, end: int) -> bytes:
         return self._mm[start:end]
 

@@ -158,6 +158,8 @@ class Model:
         if ptr == ffi.NULL:
             raise LarosaError(f"{self.file.path}: {ffi.string(err).decode()}")
         self._m = ffi.gc(ptr, lib.lr_model_free)
+        if lib.lr_model_head_repacked(self._m):   # the head reads its repacked copy: drop the mapped pages
+            self.file.reader.release(self.file.tensors[F.T_EMBD if hp.tied else F.T_OUTPUT])
         self.tokens: list[int] = []          # what the KV cache holds, position by position
         self.timings = Timings()
         self.set_sparsity(self.file.sparsity if sparsity is None else sparsity)
