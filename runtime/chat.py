@@ -26,7 +26,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.ext import loopcontrols
 
 from .errors import LarosaError
-from .generate import Sampling
+from .generate import Sampling, TextScan, text_pieces
 from .gguf_file import Metadata
 from .model import ContextError, Model
 from .tokenizer import Tokenizer
@@ -337,53 +337,14 @@ def format_chat(model: Model, messages: Sequence[Mapping[str, Any]], add_generat
     return encode_chat(model.tokenizer, setup.template, messages, add_generation_prompt, **variables)
 
 
-@dataclass
-class _Run:
-    """Outcome of one reply, filled while it streams."""
-    finish_reason: str = "length"
-    completion_tokens: int = 0
-
-
-def _first_stop(text: str, stop: Sequence[str]) -> int:
-    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return min(hits) if hits else -1
-
-
 def _reply(model: Model, prompt: list[int], max_tokens: int, sampling: Sampling, stop: Sequence[str],
-           setup: ChatSetup, run: _Run) -> Iterator[str]:
+           setup: ChatSetup, run: TextScan) -> Iterator[str]:
     """Text pieces of the reply, which is detokenized on its own (Tokenizer.stream: a SentencePiece
     reply does not start with the space of its first token; UTF-8 safe); a tail that may begin a
-    stop string is held back. Ends at an end-of-turn token or stop string ("stop"), or at
-    max_tokens or a full context ("length")."""
-    text = model.tokenizer.stream()
-    hold = max((len(s) for s in stop), default=1) - 1
-    pending = ""
-    tokens = model.generate_tokens(prompt, max_tokens, sampling)
-    try:
-        for tok in tokens:
-            if model.tokenizer.is_eog(tok) or tok in setup.stop_ids:
-                run.finish_reason = "stop"
-                break
-            run.completion_tokens += 1
-            pending += text.feed(tok)
-            at = _first_stop(pending, stop)
-            if at >= 0:
-                run.finish_reason = "stop"
-                if pending[:at]:
-                    yield pending[:at]
-                return
-            if len(pending) > hold:
-                yield pending[:len(pending) - hold]
-                pending = pending[len(pending) - hold:]
-    finally:
-        tokens.close()
-    pending += text.finish()
-    at = _first_stop(pending, stop)
-    if at >= 0:
-        run.finish_reason = "stop"
-        pending = pending[:at]
-    if pending:
-        yield pending
+    stop string is held back. Ends at an end-of-turn token or stop string (run.stopped: "stop"), or
+    at max_tokens or a full context ("length")."""
+    return text_pieces(model.generate_tokens(prompt, max_tokens, sampling), model.tokenizer.stream(),
+                       lambda tok: model.tokenizer.is_eog(tok) or tok in setup.stop_ids, stop, run)
 
 
 def create_chat_completion(
@@ -411,19 +372,19 @@ def create_chat_completion(
                         repeat_penalty=repeat_penalty, seed=seed)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": model_name or model.file.path}
-    run = _Run()
+    run = TextScan()
     pieces = _reply(model, prompt, n, sampling, stops, setup, run)
     if stream:
         return _chunks(head, pieces, run)
     content = "".join(pieces)
     return {**head, "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": run.finish_reason}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": run.completion_tokens,
-                      "total_tokens": len(prompt) + run.completion_tokens}}
+                         "logprobs": None, "finish_reason": "stop" if run.stopped else "length"}],
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": run.tokens,
+                      "total_tokens": len(prompt) + run.tokens}}
 
 
-def _chunks(head: dict[str, Any], pieces: Iterator[str], run: _Run) -> Iterator[dict[str, Any]]:
+def _chunks(head: dict[str, Any], pieces: Iterator[str], run: TextScan) -> Iterator[dict[str, Any]]:
     def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
         return {**head, "object": "chat.completion.chunk",
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -431,6 +392,6 @@ def _chunks(head: dict[str, Any], pieces: Iterator[str], run: _Run) -> Iterator[
         yield chunk({"role": "assistant"}, None)
         for piece in pieces:
             yield chunk({"content": piece}, None)
-        yield chunk({}, run.finish_reason)
+        yield chunk({}, "stop" if run.stopped else "length")
     finally:
         pieces.close()   # a consumer that stops early also stops the generation

@@ -6,7 +6,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -139,6 +139,58 @@ def generate_tokens(model, prompt: list[int], max_tokens: int, s: Sampling) -> I
         t.decode_seconds += time.perf_counter() - t0
         t.decode_tokens += 1
 
+@dataclass
+class TextScan:
+    """What text_pieces saw: the tokens it turned into text, and whether an end token or a stop
+    string ended the text (finish_reason "stop"; else the tokens ran out: "length")."""
+    tokens: int = 0
+    stopped: bool = False
+
+
+def first_stop(text: str, stop: Sequence[str]) -> int:
+    """Where the earliest of the stop strings begins in text, -1 if none does."""
+    hits = [at for at in (text.find(x) for x in stop) if at >= 0]
+    return min(hits) if hits else -1
+
+
+def text_pieces(tokens: Iterable[int], text, is_end: Callable[[int], bool], stop: Sequence[str],
+                scan: TextScan | None = None) -> Iterator[str]:
+    """The text of `tokens` in pieces as soon as they are final: `text` (a Tokenizer.stream) turns
+    each token into text; an end token (is_end, not turned into text) or the earliest stop string
+    (not included) ends it; a tail that may begin a stop string is held back. The one loop behind
+    generate_text, the chat replies and the server's completions. Closes `tokens` when it ends."""
+    scan = TextScan() if scan is None else scan
+    hold = max((len(x) for x in stop), default=1) - 1
+    pending = ""
+    try:
+        for tok in tokens:
+            if is_end(tok):
+                scan.stopped = True
+                break
+            scan.tokens += 1
+            pending += text.feed(tok)
+            at = first_stop(pending, stop)
+            if at >= 0:
+                scan.stopped = True
+                if pending[:at]:
+                    yield pending[:at]
+                return
+            if len(pending) > hold:
+                yield pending[:len(pending) - hold]
+                pending = pending[len(pending) - hold:]
+    finally:
+        close = getattr(tokens, "close", None)
+        if close is not None:
+            close()
+    pending += text.finish()
+    at = first_stop(pending, stop)
+    if at >= 0:
+        scan.stopped = True
+        pending = pending[:at]
+    if pending:
+        yield pending
+
+
 def generate_text(model, prompt: str | list[int], max_tokens: int, stop: list[str],
                   s: Sampling) -> Iterator[str]:
     """Text pieces of the continuation of prompt as soon as they are final (Tokenizer.stream with
@@ -146,29 +198,5 @@ def generate_text(model, prompt: str | list[int], max_tokens: int, stop: list[st
     UTF-8 character); a stop string ends the text (not included)."""
     stop = [stop] if isinstance(stop, str) else [x for x in stop if x]   # one string, as in llama-cpp-python
     tokens = model.tokenize(prompt) if isinstance(prompt, (str, bytes)) else list(prompt)
-    text = model.tokenizer.stream(context=tokens)
-    pending = ""
-    hold = max((len(x) for x in stop), default=0) - 1   # a tail that may begin a stop string
-    for tok in generate_tokens(model, tokens, max_tokens, s):
-        if model.tokenizer.is_eog(tok):
-            break
-        pending += text.feed(tok)
-        hits = [at for at in (pending.find(x) for x in stop) if at >= 0]
-        if hits:                                  # the earliest stop string ends the text
-            if pending[:min(hits)]:
-                yield pending[:min(hits)]
-            return
-        if hold > 0:
-            safe = len(pending) - hold
-            if safe > 0:
-                yield pending[:safe]
-                pending = pending[safe:]
-        elif pending:
-            yield pending
-            pending = ""
-    pending += text.finish()
-    hits = [at for at in (pending.find(x) for x in stop) if at >= 0]
-    if hits:
-        pending = pending[:min(hits)]
-    if pending:
-        yield pending
+    yield from text_pieces(generate_tokens(model, tokens, max_tokens, s), model.tokenizer.stream(context=tokens),
+                           model.tokenizer.is_eog, stop)

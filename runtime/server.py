@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .cli import add_kv_args
 from .errors import LarosaError
+from .generate import text_pieces
 
 PROG = "larosa-server"
 MAX_BODY = 8 << 20              # bytes of a request body (a full 128k-token context is ~0.5 MiB of text)
@@ -360,30 +361,8 @@ def _completion_pieces(model, prompt: list[int], n: int, stops: list[str], sampl
     """Text pieces of a completion, as generate.generate_text makes them (the text goes on from the
     prompt's; a stop string ends it, not included; a tail that may begin one is held back), but
     drawn through model.generate_tokens so that the slot model counts the tokens."""
-    text = model.tokenizer.stream(context=prompt)
-    hold = max((len(s) for s in stops), default=1) - 1
-    pending = ""
-    tokens = model.generate_tokens(prompt, n, sampling)
-    try:
-        for tok in tokens:
-            if model.tokenizer.is_eog(tok):
-                break
-            pending += text.feed(tok)
-            hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
-            if hits:
-                if pending[:min(hits)]:
-                    yield pending[:min(hits)]
-                return
-            if len(pending) > hold:
-                yield pending[:len(pending) - hold]
-                pending = pending[len(pending) - hold:]
-    finally:
-        tokens.close()
-    pending += text.finish()
-    hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
-    pending = pending[:min(hits)] if hits else pending
-    if pending:
-        yield pending
+    return text_pieces(model.generate_tokens(prompt, n, sampling), model.tokenizer.stream(context=prompt),
+                       model.tokenizer.is_eog, stops)
 
 
 def _finish_reason(model, end_ids: frozenset[int] = frozenset()) -> str:
