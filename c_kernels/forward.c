@@ -129,6 +129,10 @@ static void matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_
     lr_pool_run(m->pool, sum_task, &sj);
 }
 
+void lr_matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y) {
+    matvec(m, w, x, idx, k, y);
+}
+
 typedef struct { const lr_tensor *w; const float *x; const lr_qx *qx; float *y; const void *w8; } dot_job;
 
 static void dot_task(void *p, int ith, int nth, int thread) {
@@ -480,7 +484,7 @@ void lr_model_free(lr_model *m) {
     }
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
-                    m->panels, m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts,
+                    m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts,
                     m->qsel_buf, m->qacc, m->hxq, m->hdx, m->head8, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
@@ -541,8 +545,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->bqkv = calloc(B * (size_t)qkvd, sizeof(float));
     m->bao = calloc(B * (size_t)qd, sizeof(float));
     m->bgu = calloc(B * (size_t)2 * ff, sizeof(float));
-    m->panels = calloc((size_t)n_threads * (size_t)(widest > dim ? widest : dim) * QK, sizeof(float));
-    m->scratch_len = n_ctx > dim ? n_ctx : dim;   /* attention scores, or one head row */
+    m->scratch_len = n_ctx > dim ? n_ctx : dim;   /* attention scores */
     m->scores = calloc((size_t)n_threads * (size_t)m->scratch_len, sizeof(float));
     m->qsel_buf = lr_qsel_new(widest, &m->qsel);
     const size_t acc_bytes = (size_t)(out_widest + 15) / 16 * 16 * sizeof(int32_t);   /* matvec()'s stride */
@@ -564,7 +567,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
     int ok = m->layers && m->key_cache && m->value_cache && m->qk8 && m->x && m->xn && m->tmp && m->qkv && m->att &&
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
-             m->bao && m->bgu && m->panels && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota &&
+             m->bao && m->bgu && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota &&
              m->qsel_buf && m->qacc && m->hxq && m->hdx && m->qb_buf && m->bmask && m->qscratch &&
              (m->qparts || n_threads == 1);
     for (int i = 0; i < 4 && ok; i++)

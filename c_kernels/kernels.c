@@ -49,39 +49,6 @@ static void dot_f16(const lr_tensor *w, const float *x, float *y, int32_t r0, in
     }
 }
 
-/* ---- batch x panel product (prefill) -------------------------------------------------------- */
-
-static void gemm32(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n) {
-    for (int32_t t = 0; t < n; t++) {
-        float acc[QK] = {0};
-        const float *x = X + (int64_t)t * ldx;
-        for (int32_t k = 0; k < K; k++)
-            for (int j = 0; j < QK; j++) acc[j] += x[k] * P[(int64_t)k * QK + j];
-        memcpy(C + (int64_t)t * ldc, acc, sizeof(acc));
-    }
-}
-
-/* panels: P[k][0:32] = W[k][c0:c0+32] */
-static void panel_f32(const lr_tensor *w, int32_t c0, float *P) {
-    for (int32_t k = 0; k < w->rows; k++) memcpy(P + (int64_t)k * QK, (const float *)lr_row(w, k) + c0, QK * sizeof(float));
-}
-
-static void panel_f16(const lr_tensor *w, int32_t c0, float *P) {
-    for (int32_t k = 0; k < w->rows; k++)
-        for (int j = 0; j < QK; j++) P[(int64_t)k * QK + j] = fp16_to_fp32(((const uint16_t *)lr_row(w, k))[c0 + j]);
-}
-
-void lr_panel_partial(const lr_tensor *w, int32_t c0, float *P) {
-    const int32_t width = w->cols - c0 < QK ? w->cols - c0 : QK;   /* float types only */
-    for (int32_t k = 0; k < w->rows; k++) {
-        float *p = P + (int64_t)k * QK;
-        for (int32_t j = 0; j < QK; j++)
-            p[j] = j >= width ? 0.0f
-                 : w->type == LR_F32 ? ((const float *)lr_row(w, k))[c0 + j]
-                                     : fp16_to_fp32(((const uint16_t *)lr_row(w, k))[c0 + j]);
-    }
-}
-
 /* ---- attention over the KV cache, in the order kernels.h defines --------------------------- */
 
 static inline float kv_f32(const uint8_t *row, int32_t i) {
@@ -190,8 +157,6 @@ void lr_kv_quantize(int32_t type, const float *x, int32_t n, void *out) {
 const lr_kernel_table lr_kernels_scalar = {
     {spmv_f32, spmv_f16},
     {dot_f32, dot_f16},
-    gemm32,
-    {panel_f32, panel_f16},
     {attn_scores_f32, attn_scores_f16, attn_scores_q8_0},
     {attn_values_f32, attn_values_f16, attn_values_q8_0},
 };

@@ -93,13 +93,6 @@ typedef void (*spmv_fn)(const lr_tensor *w, const float *x, const int32_t *idx, 
 /* y[r] = W[r, :] . x for r in [r0, r1) */
 typedef void (*dot_rows_fn)(const lr_tensor *w, const float *x, float *y, int32_t r0, int32_t r1);
 
-/* C[t][0:32] = sum_k X[t][k] P[k][0:32] for t < n: a batch of rows times a decoded 32-column
- * panel of a weight (prefill). X rows are ldx floats apart, C rows ldc. */
-typedef void (*gemm32_fn)(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n);
-
-/* P[k][0:32] = W[k][c0:c0+32] for k < rows: one 32-column panel of an input-major W as floats
- * (c0 + 32 <= cols) */
-typedef void (*panel_fn)(const lr_tensor *w, int32_t c0, float *P);
 
 /* ---- attention over the KV cache (forward.c's lr_attend_head) ------------------------------ *
  * One kv head's n cached positions, each row hd values of the cache type (F32, F16, Q8_0: hd / 32
@@ -145,8 +138,6 @@ static inline uint16_t fp32_to_fp16(float f) {
 typedef struct {
     spmv_fn spmv[2];          /* by lr_type_slot(): float weights */
     dot_rows_fn dot_rows[2];
-    gemm32_fn gemm32;
-    panel_fn panel[2];
     attn_scores_fn attn_scores[3];   /* by lr_kv_slot() */
     attn_values_fn attn_values[3];
 } lr_kernel_table;
@@ -252,7 +243,6 @@ const lr_qkernel_table *lr_qkernels(void);
 
 int32_t lr_tensor_check(const lr_tensor *w, int32_t rows, int32_t cols, int f32_only);
 void lr_dequant_row(const lr_tensor *w, int64_t r, float *out);
-void lr_panel_partial(const lr_tensor *w, int32_t c0, float *P);   /* float types, last partial panel */
 int32_t lr_topk_impl(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch);
 /* n values (n % 32 == 0 for Q8_0) as one row of the KV cache type: F32 copied, F16 rounded to
  * nearest even, Q8_0 as ggml quantizes (per block d = max |x| / 127 stored as f16, codes

@@ -54,7 +54,6 @@ struct lr_model {
     /* a batch of LR_BATCH tokens (prefill.c): row t of each is token t */
     float *bx, *bxn, *by;      /* [B][d], [B][max width], [B][max(d, 2 ff, qkv)] */
     float *bqkv, *bao, *bgu;   /* [B][qkv], [B][nh hd], [B][2 ff] */
-    float *panels;             /* [n_threads][max width][32] decoded weight panels */
     float *scores;             /* [n_threads][scratch_len] attention scores or a head row */
     int32_t scratch_len;       /* max(n_ctx, d) */
     int32_t widest;            /* max(d, nh hd, ff) */
@@ -96,6 +95,9 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
 int32_t lr_im_parts(const lr_model *m, const lr_tensor *w);
 /* logits = head x (the last product of a token; quantizes x for a Q8_0 / Q4_0 head) */
 void lr_head_rows(lr_model *m, const float *x, float *logits);
+/* y = x W over the k rows idx (ascending; NULL: all rows) of an input-major W, as the decode step
+ * computes it (its kernels and thread split): the prompt path's float products, per token */
+void lr_matvec(lr_model *m, const lr_tensor *w, const float *x, const int32_t *idx, int32_t k, float *y);
 int32_t lr_prefill(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits);
 
 #endif

@@ -6,22 +6,12 @@
  *   and its own 8-bit activations, bit-identical to what the decode step computes for that token;
  *   the Q8_0 / Q4_0 head, when every token's logits are wanted, is the decode step's product per
  *   token. So a token's logits do not depend on how its sequence was split into calls.
- * - float weights: the non-selected inputs are zeroed and the product is a dense blocked one,
- *   Y[B, N] = X[B, K] W; each thread decodes a 32-column panel of W once (P[K][32]) and multiplies
- *   the whole batch by it (the head likewise, with panels of 32 rows of the output-major head,
- *   transposed). These add in another order than the decode step: close, not identical. */
+ * - float weights (F32 / F16 weights, the F16 adapters of --method larosa) and a float head: the
+ *   decode step's product, token by token (lr_matvec, lr_head_rows): each weight is read once per
+ *   token, not per batch, and a token's logits do not depend on how its sequence was split either. */
 #include <stdlib.h>
 
 #include "model.h"
-
-/* P[c][0:32] = W[r0 + j][c] for j < 32: rows of an output-major W, transposed (zeros past the end) */
-static void decode_panel_t(const lr_tensor *w, int32_t r0, float *P, float *row) {
-    const int32_t height = w->rows - r0 < QK ? w->rows - r0 : QK;
-    for (int32_t j = 0; j < QK; j++) {
-        if (j < height) lr_dequant_row(w, r0 + j, row);
-        for (int32_t c = 0; c < w->cols; c++) P[(int64_t)c * QK + j] = j < height ? row[c] : 0.0f;
-    }
-}
 
 /* An _IM product of the batch, split as the decode step splits it (forward.c matvec): part s adds
  * the input groups of its range over all columns into its own buffer, and the parts are added in
@@ -53,42 +43,6 @@ static void qsum_task(void *p, int ith, int nth, int thread) {
     }
 }
 
-typedef struct {
-    lr_model *m;
-    const lr_tensor *w;
-    const float *X;       /* [n][ldx] */
-    int32_t ldx;
-    float *Y;             /* [n][ldy] */
-    int32_t ldy, n;
-    int transposed;       /* w is output-major (the head): Y = X W^T */
-    const lr_kernel_table *kt;
-} gemm_job;
-
-static void gemm_task(void *p, int ith, int nth, int thread) {
-    gemm_job *j = p;
-    lr_model *m = j->m;
-    const int32_t N = j->transposed ? j->w->rows : j->w->cols, K = j->transposed ? j->w->cols : j->w->rows;
-    const int32_t panels = (N + QK - 1) / QK, per = (panels + nth - 1) / nth;
-    const int32_t pw = m->widest > m->d.dim ? m->widest : m->d.dim;
-    float *P = m->panels + (size_t)thread * pw * QK;
-    float *scratch = m->scores + (size_t)thread * m->scratch_len;   /* a row for decode_panel_t */
-    for (int32_t b = ith * per; b < (ith + 1) * per && b < panels; b++) {
-        const int32_t c0 = b * QK, width = N - c0 < QK ? N - c0 : QK;
-        if (j->transposed) decode_panel_t(j->w, c0, P, scratch);
-        else if (width == QK) j->kt->panel[lr_type_slot(j->w->type)](j->w, c0, P);
-        else lr_panel_partial(j->w, c0, P);
-        if (width == QK) {
-            j->kt->gemm32(j->X, j->ldx, P, K, j->Y + c0, j->ldy, j->n);
-        } else {   /* last, partial panel (float weights of odd width): one row at a time via a tile */
-            float tile[QK];
-            for (int32_t t = 0; t < j->n; t++) {
-                j->kt->gemm32(j->X + (int64_t)t * j->ldx, j->ldx, P, K, tile, QK, 1);
-                memcpy(j->Y + (int64_t)t * j->ldy + c0, tile, (size_t)width * sizeof(float));
-            }
-        }
-    }
-}
-
 /* each token's 8-bit activations for the batched integer product, tokens split between threads */
 typedef struct { lr_model *m; int32_t rows, n, ldx; const float *X; const uint8_t *mask; } qrow_job;
 
@@ -103,7 +57,7 @@ static void qrow_task(void *p, int ith, int nth, int thread) {
 /* Y[t][0:N] = X[t] W for t < n; an _IM W reads the inputs with mask[t][i] != 0 (mask rows
  * m->widest apart, as sparsify writes them; NULL: all inputs) */
 static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, const uint8_t *mask,
-                 float *Y, int32_t ldy, int32_t n, int transposed) {
+                 float *Y, int32_t ldy, int32_t n) {
     if (lr_is_im(w->type)) {
         if (!mask) memset(m->bmask, 1, (size_t)w->rows);
         m->qb.n = n;
@@ -114,8 +68,17 @@ static void gemm(lr_model *m, const lr_tensor *w, const float *X, int32_t ldx, c
         if (j.parts > 1) lr_pool_run(m->pool, qsum_task, &j);
         return;
     }
-    gemm_job j = {m, w, X, ldx, Y, ldy, n, transposed, lr_kernels()};
-    lr_pool_run(m->pool, gemm_task, &j);
+    int32_t *idx = m->idx;   /* the decode step's product per token, over its selected rows */
+    for (int32_t t = 0; t < n; t++) {
+        int32_t k = 0;
+        const uint8_t *mt = mask ? mask + (size_t)t * m->widest : NULL;
+        for (int32_t i = 0; mt && i < w->rows; i++) {
+            idx[k] = i;
+            k += mt[i] != 0;
+        }
+        const int dense = !mt || k == w->rows;   /* as lr_select says "all rows": idx NULL */
+        lr_matvec(m, w, X + (size_t)t * ldx, dense ? NULL : idx, dense ? w->rows : k, Y + (size_t)t * ldy);
+    }
 }
 
 typedef struct { lr_model *m; int32_t layer, pos0, n; } battn_job;
@@ -192,11 +155,11 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
     for (int32_t l = 0; l < d->n_layers; l++) {
         const lr_layer *L = &m->layers[l];
         if (L->adapter.data) {
-            gemm(m, &L->adapter, m->bx, dim, NULL, m->by, dim, n, 0);
+            gemm(m, &L->adapter, m->bx, dim, NULL, m->by, dim, n);
             memcpy(m->bx, m->by, (size_t)n * dim * sizeof(float));
         }
         prep(m, t0, n, l, ATTN_IN);
-        gemm(m, &L->wqkv, m->bxn, W, m->bmask, m->bqkv, qkvd, n, 0);
+        gemm(m, &L->wqkv, m->bxn, W, m->bmask, m->bqkv, qkvd, n);
         for (int32_t t = 0; t < n; t++) {
             float *qkv = m->bqkv + (size_t)t * qkvd;
             lr_qkv_extras(m, L, qkv);
@@ -208,13 +171,13 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         battn_job aj = {m, l, pos0, n};
         lr_pool_run(m->pool, battn_task, &aj);
         prep(m, t0, n, l, ATTN_OUT);
-        gemm(m, &L->wo, m->bao, qd, m->bmask, m->by, dim, n, 0);
+        gemm(m, &L->wo, m->bao, qd, m->bmask, m->by, dim, n);
         for (int32_t t = 0; t < n; t++) lr_add_bias(m->by + (size_t)t * dim, &L->bo, dim);
         add_rows(m->bx, dim, m->by, dim, n, dim);
         prep(m, t0, n, l, MLP_IN);
-        gemm(m, &L->wgu, m->bxn, W, m->bmask, m->bgu, 2 * ff, n, 0);
+        gemm(m, &L->wgu, m->bxn, W, m->bmask, m->bgu, 2 * ff, n);
         prep(m, t0, n, l, MLP_OUT);
-        gemm(m, &L->wdown, m->bxn, W, m->bmask, m->by, dim, n, 0);
+        gemm(m, &L->wdown, m->bxn, W, m->bmask, m->by, dim, n);
         for (int32_t t = 0; t < n; t++) lr_add_bias(m->by + (size_t)t * dim, &L->bdown, dim);
         add_rows(m->bx, dim, m->by, dim, n, dim);
     }
@@ -225,17 +188,14 @@ static int32_t batch_head(lr_model *m, int32_t n, float *out) {
     const lr_model_desc *d = &m->d;
     const int32_t dim = d->dim, W = m->widest;
     if (d->out_adapter.data) {
-        gemm(m, &d->out_adapter, m->bx, dim, NULL, m->by, dim, n, 0);
+        gemm(m, &d->out_adapter, m->bx, dim, NULL, m->by, dim, n);
         memcpy(m->bx, m->by, (size_t)n * dim * sizeof(float));
     }
     for (int32_t t = 0; t < n; t++)
         lr_rmsnorm(m->bxn + (size_t)t * W, m->bx + (size_t)t * dim, dim, d->norm_eps,
                    d->out_norm.data ? (const float *)d->out_norm.data : NULL);
-    if (d->head.type == LR_Q8_0 || d->head.type == LR_Q4_0) {   /* the decode step's product, per token */
-        for (int32_t t = 0; t < n; t++) lr_head_rows(m, m->bxn + (size_t)t * W, out + (size_t)t * d->n_vocab);
-    } else {
-        gemm(m, &d->head, m->bxn, W, NULL, out, d->n_vocab, n, 1);
-    }
+    for (int32_t t = 0; t < n; t++)   /* the decode step's product, per token */
+        lr_head_rows(m, m->bxn + (size_t)t * W, out + (size_t)t * d->n_vocab);
     for (int64_t i = 0; i < (int64_t)n * d->n_vocab; i++)
         if (!isfinite(out[i])) return LR_ENAN;
     return LR_OK;

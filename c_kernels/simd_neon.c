@@ -77,46 +77,6 @@ static void dot_f16_neon(const lr_tensor *w, const float *x, float *y, int32_t r
     }
 }
 
-/* batch x panel: 2 rows of X at a time against the 32 panel columns (16 accumulators) */
-static void gemm32_neon(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n) {
-    int32_t t = 0;
-    for (; t + 2 <= n; t += 2) {
-        float32x4_t a0[8], a1[8];
-        for (int v = 0; v < 8; v++) a0[v] = a1[v] = vdupq_n_f32(0.0f);
-        const float *x0 = X + (int64_t)t * ldx, *x1 = x0 + ldx;
-        for (int32_t k = 0; k < K; k++) {
-            for (int v = 0; v < 8; v++) {
-                const float32x4_t p = vld1q_f32(P + (int64_t)k * QK + 4 * v);
-                a0[v] = vfmaq_n_f32(a0[v], p, x0[k]);
-                a1[v] = vfmaq_n_f32(a1[v], p, x1[k]);
-            }
-        }
-        for (int v = 0; v < 8; v++) {
-            vst1q_f32(C + (int64_t)t * ldc + 4 * v, a0[v]);
-            vst1q_f32(C + (int64_t)(t + 1) * ldc + 4 * v, a1[v]);
-        }
-    }
-    for (; t < n; t++) {
-        float32x4_t a[8];
-        for (int v = 0; v < 8; v++) a[v] = vdupq_n_f32(0.0f);
-        const float *x = X + (int64_t)t * ldx;
-        for (int32_t k = 0; k < K; k++)
-            for (int v = 0; v < 8; v++) a[v] = vfmaq_n_f32(a[v], vld1q_f32(P + (int64_t)k * QK + 4 * v), x[k]);
-        for (int v = 0; v < 8; v++) vst1q_f32(C + (int64_t)t * ldc + 4 * v, a[v]);
-    }
-}
-
-/* panels (prefill): P[k][0:32] = W[k][c0:c0+32] as floats */
-static void panel_f32_neon(const lr_tensor *w, int32_t c0, float *P) {
-    for (int32_t k = 0; k < w->rows; k++) memcpy(P + (int64_t)k * QK, (const float *)lr_row(w, k) + c0, QK * sizeof(float));
-}
-
-static void panel_f16_neon(const lr_tensor *w, int32_t c0, float *P) {
-    for (int32_t k = 0; k < w->rows; k++) {
-        const uint16_t *row = (const uint16_t *)lr_row(w, k) + c0;
-        for (int j = 0; j < QK; j++) P[(int64_t)k * QK + j] = h2f(row[j]);
-    }
-}
 /* ---- attention (kernels.h's order: the 16 lanes as four vectors of 4) ------------------------ */
 
 static inline float32x4_t kv4_f32_neon(const uint8_t *row, int32_t i) { return vld1q_f32((const float *)row + i); }
@@ -267,8 +227,6 @@ static void attn_values_q8_0_neon(const float *w, const uint8_t *v, size_t strid
 const lr_kernel_table lr_kernels_neon = {
     {spmv_f32_neon, spmv_f16_neon},
     {dot_f32_neon, dot_f16_neon},
-    gemm32_neon,
-    {panel_f32_neon, panel_f16_neon},
     {attn_scores_f32_neon, attn_scores_f16_neon, attn_scores_q8_0_neon},
     {attn_values_f32_neon, attn_values_f16_neon, attn_values_q8_0_neon},
 };

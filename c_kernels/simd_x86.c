@@ -54,13 +54,6 @@
         }                                                                                          \
     }
 
-/* panels (prefill): P[k][0:32] = W[k][c0:c0+32] as floats */
-#define PANEL_F(ATTR, NAME, V, STORE, LDW)                                                         \
-    ATTR static void NAME(const lr_tensor *w, int32_t c0, float *P) {                              \
-        for (int32_t k = 0; k < w->rows; k++)                                                      \
-            for (int t = 0; t < QK / V; t++) STORE(P + (int64_t)k * QK + t * V, LDW(lr_row(w, k), c0 + t * V)); \
-    }
-
 /* ================================ AVX-512 ================================================== */
 
 AVX512 static inline __m512 ldw_f32_512(const void *row, int64_t c) { return _mm512_loadu_ps((const float *)row + c); }
@@ -90,42 +83,6 @@ SPMV_F(AVX512, spmv_f16_512, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm5
     }
 DOT_F_512(dot_f32_512, ldw_f32_512, ld1_f32_512)
 DOT_F_512(dot_f16_512, ldw_f16_512, ld1_f16_512)
-
-/* batch x panel: 6 rows of X at a time against the 32 panel columns (12 accumulators) */
-AVX512 static void gemm32_512(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n) {
-    int32_t t = 0;
-    for (; t + 6 <= n; t += 6) {
-        __m512 acc[6][2];
-        for (int u = 0; u < 6; u++) acc[u][0] = acc[u][1] = _mm512_setzero_ps();
-        const float *x = X + (int64_t)t * ldx;
-        for (int32_t k = 0; k < K; k++) {
-            const __m512 p0 = _mm512_loadu_ps(P + (int64_t)k * QK), p1 = _mm512_loadu_ps(P + (int64_t)k * QK + 16);
-            _Pragma("GCC unroll 6") for (int u = 0; u < 6; u++) {
-                const __m512 xb = _mm512_set1_ps(x[(int64_t)u * ldx + k]);
-                acc[u][0] = _mm512_fmadd_ps(xb, p0, acc[u][0]);
-                acc[u][1] = _mm512_fmadd_ps(xb, p1, acc[u][1]);
-            }
-        }
-        for (int u = 0; u < 6; u++) {
-            _mm512_storeu_ps(C + (int64_t)(t + u) * ldc, acc[u][0]);
-            _mm512_storeu_ps(C + (int64_t)(t + u) * ldc + 16, acc[u][1]);
-        }
-    }
-    for (; t < n; t++) {
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-        const float *x = X + (int64_t)t * ldx;
-        for (int32_t k = 0; k < K; k++) {
-            const __m512 xb = _mm512_set1_ps(x[k]);
-            a0 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(P + (int64_t)k * QK), a0);
-            a1 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(P + (int64_t)k * QK + 16), a1);
-        }
-        _mm512_storeu_ps(C + (int64_t)t * ldc, a0);
-        _mm512_storeu_ps(C + (int64_t)t * ldc + 16, a1);
-    }
-}
-
-PANEL_F(AVX512, panel_f32_512, 16, _mm512_storeu_ps, ldw_f32_512)
-PANEL_F(AVX512, panel_f16_512, 16, _mm512_storeu_ps, ldw_f16_512)
 
 /* ---- attention (kernels.h's order: 16 lanes per score, reduced 16 -> 8 -> 4 -> 2 -> 1) ----------- */
 
@@ -268,8 +225,6 @@ AVX512 static void attn_values_q8_0_512(const float *w, const uint8_t *v, size_t
 const lr_kernel_table lr_kernels_avx512 = {
     {spmv_f32_512, spmv_f16_512},
     {dot_f32_512, dot_f16_512},
-    gemm32_512,
-    {panel_f32_512, panel_f16_512},
     {attn_scores_f32_512, attn_scores_f16_512, attn_scores_q8_0_512},
     {attn_values_f32_512, attn_values_f16_512, attn_values_q8_0_512},
 };
@@ -310,39 +265,6 @@ AVX2 static inline float hsum_256(__m256 v) {
 DOT_F_256(dot_f32_256, ldw_f32_256, ld1_f32_256)
 DOT_F_256(dot_f16_256, ldw_f16_256, ld1_f16_256)
 
-/* batch x panel: 3 rows of X at a time against the 32 panel columns (12 accumulators) */
-AVX2 static void gemm32_256(const float *X, int32_t ldx, const float *P, int32_t K, float *C, int32_t ldc, int32_t n) {
-    int32_t t = 0;
-    for (; t + 3 <= n; t += 3) {
-        __m256 acc[3][4];
-        for (int u = 0; u < 3; u++)
-            for (int v = 0; v < 4; v++) acc[u][v] = _mm256_setzero_ps();
-        const float *x = X + (int64_t)t * ldx;
-        for (int32_t k = 0; k < K; k++) {
-            __m256 p[4];
-            for (int v = 0; v < 4; v++) p[v] = _mm256_loadu_ps(P + (int64_t)k * QK + 8 * v);
-            _Pragma("GCC unroll 3") for (int u = 0; u < 3; u++) {
-                const __m256 xb = _mm256_set1_ps(x[(int64_t)u * ldx + k]);
-                for (int v = 0; v < 4; v++) acc[u][v] = _mm256_fmadd_ps(xb, p[v], acc[u][v]);
-            }
-        }
-        for (int u = 0; u < 3; u++)
-            for (int v = 0; v < 4; v++) _mm256_storeu_ps(C + (int64_t)(t + u) * ldc + 8 * v, acc[u][v]);
-    }
-    for (; t < n; t++) {
-        __m256 acc[4];
-        for (int v = 0; v < 4; v++) acc[v] = _mm256_setzero_ps();
-        const float *x = X + (int64_t)t * ldx;
-        for (int32_t k = 0; k < K; k++) {
-            const __m256 xb = _mm256_set1_ps(x[k]);
-            for (int v = 0; v < 4; v++) acc[v] = _mm256_fmadd_ps(xb, _mm256_loadu_ps(P + (int64_t)k * QK + 8 * v), acc[v]);
-        }
-        for (int v = 0; v < 4; v++) _mm256_storeu_ps(C + (int64_t)t * ldc + 8 * v, acc[v]);
-    }
-}
-
-PANEL_F(AVX2, panel_f32_256, 8, _mm256_storeu_ps, ldw_f32_256)
-PANEL_F(AVX2, panel_f16_256, 8, _mm256_storeu_ps, ldw_f16_256)
 
 /* ---- attention (kernels.h's order: the 16 lanes as two vectors, lanes 0-7 and 8-15) ------------ */
 
@@ -483,8 +405,6 @@ AVX2 static void attn_values_q8_0_256(const float *w, const uint8_t *v, size_t s
 const lr_kernel_table lr_kernels_avx2 = {
     {spmv_f32_256, spmv_f16_256},
     {dot_f32_256, dot_f16_256},
-    gemm32_256,
-    {panel_f32_256, panel_f16_256},
     {attn_scores_f32_256, attn_scores_f16_256, attn_scores_q8_0_256},
     {attn_values_f32_256, attn_values_f16_256, attn_values_q8_0_256},
 };

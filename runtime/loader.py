@@ -157,7 +157,7 @@ def memory_bytes(hp: F.HParams, n_ctx: int, n_threads: int = 1, type_k: str = "f
     d, q, kv, ff = hp.dim, hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim, hp.ffn_dim
     widest, out_widest = max(d, q, ff), max(2 * ff, hp.qkv_dim, d)
     floats = (hp.n_heads * n_ctx
-              + n_threads * (max(widest, d) * 32 + max(n_ctx, d))
+              + n_threads * max(n_ctx, d)                                  # attention scores
               + (4 * n_threads if n_threads > 1 else 1) * out_widest + widest   # row-split partial sums, iota
               + 64 * (d + widest + out_widest + hp.qkv_dim + q + 2 * ff)
               + 4 * d + hp.qkv_dim + q + 3 * ff

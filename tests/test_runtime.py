@@ -299,6 +299,35 @@ def test_integer_logits_identical_however_computed(tiny, tmp_path, method, wtype
     np.testing.assert_array_equal(logits.view(np.uint32), want[-1].view(np.uint32))
 
 
+@pytest.mark.parametrize("method,wtype", [("larosa", "q8_0"), ("budget", "f16"), ("larosa", "f32")])
+def test_float_logits_identical_however_computed(tiny, tmp_path, method, wtype):
+    """Files with float products (the F16 adapters of --method larosa, F16 / F32 weights and heads):
+    the prompt path runs them as the decode step does, token by token (lr_matvec, lr_head_rows), so
+    for a given thread count a token's logits are the same bits in one batch, in chunks, token by
+    token and from a cached prefix (issue 12)."""
+    path = convert_for_test(tiny["tied_gqa_q8"], str(tmp_path / "m.gguf"), wtype, method=method)
+    tokens = np.random.default_rng(11).integers(0, 512, 70).tolist()
+
+    def run(threads: int, chunks: list[int]) -> np.ndarray:
+        m = Model(path, sparsity=0.4, n_threads=threads)
+        out, pos = [], 0
+        for c in chunks:
+            out.append(m.eval(tokens[pos:pos + c], all_logits=True).reshape(c, -1))
+            pos += c
+        return np.concatenate(out)
+
+    for threads in (2, 1):
+        want = run(threads, [70])
+        for chunks in ([1] * 70, [5, 30, 35], [64, 6]):
+            np.testing.assert_array_equal(run(threads, chunks).view(np.uint32), want.view(np.uint32),
+                                          err_msg=f"{threads} threads, chunks {chunks[:4]}")
+    m = Model(path, sparsity=0.4, n_threads=1)     # prefix reuse from the cache
+    m.eval_prompt(tokens[:50])
+    logits, n = m.eval_prompt(tokens)
+    assert n == 20
+    np.testing.assert_array_equal(logits.view(np.uint32), want[-1].view(np.uint32))
+
+
 def test_per_op_timers(converted):
     """lr_model_profile: off by default, counts single-token decode steps only, every op of a
     converted model (adapters included) timed, and the logits unchanged by timing."""
