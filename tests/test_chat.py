@@ -679,3 +679,29 @@ def test_ctrl_c_at_the_prompt_exits_cleanly(chat_gguf):
         assert b"Traceback" not in t.out
     finally:
         t.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_turn_chat_same_reply_from_the_cache_or_fresh(chat_gguf, threads):
+    """Issue 12, item 1: model A answers a first turn and then, from its cache, a second; model B
+    answers the same two-turn conversation fresh. The second reply is the same text and the logits
+    of its prompt the same bits (the prompt path computes each token as the decode step does, for
+    any chunking; this file's F16 adapters included)."""
+    first = [{"role": "user", "content": "Name three colors."}]
+    a = Model(chat_gguf, n_threads=threads, n_ctx=256)
+    r1 = chat.create_chat_completion(a, first, max_tokens=24, temperature=0)
+    both = first + [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
+                    {"role": "user", "content": "And three animals?"}]
+    cached = len(a.tokens)
+    r2a = chat.create_chat_completion(a, both, max_tokens=24, temperature=0)
+    b = Model(chat_gguf, n_threads=threads, n_ctx=256)
+    r2b = chat.create_chat_completion(b, both, max_tokens=24, temperature=0)
+    assert cached > 0 and r2a["choices"][0]["message"]["content"] == r2b["choices"][0]["message"]["content"]
+    assert a.tokens == b.tokens   # the same prompt and the same generated tokens in both caches
+    seq = list(a.tokens)          # that sequence from the first turn's prefix or in one call: same bits
+    a.reset()
+    a.eval(seq[:cached], all_logits=True)
+    split = a.eval(seq[cached:], all_logits=True)
+    b.reset()
+    whole = b.eval(seq, all_logits=True)[cached:]
+    np.testing.assert_array_equal(split.reshape(whole.shape).view(np.uint32), whole.view(np.uint32))
