@@ -251,23 +251,6 @@ AVX2 static inline __m256i dot4_avx2(__m256i q, __m256i x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(x, q)), _mm256_set1_epi16(1));
 }
 
-#define QDOT(ATTR, NAME, BLOCK, DECODE, DOT4)                                                      \
-    ATTR static void NAME(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {  \
-        const int32_t nb = w->cols / QK;                                                           \
-        for (int32_t r = r0; r < r1; r++) {                                                        \
-            const BLOCK *b = (const BLOCK *)lr_row(w, r);                                          \
-            __m256 acc = _mm256_setzero_ps();                                                      \
-            for (int32_t blk = 0; blk < nb; blk++) {                                               \
-                const __m256i s = DOT4(DECODE(&b[blk]), _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK))); \
-                const float sc = _cvtsh_ss(b[blk].d) * x->dx[blk];                                 \
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc), acc);             \
-            }                                                                                      \
-            y[r] = hsum8(acc);                                                                     \
-        }                                                                                          \
-    }
-QDOT(VNNI, qdot_q8_vnni, block_q8_0, blk_q8, dot4_vnni)
-QDOT(AVX2, qdot_q8_avx2, block_q8_0, blk_q8, dot4_avx2)
-
 /* Q4_0 rows with the codes as stored, u = q + 8 in 0..15 (unsigned, as vpdpbusd and vpmaddubsw take
  * them): the lane sums of u x less those of 8 x are the reference's integers. A broadcast load, a
  * variable shift and a mask give the 32 codes in the reference's lanes (was: load, shift, insert,
@@ -280,31 +263,39 @@ VNNI static inline __m256i sum4_vnni(__m256i u, __m256i x) { return _mm256_dpbus
 AVX2 static inline __m256i sum4_avx2(__m256i u, __m256i x) {   /* u <= 15: no saturation */
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
 }
-#define QDOT_Q4(ATTR, NAME, SUM4)                                                                  \
-    ATTR static void NAME(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {  \
-        const int32_t nb = w->cols / QK;                                                           \
-        for (int32_t r = r0; r < r1; r++) {                                                        \
-            const block_q4_0 *b = (const block_q4_0 *)lr_row(w, r);                                \
-            __m256 acc = _mm256_setzero_ps();                                                      \
-            for (int32_t blk = 0; blk < nb; blk++) {                                               \
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK));        \
-                const __m256i s = _mm256_sub_epi32(SUM4(nib_q4(&b[blk]), xv), SUM4(_mm256_set1_epi8(8), xv)); \
-                const float sc = _cvtsh_ss(b[blk].d) * x->dx[blk];                                 \
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(sc), acc);             \
-            }                                                                                      \
-            y[r] = hsum8(acc);                                                                     \
-        }                                                                                          \
-    }
-QDOT_Q4(VNNI, qdot_q4_vnni, sum4_vnni)
-QDOT_Q4(AVX2, qdot_q4_avx2, sum4_avx2)
 
-/* The head repacked 8 rows at a time (lr_repack_x8): per block, x once and 8 rows' sums as 8
- * independent chains of fma (each the reference's order); the 8 rows' blocks are one stream.
- * 151936x1536 Q4_0 from DRAM: 12-14 GB/s as stored -> 19-20 GB/s (1 thread). */
+/* A block's 8 lane sums of a row and x (xv its 32 codes, ex 8 x's lane sums for Q4_0) */
 #define Q8_ROW(SUM4, b, xv) DOT_##SUM4(blk_q8(b), xv)
 #define Q4_ROW(SUM4, b, xv) _mm256_sub_epi32(SUM4(nib_q4(b), xv), ex)
 #define DOT_sum4_vnni dot4_vnni
 #define DOT_sum4_avx2 dot4_avx2
+
+/* rows [r0, r1), one at a time: acc = fma(float(lane sums), d * dx, acc) over the blocks, the
+ * reference's order */
+#define QDOT(ATTR, NAME, BLOCK, ROW, SUM4)                                                         \
+    ATTR static void NAME(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {  \
+        const int32_t nb = w->cols / QK;                                                           \
+        for (int32_t r = r0; r < r1; r++) {                                                        \
+            const BLOCK *b = (const BLOCK *)lr_row(w, r);                                          \
+            __m256 acc = _mm256_setzero_ps();                                                      \
+            for (int32_t blk = 0; blk < nb; blk++) {                                               \
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK));        \
+                const __m256i ex = SUM4(_mm256_set1_epi8(8), xv);   /* Q4_0: 8 x's lane sums */   \
+                (void)ex;                                                                          \
+                const float sc = _cvtsh_ss(b[blk].d) * x->dx[blk];                                 \
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ROW(SUM4, &b[blk], xv)), _mm256_set1_ps(sc), acc); \
+            }                                                                                      \
+            y[r] = hsum8(acc);                                                                     \
+        }                                                                                          \
+    }
+QDOT(VNNI, qdot_q8_vnni, block_q8_0, Q8_ROW, sum4_vnni)
+QDOT(VNNI, qdot_q4_vnni, block_q4_0, Q4_ROW, sum4_vnni)
+QDOT(AVX2, qdot_q8_avx2, block_q8_0, Q8_ROW, sum4_avx2)
+QDOT(AVX2, qdot_q4_avx2, block_q4_0, Q4_ROW, sum4_avx2)
+
+/* The head repacked 8 rows at a time (lr_repack_x8): per block, x once and 8 rows' sums as 8
+ * independent chains of fma (each the reference's order); the 8 rows' blocks are one stream.
+ * 151936x1536 Q4_0 from DRAM: 12-14 GB/s as stored -> 19-20 GB/s (1 thread). */
 #define QDOT8(ATTR, NAME, BLOCK, ROW, SUM4)                                                        \
     ATTR static void NAME(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) { \
         const int32_t nb = w->cols / QK;                                                           \
