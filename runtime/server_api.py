@@ -7,6 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import LarosaError
+from .generate import Sampling
+
+_SAMPLING = Sampling()
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -34,11 +37,11 @@ class _Body(BaseModel):
 
     model: str | None = None
     max_tokens: int | None = None
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    temperature: float = _SAMPLING.temperature   # the sampler's own defaults (generate.Sampling)
+    top_p: float = _SAMPLING.top_p
+    top_k: int = _SAMPLING.top_k
+    min_p: float = _SAMPLING.min_p
+    repeat_penalty: float = _SAMPLING.repeat_penalty
     seed: int | None = None
     stop: str | list[str] | None = Field(None, max_length=16)
     stream: bool = False
