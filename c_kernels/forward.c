@@ -320,6 +320,17 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
     return idx;
 }
 
+/* m = silu(gate) * up over all threads (serial, it was 3 % of a 2-thread step: 8960 expf per layer);
+ * each element is computed as alone, so the split changes no bit */
+typedef struct { const float *gu; float *hm; int32_t ff; } swiglu_job;
+
+static void swiglu_task(void *p, int ith, int nth, int thread) {
+    const swiglu_job *j = p;
+    const int32_t per = (j->ff + nth * 16 - 1) / (nth * 16) * 16, i0 = ith * per;
+    const int32_t i1 = i0 + per < j->ff ? i0 + per : j->ff;
+    for (int32_t i = i0; i < i1; i++) j->hm[i] = lr_silu(j->gu[i]) * j->gu[j->ff + i];
+}
+
 /* ---- the decode step ------------------------------------------------------------------------ */
 
 static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
@@ -354,9 +365,9 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, 0, &k));
     TIMED(m, LR_PROF_GATE_UP, matvec(m, &L->wgu, m->xn, idx, k, m->gu));
-    TIMED(m, LR_PROF_SWIGLU, for (int32_t i = 0; i < ff; i++) {   /* vectorizes: lr_silu */
-        const float g = m->gu[i];
-        m->hm[i] = lr_silu(g) * m->gu[ff + i];
+    TIMED(m, LR_PROF_SWIGLU, {
+        swiglu_job sj = {m->gu, m->hm, ff};
+        lr_pool_run(m->pool, swiglu_task, &sj);
     });
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_DOWN, matvec(m, &L->wdown, m->hm, idx, k, m->tmp));
