@@ -304,6 +304,9 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
         cnt = n;
     }
     __atomic_fetch_add(&m->rows_read[block], (uint64_t)cnt, __ATOMIC_RELAXED);   /* prompt tokens select in parallel */
+    uint64_t groups = idx ? (uint64_t)(cnt > 0) : (uint64_t)(n + QK - 1) / QK;   /* idx ascending: */
+    for (int32_t j = 1; idx && j < cnt; j++) groups += idx[j] / QK != idx[j - 1] / QK;   /* group changes */
+    __atomic_fetch_add(&m->groups_read[block], groups, __ATOMIC_RELAXED);
     if (m->trace) {   /* masks laid out by (token, layer, block input) */
         const int64_t per_layer = m->width[0] + m->width[1] + m->width[2] + m->width[3];
         int64_t off = (m->trace_tokens + t) * per_layer * m->d.n_layers + layer * per_layer;
@@ -665,8 +668,10 @@ int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset) {
     if (!m || !out) return LR_EARG;
     for (int i = 0; i < 4; i++) out[i] = m->rows_read[i];
     out[4] = m->rows_tokens;
+    for (int i = 0; i < 4; i++) out[5 + i] = m->groups_read[i];
     if (reset) {
         memset(m->rows_read, 0, sizeof(m->rows_read));
+        memset(m->groups_read, 0, sizeof(m->groups_read));
         m->rows_tokens = 0;
     }
     return LR_OK;

@@ -72,7 +72,8 @@ int32_t lr_model_set_selection(lr_model *m, const int32_t *k, const float *thres
  * scaled by (1 - D / R), D the token's cost above plan so far, R the planned cost still to come; the
  * last selection takes the rest. plan = NULL turns it off; lr_model_set_selection keeps it. */
 int32_t lr_model_set_budget(lr_model *m, const float *plan, const float *cost);
-/* Inputs read since the last reset, per block input summed over layers, then the tokens: out[5]. */
+/* Inputs read since the last reset, per block input summed over layers, then the tokens, then the
+ * groups of 32 inputs that had a selected input, per block input summed over layers: out[9]. */
 int32_t lr_model_rows_read(lr_model *m, uint64_t *out, int32_t reset);
 /* Evaluates n tokens at positions pos0..pos0+n-1 (pos0 must equal the number of cached positions,
  * or be smaller to rewind). logits: n * n_vocab floats when all_logits, else n_vocab (last token),

@@ -21,6 +21,7 @@ struct lr_model {
     double over[LR_BATCH];     /* per token of a batch: cost spent above the plan so far */
     int32_t width[4];          /* per block input: its width n */
     uint64_t rows_read[4], rows_tokens;   /* selected inputs, for the bytes actually read */
+    uint64_t groups_read[4];   /* groups of 32 inputs with a selected one: an _IM weight reads their scales */
     /* KV cache: [L][n_ctx] rows of nkv hd values of type_k / type_v (F32, F16, Q8_0 blocks of 32
      * along each head), k_row / v_row bytes each (lr_kv_store writes them) */
     uint8_t *key_cache, *value_cache;

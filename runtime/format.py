@@ -303,9 +303,15 @@ def expected_tensors(hp: HParams, rotated: list[bool], scores: set[tuple[int, st
 
 
 def bytes_per_token(hp: HParams, tensors: dict[str, tuple[tuple[int, ...], QT]],
-                    rows: dict[str, list[float]] | None) -> float:
+                    rows: dict[str, list[float]] | None, groups: dict[str, list[float]] | None = None) -> float:
     """Weight bytes one decode step reads: rows[b][l] rows of each block weight (all rows when
-    rows is None), the adapters, scores and the head in full, one embedding row."""
+    rows is None), the adapters, scores and the head in full, one embedding row.
+
+    Without `groups`, a row of an input-major Q8_0 / Q4_0 weight counts its share of the scale table
+    (1/32 of a group's scales), which is exact for whole groups. With groups[b][l], the groups of 32
+    inputs that had a selected input (the runtime's count), such a weight costs its rows' codes plus
+    the full scales of every group touched: what a sparse step really reads (FORMAT.md
+    "Input-major quantized types": one fp16 scale per group and output)."""
     total = 0.0
     for name, (shape, qtype) in tensors.items():
         if name == T_EMBD:
@@ -314,6 +320,11 @@ def bytes_per_token(hp: HParams, tensors: dict[str, tuple[tuple[int, ...], QT]],
         n_rows = shape[0] if len(shape) == 2 else 1
         parts = name.split(".")
         if rows is not None and name.startswith("blk.") and parts[2] in WEIGHT_INPUT and parts[3] == "weight":
-            n_rows = rows[WEIGHT_INPUT[parts[2]]][int(parts[1])]
+            b, l = WEIGHT_INPUT[parts[2]], int(parts[1])
+            n_rows = rows[b][l]
+            if groups is not None and qtype in (QT.Q8_0, QT.Q4_0):   # input-major: codes, then scales
+                cols = shape[-1]
+                total += n_rows * cols * (1 if qtype == QT.Q8_0 else 0.5) + groups[b][l] * cols * 2
+                continue
         total += n_rows * row_bytes(qtype, shape[-1])
     return total

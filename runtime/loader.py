@@ -136,6 +136,14 @@ class LarosaFile:
                 for b in F.BLOCK_INPUTS}
         return F.bytes_per_token(self.hp, self.shapes_types(), rows)
 
+    def bytes_read(self, rows: dict[str, float], groups: dict[str, float]) -> float:
+        """Weight bytes of a step that read rows[b] inputs and touched groups[b] groups of 32 per
+        block input, both summed over the layers (Model.rows_read): format.bytes_per_token with the
+        scale tables counted per touched group (the layers' shares taken as equal)."""
+        L = self.hp.n_layers
+        per_layer = lambda d: {b: [d[b] / L] * L for b in F.BLOCK_INPUTS}
+        return F.bytes_per_token(self.hp, self.shapes_types(), per_layer(rows), per_layer(groups))
+
     def dense_bytes_per_token(self) -> float:
         return F.bytes_per_token(self.hp, self.shapes_types(), None)
 

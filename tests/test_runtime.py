@@ -236,6 +236,37 @@ def test_sparsity_changes_work_and_output(smollm2_q8):
     assert m.ks["attn_in"][0] == F.kept(m.hp.dim, 0.8, 0.4)
 
 
+@pytest.mark.parametrize("name", ["tied_q4", "tied_q8", "odd_f16"])
+@pytest.mark.parametrize("batched", [True, False], ids=["prefill", "decode"])
+def test_bytes_read_counts_rows_and_touched_groups(converted, name, batched):
+    """Model.bytes_read_per_token against the runtime's own masks: per block weight the selected
+    rows' codes and, for input-major Q8_0 / Q4_0, the full scale table (cols fp16) of every group of
+    32 inputs with a selected input; F16 rows as they are; the rest of the step in full."""
+    m = Model(converted[name], sparsity=0.6, n_threads=2)
+    tokens = m.tokenize("One two three four five six seven")
+    m.rows_read(reset=True)
+    _, forced = traced_eval(m, tokens, batched)
+    types = m.file.shapes_types()
+    want = F.bytes_per_token(m.hp, types, {b: [0] * m.hp.n_layers for b in F.BLOCK_INPUTS})  # all but the block weights
+    for name_, (shape, qtype) in types.items():
+        parts = name_.split(".")
+        if not (name_.startswith("blk.") and parts[2] in F.WEIGHT_INPUT and parts[3] == "weight"):
+            continue
+        mask = forced[F.WEIGHT_INPUT[parts[2]]][int(parts[1])][0].numpy().astype(bool)   # [T, n]
+        rows, cols = mask.sum() / len(tokens), shape[-1]
+        if qtype in (F.QT.Q8_0, F.QT.Q4_0):
+            groups = mask.reshape(len(tokens), -1, 32).any(-1).sum() / len(tokens)
+            want += rows * cols * (1 if qtype == F.QT.Q8_0 else 0.5) + groups * cols * 2
+        else:
+            want += rows * F.row_bytes(qtype, cols)
+    got = m.bytes_read_per_token()
+    assert got == pytest.approx(want, rel=1e-9)
+    if name != "odd_f16":   # sparse groups read all their scales: more than the rows' 1/32 shares
+        rows = m.rows_read()[0]
+        nominal = F.bytes_per_token(m.hp, types, {b: [rows[b] / m.hp.n_layers] * m.hp.n_layers for b in F.BLOCK_INPUTS})
+        assert got > nominal
+
+
 def test_prefix_reuse_equals_fresh_eval(converted):
     m = Model(converted["tied_q8"], sparsity=0.4, n_threads=1)
     rng = np.random.default_rng(5)

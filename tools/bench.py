@@ -17,8 +17,10 @@ What is timed:
              and for each generated token.
   Sampling (the arg-max) is outside the timed sections for both. `decode_tps_wall` (JSON) is the
   perf_counter figure around each engine's Python eval call, for both engines, as a cross-check.
-Weight bandwidth = weight bytes read per generated token * decode tok/s; larosa's bytes come from
-Model.bytes_per_token() (k rows of each block weight, adapters and head in full), llama.cpp's from
+Weight bandwidth = weight bytes read per generated token * decode tok/s; larosa's bytes are measured
+over the decode tokens of each run (Model.bytes_read_per_token: the selected rows of each block
+weight, the whole scale table of every group of 32 inputs they touch, adapters and head in full;
+median over the rounds), llama.cpp's from
 the dense file (every tensor but the embedding, one embedding row, and the whole embedding again
 when it is also the head). The machine's read bandwidth (lr_read_bandwidth, best of 5 passes over a
 1 GiB buffer by t threads) is measured once per thread count.
@@ -131,6 +133,7 @@ class RunTimes:
     decode_tps: float
     decode_tps_wall: float
     timing: str               # where prompt_tps/decode_tps come from
+    bytes_read: float | None = None   # larosa: weight bytes a decode token read (measured)
 
 
 class LlamaCppEngine:
@@ -193,13 +196,15 @@ class LarosaEngine:
         t0 = time.perf_counter()
         logits = m.eval(prompt)
         prompt_s = time.perf_counter() - t0
+        m.rows_read(reset=True)   # count the decode tokens' reads only
         decode_s = 0.0
         for _ in range(n_gen):
             tok = int(np.argmax(logits))
             t0 = time.perf_counter()
             logits = m.eval([tok])
             decode_s += time.perf_counter() - t0
-        return RunTimes(len(prompt) / prompt_s, n_gen / decode_s, n_gen / decode_s, "perf_counter")
+        return RunTimes(len(prompt) / prompt_s, n_gen / decode_s, n_gen / decode_s, "perf_counter",
+                        m.bytes_read_per_token())
 
     def profile(self, prompt: list[int], n_gen: int) -> dict[str, float]:
         """One extra run with the C library's per-op timers on: milliseconds per decode token."""
@@ -295,6 +300,8 @@ def _alternate(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int]
             row.runs.append(sparse.run(prompt, cfg.n_gen))
             log(f"[t={t}] round {r + 1}/{cfg.rounds}: larosa s={row.sparsity:g} "
                 f"decode {row.runs[-1].decode_tps:.2f} tok/s")
+    for row in rows:   # what the decode tokens read, measured (the selections vary by token)
+        row.bytes_per_token = statistics.median(r.bytes_read for r in row.runs)
     for row in rows if cfg.profile else []:   # after the timed rounds: the timers cost a little
         sparse.set_sparsity(row.sparsity)
         row.profile = sparse.profile(prompt, cfg.n_gen)
