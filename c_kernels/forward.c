@@ -180,10 +180,15 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
     const int32_t hd = m->d.head_dim;
     const int32_t kvh = head / (m->d.n_heads / m->d.n_kv_heads);   /* grouped-query: shared kv head */
     const float scale = 1.0f / sqrtf((float)hd);
-    const uint8_t *kc = m->key_cache + (size_t)layer * m->n_ctx * m->k_row + (size_t)kvh * lr_row_bytes(m->type_k, hd);
-    const uint8_t *vc = m->value_cache + (size_t)layer * m->n_ctx * m->v_row + (size_t)kvh * lr_row_bytes(m->type_v, hd);
+    /* a sliding-window layer sees positions pos - n_swa + 1 .. pos (llama.cpp: key p0 is masked for
+     * query p1 when p1 - p0 >= n_swa) */
+    const int32_t n_swa = m->layers[layer].n_swa, first = n_swa && pos >= n_swa ? pos - n_swa + 1 : 0;
+    const uint8_t *kc = m->key_cache + ((size_t)layer * m->n_ctx + (size_t)first) * m->k_row +
+                        (size_t)kvh * lr_row_bytes(m->type_k, hd);
+    const uint8_t *vc = m->value_cache + ((size_t)layer * m->n_ctx + (size_t)first) * m->v_row +
+                        (size_t)kvh * lr_row_bytes(m->type_v, hd);
     const lr_kernel_table *kt = lr_kernels();
-    const int32_t n = pos + 1;
+    const int32_t n = pos + 1 - first;
     const void *qk = q;
     if (m->type_k == LR_Q8_0) {   /* q as the keys' blocks: integer dot products, as ggml's */
         block_q8_0 *qb = m->qk8 + (size_t)thread * (size_t)(hd / QK);
@@ -191,6 +196,10 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
         qk = qb;
     }
     kt->attn_scores[lr_kv_slot(m->type_k)](qk, kc, m->k_row, n, hd, scale, att);
+    if (m->d.attn_softcap > 0.0f) {   /* Gemma 2: c tanh(s / c), as ggml scales, tanh, scales */
+        const float c = m->d.attn_softcap, inv = 1.0f / c;
+        for (int32_t t = 0; t < n; t++) att[t] = tanhf(att[t] * inv) * c;
+    }
     float mx = -INFINITY, sum = 0.0f;
     for (int32_t t = 0; t < n; t++) mx = att[t] > mx ? att[t] : mx;
 #pragma omp simd reduction(+ : sum)
@@ -224,6 +233,39 @@ void lr_add_bias(float *y, const lr_tensor *b, int32_t n) {
     for (int32_t i = 0; i < n; i++) y[i] += v[i];
 }
 
+void lr_block_out(const lr_model *m, const lr_tensor *bias, const lr_tensor *post_norm, float *y) {
+    lr_add_bias(y, bias, m->d.dim);
+    if (post_norm->data) lr_rmsnorm(y, y, m->d.dim, m->d.norm_eps, post_norm->data);
+}
+
+void lr_glu(const lr_model *m, const float *gu, float *out, int32_t i0, int32_t i1) {
+    const int32_t ff = m->d.ffn_dim;
+    if (m->d.act == LR_ACT_GELU_TANH) {
+        for (int32_t i = i0; i < i1; i++) out[i] = lr_gelu_tanh(gu[i]) * gu[ff + i];
+        return;
+    }
+#pragma omp simd
+    for (int32_t i = i0; i < i1; i++) out[i] = lr_silu(gu[i]) * gu[ff + i];   /* vectorizes: lr_silu */
+}
+
+void lr_embed(const lr_model *m, int32_t token, float *x) {
+    lr_dequant_row(&m->d.embd, token, x);
+    const float s = m->d.embd_scale;
+    if (s != 0.0f && s != 1.0f)   /* ggml_scale of the looked-up row (Gemma) */
+        for (int32_t i = 0; i < m->d.dim; i++) x[i] *= s;
+}
+
+int32_t lr_logits_done(const lr_model *m, float *logits) {
+    const int32_t nv = m->d.n_vocab;
+    if (m->d.final_softcap > 0.0f) {   /* c tanh(z / c), as ggml scales, tanh, scales */
+        const float c = m->d.final_softcap, inv = 1.0f / c;
+        for (int32_t v = 0; v < nv; v++) logits[v] = tanhf(logits[v] * inv) * c;
+    }
+    for (int32_t v = 0; v < nv; v++)
+        if (!isfinite(logits[v])) return LR_ENAN;
+    return LR_OK;
+}
+
 void lr_qkv_extras(const lr_model *m, const lr_layer *L, float *qkv) {
     const int32_t hd = m->d.head_dim, nh = m->d.n_heads, nkv = m->d.n_kv_heads;
     lr_add_bias(qkv, &L->bqkv, (nh + 2 * nkv) * hd);
@@ -234,9 +276,10 @@ void lr_qkv_extras(const lr_model *m, const lr_layer *L, float *qkv) {
             lr_rmsnorm(qkv + (size_t)(nh + h) * hd, qkv + (size_t)(nh + h) * hd, hd, m->d.norm_eps, L->k_norm.data);
 }
 
-void lr_rope_angles(const lr_model *m, int32_t pos, float *c, float *s) {
+void lr_rope_angles(const lr_model *m, int32_t pos, int32_t n_swa, float *c, float *s) {
+    const double *inv_freq = n_swa ? m->inv_freq_swa : m->inv_freq;
     for (int32_t i = 0; i < m->d.head_dim / 2; i++) {
-        const double a = (double)pos * m->inv_freq[i];
+        const double a = (double)pos * inv_freq[i];
         c[i] = (float)cos(a);
         s[i] = (float)sin(a);
     }
@@ -282,7 +325,7 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
     const float *key = x;
     if (score || gate_key) {
         for (int32_t i = 0; i < n; i++) {
-            const float v = gate_key ? lr_silu(gate[i]) : x[i];
+            const float v = !gate_key ? x[i] : m->d.act == LR_ACT_GELU_TANH ? lr_gelu_tanh(gate[i]) : lr_silu(gate[i]);
             keys[i] = fabsf(v) * (score ? score[i] : 1.0f);
         }
         key = keys;
@@ -323,15 +366,14 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
     return idx;
 }
 
-/* m = silu(gate) * up over all threads (serial, it was 3 % of a 2-thread step: 8960 expf per layer);
- * each element is computed as alone, so the split changes no bit */
-typedef struct { const float *gu; float *hm; int32_t ff; } swiglu_job;
+/* the gated activation (lr_glu) over all threads (serial, SwiGLU was 3 % of a 2-thread step: 8960
+ * expf per layer); each element is computed as alone, so the split changes no bit */
+typedef struct { const lr_model *m; const float *gu; float *out; } glu_job;
 
-static void swiglu_task(void *p, int ith, int nth, int thread) {
-    const swiglu_job *j = p;
-    const int32_t per = (j->ff + nth * 16 - 1) / (nth * 16) * 16, i0 = ith * per;
-    const int32_t i1 = i0 + per < j->ff ? i0 + per : j->ff;
-    for (int32_t i = i0; i < i1; i++) j->hm[i] = lr_silu(j->gu[i]) * j->gu[j->ff + i];
+static void glu_task(void *p, int ith, int nth, int thread) {
+    const glu_job *j = p;
+    const int32_t ff = j->m->d.ffn_dim, per = (ff + nth * 16 - 1) / (nth * 16) * 16, i0 = ith * per;
+    if (i0 < ff) lr_glu(j->m, j->gu, j->out, i0, i0 + per < ff ? i0 + per : ff);
 }
 
 /* ---- the decode step ------------------------------------------------------------------------ */
@@ -340,7 +382,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     const lr_model_desc *d = &m->d;
     const lr_layer *L = &m->layers[l];
     const int32_t dim = d->dim, hd = d->head_dim, nh = d->n_heads, nkv = d->n_kv_heads;
-    const int32_t qd = nh * hd, kvd = nkv * hd, ff = d->ffn_dim;
+    const int32_t qd = nh * hd, kvd = nkv * hd;
     const int32_t *idx;
     int32_t k;
 
@@ -352,29 +394,30 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, 0, &k));
     TIMED(m, LR_PROF_QKV, matvec(m, &L->wqkv, m->xn, idx, k, m->qkv));
+    const float *rc = L->n_swa ? m->rope_cos_swa : m->rope_cos, *rs = L->n_swa ? m->rope_sin_swa : m->rope_sin;
     TIMED(m, LR_PROF_ATTN, {
         lr_qkv_extras(m, L, m->qkv);
-        lr_rope(m->qkv, nh, hd, m->rope_cos, m->rope_sin);
-        lr_rope(m->qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
+        lr_rope(m->qkv, nh, hd, rc, rs);
+        lr_rope(m->qkv + qd, nkv, hd, rc, rs);
         lr_kv_write(m, l, pos, m->qkv + qd, m->qkv + qd + kvd);
         attn_job aj = {m, l, pos};
         lr_pool_run(m->pool, attn_task, &aj);
     });
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->ao, NULL, l, ATTN_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_O, matvec(m, &L->wo, m->ao, idx, k, m->tmp));
-    lr_add_bias(m->tmp, &L->bo, dim);
+    lr_block_out(m, &L->bo, &L->post_attn_norm, m->tmp);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
     /* MLP */
     TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, 0, &k));
     TIMED(m, LR_PROF_GATE_UP, matvec(m, &L->wgu, m->xn, idx, k, m->gu));
     TIMED(m, LR_PROF_SWIGLU, {
-        swiglu_job sj = {m->gu, m->hm, ff};
-        lr_pool_run(m->pool, swiglu_task, &sj);
+        glu_job gj = {m, m->gu, m->hm};
+        lr_pool_run(m->pool, glu_task, &gj);
     });
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->hm, m->gu, l, MLP_OUT, 0, 0, &k));
     TIMED(m, LR_PROF_DOWN, matvec(m, &L->wdown, m->hm, idx, k, m->tmp));
-    lr_add_bias(m->tmp, &L->bdown, dim);
+    lr_block_out(m, &L->bdown, &L->post_ffn_norm, m->tmp);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
 }
 
@@ -387,14 +430,13 @@ static int32_t head(lr_model *m, float *logits) {
     }
     lr_rmsnorm(m->xn, m->x, d->dim, d->norm_eps, d->out_norm.data ? (const float *)d->out_norm.data : NULL);
     lr_head_rows(m, m->xn, logits);
-    for (int32_t v = 0; v < d->n_vocab; v++)
-        if (!isfinite(logits[v])) return LR_ENAN;
-    return LR_OK;
+    return lr_logits_done(m, logits);
 }
 
 static int32_t forward_token(lr_model *m, int32_t token, int32_t pos, float *logits) {
-    lr_dequant_row(&m->d.embd, token, m->x);
-    lr_rope_angles(m, pos, m->rope_cos, m->rope_sin);
+    lr_embed(m, token, m->x);
+    lr_rope_angles(m, pos, 0, m->rope_cos, m->rope_sin);
+    if (m->inv_freq_swa) lr_rope_angles(m, pos, 1, m->rope_cos_swa, m->rope_sin_swa);
     for (int32_t l = 0; l < m->d.n_layers; l++) forward_layer(m, l, pos);
     int32_t rc = LR_OK;
     if (logits) TIMED(m, LR_PROF_HEAD, rc = head(m, logits));
@@ -437,6 +479,9 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
         d->head_dim <= 0 || d->ffn_dim <= 0 || d->head_dim % 2 || d->n_heads % d->n_kv_heads ||
         !(d->norm_eps > 0.0f) || !(d->rope_base > 1.0f) || !d->layers)
         return fail(err, len, LR_EARG, "invalid hyper-parameters");
+    if (!(d->embd_scale >= 0.0f && d->embd_scale < 1e30f) || !(d->attn_softcap >= 0.0f && d->attn_softcap < 1e30f) ||
+        !(d->final_softcap >= 0.0f && d->final_softcap < 1e30f) || (d->act != LR_ACT_SILU && d->act != LR_ACT_GELU_TANH))
+        return fail(err, len, LR_EARG, "invalid architecture parameters (embd_scale, soft-caps, act)");
     const int32_t dim = d->dim, qd = d->n_heads * d->head_dim, kvd = d->n_kv_heads * d->head_dim;
     struct { const lr_tensor *t; int32_t rows, cols, f32; const char *name; int optional; } want[] = {
         {&d->embd, d->n_vocab, dim, 0, "token_embd", 0},
@@ -465,10 +510,15 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
             {&L->score[2], 1, dim, "score mlp_in"}, {&L->score[3], 1, d->ffn_dim, "score mlp_out"},
             {&L->bqkv, 1, qd + 2 * kvd, "attn_qkv.bias"}, {&L->bo, 1, dim, "attn_output.bias"},
             {&L->bdown, 1, dim, "ffn_down.bias"}, {&L->q_norm, 1, d->head_dim, "attn_q_norm"},
-            {&L->k_norm, 1, d->head_dim, "attn_k_norm"},
+            {&L->k_norm, 1, d->head_dim, "attn_k_norm"}, {&L->post_attn_norm, 1, dim, "post_attention_norm"},
+            {&L->post_ffn_norm, 1, dim, "post_ffw_norm"},
         };
-        for (int i = 0; i < 14; i++) {
-            if (i >= 4 && !lw[i].t->data) continue;   /* adapter, scores, biases and q/k norms are optional */
+        if (L->n_swa < 0 || (L->n_swa > 0 && !(d->rope_base_swa > 1.0f))) {
+            snprintf(msg, sizeof(msg), "layer %d: a sliding window needs rope_base_swa > 1", (int)l);
+            return fail(err, len, LR_EARG, msg);
+        }
+        for (int i = 0; i < (int)(sizeof(lw) / sizeof(lw[0])); i++) {
+            if (i >= 4 && !lw[i].t->data) continue;   /* adapter, scores, biases and norms are optional */
             if (i >= 5 && lw[i].t->type != LR_F32) return fail(err, len, LR_ETYPE, "scores, biases and norms must be F32");
             if (i < 5 && !input_major_type(lw[i].t->type)) {
                 snprintf(msg, sizeof(msg), "layer %d tensor %s: input-major weights are F32, F16, Q8_0_IM or Q4_0_IM",
@@ -498,7 +548,8 @@ void lr_model_free(lr_model *m) {
     }
     void *bufs[] = {m->layers, m->key_cache, m->value_cache, m->x, m->xn, m->tmp, m->qkv, m->att, m->ao,
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
-                    m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->iota, m->parts,
+                    m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->inv_freq_swa, m->rope_cos_swa,
+                    m->rope_sin_swa, m->iota, m->parts,
                     m->qsel_buf, m->qacc, m->hxq, m->hdx, m->head8, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
@@ -579,10 +630,18 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->inv_freq = calloc((size_t)hd / 2, sizeof(double));
     m->rope_cos = calloc((size_t)hd / 2, sizeof(float));
     m->rope_sin = calloc((size_t)hd / 2, sizeof(float));
+    int swa = 0;
+    for (int32_t l = 0; l < L; l++) swa |= desc->layers[l].n_swa > 0;
+    if (swa) {
+        m->inv_freq_swa = calloc((size_t)hd / 2, sizeof(double));
+        m->rope_cos_swa = calloc((size_t)hd / 2, sizeof(float));
+        m->rope_sin_swa = calloc((size_t)hd / 2, sizeof(float));
+    }
     int ok = m->layers && m->key_cache && m->value_cache && m->qk8 && m->x && m->xn && m->tmp && m->qkv && m->att &&
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
              m->bao && m->bgu && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota &&
              m->qsel_buf && m->qacc && m->hxq && m->hdx && m->qb_buf && m->bmask && m->qscratch &&
+             (!swa || (m->inv_freq_swa && m->rope_cos_swa && m->rope_sin_swa)) &&
              (m->qparts || n_threads == 1);
     for (int i = 0; i < 4 && ok; i++)
         ok = (m->k[i] = malloc((size_t)L * sizeof(int32_t))) && (m->thr[i] = malloc((size_t)L * sizeof(float))) &&
@@ -604,6 +663,10 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     for (int32_t i = 0; i < hd / 2; i++) {
         m->inv_freq[i] = pow((double)desc->rope_base, -(double)(2 * i) / (double)hd);
         if (freqs) m->inv_freq[i] /= (double)freqs[i];
+        if (swa) {
+            m->inv_freq_swa[i] = pow((double)desc->rope_base_swa, -(double)(2 * i) / (double)hd);
+            if (freqs) m->inv_freq_swa[i] /= (double)freqs[i];
+        }
     }
     for (int32_t i = 0; i < widest; i++) m->iota[i] = i;
     m->pool = lr_pool_new(n_threads);

@@ -73,6 +73,7 @@ static inline float lr_expf(float x) {
  * against the torch reference to move SmolLM2's perplexity at s = 0.6 by 6 % (test_quality) */
 static inline float lr_silu(float g) { return g / (1.0f + expf(-g)); }
 
+
 static inline int lr_is_im(int32_t type) { return type == LR_Q8_0_IM || type == LR_Q4_0_IM; }
 
 static inline const uint8_t *lr_row(const lr_tensor *w, int64_t r) {
@@ -135,6 +136,16 @@ static inline uint16_t fp32_to_fp16(float f) {
     uint32_t h = ((ax >> 13) - (112u << 10)), rest = ax & 0x1fff;   /* rebias 127 -> 15 */
     h += rest > 0x1000 || (rest == 0x1000 && (h & 1));           /* a carry into the exponent is right */
     return (uint16_t)(sign | h);
+}
+
+/* ggml's CPU GELU (ggml-cpu vec.h with GGML_GELU_FP16, which llama.cpp's GeGLU uses): a table over
+ * half-precision inputs of 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), stored as half */
+static inline float lr_gelu_tanh(float x) {
+    if (x <= -10.0f) return 0.0f;
+    if (x >= 10.0f) return x;
+    const float h = fp16_to_fp32(fp32_to_fp16(x));
+    const float y = 0.5f * h * (1.0f + tanhf(0.79788456080286535587989211986876f * h * (1.0f + 0.044715f * h * h)));
+    return fp16_to_fp32(fp32_to_fp16(y));
 }
 
 typedef struct {

@@ -30,7 +30,11 @@ typedef struct {
     /* what an architecture adds to llama's layer (FORMAT.md), each F32 or absent: */
     lr_tensor bqkv;      /* [1, (nh + 2 nkv) hd] added to q, k, v (Qwen2, llama with biases) */
     lr_tensor bo, bdown; /* [1, d] added to the o / down products, before the residual add */
-    lr_tensor q_norm, k_norm;  /* [1, hd] RMSNorm scales over each head of q / k, before RoPE (Qwen3) */
+    lr_tensor q_norm, k_norm;  /* [1, hd] RMSNorm scales over each head of q / k, before RoPE (Qwen3, Gemma 3) */
+    lr_tensor post_attn_norm, post_ffn_norm;   /* [1, d] RMSNorm scales of the o / down output before
+                                                  the residual add (Gemma's sandwich norms) */
+    int32_t n_swa;       /* > 0: a sliding-window layer: attends to the last n_swa positions (itself
+                            included) and rotates by the desc's rope_base_swa; 0: all positions */
 } lr_layer;
 
 typedef struct {
@@ -42,7 +46,13 @@ typedef struct {
     lr_tensor out_norm;      /* [d] F32 or absent */
     lr_tensor rope_freqs;    /* [hd / 2] F32 or absent */
     const lr_layer *layers;  /* n_layers entries; copied by lr_model_new */
-    int32_t mlp_out_gate_key; /* 1: the down input is ranked by |silu(gate_j)| (CATS), not |m_j| */
+    int32_t mlp_out_gate_key; /* 1: the down input is ranked by |act(gate_j)| (CATS), not |m_j| */
+    /* what an architecture adds (FORMAT.md "Architecture keys"); all zero: llama */
+    float embd_scale;         /* the looked-up embedding row times this (Gemma: sqrt(d)); 0: 1 */
+    float rope_base_swa;      /* RoPE base of the sliding-window layers (n_swa > 0) */
+    float attn_softcap;       /* > 0: attention scores c tanh(s / c) (Gemma 2) */
+    float final_softcap;      /* > 0: logits c tanh(z / c) */
+    int32_t act;              /* the MLP's gate activation: LR_ACT_SILU (SwiGLU) or LR_ACT_GELU_TANH (GeGLU) */
 } lr_model_desc;
 
 typedef struct lr_model lr_model;
@@ -53,6 +63,9 @@ enum { LR_OK = 0, LR_EARG = -1, LR_ESHAPE = -2, LR_ETYPE = -3, LR_ENOMEM = -4, L
 /* tensor types: ggml ids, and the input-major quantized types of FORMAT.md (ggml's Q8_0 / Q4_0 of
  * the output-major weight stored transposed, scales apart; rows % 32 == 0, cols % 64 == 0) */
 enum { LR_F32 = 0, LR_F16 = 1, LR_Q4_0 = 2, LR_Q8_0 = 8, LR_Q8_0_IM = 108, LR_Q4_0_IM = 102 };
+/* activations: SiLU; GELU in its tanh form as ggml's CPU backend computes it (input and output
+ * rounded to half precision, its GGML_GELU_FP16 table; 0 below -10, x above 10) */
+enum { LR_ACT_SILU = 0, LR_ACT_GELU_TANH = 1 };
 /* SIMD levels */
 enum { LR_SIMD_SCALAR = 0, LR_SIMD_AVX2 = 1, LR_SIMD_AVX512 = 2, LR_SIMD_NEON = 3 };
 

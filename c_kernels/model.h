@@ -60,6 +60,8 @@ struct lr_model {
     int32_t widest;            /* max(d, nh hd, ff) */
     double *inv_freq;          /* [hd / 2] */
     float *rope_cos, *rope_sin;
+    double *inv_freq_swa;      /* [hd / 2] the sliding-window layers' (desc rope_base_swa), or NULL */
+    float *rope_cos_swa, *rope_sin_swa;
     lr_pool *pool;
     int32_t profile;           /* per-op timers on (lr_model_profile) */
     double prof_ns[LR_NPROF];
@@ -71,13 +73,22 @@ struct lr_model {
 };
 
 void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w);
-void lr_rope_angles(const lr_model *m, int32_t pos, float *c, float *s);
+/* cos / sin of position pos for the RoPE base of a layer of sliding window n_swa (0: none) */
+void lr_rope_angles(const lr_model *m, int32_t pos, int32_t n_swa, float *c, float *s);
 void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s);
 /* one token's q, k, v after their product, before RoPE: the layer's bias and q/k norms, if any
  * (the decode step and the prompt path alike) */
 void lr_qkv_extras(const lr_model *m, const lr_layer *L, float *qkv);
 /* y[0:n] += b (an output bias), when b is present */
 void lr_add_bias(float *y, const lr_tensor *b, int32_t n);
+/* a block's output y [d] before the residual add: its bias, then its post norm (Gemma), if any */
+void lr_block_out(const lr_model *m, const lr_tensor *bias, const lr_tensor *post_norm, float *y);
+/* out[0:ff] = act(gu[0:ff]) * gu[ff:2 ff], the desc's activation (SwiGLU, GeGLU) */
+void lr_glu(const lr_model *m, const float *gu, float *out, int32_t i0, int32_t i1);   /* out[i0:i1] */
+/* the residual entering layer 0: the token's embedding row, times the desc's embd_scale */
+void lr_embed(const lr_model *m, int32_t token, float *x);
+/* logits [n_vocab] soft-capped by the desc's final_softcap, when set; LR_ENAN if one is not finite */
+int32_t lr_logits_done(const lr_model *m, float *logits);
 /* attention of one query head (q: hd floats) at position pos over cached positions 0..pos;
  * scores: pos + 1 floats of scratch, thread: whose Q8_0 scratch it uses */
 void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head, const float *q,

@@ -129,8 +129,7 @@ static void prep_task(void *p, int ith, int nth, int thread) {
             lr_rmsnorm(x, m->bx + (size_t)t * d->dim, d->dim, d->norm_eps, NULL);
         } else if (j->block == MLP_OUT) {
             const float *gu = m->bgu + (size_t)t * 2 * ff;
-            #pragma omp simd
-            for (int32_t i = 0; i < ff; i++) x[i] = lr_silu(gu[i]) * gu[ff + i];
+            lr_glu(m, gu, x, 0, d->ffn_dim);
             gate = gu;
         }
         sparsify(m, x, gate, j->t0 + t, j->layer, j->block, t, thread);
@@ -163,7 +162,7 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         for (int32_t t = 0; t < n; t++) {
             float *qkv = m->bqkv + (size_t)t * qkvd;
             lr_qkv_extras(m, L, qkv);
-            lr_rope_angles(m, pos0 + t, m->rope_cos, m->rope_sin);
+            lr_rope_angles(m, pos0 + t, L->n_swa, m->rope_cos, m->rope_sin);
             lr_rope(qkv, nh, hd, m->rope_cos, m->rope_sin);
             lr_rope(qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
             lr_kv_write(m, l, pos0 + t, qkv + qd, qkv + qd + kvd);
@@ -172,13 +171,13 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         lr_pool_run(m->pool, battn_task, &aj);
         prep(m, t0, n, l, ATTN_OUT);
         gemm(m, &L->wo, m->bao, qd, m->bmask, m->by, dim, n);
-        for (int32_t t = 0; t < n; t++) lr_add_bias(m->by + (size_t)t * dim, &L->bo, dim);
+        for (int32_t t = 0; t < n; t++) lr_block_out(m, &L->bo, &L->post_attn_norm, m->by + (size_t)t * dim);
         add_rows(m->bx, dim, m->by, dim, n, dim);
         prep(m, t0, n, l, MLP_IN);
         gemm(m, &L->wgu, m->bxn, W, m->bmask, m->bgu, 2 * ff, n);
         prep(m, t0, n, l, MLP_OUT);
         gemm(m, &L->wdown, m->bxn, W, m->bmask, m->by, dim, n);
-        for (int32_t t = 0; t < n; t++) lr_add_bias(m->by + (size_t)t * dim, &L->bdown, dim);
+        for (int32_t t = 0; t < n; t++) lr_block_out(m, &L->bdown, &L->post_ffn_norm, m->by + (size_t)t * dim);
         add_rows(m->bx, dim, m->by, dim, n, dim);
     }
 }
@@ -194,18 +193,20 @@ static int32_t batch_head(lr_model *m, int32_t n, float *out) {
     for (int32_t t = 0; t < n; t++)
         lr_rmsnorm(m->bxn + (size_t)t * W, m->bx + (size_t)t * dim, dim, d->norm_eps,
                    d->out_norm.data ? (const float *)d->out_norm.data : NULL);
-    for (int32_t t = 0; t < n; t++)   /* the decode step's product, per token */
+    int32_t rc = LR_OK;
+    for (int32_t t = 0; t < n; t++) {   /* the decode step's product, per token */
         lr_head_rows(m, m->bxn + (size_t)t * W, out + (size_t)t * d->n_vocab);
-    for (int64_t i = 0; i < (int64_t)n * d->n_vocab; i++)
-        if (!isfinite(out[i])) return LR_ENAN;
-    return LR_OK;
+        const int32_t r = lr_logits_done(m, out + (size_t)t * d->n_vocab);
+        rc = rc ? rc : r;
+    }
+    return rc;
 }
 
 int32_t lr_prefill(lr_model *m, const int32_t *tokens, int32_t n, int32_t pos0, float *logits, int32_t all_logits) {
     const int32_t dim = m->d.dim;
     for (int32_t t0 = 0; t0 < n; t0 += LR_BATCH) {
         const int32_t nb = n - t0 < LR_BATCH ? n - t0 : LR_BATCH;
-        for (int32_t t = 0; t < nb; t++) lr_dequant_row(&m->d.embd, tokens[t0 + t], m->bx + (size_t)t * dim);
+        for (int32_t t = 0; t < nb; t++) lr_embed(m, tokens[t0 + t], m->bx + (size_t)t * dim);
         batch_layers(m, t0, nb, pos0 + t0);
         m->n_past = pos0 + t0 + nb;
         if (t0 + nb == n)   /* the last residual, for a last-token head in forward.c */

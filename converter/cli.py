@@ -10,10 +10,10 @@ from larosa.runtime import format as F
 from larosa.runtime.errors import LarosaError
 
 DESCRIPTION = """\
-Convert a llama.cpp GGUF (architecture llama) into a LaRoSA GGUF that larosa-run, larosa-chat and
-the larosa.runtime Python API read. Per layer, a rotation Q_l (PCA of the calibration activations)
-is fused into the weights, which are stored input-major so that decoding with Top-K activation
-sparsity reads only the selected rows. The input is never modified; the output appears only when
+Convert a llama.cpp GGUF (architecture llama, qwen2, qwen3 or gemma3) into a LaRoSA GGUF that
+larosa-run, larosa-chat and the larosa.runtime Python API read. Per layer, a rotation Q_l (PCA of
+the calibration activations) is fused into the weights, which are stored input-major so that
+decoding with Top-K activation sparsity reads only the selected rows. The input is never modified; the output appears only when
 complete (a temporary file is renamed), and an existing output is kept unless --force."""
 
 EPILOG = """\
@@ -46,7 +46,7 @@ see also: larosa-run, larosa-chat, larosa-perplexity; FORMAT.md describes the ou
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="larosa-convert", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("input", help="llama GGUF to convert (any type gguf can dequantize)")
+    parser.add_argument("input", help="llama.cpp GGUF to convert (any type gguf can dequantize)")
     p = parser.add_argument_group("output")
     p.add_argument("-o", "--output", help="output path (default: INPUT stem + .larosa-TYPE.gguf)")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")

@@ -1,4 +1,4 @@
-"""llama / qwen2 / qwen3 GGUF -> LaRoSA GGUF, in two passes over the layers.
+"""llama / qwen2 / qwen3 / gemma3 GGUF -> LaRoSA GGUF, in two passes over the layers.
 
 Pass 1 (calibration): the dense original model runs over the calibration tokens one layer at a time.
 For each layer l it accumulates H_l = sum u^T u (u: the scale-free RMSNorm of the residual entering
@@ -22,14 +22,14 @@ from gguf import GGUFValueType, GGUFWriter, quants
 from tqdm import tqdm
 
 from larosa.runtime import format as F
-from larosa.runtime.errors import LarosaError
+from larosa.runtime.errors import LarosaError, UnsupportedError
 from larosa.runtime.gguf_file import copy_fields
 from larosa.runtime.loader import load
 
 from . import fuse
 from . import selection as S
 from .calibrate import Calibration
-from .model import TopK, layer_forward, rmsnorm, rope_tables
+from .model import TopK, layer_forward, rmsnorm, rope_sets
 from .source import SourceModel
 
 # general.file_type values of llama.cpp (llama_ftype) for the --type choices
@@ -167,6 +167,7 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
     w.add_float32(F.K_ROPE_BASE, hp.rope_base)
     w.add_uint32(F.K_ROPE_DIM, hp.head_dim)
     w.add_bool(F.K_TIED, hp.tied)
+    _write_arch_keys(w, hp)
     w.add_float32(F.K_SPARSITY, float(opts.sparsity))
     u32, f32 = GGUFValueType.UINT32, GGUFValueType.FLOAT32
     for b in F.BLOCK_INPUTS:
@@ -187,6 +188,34 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
     copy_fields(src.reader, w, src.tokenizer_fields())
 
 
+def _write_arch_keys(w: GGUFWriter, hp: F.HParams) -> None:
+    """The architecture keys (FORMAT.md) that differ from llama's behaviour; none for llama files."""
+    if hp.embd_scale != 1.0:
+        w.add_float32(F.K_EMBD_SCALE, hp.embd_scale)
+    if hp.act != "silu":
+        w.add_string(F.K_ACTIVATION, hp.act)
+    if hp.n_swa:
+        w.add_uint32(F.K_SWA, hp.n_swa)
+        w.add_key_value(F.K_SWA_LAYERS, [int(b) for b in hp.swa_layers], GGUFValueType.ARRAY, GGUFValueType.UINT8)
+        w.add_float32(F.K_ROPE_BASE_SWA, hp.rope_base_swa)
+    if hp.attn_softcap:
+        w.add_float32(F.K_ATTN_SOFTCAP, hp.attn_softcap)
+    if hp.final_softcap:
+        w.add_float32(F.K_FINAL_SOFTCAP, hp.final_softcap)
+
+
+def check_method(src: SourceModel, m: S.Method, method: str) -> None:
+    """The fused LaRoSA form needs every write to the residual to be a linear output, so that the
+    rotation passes through it (FORMAT.md). A post norm (Gemma) writes RMSNorm(o) * g: the rotation
+    commutes with the RMSNorm but not with the per-channel g, so the fused model would need two more
+    dense d x d products per layer to stay exact; refused rather than made inexact."""
+    if src.arch.post_norms and m.rotation != "identity":
+        raise UnsupportedError(
+            f"{src.path}: --method {method} (rotation {m.rotation}) is not supported on {src.arch.title}: its "
+            "post-attention and post-FFN norms scale the residual per channel after an RMSNorm, which a "
+            "rotated residual cannot absorb exactly; use an unrotated method (budget, wina, teal, topk, cats)")
+
+
 def output_shapes(src: SourceModel, m: S.Method, rotated: list[bool]) -> dict[str, tuple[int, ...]]:
     scores = {(l, b) for l, r in enumerate(rotated) for b in S.SCORED[S.layer_score(m, r)]}
     return F.expected_tensors(src.hp, rotated, scores, src.has_rope_freqs(), src.vectors())
@@ -199,6 +228,7 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
     m = S.method(opts.method, opts.rotation, opts.score, opts.coefs)
     src = SourceModel(src_path)
     hp = src.hp
+    check_method(src, m, opts.method)
     if os.path.exists(out_path) and os.path.samefile(src_path, out_path):
         raise LarosaError(f"{out_path}: output would overwrite the input")
     if calib.tokens.ndim != 2 or calib.tokens.size == 0:
@@ -252,8 +282,10 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
     """Pass 1: the basis and the threshold tables of every layer."""
     hp = src.hp
     x = src.weight("token_embd.weight")[torch.from_numpy(calib.tokens.astype(np.int64))]  # [n_win, T, d]
+    if hp.embd_scale != 1.0:
+        x = x * torch.tensor(hp.embd_scale, dtype=torch.float32)
     freqs = src.rope_freqs()   # rope_freqs.weight and the linear RoPE factor (source.py)
-    cos, sin = rope_tables(hp, x.shape[1], freqs)
+    ropes = rope_sets(hp, x.shape[1], freqs)
     widths = {b: hp.block_input_width(b) for b in F.BLOCK_INPUTS}
     look = bool(m.thresholds) or m.rotation == "auto"      # does the plan need the block inputs?
     eye = torch.eye(hp.dim, dtype=torch.float64)
@@ -270,7 +302,7 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
         seen = TopK(**{b: [widths[b]] * hp.n_layers for b in F.BLOCK_INPUTS}, seen={}) if look else None
         outs, attn, gate = [], [], []
         for xw in x:
-            outs.append(layer_forward(orig, xw[None], hp, cos, sin, seen, l)[0])
+            outs.append(layer_forward(orig, xw[None], hp, *ropes[hp.layer_rope_base(l)], seen, l)[0])
             if look:
                 attn.append(seen.seen["attn_out"][l][0])
                 gate.append(seen.seen["mlp_in"][l][0] @ orig.wgu[:, :hp.ffn_dim])
@@ -280,8 +312,8 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
             k_l = {b: ks[b][l] for b in F.BLOCK_INPUTS}
             fused = {"pca": fuse.fuse_layer(orig, Q, None) if Q is not None else None,
                      "id": fuse.fuse_layer(orig, eye, None)}
-            inputs = {name: S.block_inputs(orig, xs, hp.norm_eps, Q if name == "pca" else None, hp.ffn_dim,
-                                           attn, gate) for name, f in fused.items() if f is not None}
+            inputs = {name: S.block_inputs(orig, xs, hp, Q if name == "pca" else None, attn, gate)
+                      for name, f in fused.items() if f is not None}
             scores = {name: S.scores_of(S.layer_score(m, name == "pca"), f, orig)
                       for name, f in fused.items() if f is not None}
             if m.rotation == "auto" and not S.choose_rotation(m, orig, fused["pca"], fused["id"], inputs["pca"],
@@ -290,7 +322,7 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
             basis = "pca" if plan.Q is not None else "id"
             plan.score = S.layer_score(m, plan.Q is not None)
             for i, b in enumerate(m.thresholds):
-                key = S.key_of(b, inputs[basis][b], scores[basis].get(b), gate, m.mlp_out_key)
+                key = S.key_of(b, inputs[basis][b], scores[basis].get(b), gate, m.mlp_out_key, hp.act)
                 plan.thresholds[b] = S.threshold_table(key, seed=l * 4 + i)
         plans.append(plan)
         x = torch.stack(outs)
@@ -332,7 +364,8 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
         put(F.T_DOWN(l), fused.wdown)
         for b, score in S.scores_of(plans[l].score, fused, orig).items():
             put(F.T_SCORE(l, b), score)
-        for kind, v in zip(F.LAYER_VECTORS, (fused.bqkv, fused.bo, fused.bdown, fused.q_norm, fused.k_norm)):
+        for kind, attr in F.LAYER_VECTOR_FIELDS.items():
+            v = getattr(fused, attr)
             if v is not None:
                 put(F.T_VEC(l, kind), v)
         del fused

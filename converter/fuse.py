@@ -33,14 +33,19 @@ def source_layer(w: dict[str, torch.Tensor]) -> Layer:
         wdown=w["ffn_down"].T.contiguous(),
         attn_norm=w["attn_norm"], ffn_norm=w["ffn_norm"],
         bqkv=bqkv, bo=w.get("attn_output.bias"), bdown=w.get("ffn_down.bias"),
-        q_norm=w.get("attn_q_norm"), k_norm=w.get("attn_k_norm"))
+        q_norm=w.get("attn_q_norm"), k_norm=w.get("attn_k_norm"),
+        post_attn_norm=w.get("post_attention_norm"), post_ffn_norm=w.get("post_ffw_norm"))
 
 
 def fuse_layer(src: Layer, Q: torch.Tensor, adapter: torch.Tensor | None) -> Layer:
     """src in original form (norm scales present), Q = Q_l; adapter = Q_{l-1}^T Q_l or None.
     The q/k/v bias and the q/k norms act after the product, on the unrotated heads: unchanged; an
-    output bias writes the residual, so it turns with the basis like the output weights."""
+    output bias writes the residual, so it turns with the basis like the output weights. A post norm
+    (Gemma) scales the residual's channels after an RMSNorm, which a rotation does not commute with:
+    only the identity basis fuses exactly there (convert.py refuses a rotated plan for such models)."""
     Qf = Q.float()
+    if (src.post_attn_norm is not None or src.post_ffn_norm is not None) and not torch.equal(Qf, torch.eye(len(Qf))):
+        raise ValueError("a layer with post norms fuses only with the identity basis")
     return Layer(
         wqkv=Qf.T @ (src.attn_norm[:, None] * src.wqkv),   # u_rot Q^T diag(g) W
         wo=src.wo @ Qf,                                       # writes the rotated residual
@@ -48,7 +53,8 @@ def fuse_layer(src: Layer, Q: torch.Tensor, adapter: torch.Tensor | None) -> Lay
         wdown=src.wdown @ Qf,
         adapter=None if adapter is None else adapter.float(),
         bqkv=src.bqkv, bo=None if src.bo is None else src.bo @ Qf,
-        bdown=None if src.bdown is None else src.bdown @ Qf, q_norm=src.q_norm, k_norm=src.k_norm)
+        bdown=None if src.bdown is None else src.bdown @ Qf, q_norm=src.q_norm, k_norm=src.k_norm,
+        post_attn_norm=src.post_attn_norm, post_ffn_norm=src.post_ffn_norm)
 
 
 def adapter(Q_prev: torch.Tensor | None, Q: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""A LLaMA forward pass (with the biases and q/k norms of Qwen2 / Qwen3, Layer) in torch: the reference for calibration and for the C runtime.
+"""A LLaMA forward pass (with what Qwen2 / Qwen3 / Gemma 3 add: biases, q/k norms, post norms,
+sliding windows, GeGLU, soft-capping; Layer and HParams) in torch: the reference for calibration
+and for the C runtime.
 
 One function serves both the original model and the fused LaRoSA model; they differ only in
 their weights (see FORMAT.md). Conventions: activations are row vectors, every linear is
@@ -30,6 +32,8 @@ class Layer:
     bdown: torch.Tensor | None = None      # [d] added to the down product
     q_norm: torch.Tensor | None = None     # [hd] RMSNorm scale over each head of q, before RoPE (Qwen3)
     k_norm: torch.Tensor | None = None     # [hd] the same for k
+    post_attn_norm: torch.Tensor | None = None  # [d] RMSNorm scale of the o output before the residual add (Gemma)
+    post_ffn_norm: torch.Tensor | None = None   # [d] the same for the down output
     act_q8: frozenset = frozenset()        # names of the weights above whose inputs the runtime
                                            # quantizes to 8 bits (Q8_0 / Q4_0 weights: quantize_act)
 
@@ -161,14 +165,53 @@ def topk_keep(x: torch.Tensor, k: int, score: torch.Tensor | None = None) -> tor
     return x if k >= x.shape[-1] else x * topk_mask(x, k, score)
 
 
-def rope_tables(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None, offset: int = 0):
-    """cos/sin [T, hd/2] for llama's pairing: (x[2i], x[2i+1]) rotates by pos * base^(-2i/hd)."""
+def rope_tables(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None, offset: int = 0,
+                base: float | None = None):
+    """cos/sin [T, hd/2] for llama's pairing: (x[2i], x[2i+1]) rotates by pos * base^(-2i/hd)
+    (base: hp.rope_base unless given)."""
     i = torch.arange(0, hp.head_dim, 2, dtype=torch.float64)
-    inv_freq = hp.rope_base ** (-i / hp.head_dim)
+    inv_freq = (hp.rope_base if base is None else base) ** (-i / hp.head_dim)
     if rope_freqs is not None:
         inv_freq = inv_freq / rope_freqs.double()
     ang = torch.arange(offset, offset + n_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
     return ang.cos().float(), ang.sin().float()
+
+
+def rope_sets(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None) -> dict:
+    """{base: (cos, sin)} for every RoPE base the layers use (hp.layer_rope_base)."""
+    bases = {hp.layer_rope_base(l) for l in range(hp.n_layers)}
+    return {b: rope_tables(hp, n_pos, rope_freqs, base=b) for b in bases}
+
+
+def gelu_tanh_ggml(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh form 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), as ggml's CPU backend
+    computes it (ggml-cpu vec.h, GGML_GELU_FP16, used by llama.cpp's GeGLU): a table over half-precision
+    inputs, so x and the result are rounded to float16; 0 below -10, x above 10. Exact GELU differs
+    from llama.cpp's logits by ~1e-4 relative on the synthetic Gemma test, this by ~2e-5."""
+    h = x.float().half().float()
+    y = (0.5 * h * (1.0 + torch.tanh(0.7978845608028654 * h * (1.0 + 0.044715 * h * h)))).half().float()
+    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, y))
+
+
+ACTIVATION = {"silu": Fn.silu, "gelu_tanh": gelu_tanh_ggml}
+
+
+def attention(q, k, v, window: int, softcap: float) -> torch.Tensor:
+    """Causal attention of q [B, H, T, hd] over k, v [B, Hkv, T, hd] (grouped heads), scores
+    q.k / sqrt(hd), soft-capped c tanh(s / c) when softcap > 0, each position seeing the last
+    `window` positions (itself included; 0: all), as llama.cpp masks a sliding-window layer
+    (llama_hparams::is_masked_swa: key p0 hidden from query p1 when p1 - p0 >= n_swa)."""
+    if not window and not softcap:
+        return Fn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    s = (q @ k.transpose(-1, -2)) * (1.0 / q.shape[-1] ** 0.5)
+    if softcap:
+        s = softcap * torch.tanh(s * (1.0 / softcap))
+    T = q.shape[2]
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    seen = (j <= i) & ((i - j < window) if window else True)
+    return s.masked_fill(~seen, float("-inf")).softmax(-1) @ v
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -184,15 +227,17 @@ def add_bias(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
 
 def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | None = None,
                   l: int = 0, kv_types: tuple = ("f32", "f32")) -> torch.Tensor:
-    """One decoder layer on the residual r [B, T, d] (positions 0..T-1, causal); keys and values
-    rounded as a KV cache of kv_types stores them."""
+    """One decoder layer l on the residual r [B, T, d] (positions 0..T-1, causal; cos, sin: the
+    tables of the layer's RoPE base, rope_sets); keys and values rounded as a KV cache of kv_types
+    stores them. A post norm (Gemma) normalizes a block's output before the residual add."""
+    act = ACTIVATION[hp.act]
     def keep(x, which, gate=None):
         if ks is None:
             return x
         if ks.seen is not None:
             ks.seen.setdefault(which, {})[l] = x
         score = None if ks.score is None else ks.score.get(which, {}).get(l)
-        key = Fn.silu(gate) if gate is not None and ks.gate_key else x
+        key = act(gate) if gate is not None and ks.gate_key else x
         if ks.keys is not None:
             ks.keys.setdefault(which, {})[l] = key.abs() if score is None else key.abs() * score
         if ks.forced is not None:
@@ -224,26 +269,42 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
     if kv_types[0] == "q8_0":
         q = kv_round(q, "q8_0")
     k, v = kv_round(k, kv_types[0]), kv_round(v, kv_types[1])
-    a = Fn.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=nkv != nh)
+    a = attention(q, k, v, hp.window(l), hp.attn_softcap)
     a = keep(a.transpose(1, 2).reshape(B, T, nh * hd), "attn_out")
-    r = r + add_bias(matmul(a, lw.wo, "wo" in q8), lw.bo)
+    r = r + post_norm(add_bias(matmul(a, lw.wo, "wo" in q8), lw.bo), lw.post_attn_norm, hp.norm_eps)
     h = keep(rmsnorm(r, lw.ffn_norm, hp.norm_eps), "mlp_in")
     gate, up = matmul(h, lw.wgu, "wgu" in q8).chunk(2, dim=-1)
-    m = keep(Fn.silu(gate) * up, "mlp_out", gate)
-    return r + add_bias(matmul(m, lw.wdown, "wdown" in q8), lw.bdown)
+    m = keep(act(gate) * up, "mlp_out", gate)
+    return r + post_norm(add_bias(matmul(m, lw.wdown, "wdown" in q8), lw.bdown), lw.post_ffn_norm, hp.norm_eps)
+
+
+def post_norm(y: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    return y if w is None else rmsnorm(y, w, eps)
+
+
+def embed(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
+    """The residual entering layer 0: the embedding rows, times hp.embd_scale (Gemma: sqrt(d),
+    applied to the looked-up row only, so a tied head reads the stored rows)."""
+    r = w.embd[tokens]
+    return r if w.hp.embd_scale == 1.0 else r * torch.tensor(w.hp.embd_scale, dtype=torch.float32)
+
+
+def softcap(z: torch.Tensor, c: float) -> torch.Tensor:
+    """c tanh(z / c) (Gemma 2's final logits; ggml scales by 1 / c, tanh, scales by c); c = 0: z."""
+    return z if not c else torch.tanh(z * torch.tensor(1.0 / c, dtype=torch.float32)) * c
 
 
 def head_forward(w: Weights, r: torch.Tensor) -> torch.Tensor:
     if w.out_adapter is not None:
         r = matmul(r, w.out_adapter, "out_adapter" in w.act_q8)
-    return matmul(rmsnorm(r, w.out_norm, w.hp.norm_eps), w.head.T, "head" in w.act_q8)
+    return softcap(matmul(rmsnorm(r, w.out_norm, w.hp.norm_eps), w.head.T, "head" in w.act_q8), w.hp.final_softcap)
 
 
 @torch.inference_mode()
 def forward(w: Weights, tokens: torch.Tensor, ks: TopK | None = None) -> torch.Tensor:
     """tokens [B, T] int -> logits [B, T, vocab] (float32)."""
-    cos, sin = rope_tables(w.hp, tokens.shape[1], w.rope_freqs)
-    r = w.embd[tokens]
+    ropes = rope_sets(w.hp, tokens.shape[1], w.rope_freqs)
+    r = embed(w, tokens)
     for l, lw in enumerate(w.layers):
-        r = layer_forward(lw, r, w.hp, cos, sin, ks, l, w.kv_types)
+        r = layer_forward(lw, r, w.hp, *ropes[w.hp.layer_rope_base(l)], ks, l, w.kv_types)
     return head_forward(w, r)

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as Fn
 
 from larosa.runtime import format as F
 from larosa.runtime.errors import LarosaError
 
-from .model import Layer, rmsnorm, topk_mask
+from .model import ACTIVATION, Layer, post_norm, rmsnorm, topk_mask
 
 # threshold tables are stored at these sparsity levels; the runtime interpolates between them
 GRID = [round(0.05 * i, 2) for i in range(1, 20)]
@@ -96,22 +95,28 @@ def scores_of(mode: str, fused: Layer, src: Layer) -> dict[str, torch.Tensor]:
     if mode == "norm":     # identity basis: |u_i| * |g_i| = |input of the original linear|
         return {"attn_in": src.attn_norm.abs(), "mlp_in": src.ffn_norm.abs()}
     if mode == "wina":     # |x_i| * ||row i of the fused weight||: the size of input i's contribution
-        return {"attn_in": fused.wqkv.norm(dim=1), "attn_out": fused.wo.norm(dim=1),
-                "mlp_in": fused.wgu.norm(dim=1), "mlp_out": fused.wdown.norm(dim=1)}
+        # A post norm (Gemma) writes RMSNorm(x W) * g to the residual: input i contributes
+        # x_i W[i, :] * g / rms(x W), and rms(x W) is the same for every input of the token, so
+        # the rows are measured with g on their output channels.
+        def out_rows(w, g):
+            return (w if g is None else w * g[None, :]).norm(dim=1)
+        return {"attn_in": fused.wqkv.norm(dim=1), "attn_out": out_rows(fused.wo, fused.post_attn_norm),
+                "mlp_in": fused.wgu.norm(dim=1), "mlp_out": out_rows(fused.wdown, fused.post_ffn_norm)}
     return {}
 
 
-def block_inputs(src: Layer, x: torch.Tensor, eps: float, Q: torch.Tensor | None, ff: int,
+def block_inputs(src: Layer, x: torch.Tensor, hp: F.HParams, Q: torch.Tensor | None,
                  attn: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor]:
     """The four block inputs as the runtime sees them, in layer l's basis, for the calibration
     residuals x [N, d]: attn is the attention output [N, nh hd], gate the MLP gate [N, ff]
     (both from the dense original layer)."""
     Qf = None if Q is None else Q.float()
+    eps = hp.norm_eps
     u = rmsnorm(x, None, eps)
-    u2 = rmsnorm(x + attn @ src.wo + (0 if src.bo is None else src.bo), None, eps)
-    up = (u2 * src.ffn_norm) @ src.wgu[:, ff:]
+    u2 = rmsnorm(x + post_norm(attn @ src.wo + (0 if src.bo is None else src.bo), src.post_attn_norm, eps), None, eps)
+    up = (u2 * src.ffn_norm) @ src.wgu[:, hp.ffn_dim:]
     return {"attn_in": u if Qf is None else u @ Qf, "attn_out": attn,
-            "mlp_in": u2 if Qf is None else u2 @ Qf, "mlp_out": Fn.silu(gate) * up}
+            "mlp_in": u2 if Qf is None else u2 @ Qf, "mlp_out": ACTIVATION[hp.act](gate) * up}
 
 
 def threshold_table(keys: torch.Tensor, seed: int) -> list[float]:
@@ -139,7 +144,7 @@ def choose_rotation(m: Method, src: Layer, fused_pca: Layer, fused_id: Layer, in
 
 
 def key_of(b: str, v: torch.Tensor, score: torch.Tensor | None, gate: torch.Tensor | None,
-           mlp_out_key: str) -> torch.Tensor:
-    """The runtime's ranking key of block input b."""
-    base = Fn.silu(gate) if b == "mlp_out" and mlp_out_key == "gate" else v
+           mlp_out_key: str, act: str = "silu") -> torch.Tensor:
+    """The runtime's ranking key of block input b (CATS: |act(gate)|)."""
+    base = ACTIVATION[act](gate) if b == "mlp_out" and mlp_out_key == "gate" else v
     return base.abs() if score is None else base.abs() * score

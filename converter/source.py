@@ -1,5 +1,5 @@
-"""The input of the converter: a llama.cpp GGUF of the llama, qwen2 or qwen3 architecture, validated
-and read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
+"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3 or gemma3 architecture,
+validated and read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
 
 Architectures (ARCHS; read in llama.cpp's llama-model.cpp, checked against its logits in
 tests/test_arch_*.py): qwen2 is llama with q/k/v biases and NEOX RoPE; qwen3 is llama with an RMSNorm
@@ -8,8 +8,18 @@ over each head of q and k before RoPE (attn_q_norm / attn_k_norm), a head size o
 NEOX RoPE rotates the pairs (i, i + hd/2) of a head, the runtime's RoPE the pairs (2i, 2i + 1) at the
 same frequencies: layer() permutes the rows of q and k (and their biases and norm scales) within each
 head so that one becomes the other. q . k is unchanged by a permutation shared by q and k, so the
-model is exactly the same. Other architectures (gemma*, phi3, mistral3, granite, smollm3, ...) are
-refused by name.
+model is exactly the same.
+gemma3 (llama.cpp's llama-model.cpp and models/gemma3.cpp, checked against its logits in
+tests/test_arch_gemma.py): qwen3's q/k norms and NEOX RoPE, plus an RMSNorm with its own scale on
+the attention and MLP outputs before each residual add (post_attention_norm, post_ffw_norm), a GeGLU
+MLP (GELU in its tanh form), the embedding row scaled by sqrt(d), and sliding-window attention
+(attention.sliding_window positions) on every layer l with l % P < P - 1 (P =
+attention.sliding_window_pattern, default 6: llama_hparams::set_swa_pattern), those layers with
+their own RoPE base (rope.freq_base_swa, default 10000); final_logit_softcapping c, when present,
+maps the logits to c tanh(z / c). llama.cpp's GGUF converter already added Gemma's +1 to every norm
+scale, so they are used as stored. Scores are q.k / sqrt(head size) except for the 62-layer (27B)
+model, whose q llama.cpp scales by 1 / sqrt(d / n_heads) instead (folded into attn_q_norm).
+Other architectures (gemma2, phi3, mistral3, granite, smollm3, ...) are refused by name.
 
 Metadata: every <arch>.* key is either applied as llama.cpp applies it to a llama model or refused by
 name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS, the same for the three). What llama.cpp does with the
@@ -36,6 +46,7 @@ bias the others take zeros; other biases, mixture-of-experts and LongRoPE tensor
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -77,6 +88,11 @@ class Arch:
     qk_norm: bool = False           # attn_q_norm / attn_k_norm [hd], required
     fused_qkv: bool = False         # a fused attn_qkv may replace attn_q / k / v
     rope_freqs: bool = False        # rope_freqs.weight (Llama 3 factors) may be present
+    post_norms: bool = False        # post_attention_norm / post_ffw_norm [d], required (Gemma)
+    act: str = "silu"               # the MLP's gate activation (format.ACTIVATIONS)
+    embd_scale: bool = False        # the looked-up embedding row times sqrt(d) (Gemma)
+    swa_period: int = 0             # default attention.sliding_window_pattern (0: no sliding window)
+    keys: tuple[str, ...] = ()      # <arch>.* keys beyond LLAMA_KEYS that the converter applies
 
 
 ARCHS = {
@@ -84,7 +100,12 @@ ARCHS = {
                                    "ffn_down.bias"), fused_qkv=True, rope_freqs=True),
     "qwen2": Arch("Qwen2", neox=True, biases=("attn_q.bias", "attn_k.bias", "attn_v.bias")),
     "qwen3": Arch("Qwen3", neox=True, qk_norm=True),
+    "gemma3": Arch("Gemma 3", neox=True, qk_norm=True, post_norms=True, act="gelu_tanh", embd_scale=True,
+                   swa_period=6, keys=("attention.sliding_window", "attention.sliding_window_pattern",
+                                       "rope.freq_base_swa", "final_logit_softcapping")),
 }
+# the 62-layer Gemma 3 (27B): llama.cpp scales q by 1 / sqrt(d / n_heads), not 1 / sqrt(head size)
+GEMMA3_27B_LAYERS = 62
 assert tuple(ARCHS) == F.SOURCE_ARCHS
 _MOE = re.compile(r"blk\.\d+\.ffn_(gate_inp|(gate|up|down)_(exps|shexp)|gate_inp_shexp|exp_probs_b)\.")
 
@@ -128,6 +149,11 @@ class SourceModel:
         self._check_keys()
         self.hp = self._hparams()
         self.rope_scale, self.attn_factor = self._rope_scaling()
+        if self.rope_scale != 1.0 and self.hp.n_swa:
+            raise UnsupportedError(f"{self.path}: linear RoPE scaling ({self.prefix}rope.scaling.factor = "
+                                   f"{self.rope_scale}) with sliding-window layers is not supported (llama.cpp "
+                                   "scales the global layers only)")
+        self.q_scale = self._q_scale()
         self.fused_qkv = self.arch.fused_qkv and "blk.0.attn_qkv.weight" in self.tensors
         # the biases any layer has: every layer of the output carries them (zeros where absent)
         self.biases = tuple(b for b in self.arch.biases
@@ -139,7 +165,8 @@ class SourceModel:
     # -- metadata ---------------------------------------------------------------------------
     def _check_keys(self) -> None:
         p = self.prefix
-        unknown = [k for k in self.reader.fields if k.startswith(p) and k[len(p):] not in LLAMA_KEYS]
+        known = LLAMA_KEYS | set(self.arch.keys)
+        unknown = [k for k in self.reader.fields if k.startswith(p) and k[len(p):] not in known]
         if unknown:
             raise UnsupportedError(f"{self.path}: metadata key {unknown[0]!r} is not supported"
                                    + (f" (nor {', '.join(unknown[1:4])})" if len(unknown) > 1 else "")
@@ -200,7 +227,41 @@ class SourceModel:
                 raise FormatError(f"{self.path}: {name} = {getattr(hp, name)} must be positive")
         if not hp.norm_eps > 0 or not np.isfinite(hp.rope_base) or hp.rope_base <= 0:
             raise FormatError(f"{self.path}: invalid norm epsilon or rope base")
-        return hp
+        return self._arch_hparams(hp)
+
+    def _arch_hparams(self, hp: F.HParams) -> F.HParams:
+        """What the architecture adds to llama's hyper-parameters (module doc, Arch)."""
+        m, p, a = self.meta, self.prefix, self.arch
+        n_swa, swa_layers, base_swa = 0, (), 0.0
+        if a.swa_period:
+            n_swa = m.int(f"{p}attention.sliding_window", 0)
+            key = f"{p}attention.sliding_window_pattern"
+            if m.has(key) and m.types(key)[0] == VT.ARRAY:
+                raise UnsupportedError(f"{self.path}: {key} as one value per layer is not supported (a period is)")
+            period = m.int(key, a.swa_period)
+            if not 0 <= n_swa <= 1 << 22 or period < 0:
+                raise FormatError(f"{self.path}: {p}attention.sliding_window = {n_swa} or its pattern {period} "
+                                  "is out of range")
+            swa_layers = tuple(period == 0 or l % period < period - 1 for l in range(hp.n_layers)) if n_swa else ()
+            if n_swa and not any(swa_layers):
+                n_swa, swa_layers = 0, ()
+            base_swa = m.float(f"{p}rope.freq_base_swa", 10000.0) if n_swa else 0.0
+            if n_swa and not (math.isfinite(base_swa) and base_swa > 1):
+                raise FormatError(f"{self.path}: {p}rope.freq_base_swa = {base_swa} is invalid")
+        cap = m.float(f"{p}final_logit_softcapping", 0.0) if "final_logit_softcapping" in a.keys else 0.0
+        if not (math.isfinite(cap) and cap >= 0):
+            raise FormatError(f"{self.path}: {p}final_logit_softcapping = {cap} is invalid")
+        return dataclasses.replace(
+            hp, act=a.act, embd_scale=float(np.sqrt(np.float32(hp.dim))) if a.embd_scale else 1.0,
+            n_swa=n_swa, swa_layers=swa_layers, rope_base_swa=base_swa, final_softcap=cap)
+
+    def _q_scale(self) -> float:
+        """The factor on q beyond llama's: rope.scaling.attn_factor^2 (ggml scales the rotated q
+        and k each by it) and Gemma 3 27B's attention scale (module doc)."""
+        f = float(self.attn_factor) ** 2
+        if self.arch_name == "gemma3" and self.hp.n_layers == GEMMA3_27B_LAYERS:
+            f *= math.sqrt(self.hp.head_dim) / math.sqrt(self.hp.dim // self.hp.n_heads)
+        return f
 
     def _rope_scaling(self) -> tuple[float, float]:
         """(linear factor, attention factor) as llama.cpp derives them (module doc)."""
@@ -235,6 +296,8 @@ class SourceModel:
                      "ffn_down": (hp.dim, hp.ffn_dim)}
         if self.arch.qk_norm:
             per_layer.update(attn_q_norm=(hp.head_dim,), attn_k_norm=(hp.head_dim,))
+        if self.arch.post_norms:
+            per_layer.update(post_attention_norm=(hp.dim,), post_ffw_norm=(hp.dim,))
         bias = {"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,), "attn_output.bias": (hp.dim,),
                 "ffn_down.bias": (hp.dim,)}
         for l in range(hp.n_layers):
@@ -310,6 +373,8 @@ class SourceModel:
         names = [n for n in LAYER_TENSORS if not (self.fused_qkv and n in ("attn_q", "attn_k", "attn_v"))]
         if self.arch.qk_norm:
             names += ["attn_q_norm", "attn_k_norm"]
+        if self.arch.post_norms:
+            names += ["post_attention_norm", "post_ffw_norm"]
         w = {n: self.weight(f"blk.{l}.{n}.weight") for n in names}
         if self.fused_qkv:
             w["attn_q"], w["attn_k"], w["attn_v"] = self.weight(f"blk.{l}.attn_qkv.weight").split([q, kv, kv])
@@ -327,18 +392,18 @@ class SourceModel:
             for n in ("attn_q_norm", "attn_k_norm"):
                 if n in w:
                     w[n] = w[n][perm].contiguous()
-        if self.attn_factor != 1.0:
-            f2 = float(self.attn_factor) ** 2
+        if self.q_scale != 1.0:
             for n in (("attn_q_norm",) if self.arch.qk_norm else ("attn_q", "attn_q.bias")):
                 if n in w:
-                    w[n] = w[n] * f2
+                    w[n] = w[n] * self.q_scale
         return w
 
     def vectors(self) -> tuple[str, ...]:
         """The per-layer vectors of the LaRoSA file (format.LAYER_VECTORS) this model needs."""
         have = {"attn_qkv.bias": any(b in self.biases for b in ("attn_q.bias", "attn_k.bias", "attn_v.bias")),
                 "attn_output.bias": "attn_output.bias" in self.biases, "ffn_down.bias": "ffn_down.bias" in self.biases,
-                "attn_q_norm.weight": self.arch.qk_norm, "attn_k_norm.weight": self.arch.qk_norm}
+                "attn_q_norm.weight": self.arch.qk_norm, "attn_k_norm.weight": self.arch.qk_norm,
+                "post_attention_norm.weight": self.arch.post_norms, "post_ffw_norm.weight": self.arch.post_norms}
         return tuple(k for k in F.LAYER_VECTORS if have[k])
 
     def tokenizer_fields(self) -> list[str]:

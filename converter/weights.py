@@ -56,7 +56,7 @@ def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True) -> W
     for l in range(hp.n_layers):
         names = {"wqkv": F.T_QKV(l), "wo": F.T_O(l), "wgu": F.T_GATE_UP(l), "wdown": F.T_DOWN(l),
                  "adapter": F.T_ADAPTER(l)}
-        vecs = {f: get(F.T_VEC(l, kind)) for kind, f in zip(F.LAYER_VECTORS, ("bqkv", "bo", "bdown", "q_norm", "k_norm"))}
+        vecs = {f: get(F.T_VEC(l, kind)) for kind, f in F.LAYER_VECTOR_FIELDS.items()}
         layers.append(Layer(**{k: get(n) for k, n in names.items()}, **vecs, act_q8=q8(names)))
     embd = get(F.T_EMBD)
     head = F.T_EMBD if hp.tied else F.T_OUTPUT

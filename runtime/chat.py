@@ -25,6 +25,7 @@ from jinja2 import TemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.ext import loopcontrols
 
+from . import format as F
 from .errors import LarosaError
 from .generate import Sampling, TextScan, text_pieces
 from .gguf_file import Metadata
@@ -40,6 +41,25 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 CHATML_END = "<|im_end|>"
+# Gemma's turn format, for Gemma files without a template (llama.cpp's own Gemma 3 270M GGUF has
+# none): the shape of Gemma 3's published template (a system message opens the first user turn,
+# the assistant's role is "model", turns end with <end_of_turn>, which is a control token)
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# source architecture (larosa.source.architecture) -> its turn format, for files without a template
+FAMILY_TEMPLATES = {"gemma3": ("Gemma", GEMMA_TEMPLATE)}
 SYSTEM_FOLD_NOTE = ("the chat template has no system role (it refuses or drops a system message): "
                     "the system message is put at the start of the first user message")
 
@@ -243,13 +263,20 @@ def _special_text(model: Model, token: int) -> str:
 
 def make_setup(model: Model, template: str | None = None) -> ChatSetup:
     """A ChatSetup for model with a given template source (None: the file's; empty: none, so the
-    ChatML fallback, with a UserWarning and a note)."""
+    family's turn format (FAMILY_TEMPLATES) or else the ChatML fallback, with a UserWarning and a
+    note)."""
     tk = model.tokenizer
     if template is None:
         template = Metadata(model.file.reader, model.file.path).str("tokenizer.chat_template", default="")
     bos, eos = _special_text(model, tk.bos_id), _special_text(model, tk.eos_id)
+    family = FAMILY_TEMPLATES.get(Metadata(model.file.reader, model.file.path).str(F.K_SOURCE_ARCH, default=""))
     if template.strip():
         setup = ChatSetup(ChatTemplate(template, bos, eos))
+    elif family is not None:
+        setup = ChatSetup(ChatTemplate(family[1], bos, eos),
+                          notes=[f"the model file has no chat template (tokenizer.chat_template): "
+                                 f"using {family[0]}'s turn format"])
+        warnings.warn(f"{model.file.path}: {setup.notes[0]}", UserWarning, stacklevel=2)
     else:
         setup = ChatSetup(ChatTemplate(CHATML_TEMPLATE, bos, eos, is_fallback=True),
                           notes=["the model file has no chat template (tokenizer.chat_template): "

@@ -15,7 +15,7 @@ from gguf import quants
 
 from .errors import UnsupportedError
 
-SOURCE_ARCHS = ("llama", "qwen2", "qwen3")   # the llama.cpp architectures the converter reads
+SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")   # the llama.cpp architectures the converter reads
 ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
 FORMAT_VERSION = 2        # 2: input-major quantized weights as I8 codes + F16 scales (FORMAT.md)
 
@@ -70,6 +70,16 @@ K_ROTATED = key("rotated")                  # uint8[n_layer]: 1 where layer l ha
 K_MLP_OUT_KEY = key("mlp_out_key")          # "act" (rank |m_j|) or "gate" (rank |silu(gate_j)|)
 K_THR_GRID = key("threshold.sparsity")      # float32[G]: the levels of the threshold tables
 K_BUDGET = key("threshold.budget")          # bool: hold the thresholds to a per-token byte budget
+# what an architecture adds to llama's forward pass (FORMAT.md "Architecture keys"); each optional,
+# its absence meaning llama's behaviour
+K_EMBD_SCALE = key("embedding_scale")       # float32: the looked-up embedding row times this (Gemma: sqrt(d))
+K_ACTIVATION = key("activation")            # "silu" (SwiGLU) or "gelu_tanh" (Gemma's GeGLU, ggml's CPU GELU)
+K_SWA = key("attention.sliding_window")     # uint32 n_swa: a sliding-window layer attends to its last n_swa positions
+K_SWA_LAYERS = key("attention.sliding_window_layers")   # uint8[n_layer]: 1 where layer l uses the window
+K_ROPE_BASE_SWA = key("rope.freq_base_swa")  # float32: the RoPE base of the sliding-window layers
+K_ATTN_SOFTCAP = key("attn_logit_softcapping")    # float32 c: attention scores c tanh(s / c) (Gemma 2)
+K_FINAL_SOFTCAP = key("final_logit_softcapping")  # float32 c: logits c tanh(z / c)
+ACTIVATIONS = ("silu", "gelu_tanh")
 
 
 def K_COEF(block_input: str) -> str:
@@ -120,13 +130,20 @@ def T_DOWN(l: int) -> str:      # [ff, d] input-major
 # q/k norms"): what a source architecture adds to llama's layer. name -> its length.
 #   attn_qkv.bias    added to q, k, v after their product, before the q/k norms and RoPE
 #   attn_output.bias, ffn_down.bias  added to the block's output (in the layer's basis), then the residual
-#   attn_q_norm, attn_k_norm  RMSNorm scales over each head of q / k (Qwen3), before RoPE
-LAYER_VECTORS = ("attn_qkv.bias", "attn_output.bias", "ffn_down.bias", "attn_q_norm.weight", "attn_k_norm.weight")
+#   attn_q_norm, attn_k_norm  RMSNorm scales over each head of q / k (Qwen3, Gemma 3), before RoPE
+#   post_attention_norm, post_ffw_norm  RMSNorm (with this scale) of the o / down output before the
+#                    residual add (Gemma's "sandwich" norms)
+# kind -> the field of the reference's Layer (converter/model.py) and of the C lr_layer holding it
+LAYER_VECTOR_FIELDS = {"attn_qkv.bias": "bqkv", "attn_output.bias": "bo", "ffn_down.bias": "bdown",
+                       "attn_q_norm.weight": "q_norm", "attn_k_norm.weight": "k_norm",
+                       "post_attention_norm.weight": "post_attn_norm", "post_ffw_norm.weight": "post_ffn_norm"}
+LAYER_VECTORS = tuple(LAYER_VECTOR_FIELDS)
 
 
 def layer_vector_len(hp: "HParams", kind: str) -> int:
     return {"attn_qkv.bias": hp.qkv_dim, "attn_output.bias": hp.dim, "ffn_down.bias": hp.dim,
-            "attn_q_norm.weight": hp.head_dim, "attn_k_norm.weight": hp.head_dim}[kind]
+            "attn_q_norm.weight": hp.head_dim, "attn_k_norm.weight": hp.head_dim,
+            "post_attention_norm.weight": hp.dim, "post_ffw_norm.weight": hp.dim}[kind]
 
 
 def T_VEC(l: int, kind: str) -> str:   # kind: one of LAYER_VECTORS
@@ -146,6 +163,21 @@ class HParams:
     rope_base: float
     n_ctx: int
     tied: bool
+    # what an architecture adds (defaults: llama's); FORMAT.md "Architecture keys"
+    embd_scale: float = 1.0          # embedding rows times this (Gemma: sqrt(d))
+    act: str = "silu"                # the MLP's gate activation: silu | gelu_tanh (ACTIVATIONS)
+    n_swa: int = 0                   # sliding window (positions) of the layers in swa_layers
+    swa_layers: tuple = ()           # n_layers bools (empty: none)
+    rope_base_swa: float = 0.0       # RoPE base of the sliding-window layers
+    attn_softcap: float = 0.0        # 0: none
+    final_softcap: float = 0.0       # 0: none
+
+    def window(self, layer: int) -> int:
+        """The sliding window of a layer (positions it attends to, itself included), 0: all."""
+        return self.n_swa if self.swa_layers and self.swa_layers[layer] else 0
+
+    def layer_rope_base(self, layer: int) -> float:
+        return self.rope_base_swa if self.window(layer) else self.rope_base
 
     @property
     def qkv_dim(self) -> int:

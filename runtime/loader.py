@@ -1,6 +1,7 @@
 """Opening a LaRoSA GGUF: every key, shape and type checked against FORMAT.md before use."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -221,7 +222,39 @@ def _hparams(m: Metadata, path: str) -> F.HParams:
         raise FormatError(f"{path}: {F.K_EPS} = {hp.norm_eps} is invalid")
     if not (math.isfinite(hp.rope_base) and hp.rope_base > 1):
         raise FormatError(f"{path}: {F.K_ROPE_BASE} = {hp.rope_base} is invalid")
-    return hp
+    return _arch_hparams(m, hp, path)
+
+
+def _arch_hparams(m: Metadata, hp: F.HParams, path: str) -> F.HParams:
+    """hp with the architecture keys (FORMAT.md "Architecture keys"), each checked; absent: llama's."""
+    def positive(key: str, default: float, zero_ok: bool = True) -> float:
+        v = m.float(key, default)
+        if not (math.isfinite(v) and (v > 0 or (zero_ok and v == 0)) and v < 1e30):
+            raise FormatError(f"{path}: {key} = {v} is invalid")
+        return v
+
+    act = m.str(F.K_ACTIVATION, "silu")
+    if act not in F.ACTIVATIONS:
+        raise UnsupportedError(f"{path}: {F.K_ACTIVATION} = {act!r}; the runtime has {', '.join(F.ACTIVATIONS)}")
+    n_swa = m.int(F.K_SWA, 0)
+    if not 0 <= n_swa <= MAX_CTX:
+        raise FormatError(f"{path}: {F.K_SWA} = {n_swa} is out of range [0, {MAX_CTX}]")
+    swa_layers: tuple = ()
+    rope_base_swa = 0.0
+    if n_swa:
+        a = _per_layer(m, F.K_SWA_LAYERS, "int", hp.n_layers, path)
+        if not np.isin(a, (0, 1)).all():
+            raise FormatError(f"{path}: {F.K_SWA_LAYERS} must hold 0 or 1")
+        swa_layers = tuple(bool(v) for v in a)
+        rope_base_swa = m.float(F.K_ROPE_BASE_SWA, hp.rope_base)
+        if not (math.isfinite(rope_base_swa) and rope_base_swa > 1):
+            raise FormatError(f"{path}: {F.K_ROPE_BASE_SWA} = {rope_base_swa} is invalid")
+    elif m.has(F.K_SWA_LAYERS) or m.has(F.K_ROPE_BASE_SWA):
+        raise FormatError(f"{path}: {F.K_SWA_LAYERS} / {F.K_ROPE_BASE_SWA} without {F.K_SWA}")
+    return dataclasses.replace(
+        hp, embd_scale=positive(F.K_EMBD_SCALE, 1.0, zero_ok=False), act=act, n_swa=n_swa, swa_layers=swa_layers,
+        rope_base_swa=rope_base_swa, attn_softcap=positive(F.K_ATTN_SOFTCAP, 0.0),
+        final_softcap=positive(F.K_FINAL_SOFTCAP, 0.0))
 
 
 def _per_layer(m: Metadata, key: str, kind: str, n: int, path: str) -> np.ndarray:

@@ -190,6 +190,8 @@ class Model:
         d.n_vocab, d.dim, d.n_layers = hp.n_vocab, hp.dim, hp.n_layers
         d.n_heads, d.n_kv_heads, d.head_dim, d.ffn_dim = hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn_dim
         d.norm_eps, d.rope_base = hp.norm_eps, hp.rope_base
+        d.embd_scale, d.rope_base_swa, d.act = hp.embd_scale, hp.rope_base_swa, F.ACTIVATIONS.index(hp.act)
+        d.attn_softcap, d.final_softcap = hp.attn_softcap, hp.final_softcap
         self._tensor(F.T_EMBD, d.embd)
         self._tensor(F.T_EMBD if hp.tied else F.T_OUTPUT, d.head)
         self._tensor(F.T_OUTPUT_ADAPTER, d.out_adapter)
@@ -204,8 +206,9 @@ class Model:
             self._tensor(F.T_DOWN(l), L.wdown)
             for i, b in enumerate(F.BLOCK_INPUTS):
                 self._tensor(F.T_SCORE(l, b), L.score[i])
-            for kind, field in zip(F.LAYER_VECTORS, ("bqkv", "bo", "bdown", "q_norm", "k_norm")):
-                self._tensor(F.T_VEC(l, kind), getattr(L, field))
+            for kind, attr in F.LAYER_VECTOR_FIELDS.items():
+                self._tensor(F.T_VEC(l, kind), getattr(L, attr))
+            L.n_swa = hp.window(l)
         d.layers = layers
         d.mlp_out_gate_key = int(self.file.mlp_out_key == "gate")
         return d

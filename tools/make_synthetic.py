@@ -46,9 +46,9 @@ def spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 def tensor_plan(dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab: int,
                 tied: bool, rope_freqs: bool, head_dim: int | None = None, biases: tuple[str, ...] = (),
-                qk_norm: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+                qk_norm: bool = False, post_norms: bool = False) -> list[tuple[str, tuple[int, ...]]]:
     """biases: of attn_q, attn_k, attn_v, attn_output, ffn_down (every layer); qk_norm: Qwen3's
-    attn_q_norm / attn_k_norm."""
+    attn_q_norm / attn_k_norm; post_norms: Gemma's post_attention_norm / post_ffw_norm."""
     hd = head_dim or dim // heads
     vec = {"attn_q": heads * hd, "attn_k": kv_heads * hd, "attn_v": kv_heads * hd, "attn_output": dim, "ffn_down": dim,
            "ffn_gate": ff, "ffn_up": ff}
@@ -62,6 +62,8 @@ def tensor_plan(dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab
         plan += [(f"blk.{l}.{b}.bias", (vec[b],)) for b in biases]
         if qk_norm:
             plan += [(f"blk.{l}.attn_q_norm.weight", (hd,)), (f"blk.{l}.attn_k_norm.weight", (hd,))]
+        if post_norms:
+            plan += [(f"blk.{l}.post_attention_norm.weight", (dim,)), (f"blk.{l}.post_ffw_norm.weight", (dim,))]
     plan.append(("output_norm.weight", (dim,)))
     if not tied:
         plan.append(("output.weight", (vocab, dim)))
@@ -87,15 +89,18 @@ def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_hea
                    qtype: str = "f32", tied: bool = False, seed: int = 0, ctx: int = 4096,
                    rope_freqs: bool = False, rope_base: float = 10000.0, arch: str = "llama",
                    head_dim: int | None = None, biases: tuple[str, ...] = (), qk_norm: bool = False,
-                   chat_template: str | None = None) -> str:
-    """arch: general.architecture (llama, qwen2, qwen3: the same tensors and keys; the caller picks
-    the biases / q/k norms the architecture has); head_dim: a head size other than dim / heads
-    (written as attention.key_length / value_length)."""
+                   chat_template: str | None = None, post_norms: bool = False,
+                   extra_kv: dict | None = None) -> str:
+    """arch: general.architecture (llama, qwen2, qwen3, gemma3...: the same tensors and keys; the
+    caller picks the biases / q/k norms / post norms the architecture has); head_dim: a head size
+    other than dim / heads (written as attention.key_length / value_length); extra_kv: more
+    <arch>.* keys, name (without the prefix) -> int (uint32), float (float32) or bool."""
     if (head_dim is None and dim % heads) or heads % kv_heads or (head_dim or dim // heads) % 2:
         raise ValueError("dim must split into heads of even size; heads must be a multiple of kv-heads")
     qt = TYPES[qtype]
     rng = np.random.default_rng(seed)
-    plan = tensor_plan(dim, ff, layers, heads, kv_heads, vocab, tied, rope_freqs, head_dim, biases, qk_norm)
+    plan = tensor_plan(dim, ff, layers, heads, kv_heads, vocab, tied, rope_freqs, head_dim, biases, qk_norm,
+                       post_norms)
     types = {n: (QT.F32 if len(s) == 1 else qt) for n, s in plan}
     w = GGUFWriter(path, arch)
     w.add_name(f"synthetic-{dim}x{layers}")
@@ -114,6 +119,9 @@ def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_hea
     w.add_rope_freq_base(rope_base)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
+    for k, v in (extra_kv or {}).items():
+        add = w.add_bool if isinstance(v, bool) else w.add_uint32 if isinstance(v, int) else w.add_float32
+        add(f"{arch}.{k}", v)
     tokens, scores, ttypes = spm_vocab(vocab)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
