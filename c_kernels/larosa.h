@@ -144,5 +144,10 @@ int32_t lr_attn_values(int32_t type_v, const float *w, const void *v, int64_t st
                        float *out);
 /* best-of-reps read bandwidth (bytes/s) of a buffer of `bytes` summed by n_threads threads; -1 on error */
 double lr_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t reps);
+/* The same over the rows a sparse matvec reads: a buffer of `bytes` in rows of row_bytes (a multiple
+ * of 64), a fraction keep of them selected at random, read in ascending order by n_threads threads
+ * (contiguous shares, as the kernels split) with the kernels' software prefetch 16 rows ahead.
+ * Bytes of the selected rows per second, best of reps; -1 on bad arguments or no memory. */
+double lr_read_rows_bandwidth(int64_t bytes, int32_t row_bytes, double keep, int32_t n_threads, int32_t reps);
 
 #endif

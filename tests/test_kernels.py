@@ -287,3 +287,8 @@ def test_read_bandwidth_is_measured():
     bw = lib.lr_read_bandwidth(64 << 20, 1, 2)
     assert 1e8 < bw < 1e12
     assert lib.lr_read_bandwidth(100, 1, 1) < 0
+    for t in (1, 2):
+        assert 1e8 < lib.lr_read_rows_bandwidth(32 << 20, 768, 0.4, t, 2) < 1e12
+    for bad in [(100, 768, 0.4, 1, 1), (32 << 20, 100, 0.4, 1, 1), (32 << 20, 768, 0.0, 1, 1),
+                (32 << 20, 768, 1.5, 1, 1), (32 << 20, 768, float("nan"), 1, 1), (32 << 20, 768, 0.4, 0, 1)]:
+        assert lib.lr_read_rows_bandwidth(*bad) < 0, bad

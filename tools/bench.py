@@ -134,6 +134,7 @@ class RunTimes:
     decode_tps_wall: float
     timing: str               # where prompt_tps/decode_tps come from
     bytes_read: float | None = None   # larosa: weight bytes a decode token read (measured)
+    reads: tuple | None = None        # larosa: (rows, groups) per block input and token (Model._reads)
 
 
 class LlamaCppEngine:
@@ -204,7 +205,7 @@ class LarosaEngine:
             logits = m.eval([tok])
             decode_s += time.perf_counter() - t0
         return RunTimes(len(prompt) / prompt_s, n_gen / decode_s, n_gen / decode_s, "perf_counter",
-                        m.bytes_read_per_token())
+                        m.bytes_read_per_token(), m._reads(False)[:2])
 
     def profile(self, prompt: list[int], n_gen: int) -> dict[str, float]:
         """One extra run with the C library's per-op timers on: milliseconds per decode token."""
@@ -236,6 +237,7 @@ class Row:
     runs: list[RunTimes] = field(default_factory=list)
     ratio: float | None = None
     profile: dict[str, float] | None = None    # ms per decode token by op (--profile)
+    reader_tps: float | None = None            # larosa: a plain reader's tok/s for the same bytes (reader_tps)
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.runs)
@@ -256,6 +258,8 @@ class Row:
             d["ratio"] = self.ratio
         if self.profile is not None:
             d["profile_ms"] = self.profile
+        if self.reader_tps is not None:
+            d["reader_tps"] = self.reader_tps
         return d
 
 
@@ -302,10 +306,41 @@ def _alternate(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int]
                 f"decode {row.runs[-1].decode_tps:.2f} tok/s")
     for row in rows:   # what the decode tokens read, measured (the selections vary by token)
         row.bytes_per_token = statistics.median(r.bytes_read for r in row.runs)
+        row.reader_tps = reader_tps(sparse.model, row.runs[-1].reads, row.bytes_per_token, t, bw_gbs * 1e9)
     for row in rows if cfg.profile else []:   # after the timed rounds: the timers cost a little
         sparse.set_sparsity(row.sparsity)
         row.profile = sparse.profile(prompt, cfg.n_gen)
     return base, rows
+
+
+_ROWS_BW: dict = {}   # (row bytes, kept fraction, threads) -> lr_read_rows_bandwidth, once per process
+
+
+def reader_tps(model, reads: tuple, bytes_read: float, t: int, seq_bw: float) -> float:
+    """Tokens/s of a plain reader of one token's weight bytes: each block weight's selected rows of
+    codes at lr_read_rows_bandwidth for their length and kept fraction (t threads), everything else
+    (scale tables, head, adapters) at the sequential read bandwidth seq_bw. Not a strict bound (a
+    kernel may order its reads better), but what the memory system gives this access pattern."""
+    from larosa._kernels import lib
+    from larosa.runtime import format as F
+    rows, groups = reads
+    hp, L, seconds, codes_total = model.hp, model.hp.n_layers, 0.0, 0.0
+    types = model.file.shapes_types()
+    for name, (shape, qtype) in types.items():
+        parts = name.split(".")
+        if not (name.startswith("blk.") and parts[2] in F.WEIGHT_INPUT and parts[3] == "weight"):
+            continue
+        b, cols = F.WEIGHT_INPUT[parts[2]], shape[-1]
+        row_bytes = {F.QT.Q8_0: cols, F.QT.Q4_0: cols // 2}.get(qtype, F.row_bytes(qtype, cols))
+        k, keep = rows[b] / L, rows[b] / L / hp.block_input_width(b)
+        if k <= 0:
+            continue
+        key = (-(-row_bytes // 64) * 64, round(keep, 2), t)
+        if key not in _ROWS_BW:
+            _ROWS_BW[key] = lib.lr_read_rows_bandwidth(256 << 20, key[0], max(key[1], 0.01), t, 3)
+        seconds += k * row_bytes / _ROWS_BW[key]
+        codes_total += k * row_bytes
+    return 1.0 / (seconds + (bytes_read - codes_total) / seq_bw)
 
 
 def bench_threads(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int], t: int) -> list[Row]:
@@ -356,14 +391,15 @@ def check_pair(cfg: Config, info: DenseInfo, allow_mismatch: bool) -> tuple[str,
 
 def format_table(rows: list[Row]) -> str:
     head = ["engine", "model", "type", "sparsity", "threads", "prompt tok/s", "decode tok/s", "ratio",
-            "MiB/token", "GB/s", "% of read BW"]
+            "MiB/token", "GB/s", "% of read BW", "% of reader"]
     lines = []
     for r in rows:
         gbs = r.bandwidth_gbs
         lines.append([r.engine, r.model, r.type, f"{r.sparsity:g}", str(r.threads),
                       f"{r.median('prompt_tps'):.1f}", f"{r.median('decode_tps'):.2f}",
                       "" if r.ratio is None else f"{r.ratio:.3f}", f"{r.bytes_per_token / 2**20:.1f}",
-                      f"{gbs:.2f}", f"{100 * gbs / r.read_bandwidth_gbs:.0f}%"])
+                      f"{gbs:.2f}", f"{100 * gbs / r.read_bandwidth_gbs:.0f}%",
+                      "" if r.reader_tps is None else f"{100 * r.median('decode_tps') / r.reader_tps:.0f}%"])
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
 
     def fmt(cells: list[str]) -> str:   # text columns left, numbers right
@@ -471,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured read bandwidth, {t} thread{'s' if t > 1 else ''}: {bw:.2f} GB/s")
     print(format_table(rows))
     print(f"timing: llama.cpp {rows[0].runs[0].timing}, larosa perf_counter around Model.eval; "
-          f"ratio = larosa decode / llama.cpp decode at the same threads")
+          f"ratio = larosa decode / llama.cpp decode at the same threads; MiB/token: larosa's measured "
+          f"(selected rows, whole scale tables of the groups they touch); % of reader: larosa's decode over "
+          f"a plain reader of the same rows (lr_read_rows_bandwidth) and the rest at the read bandwidth")
     if cfg.profile:
         print(format_profile(rows))
     if a.json:
