@@ -348,7 +348,8 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
     }
     __atomic_fetch_add(&m->rows_read[block], (uint64_t)cnt, __ATOMIC_RELAXED);   /* prompt tokens select in parallel */
     uint64_t groups = idx ? (uint64_t)(cnt > 0) : (uint64_t)(n + QK - 1) / QK;   /* idx ascending: */
-    for (int32_t j = 1; idx && j < cnt; j++) groups += idx[j] / QK != idx[j - 1] / QK;   /* group changes */
+    for (int32_t j = 1; idx && j < cnt; j++)   /* group changes (unsigned: a shift; 2x faster) */
+        groups += (uint32_t)idx[j] / QK != (uint32_t)idx[j - 1] / QK;
     __atomic_fetch_add(&m->groups_read[block], groups, __ATOMIC_RELAXED);
     if (m->trace) {   /* masks laid out by (token, layer, block input) */
         const int64_t per_layer = m->width[0] + m->width[1] + m->width[2] + m->width[3];

@@ -63,10 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-type", default="auto", choices=["auto", *F.WEIGHT_TYPES],
                    help="type of the d x d residual adapters (auto: f16, f32 with --type f32). "
                         "Their error compounds over layers: q8_0 costs ~5%% perplexity on SmolLM2")
-    p.add_argument("--method", default="budget", choices=["budget", "wina", "larosa", "topk", "teal", "cats"],
-                   help="sparsity method. budget (default): thresholds on |x| * weight row norm, no rotation, "
-                        "0.8/1.2 coefficients, each token held to the planned bytes (fixed work per token; "
-                        "on SmolLM2 better than every fixed-K method and level with TEAL, RESULTS.md); wina: "
+    p.add_argument("--method", default="auto", choices=list(F.METHODS),
+                   help="sparsity method. auto (default): budget's keys, then budget or Top-K of them, "
+                        "whichever has the lower perplexity on held-out calibration text (the file records "
+                        "both; budget won on SmolLM2, Top-K on Gemma 3, RESULTS.md); budget: thresholds on "
+                        "|x| * weight row norm, no rotation, "
+                        "0.8/1.2 coefficients, each token held to the planned bytes (fixed work per token); wina: "
                         "Top-K of the same keys; larosa: the "
                         "paper's recipe (PCA rotation per layer, residual adapters); topk = plain Top-K "
                         "without rotation, teal = static thresholds (TEAL), cats = MLP-only gate thresholds (CATS)")
@@ -106,6 +108,10 @@ def print_summary(s, src_hp, total_seconds: float) -> None:
         lo, hi = min(s.ks[b]), max(s.ks[b])
         rng = f"{lo}" if lo == hi else f"{lo}..{hi}"
         print(f"  {b:9s} k = {rng:>9s} of {n:5d}  ({1 - lo / n:.0%} skipped)")
+    if s.auto:
+        choice, ppl = s.auto
+        print(f"selection (--method auto): {choice}; held-out perplexity "
+              + ", ".join(f"{n} {v:.3f}" for n, v in zip(F.AUTO_SELECTIONS, ppl)))
     print(f"weight bytes read per token: {s.bytes_per_token / mib:.1f} MiB sparse, "
           f"{s.dense_bytes_per_token / mib:.1f} MiB at sparsity 0 "
           f"({s.bytes_per_token / s.dense_bytes_per_token:.2f}x); "
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise LarosaError("--coefs takes four numbers: A,B,C,D") from None
         opts = Options(sparsity=a.sparsity, wtype=a.wtype, head_type=a.head_type,
                        adapter_type=a.adapter_type, method=a.method, rotation=a.rotation, score=a.score,
-                       coefs=coefs, force=a.force, progress=not a.quiet)
+                       coefs=coefs, force=a.force, progress=not a.quiet, threads=a.threads)
         check_options(opts)
         if a.threads is not None:
             if a.threads < 1:
@@ -176,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             raise LarosaError(f"--calib-tokens must be at least {calibrate.MIN_TOKENS}")
         if window < 2:
             raise LarosaError("--calib-window must be at least 2")
+        held = calibrate.HELDOUT_TOKENS if a.method == "auto" else 0
         if a.calib:
-            calib = calibrate.from_file(a.input, a.calib, a.calib_tokens or 8192, window)
+            calib = calibrate.from_file(a.input, a.calib, a.calib_tokens or 8192, window, held)
         else:
             calib = calibrate.self_generated(a.input, a.calib_tokens or 2048, window, a.seed,
-                                             a.threads, progress=not a.quiet)
+                                             a.threads, progress=not a.quiet, heldout=held)
         summary = convert(a.input, out, calib, opts)
         print_summary(summary, hp, time.perf_counter() - t0)
         return 0

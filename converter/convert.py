@@ -44,12 +44,15 @@ class Options:
     wtype: str = "q8_0"            # block weights: f32 | f16 | q8_0 | q4_0
     head_type: str = "auto"        # embedding/head: auto | f32 | f16 | q8_0 | q4_0
     adapter_type: str = "auto"     # adapters: auto (f16, f32 for --type f32) | f32 | f16 | q8_0 | q4_0
-    method: str = "budget"         # budget | wina | larosa | topk | teal | cats (selection.py)
+    # auto | budget | wina | larosa | topk | teal | cats (selection.py). The CLI's default is auto, which
+    # needs Calibration.heldout; a library call without held-out text gets budget, auto's tables.
+    method: str = "budget"
     rotation: str | None = None    # pca | identity | auto (default: the method's)
     score: str | None = None       # none | norm | wina (default: the method's)
     coefs: dict[str, float] | None = None
     force: bool = False
     progress: bool = True
+    threads: int | None = None     # the runtime's threads where the converter runs it (--method auto)
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Summary:
     source_bytes_per_token: int
     calib_tokens: int
     types: dict[str, str] = field(default_factory=dict)
+    auto: tuple[str, list[float]] | None = None   # --method auto: the choice, held-out perplexities
 
 
 def check_options(opts: Options) -> None:
@@ -181,6 +185,10 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
             w.add_key_value(F.K_THR(b), [t for p in plans for t in p.thresholds[b]], GGUFValueType.ARRAY, f32)
         if m.budget:
             w.add_bool(F.K_BUDGET, True)
+    if opts.method == "auto":   # placeholders of fixed size, set in place by choose_selection
+        w.add_uint32(F.K_AUTO_SELECTION, 0)
+        w.add_key_value(F.K_AUTO_PPL, [0.0] * len(F.AUTO_SELECTIONS), GGUFValueType.ARRAY, f32)
+        w.add_uint32(F.K_AUTO_TOKENS, 0)
     w.add_string(F.K_CALIB_SOURCE, calib.source)
     w.add_string(F.K_CALIB_SHA256, calib.sha256)
     w.add_uint32(F.K_CALIB_TOKENS, calib.n_tokens)
@@ -260,6 +268,7 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
         written = _write_tensors(w, src, m, plans, types, opts)
         w.close()
         assert written == list(stored), "tensor order differs from the header"
+        auto = choose_selection(out.tmp, calib, opts) if opts.method == "auto" else None
         out.commit()
     except BaseException:
         w.close()
@@ -273,7 +282,39 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
         out_path=out_path, seconds=time.time() - t0, out_bytes=os.path.getsize(out_path), ks=ks,
         rotated=rotated, bytes_per_token=f.bytes_per_token(), dense_bytes_per_token=f.dense_bytes_per_token(),
         source_bytes_per_token=_source_bytes_per_token(src), calib_tokens=calib.n_tokens,
-        types={n: t.name for n, t in types.items()})
+        types={n: t.name for n, t in types.items()}, auto=auto)
+
+
+def choose_selection(path: str, calib: Calibration, opts: Options) -> tuple[str, list[float]]:
+    """--method auto: the written file (budget's keys and tables) scored on the held-out calibration
+    windows at its sparsity through the C runtime, once as budget and once as Top-K of the same keys;
+    the lower perplexity becomes the file's default selection, and both figures its evidence, set in
+    place in the placeholders _write_metadata left (fixed-size values: nothing moves)."""
+    from larosa.runtime import perplexity as P
+    from larosa.runtime.gguf_file import scan_gguf
+    from larosa.runtime.model import Model
+    held = calib.heldout
+    if held is None or held.size == 0:
+        raise LarosaError("--method auto needs held-out calibration text after the calibration tokens "
+                          "(a longer --calib file, or fewer --calib-tokens)")
+    ppl = []
+    for sel in F.AUTO_SELECTIONS:
+        # at the file's sparsity (float32, as Model reads it by default: 0.4 and float32(0.4) pick
+        # slightly different thresholds, and near-ties then move perplexity by ~0.5 %)
+        m = Model(path, n_ctx=int(held.shape[1]), n_threads=opts.threads,
+                  budget=sel == "budget", topk=sel == "topk")
+        ppl.append(P.score(held, P.larosa_logits(m), progress=opts.progress, desc=f"auto: {sel}").ppl)
+        del m
+    choice = int(np.argmin(ppl))
+    keys = scan_gguf(path).keys
+    with open(path, "r+b") as f:
+        f.seek(keys[F.K_AUTO_SELECTION].value_at)
+        f.write(np.uint32(choice).tobytes())
+        f.seek(keys[F.K_AUTO_PPL].value_at)
+        f.write(np.asarray(ppl, dtype="<f4").tobytes())
+        f.seek(keys[F.K_AUTO_TOKENS].value_at)
+        f.write(np.uint32(held.size).tobytes())
+    return F.AUTO_SELECTIONS[choice], ppl
 
 
 @torch.inference_mode()

@@ -28,7 +28,7 @@ BLOCK_INPUTS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 PAPER_COEFS = {"attn_in": 0.8, "attn_out": 1.2, "mlp_in": 0.8, "mlp_out": 1.2}
 # larosa: the paper's recipe (PCA rotations, Top-K, 0.8/1.2); topk: Top-K of |input| without rotation;
 # teal: static thresholds on |input|; cats: threshold on |silu(gate)|, MLP only. FORMAT.md.
-METHODS = ("budget", "wina", "larosa", "topk", "teal", "cats")
+METHODS = ("auto", "budget", "wina", "larosa", "topk", "teal", "cats")
 
 # --type choices for the block weights.
 WEIGHT_TYPES = {"f32": QT.F32, "f16": QT.F16, "q8_0": QT.Q8_0, "q4_0": QT.Q4_0}
@@ -70,6 +70,12 @@ K_ROTATED = key("rotated")                  # uint8[n_layer]: 1 where layer l ha
 K_MLP_OUT_KEY = key("mlp_out_key")          # "act" (rank |m_j|) or "gate" (rank |silu(gate_j)|)
 K_THR_GRID = key("threshold.sparsity")      # float32[G]: the levels of the threshold tables
 K_BUDGET = key("threshold.budget")          # bool: hold the thresholds to a per-token byte budget
+# --method auto (FORMAT.md "Automatic selection"): the converter scored both selections of the same
+# thresholds and scores on held-out calibration text and keeps the better as the file's default
+K_AUTO_SELECTION = key("auto.selection")    # uint32: an index into AUTO_SELECTIONS
+K_AUTO_PPL = key("auto.perplexity")         # float32 [2]: held-out perplexity of each, AUTO_SELECTIONS order
+K_AUTO_TOKENS = key("auto.tokens")          # uint32: held-out tokens scored
+AUTO_SELECTIONS = ("budget", "topk")        # thresholds held to the per-token budget | Top-K, same keys
 # what an architecture adds to llama's forward pass (FORMAT.md "Architecture keys"); each optional,
 # its absence meaning llama's behaviour
 K_EMBD_SCALE = key("embedding_scale")       # float32: the looked-up embedding row times this (Gemma: sqrt(d))

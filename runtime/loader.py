@@ -53,6 +53,13 @@ class LarosaFile:
     budget_default: bool                  # thresholds held to a per-token budget unless told otherwise
     tensors: dict[str, ReaderTensor]
     layout: GGUFLayout | None = None      # the header as gguf_file.scan_gguf checked it
+    auto_selection: str | None = None     # --method auto: "budget" or "topk" (the thresholds unused)
+    auto_ppl: list[float] | None = None   # its evidence: held-out perplexity per F.AUTO_SELECTIONS
+
+    @property
+    def topk_default(self) -> bool:
+        """Top-K (with the file's scores) by default, although the file has threshold tables"""
+        return self.auto_selection == "topk"
 
     def memory_bytes(self, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> int:
         """What lr_model_new allocates for a context of n_ctx (see memory_bytes below)."""
@@ -84,11 +91,12 @@ class LarosaFile:
         self.levels(s)
         return F.ks_for(self.hp, self.coefs, float(s))
 
-    def selection(self, sparsity: float | None = None) -> Selection:
+    def selection(self, sparsity: float | None = None, thresholds: bool = True) -> Selection:
+        """k and thresholds per block input and layer; thresholds=False: Top-K everywhere (-1)."""
         levels = self.levels(sparsity)
         thr = {}
         for b in F.BLOCK_INPUTS:
-            table = self.thr_table.get(b)
+            table = self.thr_table.get(b) if thresholds else None
             thr[b] = [-1.0] * self.hp.n_layers if table is None else \
                 [F.threshold_at(self.thr_grid, table[l].tolist(), levels[b][l]) for l in range(self.hp.n_layers)]
         return Selection(k=self.ks(sparsity), threshold=thr)
@@ -405,6 +413,14 @@ def load(path: str | os.PathLike) -> LarosaFile:
     budget_default = m.bool(F.K_BUDGET, False)
     if budget_default and set(tables) != set(F.BLOCK_INPUTS):
         raise FormatError(f"{path}: {F.K_BUDGET} is set, but not every block input has a threshold table")
+    auto_selection, auto_ppl = None, None
+    if m.has(F.K_AUTO_SELECTION):   # --method auto: the selection the converter measured best
+        i = m.int(F.K_AUTO_SELECTION)
+        if not 0 <= i < len(F.AUTO_SELECTIONS) or not budget_default:
+            raise FormatError(f"{path}: {F.K_AUTO_SELECTION} = {i} (0 or 1, on a file with {F.K_BUDGET} set)")
+        auto_selection = F.AUTO_SELECTIONS[i]
+        auto_ppl = [float(v) for v in m.array(F.K_AUTO_PPL, "float")] if m.has(F.K_AUTO_PPL) else None
+        budget_default = auto_selection == "budget"
 
     tensors = tensor_map(reader)
     scores = set()
@@ -446,6 +462,7 @@ def load(path: str | os.PathLike) -> LarosaFile:
     check_tokenizer_keys(m, hp, path)
     f = LarosaFile(path=path, reader=reader, meta=m, hp=hp, method=method, sparsity=sparsity,
                    coefs=coefs, rotated=rotated, thr_grid=grid, thr_table=tables,
-                   mlp_out_key=mlp_out_key, budget_default=budget_default, tensors=tensors, layout=layout)
+                   mlp_out_key=mlp_out_key, budget_default=budget_default, tensors=tensors, layout=layout,
+                   auto_selection=auto_selection, auto_ppl=auto_ppl)
     f.check_memory(min(hp.n_ctx, DEFAULT_N_CTX), 1)
     return f

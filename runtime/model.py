@@ -122,14 +122,19 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, sparsity: float | None = None,
                  n_threads: int | None = None, n_ctx: int | None = None, budget: bool | None = None,
-                 type_k: str | int | None = None, type_v: str | int | None = None):
+                 type_k: str | int | None = None, type_v: str | int | None = None, topk: bool | None = None):
         """type_k, type_v: the KV cache's types, "f32", "f16" (default, as llama.cpp) or "q8_0"
         (or their GGML type ids 0, 1, 8, as llama-cpp-python takes them); q8_0 needs a head
-        dimension that is a multiple of 32."""
+        dimension that is a multiple of 32. topk=True runs Top-K with the file's scores on a file
+        with threshold tables (what a --method auto file may choose; None: as the file says)."""
         self.type_k, self.type_v = kv_type_name(type_k, "type_k"), kv_type_name(type_v, "type_v")
         self.file: LarosaFile = load(path)
-        # thresholds held to a per-token byte budget (LarosaFile.budget); None: as the file says
-        self.budget = self.file.budget_default if budget is None else bool(budget)
+        # thresholds held to a per-token byte budget (LarosaFile.budget); None: as the file says,
+        # which for a --method auto file may be Top-K with its scores (its thresholds unused)
+        self.topk = bool(topk) if topk is not None else budget is None and self.file.topk_default
+        self.budget = False if self.topk else self.file.budget_default if budget is None else bool(budget)
+        if self.topk and budget:
+            raise ValueError("budget and topk exclude each other")
         if self.budget:
             self.file.budget(self.file.sparsity)       # ValueError now for a file without thresholds
         hp = self.hp = self.file.hp
@@ -216,7 +221,7 @@ class Model:
     def set_sparsity(self, sparsity: float) -> None:
         """Switches to another model sparsity (FORMAT.md: each block input skips min(coef * s, 1) of
         its inputs, by Top-K or by the file's threshold tables); the cached context is dropped."""
-        sel = self.file.selection(sparsity)
+        sel = self.file.selection(sparsity, thresholds=not self.topk)
         k = ffi.new("int32_t[]", [v for b in F.BLOCK_INPUTS for v in sel.k[b]])
         thr = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in sel.threshold[b]])
         if self.budget:

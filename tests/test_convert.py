@@ -12,6 +12,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, GGUFWriter
 
+from larosa.converter import calibrate
 from larosa.converter import convert as C
 from larosa.converter.cli import main as convert_main
 from larosa.converter.model import TopK, apply_rope, forward, rmsnorm, rope_tables, topk_keep
@@ -19,7 +20,9 @@ from larosa.converter.source import SourceModel
 from larosa.converter.weights import larosa_weights, source_weights, topk_of
 from larosa.runtime import format as F
 from larosa.runtime.errors import FormatError, LarosaError, UnsupportedError
+from larosa.runtime import perplexity as P
 from larosa.runtime.loader import load
+from larosa.runtime.model import Model
 
 from conftest import random_calibration
 
@@ -298,7 +301,17 @@ def test_cli_smollm2_q8_0_with_calibration_file(smollm2, calib_text, tmp_path, c
     w0, w1 = source_weights(SourceModel(smollm2)), larosa_weights(f)
     toks = tokens_for(w0.hp, 40)
     a, b = forward(w0, toks), forward(w1, toks)
-    assert f.method == "budget" and f.budget_default and not any(f.rotated)   # the default: no rotation, no adapters
+    assert f.method == "auto" and not any(f.rotated)   # the default: no rotation, no adapters
+    # auto: budget and Top-K of the same keys scored on the 1024 calibration tokens after the 2048
+    # used; the lower perplexity is the file's default selection, and its figures reproduce
+    assert f.auto_selection in F.AUTO_SELECTIONS and f.meta.int(F.K_AUTO_TOKENS) == 1024
+    held = calibrate.from_file(smollm2, calib_text, 2048, 2048, 1024).heldout
+    for name, recorded in zip(F.AUTO_SELECTIONS, f.auto_ppl):
+        m = Model(str(out), n_ctx=1024, budget=name == "budget", topk=name == "topk")
+        assert P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(recorded, rel=1e-5)
+    assert f.auto_selection == F.AUTO_SELECTIONS[int(np.argmin(f.auto_ppl))]
+    m = Model(str(out))
+    assert (m.budget, m.topk) == ((True, False) if f.auto_selection == "budget" else (False, True))
     # Q8_0 weights: close to the original, not equal
     # (random tokens: near-ties flip; measured on WikiText-2, 8 x 512 tokens: ppl 30.54 against
     # llama.cpp's 30.50 on the Q4_1 original)
@@ -312,3 +325,44 @@ def test_stock_llama_cpp_refuses_the_output(tiny, tmp_path):
     convert(tiny["untied_f32"], out)
     with pytest.raises(ValueError, match="Failed to load model"):
         Llama(out, verbose=False)
+
+
+def test_auto_records_its_choice_and_the_runtime_follows_it(tiny, tmp_path):
+    """--method auto on a tiny model: both selections scored on the held-out windows, the argmin
+    recorded with its evidence, the runtime's default selection set by it; a bad index or no
+    held-out text is refused with a message."""
+    from larosa.converter.calibrate import Calibration
+    src = tiny["tied_gqa_q8"]
+    n_vocab = SourceModel(src).hp.n_vocab
+    calib = random_calibration(n_vocab)
+    held = np.random.default_rng(7).integers(0, n_vocab, (1, 40), dtype=np.int32)
+    calib = Calibration(calib.tokens, calib.source, calib.sha256, heldout=held)
+    out = str(tmp_path / "auto.gguf")
+    s = C.convert(src, out, calib, C.Options(sparsity=0.5, wtype="q8_0", method="auto", progress=False))
+    f = load(out)
+    choice, ppl = s.auto
+    assert f.method == "auto" and (f.auto_selection, f.auto_ppl) == (choice, pytest.approx(ppl, rel=1e-6))
+    assert choice == F.AUTO_SELECTIONS[int(np.argmin(ppl))] and f.meta.int(F.K_AUTO_TOKENS) == held.size
+    assert all(math.isfinite(v) and v > 1 for v in ppl) and ppl[0] != ppl[1]
+    for name, recorded in zip(F.AUTO_SELECTIONS, ppl):
+        m = Model(out, n_ctx=40, budget=name == "budget", topk=name == "topk")
+        assert P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(recorded, rel=1e-5)
+    m = Model(out)
+    assert (m.topk, m.budget) == (choice == "topk", choice == "budget")
+    if choice == "topk":   # thresholds unused: every layer's k as Top-K reads it
+        assert all(t == -1.0 for b in F.BLOCK_INPUTS for t in m.thresholds[b])
+    with pytest.raises(ValueError, match="exclude"):
+        Model(out, budget=True, topk=True)
+
+    from larosa.runtime.gguf_file import scan_gguf
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(open(out, "rb").read())
+    with open(bad, "r+b") as fh:
+        fh.seek(scan_gguf(str(bad)).keys[F.K_AUTO_SELECTION].value_at)
+        fh.write(np.uint32(7).tobytes())
+    with pytest.raises(FormatError, match="auto.selection"):
+        load(str(bad))
+    with pytest.raises(LarosaError, match="held-out"):
+        C.convert(src, str(tmp_path / "x.gguf"), random_calibration(n_vocab),
+                  C.Options(sparsity=0.5, wtype="q8_0", method="auto", progress=False))
+    assert not os.path.exists(tmp_path / "x.gguf")
