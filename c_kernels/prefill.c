@@ -126,7 +126,9 @@ static void prep_task(void *p, int ith, int nth, int thread) {
         float *x = j->block == ATTN_OUT ? m->bao + (size_t)t * qd : m->bxn + (size_t)t * W;
         const float *gate = NULL;
         if (j->block == ATTN_IN || j->block == MLP_IN) {
-            lr_rmsnorm(x, m->bx + (size_t)t * d->dim, d->dim, d->norm_eps, NULL);
+            const lr_layer *L = &m->layers[j->layer];
+            lr_rmsnorm(x, m->bx + (size_t)t * d->dim, d->dim, d->norm_eps,
+                       (j->block == ATTN_IN ? L->attn_norm : L->ffn_norm).data);
         } else if (j->block == MLP_OUT) {
             const float *gu = m->bgu + (size_t)t * 2 * ff;
             lr_glu(m, gu, x);

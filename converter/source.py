@@ -92,6 +92,7 @@ class Arch:
     act: str = "silu"               # the MLP's gate activation (format.ACTIVATIONS)
     embd_scale: bool = False        # the looked-up embedding row times sqrt(d) (Gemma)
     swa_period: int = 0             # default attention.sliding_window_pattern (0: no sliding window)
+    norms_apart: bool = False       # the block inputs' norm scales are applied at run time (fuse.py keep_norms)
     keys: tuple[str, ...] = ()      # <arch>.* keys beyond LLAMA_KEYS that the converter applies
 
 
@@ -101,6 +102,7 @@ ARCHS = {
     "qwen2": Arch("Qwen2", neox=True, biases=("attn_q.bias", "attn_k.bias", "attn_v.bias")),
     "qwen3": Arch("Qwen3", neox=True, qk_norm=True),
     "gemma3": Arch("Gemma 3", neox=True, qk_norm=True, post_norms=True, act="gelu_tanh", embd_scale=True,
+                   norms_apart=True,
                    swa_period=6, keys=("attention.sliding_window", "attention.sliding_window_pattern",
                                        "rope.freq_base_swa", "final_logit_softcapping")),
 }
@@ -403,7 +405,8 @@ class SourceModel:
         have = {"attn_qkv.bias": any(b in self.biases for b in ("attn_q.bias", "attn_k.bias", "attn_v.bias")),
                 "attn_output.bias": "attn_output.bias" in self.biases, "ffn_down.bias": "ffn_down.bias" in self.biases,
                 "attn_q_norm.weight": self.arch.qk_norm, "attn_k_norm.weight": self.arch.qk_norm,
-                "post_attention_norm.weight": self.arch.post_norms, "post_ffw_norm.weight": self.arch.post_norms}
+                "post_attention_norm.weight": self.arch.post_norms, "post_ffw_norm.weight": self.arch.post_norms,
+                "attn_norm.weight": self.arch.norms_apart, "ffn_norm.weight": self.arch.norms_apart}
         return tuple(k for k in F.LAYER_VECTORS if have[k])
 
     def tokenizer_fields(self) -> list[str]:

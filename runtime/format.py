@@ -133,17 +133,21 @@ def T_DOWN(l: int) -> str:      # [ff, d] input-major
 #   attn_q_norm, attn_k_norm  RMSNorm scales over each head of q / k (Qwen3, Gemma 3), before RoPE
 #   post_attention_norm, post_ffw_norm  RMSNorm (with this scale) of the o / down output before the
 #                    residual add (Gemma's "sandwich" norms)
+#   attn_norm, ffn_norm  the block inputs' RMSNorm scales, applied at run time instead of being folded
+#                    into the weights (Gemma: scales of 0 to ~100 next to massive activations)
 # kind -> the field of the reference's Layer (converter/model.py) and of the C lr_layer holding it
 LAYER_VECTOR_FIELDS = {"attn_qkv.bias": "bqkv", "attn_output.bias": "bo", "ffn_down.bias": "bdown",
                        "attn_q_norm.weight": "q_norm", "attn_k_norm.weight": "k_norm",
-                       "post_attention_norm.weight": "post_attn_norm", "post_ffw_norm.weight": "post_ffn_norm"}
+                       "post_attention_norm.weight": "post_attn_norm", "post_ffw_norm.weight": "post_ffn_norm",
+                       "attn_norm.weight": "attn_norm", "ffn_norm.weight": "ffn_norm"}
 LAYER_VECTORS = tuple(LAYER_VECTOR_FIELDS)
 
 
 def layer_vector_len(hp: "HParams", kind: str) -> int:
     return {"attn_qkv.bias": hp.qkv_dim, "attn_output.bias": hp.dim, "ffn_down.bias": hp.dim,
             "attn_q_norm.weight": hp.head_dim, "attn_k_norm.weight": hp.head_dim,
-            "post_attention_norm.weight": hp.dim, "post_ffw_norm.weight": hp.dim}[kind]
+            "post_attention_norm.weight": hp.dim, "post_ffw_norm.weight": hp.dim, "attn_norm.weight": hp.dim,
+            "ffn_norm.weight": hp.dim}[kind]
 
 
 def T_VEC(l: int, kind: str) -> str:   # kind: one of LAYER_VECTORS
