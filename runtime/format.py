@@ -15,7 +15,7 @@ from gguf import quants
 
 from .errors import UnsupportedError
 
-SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")   # the llama.cpp architectures the converter reads
+SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")   # the llama.cpp architectures the converter reads
 ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
 FORMAT_VERSION = 2        # 2: input-major quantized weights as I8 codes + F16 scales (FORMAT.md)
 
