@@ -403,8 +403,10 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     const float *rc = L->n_swa ? m->rope_cos_swa : m->rope_cos, *rs = L->n_swa ? m->rope_sin_swa : m->rope_sin;
     TIMED(m, LR_PROF_ATTN, {
         lr_qkv_extras(m, L, m->qkv);
-        lr_rope(m->qkv, nh, hd, rc, rs);
-        lr_rope(m->qkv + qd, nkv, hd, rc, rs);
+        if (!L->no_rope) {
+            lr_rope(m->qkv, nh, hd, rc, rs);
+            lr_rope(m->qkv + qd, nkv, hd, rc, rs);
+        }
         lr_kv_write(m, l, pos, m->qkv + qd, m->qkv + qd + kvd);
         attn_job aj = {m, l, pos};
         lr_pool_run(m->pool, attn_task, &aj);
@@ -483,7 +485,8 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
         !(d->norm_eps > 0.0f) || !(d->rope_base > 1.0f) || !d->layers)
         return fail(err, len, LR_EARG, "invalid hyper-parameters");
     if (!(d->embd_scale >= 0.0f && d->embd_scale < 1e30f) || !(d->attn_softcap >= 0.0f && d->attn_softcap < 1e30f) ||
-        !(d->final_softcap >= 0.0f && d->final_softcap < 1e30f) || (d->act != LR_ACT_SILU && d->act != LR_ACT_GELU_TANH))
+        !(d->final_softcap >= 0.0f && d->final_softcap < 1e30f) ||
+        (d->act != LR_ACT_SILU && d->act != LR_ACT_GELU_TANH))
         return fail(err, len, LR_EARG, "invalid architecture parameters (embd_scale, soft-caps, act)");
     const int32_t dim = d->dim, qd = d->n_heads * d->head_dim, kvd = d->n_kv_heads * d->head_dim;
     struct { const lr_tensor *t; int32_t rows, cols, f32; const char *name; int optional; } want[] = {
@@ -517,8 +520,8 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
             {&L->post_ffn_norm, 1, dim, "post_ffw_norm"}, {&L->attn_norm, 1, dim, "attn_norm"},
             {&L->ffn_norm, 1, dim, "ffn_norm"},
         };
-        if (L->n_swa < 0 || (L->n_swa > 0 && !(d->rope_base_swa > 1.0f))) {
-            snprintf(msg, sizeof(msg), "layer %d: a sliding window needs rope_base_swa > 1", (int)l);
+        if (L->n_swa < 0 || (L->n_swa > 0 && !(d->rope_base_swa > 1.0f)) || (L->no_rope != 0 && L->no_rope != 1)) {
+            snprintf(msg, sizeof(msg), "layer %d: a sliding window needs rope_base_swa > 1; no_rope is 0 or 1", (int)l);
             return fail(err, len, LR_EARG, msg);
         }
         for (int i = 0; i < (int)(sizeof(lw) / sizeof(lw[0])); i++) {

@@ -37,6 +37,7 @@ typedef struct {
                                         absent (folded into wqkv / wgu) */
     int32_t n_swa;       /* > 0: a sliding-window layer: attends to the last n_swa positions (itself
                             included) and rotates by the desc's rope_base_swa; 0: all positions */
+    int32_t no_rope;     /* 1: q and k are not rotated (SmolLM3's every fourth layer) */
 } lr_layer;
 
 typedef struct {

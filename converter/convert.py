@@ -198,6 +198,8 @@ def _write_arch_keys(w: GGUFWriter, hp: F.HParams) -> None:
         w.add_uint32(F.K_SWA, hp.n_swa)
         w.add_key_value(F.K_SWA_LAYERS, [int(b) for b in hp.swa_layers], GGUFValueType.ARRAY, GGUFValueType.UINT8)
         w.add_float32(F.K_ROPE_BASE_SWA, hp.rope_base_swa)
+    if any(hp.no_rope_layers):
+        w.add_key_value(F.K_NO_ROPE, [int(b) for b in hp.no_rope_layers], GGUFValueType.ARRAY, GGUFValueType.UINT8)
     if hp.attn_softcap:
         w.add_float32(F.K_ATTN_SOFTCAP, hp.attn_softcap)
     if hp.final_softcap:
@@ -376,10 +378,10 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
         raw = src.raw("token_embd.weight")
         put(F.T_EMBD, np.asarray(raw.data) if raw.tensor_type == types[F.T_EMBD] else embd)
         put(F.T_OUTPUT_ADAPTER, basis[-1].T.float())
-        put(F.T_OUTPUT_NORM, src.weight("output_norm.weight"))
+        put(F.T_OUTPUT_NORM, src.output_norm())
     else:
         put(F.T_EMBD, embd @ basis[0].float())
-        put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.weight("output_norm.weight"), basis[-1]))
+        put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.output_norm(), basis[-1]))
     if src.has_rope_freqs():
         put(F.T_ROPE_FREQS, src.rope_freqs())
     return written

@@ -284,8 +284,9 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
         q = rmsnorm(q, lw.q_norm, hp.norm_eps)
     if lw.k_norm is not None:
         k = rmsnorm(k, lw.k_norm, hp.norm_eps)
-    q = apply_rope(q, cos, sin).transpose(1, 2)
-    k = apply_rope(k, cos, sin).transpose(1, 2)
+    if hp.rope(l):
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
     if kv_types[0] == "q8_0":
         q = kv_round(q, "q8_0")

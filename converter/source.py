@@ -1,4 +1,5 @@
-"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3, gemma2 or gemma3 architecture,
+"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3, gemma2, gemma3, granite or
+smollm3 architecture,
 validated and read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
 
 Architectures (ARCHS; read in llama.cpp's llama-model.cpp, checked against its logits in
@@ -23,7 +24,15 @@ gemma2 (llama.cpp's models/gemma2-iswa.cpp): gemma3 without the q/k norms, with 
 soft-capped (attn_logit_softcapping, default 50: s -> c tanh(s / c)) and the final logits
 (final_logit_softcapping, default 30), every other layer (l even) sliding-window
 (attention.sliding_window, default 4096) with the model's one RoPE base.
-Other architectures (phi3, mistral3, granite, smollm3, ...) are refused by name.
+granite (models/granite.cpp): llama with the embedding times embedding_scale, q.k times
+attention.scale instead of 1 / sqrt(head size) (folded into attn_q), each block's output (bias
+included) times residual_scale before the residual add (folded into attn_output / ffn_down), the
+logits divided by logit_scale (folded into the final norm's scale), and no RoPE at all when
+rope.scaling.finetuned is false; optional attn_output / ffn_down biases. Every scale is linear where
+it is folded, so the fused LaRoSA form stays exact.
+smollm3 (models/smollm3.cpp): llama with optional q/k/v biases and no RoPE on every fourth layer
+(l + 1 a multiple of 4).
+Other architectures (phi3, mistral3, ...) are refused by name.
 
 Metadata: every <arch>.* key is either applied as llama.cpp applies it to a llama model or refused by
 name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS, the same for the three). What llama.cpp does with the
@@ -101,6 +110,8 @@ class Arch:
     attn_softcap: float = 0.0       # attn_logit_softcapping when absent (read only if in keys)
     final_softcap: float = 0.0      # final_logit_softcapping when absent (read only if in keys)
     q_scale_layers: int = 0         # the block count of the model whose q llama.cpp scales by 1 / sqrt(d / nh)
+    no_rope_step: int = 0           # layer l has no RoPE when (l + 1) % no_rope_step == 0 (SmolLM3: 4)
+    granite: bool = False           # Granite's logit / residual / embedding / attention scales (module doc)
     norms_apart: bool = False       # the block inputs' norm scales are applied at run time (fuse.py keep_norms)
     keys: tuple[str, ...] = ()      # <arch>.* keys beyond LLAMA_KEYS that the converter applies
 
@@ -119,6 +130,9 @@ ARCHS = {
                    norms_apart=True, swa_period=6, rope_base_swa=10000.0, q_scale_layers=62,
                    keys=("attention.sliding_window", "attention.sliding_window_pattern",
                          "rope.freq_base_swa", "final_logit_softcapping")),
+    "granite": Arch("Granite", biases=("attn_output.bias", "ffn_down.bias"), fused_qkv=True, rope_freqs=True,
+                    granite=True, keys=("logit_scale", "residual_scale", "embedding_scale", "attention.scale")),
+    "smollm3": Arch("SmolLM3", biases=("attn_q.bias", "attn_k.bias", "attn_v.bias"), no_rope_step=4),
 }
 assert tuple(ARCHS) == F.SOURCE_ARCHS
 _MOE = re.compile(r"blk\.\d+\.ffn_(gate_inp|(gate|up|down)_(exps|shexp)|gate_inp_shexp|exp_probs_b)\.")
@@ -267,10 +281,37 @@ class SourceModel:
             caps[name] = m.float(f"{p}{name}", default) if name in a.keys else 0.0
             if not (math.isfinite(caps[name]) and 0 <= caps[name] < 1e30):
                 raise FormatError(f"{self.path}: {p}{name} = {caps[name]} is invalid")
+        embd_scale = float(np.sqrt(np.float32(hp.dim))) if a.embd_scale else 1.0
+        no_rope: tuple = ()
+        if a.no_rope_step:
+            no_rope = tuple((l + 1) % a.no_rope_step == 0 for l in range(hp.n_layers))
+        if a.granite:
+            embd_scale = self._granite_scale("embedding_scale") or 1.0
+            if not m.bool(f"{p}rope.scaling.finetuned", True):   # llama.cpp: Granite's switch for RoPE
+                no_rope = (True,) * hp.n_layers
         return dataclasses.replace(
-            hp, act=a.act, embd_scale=float(np.sqrt(np.float32(hp.dim))) if a.embd_scale else 1.0,
-            n_swa=n_swa, swa_layers=swa_layers, rope_base_swa=base_swa,
-            attn_softcap=caps["attn_logit_softcapping"], final_softcap=caps["final_logit_softcapping"])
+            hp, act=a.act, embd_scale=embd_scale, n_swa=n_swa, swa_layers=swa_layers, rope_base_swa=base_swa,
+            attn_softcap=caps["attn_logit_softcapping"], final_softcap=caps["final_logit_softcapping"],
+            no_rope_layers=no_rope)
+
+    def _granite_scale(self, name: str, default: float = 0.0) -> float:
+        """A Granite scale (0: none, as llama.cpp reads an absent one)."""
+        key = self.prefix + name
+        v = self.meta.float(key, default)
+        if not (math.isfinite(v) and 0 <= v < 1e30):
+            raise FormatError(f"{self.path}: {key} = {v} is invalid")
+        return v
+
+    def output_norm(self) -> torch.Tensor:
+        """output_norm.weight, divided by Granite's logit_scale (llama.cpp divides the logits by it;
+        the head is linear after the norm's scale, so the scale may sit there)."""
+        g = self.weight("output_norm.weight")
+        if self.arch.granite:
+            s = self._granite_scale("logit_scale", 1.0)
+            if s == 0:
+                raise FormatError(f"{self.path}: {self.prefix}logit_scale = 0")
+            g = g / s
+        return g
 
     def _q_scale(self) -> float:
         """The factor on q beyond llama's: rope.scaling.attn_factor^2 (ggml scales the rotated q
@@ -278,6 +319,8 @@ class SourceModel:
         f = float(self.attn_factor) ** 2
         if self.hp.n_layers == self.arch.q_scale_layers:
             f *= math.sqrt(self.hp.head_dim) / math.sqrt(self.hp.dim // self.hp.n_heads)
+        if self.arch.granite and self._granite_scale("attention.scale"):   # llama.cpp's kq_scale
+            f *= self._granite_scale("attention.scale") * math.sqrt(self.hp.head_dim)
         return f
 
     def _rope_scaling(self) -> tuple[float, float]:
@@ -413,6 +456,11 @@ class SourceModel:
             for n in (("attn_q_norm",) if self.arch.qk_norm else ("attn_q", "attn_q.bias")):
                 if n in w:
                     w[n] = w[n] * self.q_scale
+        rs = self._granite_scale("residual_scale") if self.arch.granite else 0.0
+        if rs:   # llama.cpp scales each block's output (bias included) before the residual add
+            for n in ("attn_output", "attn_output.bias", "ffn_down", "ffn_down.bias"):
+                if n in w:
+                    w[n] = w[n] * rs
         return w
 
     def vectors(self) -> tuple[str, ...]:

@@ -15,7 +15,8 @@ from gguf import quants
 
 from .errors import UnsupportedError
 
-SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3")   # the llama.cpp architectures the converter reads
+# the llama.cpp architectures the converter reads
+SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "granite", "smollm3")
 ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
 FORMAT_VERSION = 2        # 2: input-major quantized weights as I8 codes + F16 scales (FORMAT.md)
 
@@ -77,6 +78,7 @@ K_ACTIVATION = key("activation")            # "silu" (SwiGLU) or "gelu_tanh" (Ge
 K_SWA = key("attention.sliding_window")     # uint32 n_swa: a sliding-window layer attends to its last n_swa positions
 K_SWA_LAYERS = key("attention.sliding_window_layers")   # uint8[n_layer]: 1 where layer l uses the window
 K_ROPE_BASE_SWA = key("rope.freq_base_swa")  # float32: the RoPE base of the sliding-window layers
+K_NO_ROPE = key("rope.no_rope_layers")      # uint8[n_layer]: 1 where layer l does not rotate q and k (SmolLM3)
 K_ATTN_SOFTCAP = key("attn_logit_softcapping")    # float32 c: attention scores c tanh(s / c) (Gemma 2)
 K_FINAL_SOFTCAP = key("final_logit_softcapping")  # float32 c: logits c tanh(z / c)
 ACTIVATIONS = ("silu", "gelu_tanh")
@@ -175,10 +177,15 @@ class HParams:
     rope_base_swa: float = 0.0       # RoPE base of the sliding-window layers
     attn_softcap: float = 0.0        # 0: none
     final_softcap: float = 0.0       # 0: none
+    no_rope_layers: tuple = ()       # n_layers bools: True where the layer has no RoPE (empty: none)
 
     def window(self, layer: int) -> int:
         """The sliding window of a layer (positions it attends to, itself included), 0: all."""
         return self.n_swa if self.swa_layers and self.swa_layers[layer] else 0
+
+    def rope(self, layer: int) -> bool:
+        """Whether the layer rotates q and k (RoPE)."""
+        return not (self.no_rope_layers and self.no_rope_layers[layer])
 
     def layer_rope_base(self, layer: int) -> float:
         return self.rope_base_swa if self.window(layer) else self.rope_base

@@ -1,5 +1,5 @@
-"""Gemma 3 and Gemma 2 (converter/source.py ARCHS["gemma3"], ["gemma2"]) end to end on tiny synthetic GGUFs (random weights,
-odd sizes, GQA, tied embedding) that llama.cpp loads: q/k norms, post-attention and post-FFN norms,
+"""Gemma 3 and Gemma 2 (converter/source.py ARCHS["gemma3"], ["gemma2"]) end to end on tiny synthetic
+GGUFs (random weights, odd sizes, GQA, tied embedding) that llama.cpp loads: q/k norms, post-attention and post-FFN norms,
 GeGLU, the embedding scaled by sqrt(d), sliding-window layers with their own RoPE base over more
 positions than the window, final logit soft-capping:
 - the torch reference of the source and the C runtime (F32 conversion, sparsity 0, prompt path and
@@ -214,7 +214,8 @@ def test_gemma2_matches_llama_cpp(keys, tmp_path):
     soft-cap matters (llama.cpp's default of 50 only slightly on these logits)."""
     p = gemma2(str(tmp_path / "g2.gguf"), seed=4, **(GEMMA2_KV if keys == "given" else {}))
     hp = SourceModel(p).hp
-    assert (hp.n_swa, hp.attn_softcap, hp.final_softcap) == ((WINDOW, 3.0, CAP) if keys == "given" else (4096, 50.0, 30.0))
+    want = (WINDOW, 3.0, CAP) if keys == "given" else (4096, 50.0, 30.0)
+    assert (hp.n_swa, hp.attn_softcap, hp.final_softcap) == want
     assert hp.swa_layers == (True, False, True, False, True) and hp.rope_base_swa == hp.rope_base
     ref = llama_cpp_logits(p)
     w = source_weights(SourceModel(p))
