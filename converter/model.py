@@ -1,6 +1,6 @@
-"""A LLaMA forward pass (with what Qwen2 / Qwen3 / Gemma 3 add: biases, q/k norms, post norms,
-sliding windows, GeGLU, soft-capping; Layer and HParams) in torch: the reference for calibration
-and for the C runtime.
+"""A LLaMA forward pass (with what Qwen2 / Qwen3 / Gemma 2 and 3 / SmolLM3 add: biases, q/k norms,
+post norms, sliding windows, GeGLU, soft-capping, layers without RoPE; Layer and HParams) in torch:
+the reference for calibration and for the C runtime.
 
 One function serves both the original model and the fused LaRoSA model; they differ only in
 their weights (see FORMAT.md). Conventions: activations are row vectors, every linear is
