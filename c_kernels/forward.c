@@ -2,6 +2,7 @@
  * RoPE, grouped-query attention over the KV cache, Top-K, sparse o, norm, Top-K, sparse gate/up,
  * SwiGLU, Top-K, sparse down), final adapter, norm and head. FORMAT.md has the math.
  * Prompts of more than one token take the batched path in prefill.c. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -241,11 +242,28 @@ void lr_block_out(const lr_model *m, const lr_tensor *bias, const lr_tensor *pos
 void lr_glu(const lr_model *m, const float *gu, float *out, int32_t i0, int32_t i1) {
     const int32_t ff = m->d.ffn_dim;
     if (m->d.act == LR_ACT_GELU_TANH) {
-        for (int32_t i = i0; i < i1; i++) out[i] = lr_gelu_tanh(gu[i]) * gu[ff + i];
+        const float *table = lr_gelu_table();
+        for (int32_t i = i0; i < i1; i++) out[i] = lr_gelu_tanh(table, gu[i]) * gu[ff + i];
         return;
     }
 #pragma omp simd
     for (int32_t i = i0; i < i1; i++) out[i] = lr_silu(gu[i]) * gu[ff + i];   /* vectorizes: lr_silu */
+}
+
+static float gelu_table[65536];
+static pthread_once_t gelu_once = PTHREAD_ONCE_INIT;
+
+static void gelu_build(void) {
+    for (uint32_t i = 0; i < 65536; i++) {
+        const float h = fp16_to_fp32((uint16_t)i);
+        const float y = 0.5f * h * (1.0f + tanhf(0.79788456080286535587989211986876f * h * (1.0f + 0.044715f * h * h)));
+        gelu_table[i] = fp16_to_fp32(fp32_to_fp16(y));
+    }
+}
+
+const float *lr_gelu_table(void) {
+    pthread_once(&gelu_once, gelu_build);
+    return gelu_table;
 }
 
 void lr_embed(const lr_model *m, int32_t token, float *x) {
@@ -324,8 +342,9 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
     float *keys = m->keys + (size_t)thread * m->widest;
     const float *key = x;
     if (score || gate_key) {
+        const float *gelu = m->d.act == LR_ACT_GELU_TANH ? lr_gelu_table() : NULL;
         for (int32_t i = 0; i < n; i++) {
-            const float v = !gate_key ? x[i] : m->d.act == LR_ACT_GELU_TANH ? lr_gelu_tanh(gate[i]) : lr_silu(gate[i]);
+            const float v = !gate_key ? x[i] : gelu ? lr_gelu_tanh(gelu, gate[i]) : lr_silu(gate[i]);
             keys[i] = fabsf(v) * (score ? score[i] : 1.0f);
         }
         key = keys;
@@ -392,14 +411,16 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
         memcpy(m->x, m->tmp, (size_t)dim * sizeof(float));
     }
     /* attention */
-    TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
+    TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, L->attn_norm.data));
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, ATTN_IN, 0, 0, &k));
     TIMED(m, LR_PROF_QKV, matvec(m, &L->wqkv, m->xn, idx, k, m->qkv));
     const float *rc = L->n_swa ? m->rope_cos_swa : m->rope_cos, *rs = L->n_swa ? m->rope_sin_swa : m->rope_sin;
     TIMED(m, LR_PROF_ATTN, {
         lr_qkv_extras(m, L, m->qkv);
-        lr_rope(m->qkv, nh, hd, rc, rs);
-        lr_rope(m->qkv + qd, nkv, hd, rc, rs);
+        if (!L->no_rope) {
+            lr_rope(m->qkv, nh, hd, rc, rs);
+            lr_rope(m->qkv + qd, nkv, hd, rc, rs);
+        }
         lr_kv_write(m, l, pos, m->qkv + qd, m->qkv + qd + kvd);
         attn_job aj = {m, l, pos};
         lr_pool_run(m->pool, attn_task, &aj);
@@ -409,7 +430,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     lr_block_out(m, &L->bo, &L->post_attn_norm, m->tmp);
     for (int32_t i = 0; i < dim; i++) m->x[i] += m->tmp[i];
     /* MLP */
-    TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, NULL));
+    TIMED(m, LR_PROF_NORM, lr_rmsnorm(m->xn, m->x, dim, d->norm_eps, L->ffn_norm.data));
     TIMED(m, LR_PROF_SELECT, idx = lr_select(m, m->xn, NULL, l, MLP_IN, 0, 0, &k));
     TIMED(m, LR_PROF_GATE_UP, matvec(m, &L->wgu, m->xn, idx, k, m->gu));
     TIMED(m, LR_PROF_SWIGLU, {
@@ -481,7 +502,8 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
         !(d->norm_eps > 0.0f) || !(d->rope_base > 1.0f) || !d->layers)
         return fail(err, len, LR_EARG, "invalid hyper-parameters");
     if (!(d->embd_scale >= 0.0f && d->embd_scale < 1e30f) || !(d->attn_softcap >= 0.0f && d->attn_softcap < 1e30f) ||
-        !(d->final_softcap >= 0.0f && d->final_softcap < 1e30f) || (d->act != LR_ACT_SILU && d->act != LR_ACT_GELU_TANH))
+        !(d->final_softcap >= 0.0f && d->final_softcap < 1e30f) ||
+        (d->act != LR_ACT_SILU && d->act != LR_ACT_GELU_TANH))
         return fail(err, len, LR_EARG, "invalid architecture parameters (embd_scale, soft-caps, act)");
     const int32_t dim = d->dim, qd = d->n_heads * d->head_dim, kvd = d->n_kv_heads * d->head_dim;
     struct { const lr_tensor *t; int32_t rows, cols, f32; const char *name; int optional; } want[] = {
@@ -512,10 +534,11 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
             {&L->bqkv, 1, qd + 2 * kvd, "attn_qkv.bias"}, {&L->bo, 1, dim, "attn_output.bias"},
             {&L->bdown, 1, dim, "ffn_down.bias"}, {&L->q_norm, 1, d->head_dim, "attn_q_norm"},
             {&L->k_norm, 1, d->head_dim, "attn_k_norm"}, {&L->post_attn_norm, 1, dim, "post_attention_norm"},
-            {&L->post_ffn_norm, 1, dim, "post_ffw_norm"},
+            {&L->post_ffn_norm, 1, dim, "post_ffw_norm"}, {&L->attn_norm, 1, dim, "attn_norm"},
+            {&L->ffn_norm, 1, dim, "ffn_norm"},
         };
-        if (L->n_swa < 0 || (L->n_swa > 0 && !(d->rope_base_swa > 1.0f))) {
-            snprintf(msg, sizeof(msg), "layer %d: a sliding window needs rope_base_swa > 1", (int)l);
+        if (L->n_swa < 0 || (L->n_swa > 0 && !(d->rope_base_swa > 1.0f)) || (L->no_rope != 0 && L->no_rope != 1)) {
+            snprintf(msg, sizeof(msg), "layer %d: a sliding window needs rope_base_swa > 1; no_rope is 0 or 1", (int)l);
             return fail(err, len, LR_EARG, msg);
         }
         for (int i = 0; i < (int)(sizeof(lw) / sizeof(lw[0])); i++) {

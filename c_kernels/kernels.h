@@ -139,13 +139,14 @@ static inline uint16_t fp32_to_fp16(float f) {
 }
 
 /* ggml's CPU GELU (ggml-cpu vec.h with GGML_GELU_FP16, which llama.cpp's GeGLU uses): a table over
- * half-precision inputs of 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), stored as half */
-static inline float lr_gelu_tanh(float x) {
+ * the 65536 half-precision inputs of 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))) in float
+ * with libm's tanhf, each rounded to half; 0 for x <= -10, x for x >= 10. lr_gelu_table() builds it
+ * on first use (the torch reference builds the same table: converter/model.py gelu_tanh_ggml). */
+const float *lr_gelu_table(void);
+static inline float lr_gelu_tanh(const float *table, float x) {
     if (x <= -10.0f) return 0.0f;
     if (x >= 10.0f) return x;
-    const float h = fp16_to_fp32(fp32_to_fp16(x));
-    const float y = 0.5f * h * (1.0f + tanhf(0.79788456080286535587989211986876f * h * (1.0f + 0.044715f * h * h)));
-    return fp16_to_fp32(fp32_to_fp16(y));
+    return table[fp32_to_fp16(x)];
 }
 
 typedef struct {

@@ -33,8 +33,11 @@ typedef struct {
     lr_tensor q_norm, k_norm;  /* [1, hd] RMSNorm scales over each head of q / k, before RoPE (Qwen3, Gemma 3) */
     lr_tensor post_attn_norm, post_ffn_norm;   /* [1, d] RMSNorm scales of the o / down output before
                                                   the residual add (Gemma's sandwich norms) */
+    lr_tensor attn_norm, ffn_norm;   /* [1, d] RMSNorm scales of the block inputs applied at run time, or
+                                        absent (folded into wqkv / wgu) */
     int32_t n_swa;       /* > 0: a sliding-window layer: attends to the last n_swa positions (itself
                             included) and rotates by the desc's rope_base_swa; 0: all positions */
+    int32_t no_rope;     /* 1: q and k are not rotated (SmolLM3's every fourth layer) */
 } lr_layer;
 
 typedef struct {

@@ -126,7 +126,9 @@ static void prep_task(void *p, int ith, int nth, int thread) {
         float *x = j->block == ATTN_OUT ? m->bao + (size_t)t * qd : m->bxn + (size_t)t * W;
         const float *gate = NULL;
         if (j->block == ATTN_IN || j->block == MLP_IN) {
-            lr_rmsnorm(x, m->bx + (size_t)t * d->dim, d->dim, d->norm_eps, NULL);
+            const lr_layer *L = &m->layers[j->layer];
+            lr_rmsnorm(x, m->bx + (size_t)t * d->dim, d->dim, d->norm_eps,
+                       (j->block == ATTN_IN ? L->attn_norm : L->ffn_norm).data);
         } else if (j->block == MLP_OUT) {
             const float *gu = m->bgu + (size_t)t * 2 * ff;
             lr_glu(m, gu, x, 0, d->ffn_dim);
@@ -162,9 +164,11 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         for (int32_t t = 0; t < n; t++) {
             float *qkv = m->bqkv + (size_t)t * qkvd;
             lr_qkv_extras(m, L, qkv);
-            lr_rope_angles(m, pos0 + t, L->n_swa, m->rope_cos, m->rope_sin);
-            lr_rope(qkv, nh, hd, m->rope_cos, m->rope_sin);
-            lr_rope(qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
+            if (!L->no_rope) {
+                lr_rope_angles(m, pos0 + t, L->n_swa, m->rope_cos, m->rope_sin);
+                lr_rope(qkv, nh, hd, m->rope_cos, m->rope_sin);
+                lr_rope(qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
+            }
             lr_kv_write(m, l, pos0 + t, qkv + qd, qkv + qd + kvd);
         }
         battn_job aj = {m, l, pos0, n};

@@ -10,11 +10,12 @@ from larosa.runtime import format as F
 from larosa.runtime.errors import LarosaError
 
 DESCRIPTION = """\
-Convert a llama.cpp GGUF (architecture llama, qwen2, qwen3 or gemma3) into a LaRoSA GGUF that
-larosa-run, larosa-chat and the larosa.runtime Python API read. Per layer, a rotation Q_l (PCA of
-the calibration activations) is fused into the weights, which are stored input-major so that
-decoding with Top-K activation sparsity reads only the selected rows. The input is never modified; the output appears only when
-complete (a temporary file is renamed), and an existing output is kept unless --force."""
+Convert a llama.cpp GGUF (architecture llama, qwen2, qwen3, gemma2, gemma3, granite or smollm3) into
+a LaRoSA GGUF that larosa-run, larosa-chat and the larosa.runtime Python API read. Per layer, a
+rotation Q_l (PCA of the calibration activations) is fused into the weights, which are stored
+input-major so that decoding with Top-K activation sparsity reads only the selected rows. The input
+is never modified; the output appears only when complete (a temporary file is renamed), and an
+existing output is kept unless --force."""
 
 EPILOG = """\
 calibration:

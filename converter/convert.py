@@ -206,6 +206,8 @@ def _write_arch_keys(w: GGUFWriter, hp: F.HParams) -> None:
         w.add_uint32(F.K_SWA, hp.n_swa)
         w.add_key_value(F.K_SWA_LAYERS, [int(b) for b in hp.swa_layers], GGUFValueType.ARRAY, GGUFValueType.UINT8)
         w.add_float32(F.K_ROPE_BASE_SWA, hp.rope_base_swa)
+    if any(hp.no_rope_layers):
+        w.add_key_value(F.K_NO_ROPE, [int(b) for b in hp.no_rope_layers], GGUFValueType.ARRAY, GGUFValueType.UINT8)
     if hp.attn_softcap:
         w.add_float32(F.K_ATTN_SOFTCAP, hp.attn_softcap)
     if hp.final_softcap:
@@ -225,7 +227,7 @@ def check_method(src: SourceModel, m: S.Method, method: str) -> None:
 
 
 def output_shapes(src: SourceModel, m: S.Method, rotated: list[bool]) -> dict[str, tuple[int, ...]]:
-    scores = {(l, b) for l, r in enumerate(rotated) for b in S.SCORED[S.layer_score(m, r)]}
+    scores = {(l, b) for l, r in enumerate(rotated) for b in S.SCORED[S.layer_score(m, r, src.arch.norms_apart)]}
     return F.expected_tensors(src.hp, rotated, scores, src.has_rope_freqs(), src.vectors())
 
 
@@ -347,21 +349,22 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
             if look:
                 attn.append(seen.seen["attn_out"][l][0])
                 gate.append(seen.seen["mlp_in"][l][0] @ orig.wgu[:, :hp.ffn_dim])
-        plan = S.LayerPlan(Q=Q, score=S.layer_score(m, Q is not None))
+        apart = src.arch.norms_apart
+        plan = S.LayerPlan(Q=Q, score=S.layer_score(m, Q is not None, apart))
         if look:
             xs, attn, gate = x.reshape(-1, hp.dim), torch.cat(attn), torch.cat(gate)
             k_l = {b: ks[b][l] for b in F.BLOCK_INPUTS}
             fused = {"pca": fuse.fuse_layer(orig, Q, None) if Q is not None else None,
-                     "id": fuse.fuse_layer(orig, eye, None)}
-            inputs = {name: S.block_inputs(orig, xs, hp, Q if name == "pca" else None, attn, gate)
-                      for name, f in fused.items() if f is not None}
-            scores = {name: S.scores_of(S.layer_score(m, name == "pca"), f, orig)
+                     "id": fuse.fuse_layer(orig, eye, None, apart)}
+            inputs = {name: S.block_inputs(orig, xs, hp, Q if name == "pca" else None, attn, gate,
+                                           apart and name == "id") for name, f in fused.items() if f is not None}
+            scores = {name: S.scores_of(S.layer_score(m, name == "pca", apart), f, orig)
                       for name, f in fused.items() if f is not None}
             if m.rotation == "auto" and not S.choose_rotation(m, orig, fused["pca"], fused["id"], inputs["pca"],
                                                               inputs["id"], k_l, scores["pca"], scores["id"]):
                 plan.Q = None
             basis = "pca" if plan.Q is not None else "id"
-            plan.score = S.layer_score(m, plan.Q is not None)
+            plan.score = S.layer_score(m, plan.Q is not None, apart)
             for i, b in enumerate(m.thresholds):
                 key = S.key_of(b, inputs[basis][b], scores[basis].get(b), gate, m.mlp_out_key, hp.act)
                 plan.thresholds[b] = S.threshold_table(key, seed=l * 4 + i)
@@ -396,7 +399,7 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
     for l in tqdm(range(hp.n_layers), desc="fuse+write", unit="layer", disable=not opts.progress):
         orig = fuse.source_layer(src.layer(l))
         before = basis[l - 1] if l > 0 else eye      # a tied embedding is in the identity basis
-        fused = fuse.fuse_layer(orig, basis[l], fuse.adapter(before, basis[l]))
+        fused = fuse.fuse_layer(orig, basis[l], fuse.adapter(before, basis[l]), src.arch.norms_apart)
         if fused.adapter is not None:
             put(F.T_ADAPTER(l), fused.adapter)
         put(F.T_QKV(l), fused.wqkv)
@@ -416,10 +419,10 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
         raw = src.raw("token_embd.weight")
         put(F.T_EMBD, np.asarray(raw.data) if raw.tensor_type == types[F.T_EMBD] else embd)
         put(F.T_OUTPUT_ADAPTER, basis[-1].T.float())
-        put(F.T_OUTPUT_NORM, src.weight("output_norm.weight"))
+        put(F.T_OUTPUT_NORM, src.output_norm())
     else:
         put(F.T_EMBD, embd @ basis[0].float())
-        put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.weight("output_norm.weight"), basis[-1]))
+        put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.output_norm(), basis[-1]))
     if src.has_rope_freqs():
         put(F.T_ROPE_FREQS, src.rope_freqs())
     return written

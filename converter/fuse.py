@@ -37,19 +37,28 @@ def source_layer(w: dict[str, torch.Tensor]) -> Layer:
         post_attn_norm=w.get("post_attention_norm"), post_ffn_norm=w.get("post_ffw_norm"))
 
 
-def fuse_layer(src: Layer, Q: torch.Tensor, adapter: torch.Tensor | None) -> Layer:
+def fuse_layer(src: Layer, Q: torch.Tensor, adapter: torch.Tensor | None, keep_norms: bool = False) -> Layer:
     """src in original form (norm scales present), Q = Q_l; adapter = Q_{l-1}^T Q_l or None.
+    keep_norms (identity basis only): the block inputs' norm scales stay vectors that the runtime
+    applies (the block input is g u, which the 8-bit activations then quantize, as llama.cpp does),
+    instead of being folded into Wqkv / Wgate_up (the input u, quantized without them): on Gemma,
+    whose scales range from 0 to ~100 next to massive activations, folding cost 8-bit activations
+    +70 % perplexity (u's outliers in channels that g zeroes flattened the rest of their blocks).
     The q/k/v bias and the q/k norms act after the product, on the unrotated heads: unchanged; an
     output bias writes the residual, so it turns with the basis like the output weights. A post norm
     (Gemma) scales the residual's channels after an RMSNorm, which a rotation does not commute with:
     only the identity basis fuses exactly there (convert.py refuses a rotated plan for such models)."""
     Qf = Q.float()
-    if (src.post_attn_norm is not None or src.post_ffn_norm is not None) and not torch.equal(Qf, torch.eye(len(Qf))):
-        raise ValueError("a layer with post norms fuses only with the identity basis")
+    identity = torch.equal(Qf, torch.eye(len(Qf)))
+    if (src.post_attn_norm is not None or src.post_ffn_norm is not None or keep_norms) and not identity:
+        raise ValueError("post norms and norm scales kept apart fuse only with the identity basis")
+    g_attn, g_ffn = (torch.ones_like(src.attn_norm), torch.ones_like(src.ffn_norm)) if keep_norms else \
+        (src.attn_norm, src.ffn_norm)
     return Layer(
-        wqkv=Qf.T @ (src.attn_norm[:, None] * src.wqkv),   # u_rot Q^T diag(g) W
+        wqkv=Qf.T @ (g_attn[:, None] * src.wqkv),   # u_rot Q^T diag(g) W
         wo=src.wo @ Qf,                                       # writes the rotated residual
-        wgu=Qf.T @ (src.ffn_norm[:, None] * src.wgu),
+        wgu=Qf.T @ (g_ffn[:, None] * src.wgu),
+        attn_norm=src.attn_norm if keep_norms else None, ffn_norm=src.ffn_norm if keep_norms else None,
         wdown=src.wdown @ Qf,
         adapter=None if adapter is None else adapter.float(),
         bqkv=src.bqkv, bo=None if src.bo is None else src.bo @ Qf,

@@ -1,6 +1,6 @@
-"""A LLaMA forward pass (with what Qwen2 / Qwen3 / Gemma 3 add: biases, q/k norms, post norms,
-sliding windows, GeGLU, soft-capping; Layer and HParams) in torch: the reference for calibration
-and for the C runtime.
+"""A LLaMA forward pass (with what Qwen2 / Qwen3 / Gemma 2 and 3 / SmolLM3 add: biases, q/k norms,
+post norms, sliding windows, GeGLU, soft-capping, layers without RoPE; Layer and HParams) in torch:
+the reference for calibration and for the C runtime.
 
 One function serves both the original model and the fused LaRoSA model; they differ only in
 their weights (see FORMAT.md). Conventions: activations are row vectors, every linear is
@@ -9,8 +9,12 @@ stored input-major, y = x @ W with W [in, out]. With `ks` given, Top-K keeps the
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as Fn
 
@@ -23,7 +27,7 @@ class Layer:
     wo: torch.Tensor                       # [nh hd, d]
     wgu: torch.Tensor                      # [d, 2 ff]  gate columns, then up
     wdown: torch.Tensor                    # [ff, d]
-    attn_norm: torch.Tensor | None = None  # [d] RMSNorm scale; None once folded into wqkv
+    attn_norm: torch.Tensor | None = None  # [d] RMSNorm scale; None once folded into wqkv (fuse.py)
     ffn_norm: torch.Tensor | None = None   # [d]
     adapter: torch.Tensor | None = None    # [d, d] change of basis of the residual: r <- r @ adapter
     # what an architecture adds to llama's layer (None: absent; FORMAT.md "Biases and q/k norms")
@@ -183,14 +187,31 @@ def rope_sets(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None) -> dict:
     return {b: rope_tables(hp, n_pos, rope_freqs, base=b) for b in bases}
 
 
+@functools.cache
+def _gelu_table() -> torch.Tensor:
+    """[65536] float32: GELU of every half-precision value, as ggml builds its table (and the C
+    runtime, c_kernels/forward.c gelu_build): 0.5 h (1 + tanhf(sqrt(2/pi) h (1 + 0.044715 h h)))
+    in float32 operations in that order, with libm's tanhf, rounded to half."""
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm.tanhf.restype, libm.tanhf.argtypes = ctypes.c_float, [ctypes.c_float]
+    h = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    f32 = np.float32
+    with np.errstate(all="ignore"):   # the inf / NaN entries are never looked up
+        inner = f32(0.79788456080286535587989211986876) * h * (f32(1.0) + f32(0.044715) * h * h)
+        t = np.array([libm.tanhf(v) for v in inner.tolist()], dtype=np.float32)
+        y = f32(0.5) * h * (f32(1.0) + t)
+        return torch.from_numpy(y.astype(np.float16).astype(np.float32))
+
+
 def gelu_tanh_ggml(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh form 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), as ggml's CPU backend
-    computes it (ggml-cpu vec.h, GGML_GELU_FP16, used by llama.cpp's GeGLU): a table over half-precision
-    inputs, so x and the result are rounded to float16; 0 below -10, x above 10. Exact GELU differs
-    from llama.cpp's logits by ~1e-4 relative on the synthetic Gemma test, this by ~2e-5."""
-    h = x.float().half().float()
-    y = (0.5 * h * (1.0 + torch.tanh(0.7978845608028654 * h * (1.0 + 0.044715 * h * h)))).half().float()
-    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, y))
+    computes it (ggml-cpu vec.h, GGML_GELU_FP16, used by llama.cpp's GeGLU): looked up by x rounded
+    to half in a table of half-precision results (_gelu_table); 0 for x <= -10, x for x >= 10.
+    Exact GELU differs from llama.cpp's logits by ~1e-4 relative on the synthetic Gemma test, this
+    by ~2e-5."""
+    idx = x.float().half().view(torch.int16).long() & 0xFFFF
+    y = _gelu_table()[idx]
+    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x.float(), y))
 
 
 ACTIVATION = {"silu": Fn.silu, "gelu_tanh": gelu_tanh_ggml}
@@ -263,8 +284,9 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
         q = rmsnorm(q, lw.q_norm, hp.norm_eps)
     if lw.k_norm is not None:
         k = rmsnorm(k, lw.k_norm, hp.norm_eps)
-    q = apply_rope(q, cos, sin).transpose(1, 2)
-    k = apply_rope(k, cos, sin).transpose(1, 2)
+    if hp.rope(l):
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
     if kv_types[0] == "q8_0":
         q = kv_round(q, "q8_0")

@@ -88,12 +88,12 @@ class LayerPlan:
 SCORED = {"none": (), "norm": ("attn_in", "mlp_in"), "wina": F.BLOCK_INPUTS}   # block inputs with a score
 
 
-def layer_score(m: Method, rotated: bool) -> str:
+def layer_score(m: Method, rotated: bool, norms_apart: bool = False) -> str:
     """The score of a layer: the method's; an identity layer of an automatic plan whose method has
-    none ranks by |g u| (norm), as plain Top-K does."""
-    if not rotated and m.rotation == "auto" and m.score == "none":
-        return "norm"
-    return m.score
+    none ranks by |g u| (norm), as plain Top-K does. With the norm scales applied at run time
+    (norms_apart) the input is g u already: "norm" needs no score."""
+    score = "norm" if not rotated and m.rotation == "auto" and m.score == "none" else m.score
+    return "none" if score == "norm" and norms_apart else score
 
 
 def scores_of(mode: str, fused: Layer, src: Layer) -> dict[str, torch.Tensor]:
@@ -112,15 +112,17 @@ def scores_of(mode: str, fused: Layer, src: Layer) -> dict[str, torch.Tensor]:
 
 
 def block_inputs(src: Layer, x: torch.Tensor, hp: F.HParams, Q: torch.Tensor | None,
-                 attn: torch.Tensor, gate: torch.Tensor) -> dict[str, torch.Tensor]:
+                 attn: torch.Tensor, gate: torch.Tensor, keep_norms: bool = False) -> dict[str, torch.Tensor]:
     """The four block inputs as the runtime sees them, in layer l's basis, for the calibration
     residuals x [N, d]: attn is the attention output [N, nh hd], gate the MLP gate [N, ff]
-    (both from the dense original layer)."""
+    (both from the dense original layer); keep_norms: the normed inputs carry their scales."""
     Qf = None if Q is None else Q.float()
     eps = hp.norm_eps
     u = rmsnorm(x, None, eps)
     u2 = rmsnorm(x + post_norm(attn @ src.wo + (0 if src.bo is None else src.bo), src.post_attn_norm, eps), None, eps)
     up = (u2 * src.ffn_norm) @ src.wgu[:, hp.ffn_dim:]
+    if keep_norms:
+        u, u2 = u * src.attn_norm, u2 * src.ffn_norm
     return {"attn_in": u if Qf is None else u @ Qf, "attn_out": attn,
             "mlp_in": u2 if Qf is None else u2 @ Qf, "mlp_out": ACTIVATION[hp.act](gate) * up}
 

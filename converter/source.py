@@ -1,4 +1,5 @@
-"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3 or gemma3 architecture,
+"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3, gemma2, gemma3, granite or
+smollm3 architecture,
 validated and read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
 
 Architectures (ARCHS; read in llama.cpp's llama-model.cpp, checked against its logits in
@@ -19,7 +20,19 @@ their own RoPE base (rope.freq_base_swa, default 10000); final_logit_softcapping
 maps the logits to c tanh(z / c). llama.cpp's GGUF converter already added Gemma's +1 to every norm
 scale, so they are used as stored. Scores are q.k / sqrt(head size) except for the 62-layer (27B)
 model, whose q llama.cpp scales by 1 / sqrt(d / n_heads) instead (folded into attn_q_norm).
-Other architectures (gemma2, phi3, mistral3, granite, smollm3, ...) are refused by name.
+gemma2 (llama.cpp's models/gemma2-iswa.cpp): gemma3 without the q/k norms, with the attention scores
+soft-capped (attn_logit_softcapping, default 50: s -> c tanh(s / c)) and the final logits
+(final_logit_softcapping, default 30), every other layer (l even) sliding-window
+(attention.sliding_window, default 4096) with the model's one RoPE base.
+granite (models/granite.cpp): llama with the embedding times embedding_scale, q.k times
+attention.scale instead of 1 / sqrt(head size) (folded into attn_q), each block's output (bias
+included) times residual_scale before the residual add (folded into attn_output / ffn_down), the
+logits divided by logit_scale (folded into the final norm's scale), and no RoPE at all when
+rope.scaling.finetuned is false; optional attn_output / ffn_down biases. Every scale is linear where
+it is folded, so the fused LaRoSA form stays exact.
+smollm3 (models/smollm3.cpp): llama with optional q/k/v biases and no RoPE on every fourth layer
+(l + 1 a multiple of 4).
+Other architectures (phi3, mistral3, ...) are refused by name.
 
 Metadata: every <arch>.* key is either applied as llama.cpp applies it to a llama model or refused by
 name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS, the same for the three). What llama.cpp does with the
@@ -92,6 +105,14 @@ class Arch:
     act: str = "silu"               # the MLP's gate activation (format.ACTIVATIONS)
     embd_scale: bool = False        # the looked-up embedding row times sqrt(d) (Gemma)
     swa_period: int = 0             # default attention.sliding_window_pattern (0: no sliding window)
+    swa_default: int = 0            # attention.sliding_window when absent
+    rope_base_swa: float = 0.0      # rope.freq_base_swa when absent (0: rope.freq_base)
+    attn_softcap: float = 0.0       # attn_logit_softcapping when absent (read only if in keys)
+    final_softcap: float = 0.0      # final_logit_softcapping when absent (read only if in keys)
+    q_scale_layers: int = 0         # the block count of the model whose q llama.cpp scales by 1 / sqrt(d / nh)
+    no_rope_step: int = 0           # layer l has no RoPE when (l + 1) % no_rope_step == 0 (SmolLM3: 4)
+    granite: bool = False           # Granite's logit / residual / embedding / attention scales (module doc)
+    norms_apart: bool = False       # the block inputs' norm scales are applied at run time (fuse.py keep_norms)
     keys: tuple[str, ...] = ()      # <arch>.* keys beyond LLAMA_KEYS that the converter applies
 
 
@@ -100,12 +121,19 @@ ARCHS = {
                                    "ffn_down.bias"), fused_qkv=True, rope_freqs=True),
     "qwen2": Arch("Qwen2", neox=True, biases=("attn_q.bias", "attn_k.bias", "attn_v.bias")),
     "qwen3": Arch("Qwen3", neox=True, qk_norm=True),
+    # llama.cpp's hparams for gemma2 / gemma3 (llama-model.cpp): the 27B models (46 / 62 layers) scale
+    # q by 1 / sqrt(d / n_heads), not 1 / sqrt(head size)
+    "gemma2": Arch("Gemma 2", neox=True, post_norms=True, act="gelu_tanh", embd_scale=True, norms_apart=True,
+                   swa_period=2, swa_default=4096, attn_softcap=50.0, final_softcap=30.0, q_scale_layers=46,
+                   keys=("attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping")),
     "gemma3": Arch("Gemma 3", neox=True, qk_norm=True, post_norms=True, act="gelu_tanh", embd_scale=True,
-                   swa_period=6, keys=("attention.sliding_window", "attention.sliding_window_pattern",
-                                       "rope.freq_base_swa", "final_logit_softcapping")),
+                   norms_apart=True, swa_period=6, rope_base_swa=10000.0, q_scale_layers=62,
+                   keys=("attention.sliding_window", "attention.sliding_window_pattern",
+                         "rope.freq_base_swa", "final_logit_softcapping")),
+    "granite": Arch("Granite", biases=("attn_output.bias", "ffn_down.bias"), fused_qkv=True, rope_freqs=True,
+                    granite=True, keys=("logit_scale", "residual_scale", "embedding_scale", "attention.scale")),
+    "smollm3": Arch("SmolLM3", biases=("attn_q.bias", "attn_k.bias", "attn_v.bias"), no_rope_step=4),
 }
-# the 62-layer Gemma 3 (27B): llama.cpp scales q by 1 / sqrt(d / n_heads), not 1 / sqrt(head size)
-GEMMA3_27B_LAYERS = 62
 assert tuple(ARCHS) == F.SOURCE_ARCHS
 _MOE = re.compile(r"blk\.\d+\.ffn_(gate_inp|(gate|up|down)_(exps|shexp)|gate_inp_shexp|exp_probs_b)\.")
 
@@ -234,33 +262,65 @@ class SourceModel:
         m, p, a = self.meta, self.prefix, self.arch
         n_swa, swa_layers, base_swa = 0, (), 0.0
         if a.swa_period:
-            n_swa = m.int(f"{p}attention.sliding_window", 0)
+            n_swa = m.int(f"{p}attention.sliding_window", a.swa_default)
             key = f"{p}attention.sliding_window_pattern"
             if m.has(key) and m.types(key)[0] == VT.ARRAY:
                 raise UnsupportedError(f"{self.path}: {key} as one value per layer is not supported (a period is)")
-            period = m.int(key, a.swa_period)
+            period = m.int(key, a.swa_period) if "attention.sliding_window_pattern" in a.keys else a.swa_period
             if not 0 <= n_swa <= 1 << 22 or period < 0:
                 raise FormatError(f"{self.path}: {p}attention.sliding_window = {n_swa} or its pattern {period} "
                                   "is out of range")
             swa_layers = tuple(period == 0 or l % period < period - 1 for l in range(hp.n_layers)) if n_swa else ()
             if n_swa and not any(swa_layers):
                 n_swa, swa_layers = 0, ()
-            base_swa = m.float(f"{p}rope.freq_base_swa", 10000.0) if n_swa else 0.0
+            base_swa = m.float(f"{p}rope.freq_base_swa", a.rope_base_swa or hp.rope_base) if n_swa else 0.0
             if n_swa and not (math.isfinite(base_swa) and base_swa > 1):
                 raise FormatError(f"{self.path}: {p}rope.freq_base_swa = {base_swa} is invalid")
-        cap = m.float(f"{p}final_logit_softcapping", 0.0) if "final_logit_softcapping" in a.keys else 0.0
-        if not (math.isfinite(cap) and cap >= 0):
-            raise FormatError(f"{self.path}: {p}final_logit_softcapping = {cap} is invalid")
+        caps = {}
+        for name, default in (("attn_logit_softcapping", a.attn_softcap), ("final_logit_softcapping", a.final_softcap)):
+            caps[name] = m.float(f"{p}{name}", default) if name in a.keys else 0.0
+            if not (math.isfinite(caps[name]) and 0 <= caps[name] < 1e30):
+                raise FormatError(f"{self.path}: {p}{name} = {caps[name]} is invalid")
+        embd_scale = float(np.sqrt(np.float32(hp.dim))) if a.embd_scale else 1.0
+        no_rope: tuple = ()
+        if a.no_rope_step:
+            no_rope = tuple((l + 1) % a.no_rope_step == 0 for l in range(hp.n_layers))
+        if a.granite:
+            embd_scale = self._granite_scale("embedding_scale") or 1.0
+            if not m.bool(f"{p}rope.scaling.finetuned", True):   # llama.cpp: Granite's switch for RoPE
+                no_rope = (True,) * hp.n_layers
         return dataclasses.replace(
-            hp, act=a.act, embd_scale=float(np.sqrt(np.float32(hp.dim))) if a.embd_scale else 1.0,
-            n_swa=n_swa, swa_layers=swa_layers, rope_base_swa=base_swa, final_softcap=cap)
+            hp, act=a.act, embd_scale=embd_scale, n_swa=n_swa, swa_layers=swa_layers, rope_base_swa=base_swa,
+            attn_softcap=caps["attn_logit_softcapping"], final_softcap=caps["final_logit_softcapping"],
+            no_rope_layers=no_rope)
+
+    def _granite_scale(self, name: str, default: float = 0.0) -> float:
+        """A Granite scale (0: none, as llama.cpp reads an absent one)."""
+        key = self.prefix + name
+        v = self.meta.float(key, default)
+        if not (math.isfinite(v) and 0 <= v < 1e30):
+            raise FormatError(f"{self.path}: {key} = {v} is invalid")
+        return v
+
+    def output_norm(self) -> torch.Tensor:
+        """output_norm.weight, divided by Granite's logit_scale (llama.cpp divides the logits by it;
+        the head is linear after the norm's scale, so the scale may sit there)."""
+        g = self.weight("output_norm.weight")
+        if self.arch.granite:
+            s = self._granite_scale("logit_scale", 1.0)
+            if s == 0:
+                raise FormatError(f"{self.path}: {self.prefix}logit_scale = 0")
+            g = g / s
+        return g
 
     def _q_scale(self) -> float:
         """The factor on q beyond llama's: rope.scaling.attn_factor^2 (ggml scales the rotated q
-        and k each by it) and Gemma 3 27B's attention scale (module doc)."""
+        and k each by it) and Gemma 2 / 3 27B's attention scale (module doc)."""
         f = float(self.attn_factor) ** 2
-        if self.arch_name == "gemma3" and self.hp.n_layers == GEMMA3_27B_LAYERS:
+        if self.hp.n_layers == self.arch.q_scale_layers:
             f *= math.sqrt(self.hp.head_dim) / math.sqrt(self.hp.dim // self.hp.n_heads)
+        if self.arch.granite and self._granite_scale("attention.scale"):   # llama.cpp's kq_scale
+            f *= self._granite_scale("attention.scale") * math.sqrt(self.hp.head_dim)
         return f
 
     def _rope_scaling(self) -> tuple[float, float]:
@@ -396,6 +456,11 @@ class SourceModel:
             for n in (("attn_q_norm",) if self.arch.qk_norm else ("attn_q", "attn_q.bias")):
                 if n in w:
                     w[n] = w[n] * self.q_scale
+        rs = self._granite_scale("residual_scale") if self.arch.granite else 0.0
+        if rs:   # llama.cpp scales each block's output (bias included) before the residual add
+            for n in ("attn_output", "attn_output.bias", "ffn_down", "ffn_down.bias"):
+                if n in w:
+                    w[n] = w[n] * rs
         return w
 
     def vectors(self) -> tuple[str, ...]:
@@ -403,7 +468,8 @@ class SourceModel:
         have = {"attn_qkv.bias": any(b in self.biases for b in ("attn_q.bias", "attn_k.bias", "attn_v.bias")),
                 "attn_output.bias": "attn_output.bias" in self.biases, "ffn_down.bias": "ffn_down.bias" in self.biases,
                 "attn_q_norm.weight": self.arch.qk_norm, "attn_k_norm.weight": self.arch.qk_norm,
-                "post_attention_norm.weight": self.arch.post_norms, "post_ffw_norm.weight": self.arch.post_norms}
+                "post_attention_norm.weight": self.arch.post_norms, "post_ffw_norm.weight": self.arch.post_norms,
+                "attn_norm.weight": self.arch.norms_apart, "ffn_norm.weight": self.arch.norms_apart}
         return tuple(k for k in F.LAYER_VECTORS if have[k])
 
     def tokenizer_fields(self) -> list[str]:

@@ -24,7 +24,7 @@ def source_weights(src: SourceModel) -> Weights:
     return Weights(
         hp=hp, embd=embd, head=embd if hp.tied else src.weight("output.weight"),
         layers=[source_layer(src.layer(l)) for l in range(hp.n_layers)],
-        out_norm=src.weight("output_norm.weight"),
+        out_norm=src.output_norm(),
         rope_freqs=src.rope_freqs())
 
 

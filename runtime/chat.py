@@ -59,7 +59,7 @@ GEMMA_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
 # source architecture (larosa.source.architecture) -> its turn format, for files without a template
-FAMILY_TEMPLATES = {"gemma3": ("Gemma", GEMMA_TEMPLATE)}
+FAMILY_TEMPLATES = {"gemma2": ("Gemma", GEMMA_TEMPLATE), "gemma3": ("Gemma", GEMMA_TEMPLATE)}
 SYSTEM_FOLD_NOTE = ("the chat template has no system role (it refuses or drops a system message): "
                     "the system message is put at the start of the first user message")
 

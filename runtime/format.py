@@ -15,7 +15,8 @@ from gguf import quants
 
 from .errors import UnsupportedError
 
-SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma3")   # the llama.cpp architectures the converter reads
+# the llama.cpp architectures the converter reads
+SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "granite", "smollm3")
 ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
 FORMAT_VERSION = 2        # 2: input-major quantized weights as I8 codes + F16 scales (FORMAT.md)
 
@@ -83,6 +84,7 @@ K_ACTIVATION = key("activation")            # "silu" (SwiGLU) or "gelu_tanh" (Ge
 K_SWA = key("attention.sliding_window")     # uint32 n_swa: a sliding-window layer attends to its last n_swa positions
 K_SWA_LAYERS = key("attention.sliding_window_layers")   # uint8[n_layer]: 1 where layer l uses the window
 K_ROPE_BASE_SWA = key("rope.freq_base_swa")  # float32: the RoPE base of the sliding-window layers
+K_NO_ROPE = key("rope.no_rope_layers")      # uint8[n_layer]: 1 where layer l does not rotate q and k (SmolLM3)
 K_ATTN_SOFTCAP = key("attn_logit_softcapping")    # float32 c: attention scores c tanh(s / c) (Gemma 2)
 K_FINAL_SOFTCAP = key("final_logit_softcapping")  # float32 c: logits c tanh(z / c)
 ACTIVATIONS = ("silu", "gelu_tanh")
@@ -139,17 +141,21 @@ def T_DOWN(l: int) -> str:      # [ff, d] input-major
 #   attn_q_norm, attn_k_norm  RMSNorm scales over each head of q / k (Qwen3, Gemma 3), before RoPE
 #   post_attention_norm, post_ffw_norm  RMSNorm (with this scale) of the o / down output before the
 #                    residual add (Gemma's "sandwich" norms)
+#   attn_norm, ffn_norm  the block inputs' RMSNorm scales, applied at run time instead of being folded
+#                    into the weights (Gemma: scales of 0 to ~100 next to massive activations)
 # kind -> the field of the reference's Layer (converter/model.py) and of the C lr_layer holding it
 LAYER_VECTOR_FIELDS = {"attn_qkv.bias": "bqkv", "attn_output.bias": "bo", "ffn_down.bias": "bdown",
                        "attn_q_norm.weight": "q_norm", "attn_k_norm.weight": "k_norm",
-                       "post_attention_norm.weight": "post_attn_norm", "post_ffw_norm.weight": "post_ffn_norm"}
+                       "post_attention_norm.weight": "post_attn_norm", "post_ffw_norm.weight": "post_ffn_norm",
+                       "attn_norm.weight": "attn_norm", "ffn_norm.weight": "ffn_norm"}
 LAYER_VECTORS = tuple(LAYER_VECTOR_FIELDS)
 
 
 def layer_vector_len(hp: "HParams", kind: str) -> int:
     return {"attn_qkv.bias": hp.qkv_dim, "attn_output.bias": hp.dim, "ffn_down.bias": hp.dim,
             "attn_q_norm.weight": hp.head_dim, "attn_k_norm.weight": hp.head_dim,
-            "post_attention_norm.weight": hp.dim, "post_ffw_norm.weight": hp.dim}[kind]
+            "post_attention_norm.weight": hp.dim, "post_ffw_norm.weight": hp.dim, "attn_norm.weight": hp.dim,
+            "ffn_norm.weight": hp.dim}[kind]
 
 
 def T_VEC(l: int, kind: str) -> str:   # kind: one of LAYER_VECTORS
@@ -177,10 +183,15 @@ class HParams:
     rope_base_swa: float = 0.0       # RoPE base of the sliding-window layers
     attn_softcap: float = 0.0        # 0: none
     final_softcap: float = 0.0       # 0: none
+    no_rope_layers: tuple = ()       # n_layers bools: True where the layer has no RoPE (empty: none)
 
     def window(self, layer: int) -> int:
         """The sliding window of a layer (positions it attends to, itself included), 0: all."""
         return self.n_swa if self.swa_layers and self.swa_layers[layer] else 0
+
+    def rope(self, layer: int) -> bool:
+        """Whether the layer rotates q and k (RoPE)."""
+        return not (self.no_rope_layers and self.no_rope_layers[layer])
 
     def layer_rope_base(self, layer: int) -> float:
         return self.rope_base_swa if self.window(layer) else self.rope_base

@@ -259,10 +259,16 @@ def _arch_hparams(m: Metadata, hp: F.HParams, path: str) -> F.HParams:
             raise FormatError(f"{path}: {F.K_ROPE_BASE_SWA} = {rope_base_swa} is invalid")
     elif m.has(F.K_SWA_LAYERS) or m.has(F.K_ROPE_BASE_SWA):
         raise FormatError(f"{path}: {F.K_SWA_LAYERS} / {F.K_ROPE_BASE_SWA} without {F.K_SWA}")
+    no_rope: tuple = ()
+    if m.has(F.K_NO_ROPE):
+        a = _per_layer(m, F.K_NO_ROPE, "int", hp.n_layers, path)
+        if not np.isin(a, (0, 1)).all():
+            raise FormatError(f"{path}: {F.K_NO_ROPE} must hold 0 or 1")
+        no_rope = tuple(bool(v) for v in a)
     return dataclasses.replace(
         hp, embd_scale=positive(F.K_EMBD_SCALE, 1.0, zero_ok=False), act=act, n_swa=n_swa, swa_layers=swa_layers,
         rope_base_swa=rope_base_swa, attn_softcap=positive(F.K_ATTN_SOFTCAP, 0.0),
-        final_softcap=positive(F.K_FINAL_SOFTCAP, 0.0))
+        final_softcap=positive(F.K_FINAL_SOFTCAP, 0.0), no_rope_layers=no_rope)
 
 
 def _per_layer(m: Metadata, key: str, kind: str, n: int, path: str) -> np.ndarray:

@@ -213,7 +213,7 @@ class Model:
                 self._tensor(F.T_SCORE(l, b), L.score[i])
             for kind, attr in F.LAYER_VECTOR_FIELDS.items():
                 self._tensor(F.T_VEC(l, kind), getattr(L, attr))
-            L.n_swa = hp.window(l)
+            L.n_swa, L.no_rope = hp.window(l), int(not hp.rope(l))
         d.layers = layers
         d.mlp_out_gate_key = int(self.file.mlp_out_key == "gate")
         return d

@@ -1,5 +1,5 @@
-"""Gemma 3 (converter/source.py ARCHS["gemma3"]) end to end on tiny synthetic GGUFs (random weights,
-odd sizes, GQA, tied embedding) that llama.cpp loads: q/k norms, post-attention and post-FFN norms,
+"""Gemma 3 and Gemma 2 (converter/source.py ARCHS["gemma3"], ["gemma2"]) end to end on tiny synthetic
+GGUFs (random weights, odd sizes, GQA, tied embedding) that llama.cpp loads: q/k norms, post-attention and post-FFN norms,
 GeGLU, the embedding scaled by sqrt(d), sliding-window layers with their own RoPE base over more
 positions than the window, final logit soft-capping:
 - the torch reference of the source and the C runtime (F32 conversion, sparsity 0, prompt path and
@@ -194,3 +194,52 @@ def test_unsupported_gemma_keys_refused(tmp_path, key, value, match):
         p = q
     with pytest.raises(UnsupportedError, match=match):
         SourceModel(p)
+
+
+# ---- Gemma 2: no q/k norms; attention and final logits soft-capped (llama.cpp's defaults 50 and 30
+# when the keys are absent); every other layer (the even ones) sliding-window, default 4096 positions,
+# with the model's one RoPE base
+
+GEMMA2_KV = {"attention.sliding_window": WINDOW, "attn_logit_softcapping": 3.0, "final_logit_softcapping": CAP}
+
+
+def gemma2(path: str, seed: int, **kv) -> str:
+    return make_synthetic(path, 48, 80, 5, 4, 2, 320, "f32", tied=True, seed=seed, ctx=128, head_dim=24,
+                          post_norms=True, arch="gemma2", extra_kv=kv)
+
+
+@pytest.mark.parametrize("keys", ["given", "defaults"])
+def test_gemma2_matches_llama_cpp(keys, tmp_path):
+    """Reference and C runtime (prompt path and decode step) against llama.cpp; the attention
+    soft-cap matters (llama.cpp's default of 50 only slightly on these logits)."""
+    p = gemma2(str(tmp_path / "g2.gguf"), seed=4, **(GEMMA2_KV if keys == "given" else {}))
+    hp = SourceModel(p).hp
+    want = (WINDOW, 3.0, CAP) if keys == "given" else (4096, 50.0, 30.0)
+    assert (hp.n_swa, hp.attn_softcap, hp.final_softcap) == want
+    assert hp.swa_layers == (True, False, True, False, True) and hp.rope_base_swa == hp.rope_base
+    ref = llama_cpp_logits(p)
+    w = source_weights(SourceModel(p))
+    assert rel(forward(w, torch.tensor([tokens()]))[0].numpy(), ref) < 1e-4               # seen: 6e-5
+    w.hp = dataclasses.replace(hp, attn_softcap=0.0)
+    assert rel(forward(w, torch.tensor([tokens()]))[0].numpy(), ref) > (0.05 if keys == "given" else 3e-4)
+    out = convert_for_test(p, str(tmp_path / "out.gguf"), "f32", sparsity=0.0, method="budget")
+    m = Model(out, sparsity=0.0, n_threads=1, type_k="f32", type_v="f32")
+    assert m.hp.attn_softcap == hp.attn_softcap
+    prompt = m.eval(tokens(), all_logits=True)
+    m.reset()
+    decode = np.stack([m.eval([t]) for t in tokens()])
+    assert rel(prompt, ref) < 1e-4 and rel(decode, ref) < 1e-4                            # seen: 6e-6
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["prefill", "decode"])
+def test_gemma2_sparse_runtime_matches_reference(tmp_path, batched):
+    p = gemma2(str(tmp_path / "g2.gguf"), seed=6, **GEMMA2_KV)
+    m = Model(convert_for_test(p, str(tmp_path / "out.gguf"), "f32", method="budget"), sparsity=0.4, n_threads=2)
+    check_against_reference(m, np.random.default_rng(3).integers(0, m.hp.n_vocab, 39).tolist(), rtol=1e-4,
+                            batched=batched)
+
+
+def test_gemma2_method_larosa_refused(tmp_path):
+    p = gemma2(str(tmp_path / "g2.gguf"), seed=4)
+    with pytest.raises(UnsupportedError, match="Gemma 2: its post-attention and post-FFN norms"):
+        convert_for_test(p, str(tmp_path / "x.gguf"), "f32", method="larosa")

@@ -97,6 +97,15 @@ def check_against_reference(m: Model, tokens: list[int], rtol: float, batched: b
         w.embd = embd
         ks.keys = runtime_keys
     assert_logits_close(logits, ref, rtol, floor)
+    if m.hp.act == "gelu_tanh" and ks.keys is not runtime_keys:
+        # ggml's GELU is a table over half-precision inputs (converter/model.py gelu_tanh_ggml): a gate
+        # within float noise of a half rounding boundary looks up the neighbouring entry, a half ulp of
+        # the gate (times the GELU's slope) away. The down input's keys then agree to a few 1e-3 of
+        # their largest, and its selections are checked on the keys the runtime ranked.
+        for l in range(m.hp.n_layers):
+            ours, theirs = runtime_keys["mlp_out"][l], ks.keys["mlp_out"][l]
+            assert ((ours - theirs).abs() <= 4e-3 * theirs.amax(-1, keepdim=True)).all(), l   # seen: 1.3e-3
+            ks.keys["mlp_out"][l] = ours
     budget = Budget(*m.file.budget(m.sparsity)) if m.budget else None
     spent = torch.zeros(len(tokens), dtype=torch.float64)      # budget: cost per token
     for l in range(m.hp.n_layers):
