@@ -53,6 +53,11 @@ struct lr_gpu_model {
     double *inv_freq;
     float *row, *stepbuf;
     uint64_t step_bytes, logits_bytes;
+    int profile;                     /* per-dispatch timestamps (lr_gpu_model_profile) */
+    WGPUQuerySet qs;
+    WGPUBuffer qres, qread;
+    double prof_ns[P_COUNT];
+    int64_t prof_tokens;
 };
 
 static int32_t fail(char *err, int32_t len, int32_t code, const char *msg) {
@@ -339,6 +344,9 @@ void lr_gpu_model_free(lr_gpu_model *m) {
                     m->stepbuf};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     for (int i = 0; i < 4; i++) free(m->k[i]), free(m->thr[i]), free(m->plan[i]), free(m->cost[i]), free(m->remain[i]);
+    if (m->qs) W.QuerySetRelease(m->qs);
+    if (m->qres) W.BufferRelease(m->qres);
+    if (m->qread) W.BufferRelease(m->qread);
     lr_gpu_flush(m->g);
     lr_gpu_release(m->g);
     free(m);
@@ -565,13 +573,27 @@ static int32_t step_token(lr_gpu_model *m, int32_t token, int32_t pos, float *ou
     }
     W.QueueWriteBuffer(g->queue, m->step, 0, m->stepbuf, (size_t)m->step_bytes);
     WGPUCommandEncoder enc = lr_gpu_encoder(g);
-    lr_gpu_run(g, m->disp, m->n_disp, enc);
+    lr_gpu_run(g, m->disp, m->n_disp, enc, m->profile ? m->qs : NULL);
+    if (m->profile) {
+        W.CommandEncoderResolveQuerySet(enc, m->qs, 0, (uint32_t)(2 * m->n_disp), m->qres, 0);
+        W.CommandEncoderCopyBufferToBuffer(enc, m->qres, 0, m->qread, 0, (uint64_t)m->n_disp * 16);
+    }
     if (out) {
         W.CommandEncoderCopyBufferToBuffer(enc, m->logits, 0, m->staging, 0, m->logits_bytes);
         W.CommandEncoderCopyBufferToBuffer(enc, m->state, 0, m->staging, m->logits_bytes, 32);
         W.CommandEncoderClearBuffer(enc, m->state, 0, 32);   /* the row counters restart */
     }
     lr_gpu_submit(g, enc);
+    if (m->profile) {   /* GPU time per dispatch, added up by kernel */
+        uint64_t *tsv = malloc((size_t)m->n_disp * 16);
+        if (tsv && lr_gpu_read(g, m->qread, (uint64_t)m->n_disp * 16, tsv) == LR_OK) {
+            for (int32_t i = 0; i < m->n_disp; i++)
+                for (int p = 0; p < P_COUNT; p++)
+                    if (g->pipe[p] == m->disp[i].pipe && tsv[2 * i + 1] > tsv[2 * i]) m->prof_ns[p] += (double)(tsv[2 * i + 1] - tsv[2 * i]);
+            m->prof_tokens++;
+        }
+        free(tsv);
+    }
     if (!out) return gpu_status(g);
     float *tmp = malloc((size_t)m->logits_bytes + 32);
     if (!tmp) return LR_ENOMEM;
@@ -655,4 +677,25 @@ int32_t lr_gpu_model_read(lr_gpu_model *m, int32_t which, float *out, int32_t n)
     const int32_t len[5] = {m->d.dim, qkvd, m->d.n_heads * m->d.head_dim, 2 * m->d.ffn_dim, m->d.ffn_dim};
     if (n > len[which]) return LR_ERANGE;
     return lr_gpu_read_back(m->g, b[which], 0, (uint64_t)n * 4, out);
+}
+
+int64_t lr_gpu_model_profile(lr_gpu_model *m, double *out_ns, int32_t n, int32_t enable) {
+    if (!m || n < 0 || (n && !out_ns)) return LR_EARG;
+    for (int32_t i = 0; i < n && i < P_COUNT; i++) out_ns[i] = m->prof_ns[i];
+    const int64_t tokens = m->prof_tokens;
+    memset(m->prof_ns, 0, sizeof m->prof_ns);
+    m->prof_tokens = 0;
+    if (enable && !m->g->timestamps) return LR_ETYPE;
+    if (enable && !m->qs) {
+        WGPUQuerySetDescriptor qd = WGPU_QUERY_SET_DESCRIPTOR_INIT;
+        qd.type = WGPUQueryType_Timestamp, qd.count = (uint32_t)(2 * m->n_disp);
+        m->qs = W.DeviceCreateQuerySet(m->g->device, &qd);
+        m->qres = lr_gpu_buffer(m->g, (uint64_t)m->n_disp * 16, WGPUBufferUsage_QueryResolve | WGPUBufferUsage_CopySrc,
+                                NULL, "timestamps");
+        m->qread = lr_gpu_buffer(m->g, (uint64_t)m->n_disp * 16, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst,
+                                 NULL, "timestamps");
+        if (!m->qs || !m->qres || !m->qread) return LR_ENOMEM;
+    }
+    m->profile = enable != 0;
+    return tokens;
 }

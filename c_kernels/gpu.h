@@ -49,6 +49,13 @@ int64_t lr_gpu_model_bytes(const lr_gpu_model *m);
  * count, at most cap of them into idx */
 int32_t lr_gpu_model_selection(lr_gpu_model *m, int32_t layer, int32_t block, int32_t *idx, int32_t cap);
 
+/* Per-kernel GPU time (timestamp queries, each dispatch in its own pass while on): copies
+ * min(n, 15) accumulated nanoseconds into out_ns in the order select, mv_q8, mv_q4, mv_f16, mv_f32,
+ * red_store, red_add, red_swiglu, rope_kv, attend, head_prep, head_q8, head_q4, head_f16, head_f32,
+ * resets them, sets profiling on (enable 1) or off; returns the tokens timed, or LR_ETYPE when the
+ * adapter has no timestamp queries */
+int64_t lr_gpu_model_profile(lr_gpu_model *m, double *out_ns, int32_t n, int32_t enable);
+
 /* Test hook: the last token's activations of the last layer: which 0 x (the residual, d), 1 q k v
  * after RoPE of q ((nh + 2 nkv) hd), 2 attention output (nh hd), 3 gate and up (2 ff), 4 swiglu (ff) */
 int32_t lr_gpu_model_read(lr_gpu_model *m, int32_t which, float *out, int32_t n);

@@ -133,10 +133,11 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     int nmods = 0, rc = 1;
     for (int p = 0; p < P_COUNT && rc; p++) {
         WGPUShaderModule mod = NULL;
+        const char *file = PIPES[p].file;
         for (int i = 0; i < nmods; i++)
-            if (!strcmp(loaded_name[i], PIPES[p].file)) mod = mods[i];
+            if (!strcmp(loaded_name[i], file)) mod = mods[i];
         if (!mod) {
-            char *src = read_file(dir, PIPES[p].file);
+            char *src = read_file(dir, file);
             if (!src) {
                 snprintf(msg, sizeof msg, "cannot read the shader %s/%s", dir, PIPES[p].file);
                 set_err(err, len, msg);
@@ -150,7 +151,7 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
             md.label = sv(PIPES[p].file);
             mod = W.DeviceCreateShaderModule(g->device, &md);
             free(src);
-            loaded_name[nmods] = PIPES[p].file, mods[nmods++] = mod;
+            loaded_name[nmods] = file, mods[nmods++] = mod;
         }
         WGPUComputePipelineDescriptor cd = WGPU_COMPUTE_PIPELINE_DESCRIPTOR_INIT;
         cd.layout = g->pl[PIPES[p].layout];
@@ -232,6 +233,9 @@ lr_gpu *lr_gpu_open(const char *lib_path, const char *shader_dir, char *err, int
     ws = (wait_slot){0};
     WGPUDeviceDescriptor dd = WGPU_DEVICE_DESCRIPTOR_INIT;
     dd.requiredLimits = &g->limits;   /* the adapter's, not the defaults */
+    WGPUFeatureName ts = WGPUFeatureName_TimestampQuery;
+    g->timestamps = W.AdapterHasFeature(g->adapter, ts) != 0;
+    dd.requiredFeatureCount = g->timestamps ? 1 : 0, dd.requiredFeatures = &ts;
     dd.uncapturedErrorCallbackInfo.callback = on_error;
     dd.uncapturedErrorCallbackInfo.userdata1 = g;
     dd.deviceLostCallbackInfo.mode = WGPUCallbackMode_AllowProcessEvents;
@@ -368,8 +372,22 @@ int32_t lr_gpu_read(lr_gpu *g, WGPUBuffer staging, uint64_t size, void *out) {
     return p ? LR_OK : LR_EGPU;
 }
 
-void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncoder enc) {
+void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncoder enc, WGPUQuerySet qs) {
     WGPUComputePassDescriptor pd = WGPU_COMPUTE_PASS_DESCRIPTOR_INIT;
+    if (qs) {   /* profiling: a pass per dispatch, timed on the GPU */
+        for (int32_t i = 0; i < n; i++) {
+            WGPUPassTimestampWrites tw = WGPU_PASS_TIMESTAMP_WRITES_INIT;
+            tw.querySet = qs, tw.beginningOfPassWriteIndex = (uint32_t)(2 * i), tw.endOfPassWriteIndex = (uint32_t)(2 * i + 1);
+            pd.timestampWrites = &tw;
+            WGPUComputePassEncoder pass = W.CommandEncoderBeginComputePass(enc, &pd);
+            W.ComputePassEncoderSetPipeline(pass, d[i].pipe);
+            W.ComputePassEncoderSetBindGroup(pass, 0, d[i].bg, 0, NULL);
+            W.ComputePassEncoderDispatchWorkgroups(pass, d[i].x, d[i].y, 1);
+            W.ComputePassEncoderEnd(pass);
+            W.ComputePassEncoderRelease(pass);
+        }
+        return;
+    }
     WGPUComputePassEncoder pass = W.CommandEncoderBeginComputePass(enc, &pd);
     WGPUComputePipeline cur = NULL;
     for (int32_t i = 0; i < n; i++) {

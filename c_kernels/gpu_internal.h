@@ -40,6 +40,9 @@
     X(WGPUProcComputePassEncoderDispatchWorkgroups, ComputePassEncoderDispatchWorkgroups)            \
     X(WGPUProcComputePassEncoderEnd, ComputePassEncoderEnd)                                          \
     X(WGPUProcComputePassEncoderRelease, ComputePassEncoderRelease)                                  \
+    X(WGPUProcAdapterHasFeature, AdapterHasFeature) X(WGPUProcDeviceCreateQuerySet, DeviceCreateQuerySet)   \
+    X(WGPUProcCommandEncoderResolveQuerySet, CommandEncoderResolveQuerySet)                          \
+    X(WGPUProcQuerySetRelease, QuerySetRelease)                                                      \
     X(lr_proc_device_poll, DevicePoll) X(lr_proc_get_version, GetVersion)
 
 /* wgpu.h's native functions have no proc types */
@@ -70,6 +73,7 @@ struct lr_gpu {
     WGPUComputePipeline pipe[P_COUNT];
     char info[400];
     int failed;          /* the device reported an error: every later call returns LR_EGPU */
+    int timestamps;      /* TimestampQuery granted: per-dispatch GPU times (lr_gpu_model_profile) */
     int32_t models;      /* models on the device: lr_gpu_close waits for the last one's free */
     int closing;
     char error[1024];
@@ -102,8 +106,9 @@ void *lr_gpu_map_new(lr_gpu *g, uint64_t size, WGPUBuffer *out);
 WGPUBindGroup lr_gpu_bind(lr_gpu *g, int layout, const lr_gpu_slice *s);
 /* maps a MapRead buffer, waits, copies size bytes out */
 int32_t lr_gpu_read(lr_gpu *g, WGPUBuffer staging, uint64_t size, void *out);
-/* the dispatches in one compute pass of enc */
-void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncoder enc);
+/* the dispatches in one compute pass of enc; with a query set, each in its own pass between the
+ * timestamps 2 i and 2 i + 1 */
+void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncoder enc, WGPUQuerySet qs);
 WGPUCommandEncoder lr_gpu_encoder(lr_gpu *g);
 void lr_gpu_submit(lr_gpu *g, WGPUCommandEncoder enc);   /* finishes, submits and releases enc */
 

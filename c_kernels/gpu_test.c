@@ -26,7 +26,7 @@ static WGPUBuffer store(lr_gpu *g, owned *o, const void *data, uint64_t size) {
 
 static int32_t run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n) {
     WGPUCommandEncoder enc = lr_gpu_encoder(g);
-    lr_gpu_run(g, d, n, enc);
+    lr_gpu_run(g, d, n, enc, NULL);
     lr_gpu_submit(g, enc);
     lr_gpu_flush(g);
     return g->failed ? LR_EGPU : LR_OK;

@@ -20,8 +20,8 @@ struct Step { pos: u32, pad0: u32, pad1: u32, pad2: u32, cs: array<vec2<f32>> } 
 @group(0) @binding(7) var<storage, read_write> att: array<f32>;  // [nh][n_ctx] scores, then weights
 @group(0) @binding(8) var<storage, read_write> ao: array<f32>;   // [nh hd]
 
-const WG: u32 = 128u;
-var<workgroup> red: array<f32, 256>;
+const WG: u32 = 512u;   // positions in parallel (scores), and position parts x value pairs
+var<workgroup> red: array<f32, 512>;
 
 fn wg_sum(t: u32, v: f32, n: u32) -> f32 {
     red[t] = v;
@@ -60,7 +60,7 @@ fn store_pair(to_k: bool, row: u32, e: u32, a: f32, b: f32) {
     }
 }
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(512)
 fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let h = wid.x;
     let t = lid.x;
@@ -116,9 +116,9 @@ fn v_pair(row: u32, e: u32) -> vec2<f32> {   // values e, e + 1 of cache row `ro
     return vec2<f32>(bitcast<f32>(vc[b]), bitcast<f32>(vc[b + 1u]));
 }
 
-var<workgroup> vsum: array<vec2<f32>, 128>;
+var<workgroup> vsum: array<vec2<f32>, 512>;
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(512)
 fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let h = wid.x;
     let t = lid.x;

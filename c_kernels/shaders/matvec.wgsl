@@ -5,8 +5,9 @@
 // contiguous quarters, one per stream, and the streams' sums are added in shared memory before
 // the one write of the chunk (fewer chunks: less partial traffic for reduce.wgsl, which adds the
 // chunks in order). Each selected row is read in one contiguous piece per stream (1 KiB of Q8_0
-// codes, 512 B of Q4_0), eight rows' loads issued before their use, so that enough bytes are in
-// flight to cover the memory latency.
+// codes, 512 B of Q4_0), eight rows' loads issued before their use (no branch between: rows past
+// the end repeat the last one with value 0), so that enough bytes are in flight to cover the
+// memory latency.
 //
 // Q8_0 / Q4_0 (the _IM types of FORMAT.md): W[i][c] = d[i / 32][c] q[i][c]. As lr_qspmv: the
 // values are the inputs' Q8_0 codes, per group of 32 inputs the products q * xq are summed
@@ -25,6 +26,7 @@ struct Acc { a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32> }
 
 fn row_of(j: u32) -> u32 { return sel[4u + j]; }
 fn val_of(j: u32) -> f32 { return bitcast<f32>(sel[4u + P.rows + j]); }
+fn val_in(j: u32, j1: u32) -> f32 { return select(0.0, val_of(min(j, j1 - 1u)), j < j1); }   // 0 past the end
 fn dx_of(g: u32) -> f32 { return bitcast<f32>(sel[4u + 2u * P.rows + g]); }
 
 fn i8x4(v: u32) -> vec4<f32> {   // four signed bytes, low byte first
@@ -84,13 +86,13 @@ fn mv_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             let w0 = q8_load(r0, cpos); let w1 = q8_load(r1, cpos); let w2 = q8_load(r2, cpos); let w3 = q8_load(r3, cpos);
             let w4 = q8_load(r4, cpos); let w5 = q8_load(r5, cpos); let w6 = q8_load(r6, cpos); let w7 = q8_load(r7, cpos);
             q8_step(&y, &acc, &g, r0, w0, val_of(j), cpos);
-            if (j + 1u < j1) { q8_step(&y, &acc, &g, r1, w1, val_of(j + 1u), cpos); }
-            if (j + 2u < j1) { q8_step(&y, &acc, &g, r2, w2, val_of(j + 2u), cpos); }
-            if (j + 3u < j1) { q8_step(&y, &acc, &g, r3, w3, val_of(j + 3u), cpos); }
-            if (j + 4u < j1) { q8_step(&y, &acc, &g, r4, w4, val_of(j + 4u), cpos); }
-            if (j + 5u < j1) { q8_step(&y, &acc, &g, r5, w5, val_of(j + 5u), cpos); }
-            if (j + 6u < j1) { q8_step(&y, &acc, &g, r6, w6, val_of(j + 6u), cpos); }
-            if (j + 7u < j1) { q8_step(&y, &acc, &g, r7, w7, val_of(j + 7u), cpos); }
+            q8_step(&y, &acc, &g, r1, w1, val_in(j + 1u, j1), cpos);
+            q8_step(&y, &acc, &g, r2, w2, val_in(j + 2u, j1), cpos);
+            q8_step(&y, &acc, &g, r3, w3, val_in(j + 3u, j1), cpos);
+            q8_step(&y, &acc, &g, r4, w4, val_in(j + 4u, j1), cpos);
+            q8_step(&y, &acc, &g, r5, w5, val_in(j + 5u, j1), cpos);
+            q8_step(&y, &acc, &g, r6, w6, val_in(j + 6u, j1), cpos);
+            q8_step(&y, &acc, &g, r7, w7, val_in(j + 7u, j1), cpos);
         }
         y = fma_scaled(y, acc, q8_scale(g, cpos, dx_of(g)));
     }
@@ -144,13 +146,13 @@ fn mv_q4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
             let w0 = q4_load(r0, run, qq); let w1 = q4_load(r1, run, qq); let w2 = q4_load(r2, run, qq); let w3 = q4_load(r3, run, qq);
             let w4 = q4_load(r4, run, qq); let w5 = q4_load(r5, run, qq); let w6 = q4_load(r6, run, qq); let w7 = q4_load(r7, run, qq);
             q4_step(&y, &acc, &g, r0, w0, val_of(j), cpos);
-            if (j + 1u < j1) { q4_step(&y, &acc, &g, r1, w1, val_of(j + 1u), cpos); }
-            if (j + 2u < j1) { q4_step(&y, &acc, &g, r2, w2, val_of(j + 2u), cpos); }
-            if (j + 3u < j1) { q4_step(&y, &acc, &g, r3, w3, val_of(j + 3u), cpos); }
-            if (j + 4u < j1) { q4_step(&y, &acc, &g, r4, w4, val_of(j + 4u), cpos); }
-            if (j + 5u < j1) { q4_step(&y, &acc, &g, r5, w5, val_of(j + 5u), cpos); }
-            if (j + 6u < j1) { q4_step(&y, &acc, &g, r6, w6, val_of(j + 6u), cpos); }
-            if (j + 7u < j1) { q4_step(&y, &acc, &g, r7, w7, val_of(j + 7u), cpos); }
+            q4_step(&y, &acc, &g, r1, w1, val_in(j + 1u, j1), cpos);
+            q4_step(&y, &acc, &g, r2, w2, val_in(j + 2u, j1), cpos);
+            q4_step(&y, &acc, &g, r3, w3, val_in(j + 3u, j1), cpos);
+            q4_step(&y, &acc, &g, r4, w4, val_in(j + 4u, j1), cpos);
+            q4_step(&y, &acc, &g, r5, w5, val_in(j + 5u, j1), cpos);
+            q4_step(&y, &acc, &g, r6, w6, val_in(j + 6u, j1), cpos);
+            q4_step(&y, &acc, &g, r7, w7, val_in(j + 7u, j1), cpos);
         }
         y = fma_scaled(y, acc, q4_scale(g, cpos, dx_of(g)));
     }
@@ -217,9 +219,9 @@ fn mv_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
             let w0 = f16_w(row_of(j), cpos); let w1 = f16_w(row_of(min(j + 1u, last)), cpos);
             let w2 = f16_w(row_of(min(j + 2u, last)), cpos); let w3 = f16_w(row_of(min(j + 3u, last)), cpos);
             y = fma_acc(y, w0, val_of(j));
-            if (j + 1u < j1) { y = fma_acc(y, w1, val_of(j + 1u)); }
-            if (j + 2u < j1) { y = fma_acc(y, w2, val_of(j + 2u)); }
-            if (j + 3u < j1) { y = fma_acc(y, w3, val_of(j + 3u)); }
+            y = fma_acc(y, w1, val_in(j + 1u, j1));
+            y = fma_acc(y, w2, val_in(j + 2u, j1));
+            y = fma_acc(y, w3, val_in(j + 3u, j1));
         }
     }
     y = streams_sum(lid.x, y);

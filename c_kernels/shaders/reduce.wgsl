@@ -14,10 +14,17 @@ struct Params { cols: u32, R: u32, has_bias: u32, ff: u32 }
 @group(0) @binding(5) var<storage, read_write> hm: array<f32>;
 
 fn total(c: u32, chunks: u32) -> f32 {
-    var s = 0.0;   // no chunk: nothing selected (a threshold above every key)
-    for (var k = 0u; k < chunks; k++) { s += partial[k * P.cols + c]; }
-    if (P.has_bias != 0u) { s += bias[c]; }
-    return s;
+    // four chunks' loads in flight at a time (no chunk: nothing selected, a threshold above every key)
+    var s = vec4<f32>(0.0);
+    var k = 0u;
+    for (; k + 4u <= chunks; k += 4u) {
+        s += vec4<f32>(partial[k * P.cols + c], partial[(k + 1u) * P.cols + c], partial[(k + 2u) * P.cols + c],
+                       partial[(k + 3u) * P.cols + c]);
+    }
+    var r = (s.x + s.y) + (s.z + s.w);
+    for (; k < chunks; k++) { r += partial[k * P.cols + c]; }
+    if (P.has_bias != 0u) { r += bias[c]; }
+    return r;
 }
 
 fn n_chunks() -> u32 { return (sel[0] + P.R - 1u) / P.R; }
