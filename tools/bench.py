@@ -204,13 +204,22 @@ class DenseProcess:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve_dense, args=(child, args), daemon=True)
         self.proc.start()
-        if not self.conn.poll(600):
-            raise BenchError("llama.cpp did not start in its process")
-        self.name, self.gpu = self.conn.recv()
+        self.name, self.gpu = self._answer(600, "start")
+
+    def _answer(self, timeout: float, what: str):
+        """The child's reply; BenchError when it died or did not answer in time."""
+        t0 = time.perf_counter()
+        while not self.conn.poll(1.0):
+            if not self.proc.is_alive():
+                raise BenchError(f"llama.cpp's process ended (exit code {self.proc.exitcode}) during {what}")
+            if time.perf_counter() - t0 > timeout:
+                self.proc.kill()
+                raise BenchError(f"llama.cpp's process did not answer within {timeout:.0f} s ({what})")
+        return self.conn.recv()
 
     def run(self, prompt: list[int], n_gen: int) -> RunTimes:
         self.conn.send((prompt, n_gen))
-        return self.conn.recv()
+        return self._answer(3600, "a run")
 
     def close(self) -> None:
         self.conn.send(None)
