@@ -17,7 +17,6 @@ from larosa._kernels import ffi, lib
 
 from .errors import LarosaError
 
-WGPU_VERSION = "0.32"   # the wgpu release whose webgpu.h c_kernels/webgpu/ holds
 INSTALL_HINT = 'pip install "larosa[gpu]"'
 
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # The H200 timings of BENCHMARKS.md ("GPU decode"), on a machine with no network: everything comes
-# in a payload folder P made beside the checkout (README of tools/gpu_device_bench.sh's caller):
+# in a payload folder P, made on a machine with one and copied over (as a tarball):
 #   P/src      this checkout (larosa's sources)
 #   P/whl      wheels for the machine's python3: cffi, pycparser, gguf, wgpu 0.32 (wgpu-native),
 #              diskcache, setuptools, wheel
@@ -8,6 +8,14 @@
 #   P/gl       Debian's libvulkan1 and glvnd .debs (the Vulkan loader for the NVIDIA driver's ICD)
 #   P/lcp      llama-cpp-python 0.3.36's sources (llama.cpp vendored), trimmed to the CPU and CUDA backends
 #   P/skel     gguf_skeleton stems of the 7B-shape pairs (tools/bench_models: llama2-7b q4_0, q8_0)
+# Made with: git ls-files -co --exclude-standard | tar cf - -T - | tar xf - -C P/src;
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
+#     --platform manylinux_2_17_x86_64 -d P/whl cffi==2.1.1 wgpu==0.32.0 gguf==0.19.0 pycparser diskcache
+#     setuptools==80.9.0 wheel;
+#   apt-get download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2 (in P/gl);
+#   llama_cpp_python-0.3.36.tar.gz unpacked in P/lcp without vendor/llama.cpp/{models,docs,tests,examples,...}
+#     and the ggml backends other than CPU and CUDA;
+#   python -m larosa.tools.gguf_skeleton skeleton llama2-7b.TYPE.gguf P/skel/llama2-7b.TYPE (and larosa-TYPE).
 # Usage: gpu_device_bench.sh P OUT PHASE, PHASE one of
 #   setup   loaders, wheels, larosa built in place, llama-cpp-python with CUDA built in the background
 #   probe   the adapter, the GPU kernel tests, the copy bandwidth, decode tok/s per matvec chunk size
