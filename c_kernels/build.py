@@ -13,11 +13,12 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["kernels.c", "qmatvec.c", "qmatvec_x86.c", "qmatvec_neon.c", "simd_x86.c", "simd_neon.c", "threads.c", "forward.c", "prefill.c", "membw.c"]
+SOURCES = ["kernels.c", "qmatvec.c", "qmatvec_x86.c", "qmatvec_neon.c", "simd_x86.c", "simd_neon.c", "threads.c", "forward.c", "prefill.c", "membw.c",
+           "gpu_device.c", "gpu.c", "gpu_test.c"]   # gpu*: the WebGPU path (gpu.h)
 
 
 def _cdef() -> str:
-    header = (HERE / "larosa.h").read_text()
+    header = (HERE / "larosa.h").read_text() + (HERE / "gpu.h").read_text()
     return "\n".join(line for line in header.splitlines() if not line.lstrip().startswith("#"))
 
 
@@ -34,11 +35,11 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "larosa._kernels",
-    '#include "larosa.h"',
+    '#include "larosa.h"\n#include "gpu.h"',
     sources=[os.path.relpath(HERE / s) for s in SOURCES],   # setuptools wants relative paths
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=_cflags() + ["-pthread"],
-    extra_link_args=["-pthread", "-lm"],
+    extra_link_args=["-pthread", "-lm", "-ldl"],
 )
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--threads", type=int, default=min(os.cpu_count() or 1, 8), help="CPU threads")
     p.add_argument("--budget", action=argparse.BooleanOptionalAction,
                    help="hold each token to the planned bytes (threshold files; default: as the file says)")
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu",
+                   help="where to run: cpu (default), gpu (WebGPU: Metal, Vulkan, DX12; pip install "
+                        "\"larosa[gpu]\"), auto (the GPU when one opens)")
     add_kv_args(p)
 
 
@@ -52,7 +55,7 @@ def run_main(argv: list[str] | None = None) -> int:
         if a.n_predict < 0:
             raise LarosaError("-n must be >= 0")
         m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget,
-                  type_k=a.cache_type_k, type_v=a.cache_type_v)
+                  type_k=a.cache_type_k, type_v=a.cache_type_v, device=a.device)
         stream = m.generate(a.prompt, max_tokens=a.n_predict, temperature=a.temp, top_k=a.top_k,
                             top_p=a.top_p, min_p=a.min_p, repeat_penalty=a.repeat_penalty, seed=a.seed)
         sys.stdout.write(a.prompt)
@@ -99,7 +102,7 @@ def perplexity_main(argv: list[str] | None = None) -> int:
         if a.engine == "larosa":
             from .model import Model
             m = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget,
-                      type_k=a.cache_type_k, type_v=a.cache_type_v)
+                      type_k=a.cache_type_k, type_v=a.cache_type_v, device=a.device)
             tok, fn, sparsity = m.tokenizer, P.larosa_logits(m), round(m.sparsity, 6)
             bytes_per_token = m.bytes_per_token()
         else:

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
@@ -37,6 +38,11 @@ DEFAULT_N_CTX = 4096
 KV_TYPES = {"f32": lib.LR_F32, "f16": lib.LR_F16, "q8_0": lib.LR_Q8_0}
 DEFAULT_KV_TYPE = "f16"   # llama.cpp's default
 PROMPT_CHUNK = 256     # prompt tokens per C call in eval_prompt
+# the C calls of a model on the CPU (larosa.h) and on the GPU (gpu.h): same arguments
+_CPU_API = SimpleNamespace(set_selection=lib.lr_model_set_selection, set_budget=lib.lr_model_set_budget,
+                           eval=lib.lr_eval, rows_read=lib.lr_model_rows_read)
+_GPU_API = SimpleNamespace(set_selection=lib.lr_gpu_model_set_selection, set_budget=lib.lr_gpu_model_set_budget,
+                           eval=lib.lr_gpu_eval, rows_read=lib.lr_gpu_model_rows_read)
 
 
 def kv_type_name(t: str | int | None, what: str = "KV cache type") -> str:
@@ -122,11 +128,16 @@ class Model:
 
     def __init__(self, path: str | os.PathLike, sparsity: float | None = None,
                  n_threads: int | None = None, n_ctx: int | None = None, budget: bool | None = None,
-                 type_k: str | int | None = None, type_v: str | int | None = None, topk: bool | None = None):
+                 type_k: str | int | None = None, type_v: str | int | None = None, topk: bool | None = None,
+                 device: str = "cpu"):
         """type_k, type_v: the KV cache's types, "f32", "f16" (default, as llama.cpp) or "q8_0"
         (or their GGML type ids 0, 1, 8, as llama-cpp-python takes them); q8_0 needs a head
         dimension that is a multiple of 32. topk=True runs Top-K with the file's scores on a file
-        with threshold tables (what a --method auto file may choose; None: as the file says)."""
+        with threshold tables (what a --method auto file may choose; None: as the file says).
+        device: "cpu" (default), "gpu" (WebGPU through wgpu-native: pip install "larosa[gpu]";
+        f16 / f32 KV cache) or "auto" (the GPU when one opens)."""
+        from . import gpu
+        self.device = gpu.resolve(device)   # GPUUnavailable (a LarosaError) says what is missing
         self.type_k, self.type_v = kv_type_name(type_k, "type_k"), kv_type_name(type_v, "type_v")
         self.file: LarosaFile = load(path)
         # thresholds held to a per-token byte budget (LarosaFile.budget); None: as the file says,
@@ -147,8 +158,9 @@ class Model:
         if "q8_0" in (self.type_k, self.type_v) and hp.head_dim % 32:
             raise ValueError(f"a q8_0 KV cache needs a head dimension that is a multiple of 32; "
                              f"{self.file.path} has {hp.head_dim} (use f16 or f32)")
-        # ResourceError before lr_model_new allocates
-        self.file.check_memory(self.n_ctx, self.n_threads, self.type_k, self.type_v)
+        # ResourceError before lr_model_new allocates (the GPU's KV cache is on the device)
+        if self.device == "cpu":
+            self.file.check_memory(self.n_ctx, self.n_threads, self.type_k, self.type_v)
         self.tokenizer = _tokenizer(self.file)
         if self.tokenizer.n_vocab != hp.n_vocab:
             raise LarosaError(f"{self.file.path}: tokenizer has {self.tokenizer.n_vocab} tokens, "
@@ -158,13 +170,23 @@ class Model:
         self._lock = threading.RLock()
         desc = self._describe()
         err = ffi.new("char[]", 256)
-        ptr = lib.lr_model_new(desc, self.n_ctx, self.n_threads, KV_TYPES[self.type_k], KV_TYPES[self.type_v],
-                               err, 256)
-        if ptr == ffi.NULL:
-            raise LarosaError(f"{self.file.path}: {ffi.string(err).decode()}")
-        self._m = ffi.gc(ptr, lib.lr_model_free)
-        if lib.lr_model_head_repacked(self._m):   # the head reads its repacked copy: drop the mapped pages
-            self.file.reader.release(self.file.tensors[F.T_EMBD if hp.tied else F.T_OUTPUT])
+        if self.device == "gpu":   # the same calls on the device's model (c_kernels/gpu.h)
+            self._gpu = gpu.device()
+            self._api = _GPU_API
+            ptr = lib.lr_gpu_model_new(self._gpu._g, desc, self.n_ctx, KV_TYPES[self.type_k], KV_TYPES[self.type_v],
+                                       err, 256)
+            if ptr == ffi.NULL:
+                raise LarosaError(f"{self.file.path}: {ffi.string(err).decode()}")
+            self._m = ffi.gc(ptr, lib.lr_gpu_model_free)
+        else:
+            self._api = _CPU_API
+            ptr = lib.lr_model_new(desc, self.n_ctx, self.n_threads, KV_TYPES[self.type_k], KV_TYPES[self.type_v],
+                                   err, 256)
+            if ptr == ffi.NULL:
+                raise LarosaError(f"{self.file.path}: {ffi.string(err).decode()}")
+            self._m = ffi.gc(ptr, lib.lr_model_free)
+            if lib.lr_model_head_repacked(self._m):   # the head reads its repacked copy: drop the mapped pages
+                self.file.reader.release(self.file.tensors[F.T_EMBD if hp.tied else F.T_OUTPUT])
         self.tokens: list[int] = []          # what the KV cache holds, position by position
         self.timings = Timings()
         self.set_sparsity(self.file.sparsity if sparsity is None else sparsity)
@@ -229,9 +251,9 @@ class Model:
             plan = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in plan[b]])
             cost = ffi.new("float[]", [v for b in F.BLOCK_INPUTS for v in cost[b]])
         with self._lock:
-            self._check(lib.lr_model_set_selection(self._m, k, thr))
+            self._check(self._api.set_selection(self._m, k, thr))
             if self.budget:
-                self._check(lib.lr_model_set_budget(self._m, plan, cost))
+                self._check(self._api.set_budget(self._m, plan, cost))
             self.sparsity, self.ks, self.thresholds = float(sparsity), sel.k, sel.threshold
             self.reset()   # cached keys and values were computed at the old sparsity
             self.rows_read(reset=True)
@@ -239,6 +261,8 @@ class Model:
     def _check(self, rc: int) -> None:
         if rc == lib.LR_ENAN:
             raise NumericsError(f"{self.file.path}: NaN or Inf in the logits")
+        if rc == lib.LR_EGPU:
+            raise LarosaError(f"GPU: {self._gpu.error()}")
         if rc != lib.LR_OK:
             raise LarosaError(f"C runtime: {_ERRORS.get(rc, rc)}")
 
@@ -278,7 +302,7 @@ class Model:
         with self._lock:
             if len(self.tokens) + n > self.n_ctx:
                 raise ContextError(f"{len(self.tokens)} cached + {n} new tokens exceed n_ctx = {self.n_ctx}")
-            rc = lib.lr_eval(self._m, toks, n, len(self.tokens), ffi.from_buffer("float[]", out), int(all_logits))
+            rc = self._api.eval(self._m, toks, n, len(self.tokens), ffi.from_buffer("float[]", out), int(all_logits))
             if rc == lib.LR_OK or rc == lib.LR_ENAN:
                 self.tokens += arr.tolist()
         self._check(rc)
@@ -324,7 +348,7 @@ class Model:
         """(rows, groups of 32 inputs touched) per token and block input, summed over layers; tokens"""
         out = ffi.new("uint64_t[9]")
         with self._lock:
-            self._check(lib.lr_model_rows_read(self._m, out, int(reset)))
+            self._check(self._api.rows_read(self._m, out, int(reset)))
         n = int(out[4])
         per_token = lambda o: {b: (out[o + i] / n if n else 0.0) for i, b in enumerate(F.BLOCK_INPUTS)}
         return per_token(0), per_token(5), n
@@ -336,7 +360,12 @@ class Model:
         a row's 1/32 share of its group's scales: at 40 % of the rows of a Q4_0 weight that is
         ~15 % below what is read)."""
         rows, groups, n = self._reads(reset)
-        return self.file.bytes_read(rows, groups) if n else float("nan")
+        if not n:
+            return float("nan")
+        if self.device == "gpu":   # the GPU step counts rows, not groups: the rows' 1/32 scale shares
+            L = self.hp.n_layers
+            return F.bytes_per_token(self.hp, self.file.shapes_types(), {b: [rows[b] / L] * L for b in F.BLOCK_INPUTS})
+        return self.file.bytes_read(rows, groups)
 
     def skipped_fraction(self, reset: bool = False) -> float:
         """Fraction of the block weights' bytes (q/k/v, o, gate/up, down) that Top-K or thresholds
@@ -351,7 +380,8 @@ class Model:
 
     def __repr__(self) -> str:
         return (f"Model({os.path.basename(self.file.path)!r}, sparsity={self.sparsity}, "
-                f"n_threads={self.n_threads}, n_ctx={self.n_ctx}{', budget=True' if self.budget else ''})")
+                f"n_threads={self.n_threads}, n_ctx={self.n_ctx}{', budget=True' if self.budget else ''}"
+                f"{', device=' + repr(self.device) if self.device != 'cpu' else ''})")
 
     def generate_tokens(self, prompt: list[int], max_tokens: int = 128, sampling: Sampling | None = None):
         """Yields generated token ids after the prompt (see generate.generate_tokens)."""

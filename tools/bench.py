@@ -141,11 +141,17 @@ class LlamaCppEngine:
     """llama.cpp through llama-cpp-python, dense, greedy."""
     name = "llama.cpp"
 
-    def __init__(self, path: str, n_threads: int, n_ctx: int, type_k: str = "f16", type_v: str = "f16"):
+    def __init__(self, path: str, n_threads: int, n_ctx: int, type_k: str = "f16", type_v: str = "f16",
+                 gpu: bool = False):
+        import llama_cpp
         from llama_cpp import Llama
         from larosa.runtime.model import KV_TYPES
+        # --device gpu: every layer offloaded, where this llama-cpp-python has a GPU backend
+        self.gpu = gpu and bool(llama_cpp.llama_supports_gpu_offload())
+        self.name = "llama.cpp-gpu" if self.gpu else "llama.cpp"
         self.llm = Llama(path, n_threads=n_threads, n_threads_batch=n_threads, n_ctx=n_ctx,
                          n_batch=min(512, n_ctx), type_k=KV_TYPES[type_k], type_v=KV_TYPES[type_v],
+                         n_gpu_layers=-1 if self.gpu else 0,
                          flash_attn=type_v == "q8_0", verbose=False)   # llama.cpp: quantized V needs it
         self.n_vocab = self.llm.n_vocab()
 
@@ -180,13 +186,59 @@ class LlamaCppEngine:
         self.llm.close()
 
 
+def _serve_dense(conn, args: tuple) -> None:
+    """The child of DenseProcess: one LlamaCppEngine, serving run() calls over conn."""
+    eng = LlamaCppEngine(*args)
+    conn.send((eng.name, eng.gpu))
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            eng.close()
+            return
+        conn.send(eng.run(*msg))
+
+
+class DenseProcess:
+    """LlamaCppEngine in a child process: with --device gpu, llama.cpp's CUDA backend and larosa's
+    Vulkan device in one process crashed llama.cpp (a segfault in libggml-cuda on the H200)."""
+
+    def __init__(self, *args):
+        import multiprocessing as mp
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve_dense, args=(child, args), daemon=True)
+        self.proc.start()
+        self.name, self.gpu = self._answer(600, "start")
+
+    def _answer(self, timeout: float, what: str):
+        """The child's reply; BenchError when it died or did not answer in time."""
+        t0 = time.perf_counter()
+        while not self.conn.poll(1.0):
+            if not self.proc.is_alive():
+                raise BenchError(f"llama.cpp's process ended (exit code {self.proc.exitcode}) during {what}")
+            if time.perf_counter() - t0 > timeout:
+                self.proc.kill()
+                raise BenchError(f"llama.cpp's process did not answer within {timeout:.0f} s ({what})")
+        return self.conn.recv()
+
+    def run(self, prompt: list[int], n_gen: int) -> RunTimes:
+        self.conn.send((prompt, n_gen))
+        return self._answer(3600, "a run")
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(60)
+
+
 class LarosaEngine:
     """The LaRoSA runtime, sparse, greedy."""
     name = "larosa"
 
-    def __init__(self, path: str, n_threads: int, n_ctx: int, type_k: str = "f16", type_v: str = "f16"):
+    def __init__(self, path: str, n_threads: int, n_ctx: int, type_k: str = "f16", type_v: str = "f16",
+                 device: str = "cpu"):
         from larosa.runtime.model import Model
-        self.model = Model(path, sparsity=0.0, n_threads=n_threads, n_ctx=n_ctx, type_k=type_k, type_v=type_v)
+        self.model = Model(path, sparsity=0.0, n_threads=n_threads, n_ctx=n_ctx, type_k=type_k, type_v=type_v,
+                           device=device)
 
     def set_sparsity(self, s: float) -> None:
         self.model.set_sparsity(s)
@@ -276,6 +328,7 @@ class Config:
     profile: bool = False
     type_k: str = "f16"       # KV cache types, both engines
     type_v: str = "f16"
+    device: str = "cpu"       # larosa's device; gpu: llama.cpp offloads every layer too, where it can
 
 
 def log(msg: str) -> None:
@@ -290,7 +343,7 @@ def _alternate(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int]
     dense.run(warm_p, warm_n)
     sparse.set_sparsity(0.0)
     sparse.run(warm_p, warm_n)
-    base = Row("llama.cpp", os.path.basename(cfg.dense), info.weight_type, 0.0, t, info.bytes_per_token, bw_gbs)
+    base = Row(dense.name, os.path.basename(cfg.dense), info.weight_type, 0.0, t, info.bytes_per_token, bw_gbs)
     rows = []
     for s in cfg.sparsities:
         sparse.set_sparsity(s)
@@ -298,7 +351,7 @@ def _alternate(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int]
                         sparse.model.bytes_per_token(), bw_gbs))
     for r in range(cfg.rounds):
         base.runs.append(dense.run(prompt, cfg.n_gen))
-        log(f"[t={t}] round {r + 1}/{cfg.rounds}: llama.cpp decode {base.runs[-1].decode_tps:.2f} tok/s")
+        log(f"[t={t}] round {r + 1}/{cfg.rounds}: {dense.name} decode {base.runs[-1].decode_tps:.2f} tok/s")
         for row in rows:
             sparse.set_sparsity(row.sparsity)
             row.runs.append(sparse.run(prompt, cfg.n_gen))
@@ -346,15 +399,26 @@ def reader_tps(model, reads: tuple, bytes_read: float, t: int, seq_bw: float) ->
 def bench_threads(cfg: Config, info: DenseInfo, larosa_type: str, prompt: list[int], t: int) -> list[Row]:
     """All rows of one thread count: both engines loaded once, warmed up, then alternated."""
     from larosa._kernels import lib
-    bw = lib.lr_read_bandwidth(cfg.bw_bytes, t, BW_REPS)
+    if cfg.device == "gpu":   # the device's copy bandwidth (bytes read + written), not the CPU's
+        from larosa.runtime import gpu
+        bw = lib.lr_gpu_copy_bandwidth(gpu.device()._g, cfg.bw_bytes, BW_REPS)
+        what = "device-to-device copy bandwidth (read + written)"
+    else:
+        bw = lib.lr_read_bandwidth(cfg.bw_bytes, t, BW_REPS)
+        what = "read bandwidth"
     if bw <= 0:
-        raise BenchError(f"could not measure the read bandwidth with {t} threads")
+        raise BenchError(f"could not measure the {what} with {t} threads")
     bw_gbs = bw / 1e9
-    log(f"[t={t}] read bandwidth: {bw_gbs:.2f} GB/s ({cfg.bw_bytes / 2**30:.2f} GiB buffer, best of {BW_REPS})")
+    log(f"[t={t}] {what}: {bw_gbs:.2f} GB/s ({cfg.bw_bytes / 2**30:.2f} GiB buffer, best of {BW_REPS})")
     n_ctx = cfg.n_prompt + cfg.n_gen
-    dense = LlamaCppEngine(cfg.dense, t, n_ctx, cfg.type_k, cfg.type_v)
+    if cfg.device == "gpu":
+        dense = DenseProcess(cfg.dense, t, n_ctx, cfg.type_k, cfg.type_v, True)
+    else:
+        dense = LlamaCppEngine(cfg.dense, t, n_ctx, cfg.type_k, cfg.type_v)
+    if cfg.device == "gpu" and not dense.gpu:
+        log("llama-cpp-python here has no GPU backend: the dense baseline runs on the CPU")
     try:
-        sparse = LarosaEngine(cfg.larosa, t, n_ctx, cfg.type_k, cfg.type_v)
+        sparse = LarosaEngine(cfg.larosa, t, n_ctx, cfg.type_k, cfg.type_v, cfg.device)
         try:
             base, rows = _alternate(cfg, info, larosa_type, prompt, t, bw_gbs, dense, sparse)
         finally:
@@ -467,6 +531,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after the timed rounds, one run per sparsity with the C library's per-op timers on; "
                         "prints ms per token by op")
     p.add_argument("--json", action="store_true", help="print the rows as a JSON list on the last line")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                   help="larosa's device (gpu: WebGPU, pip install \"larosa[gpu]\"); with gpu, llama.cpp offloads "
+                        "every layer where its build has a GPU backend, and the bandwidth column is the GPU's "
+                        "device-to-device copy (bytes read + written)")
     add_kv_args(p)
     a = p.parse_args(argv)
     for s in a.sparsity:
@@ -488,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     cfg = Config(dense=a.dense, larosa=a.larosa, sparsities=a.sparsity, threads=a.threads, n_gen=a.n_gen,
                  n_prompt=a.n_prompt, rounds=a.rounds, bw_bytes=a.bw_mib * 2**20,
-                 profile=a.profile, type_k=a.cache_type_k, type_v=a.cache_type_v)
+                 profile=a.profile, type_k=a.cache_type_k, type_v=a.cache_type_v, device=a.device)
     try:
         rows, source = run_bench(cfg, a.allow_type_mismatch)
     except (LarosaError, ValueError, OSError) as e:
@@ -502,9 +570,14 @@ def main(argv: list[str] | None = None) -> int:
             lib.LR_SIMD_NEON: "NEON"}.get(lib.lr_get_simd(), "?")
     print(f"prompt: {source}; {cfg.n_gen} greedy tokens per run; median of {cfg.rounds} rounds; "
           f"{os.cpu_count()} CPUs; larosa kernels {simd}; KV cache K {cfg.type_k}, V {cfg.type_v}")
+    if cfg.device == "gpu":
+        from larosa.runtime import gpu
+        print(f"larosa device: {gpu.device().info}; bandwidth column: % of the device-to-device copy "
+              f"(bytes read + written) below")
     for t in cfg.threads:
         bw = next(r.read_bandwidth_gbs for r in rows if r.threads == t)
-        print(f"measured read bandwidth, {t} thread{'s' if t > 1 else ''}: {bw:.2f} GB/s")
+        print(f"measured {'copy' if cfg.device == 'gpu' else 'read'} bandwidth, {t} thread{'s' if t > 1 else ''}: "
+              f"{bw:.2f} GB/s")
     print(format_table(rows))
     print(f"timing: llama.cpp {rows[0].runs[0].timing}, larosa perf_counter around Model.eval; "
           f"ratio = larosa decode / llama.cpp decode at the same threads; MiB/token: larosa's measured "

@@ -104,6 +104,7 @@ build_ext() {
     # the sources are copied: cffi writes its objects next to them
     mkdir -p "$TMP/ext/src"
     cp "$KC"/*.c "$KC"/*.h "$KC/build.py" "$TMP/ext/src/"
+    cp -r "$KC/webgpu" "$TMP/ext/src/"   # the GPU path's headers (gpu_internal.h)
     (cd "$TMP/ext" && LAROSA_CFLAGS="$CFLAGS $SAN" LDFLAGS="$SAN" "$PY" -c '
 import importlib.util
 spec = importlib.util.spec_from_file_location("larosa_build", "src/build.py")

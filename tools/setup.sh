@@ -36,7 +36,7 @@ if ! "$PY" -c "import llama_cpp" 2>/dev/null; then
     pip install "$(ls "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl | head -n 1)"
 fi
 
-pip install -e ".[test,server]"
+pip install -e ".[test,server,gpu]"
 
 # AArch64 cross compiler and qemu-user, so the tests also run the NEON kernels (optional: without
 # them that test skips; needs root and apt-get, which CI has)
@@ -51,6 +51,18 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
             echo "larosa: could not install chromium; the browser test will be skipped"
     else
         echo "larosa: no chromium/chromedriver (apt-get install chromium chromium-driver as root); the browser test will be skipped"
+    fi
+fi
+# Mesa's lavapipe (a Vulkan device on the CPU) and the Vulkan loader: the GPU path's tests run on it
+# (optional: without them tests/test_gpu.py skips; needs root and apt-get, which CI has)
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q --no-install-recommends mesa-vulkan-drivers libvulkan1 ||
+            { apt-get update -q && apt-get install -y -q --no-install-recommends mesa-vulkan-drivers libvulkan1; } ||
+            echo "larosa: could not install lavapipe; the GPU tests will be skipped"
+    else
+        echo "larosa: no Vulkan driver (apt-get install mesa-vulkan-drivers libvulkan1 as root); the GPU tests will be skipped"
     fi
 fi
 "$PY" -c "import larosa.runtime, llama_cpp, torch" && echo "larosa: set up in $VENV"

@@ -1,0 +1,247 @@
+// Sparse matvec over an input-major weight W [rows, cols] (row i = input i): for the entries
+// j of a selection (select.wgsl: rows ascending, values), partial[chunk][c] = sum over the
+// chunk's entries of val_j W[row_j][c]. Workgroup (tile, chunk): 256 threads = 4 streams x 64
+// lanes, each lane 16 outputs, so a tile is 1024 columns; the chunk's R entries are split into 4
+// contiguous quarters, one per stream, and the streams' sums are added in shared memory before
+// the one write of the chunk (fewer chunks: less partial traffic for reduce.wgsl, which adds the
+// chunks in order). Each selected row is read in one contiguous piece per stream (1 KiB of Q8_0
+// codes, 512 B of Q4_0), eight rows' loads issued before their use (no branch between: rows past
+// the end repeat the last one with value 0), so that enough bytes are in flight to cover the
+// memory latency.
+//
+// Q8_0 / Q4_0 (the _IM types of FORMAT.md): W[i][c] = d[i / 32][c] q[i][c]. As lr_qspmv: the
+// values are the inputs' Q8_0 codes, per group of 32 inputs the products q * xq are summed
+// exactly (integers below 2^24 in f32), then y = fma(acc, d * dx, y) when the group changes.
+// Reference: qspmv_ref in qmatvec.c; float weights: spmv_f16 / spmv_f32 in kernels.c.
+
+struct Params { rows: u32, cols: u32, R: u32, pad: u32 }
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> sel: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> scale: array<vec4<u32>>;   // f16 pairs; unused for F16 / F32
+@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
+
+struct Acc { a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32> }
+
+fn row_of(j: u32) -> u32 { return sel[4u + j]; }
+fn val_of(j: u32) -> f32 { return bitcast<f32>(sel[4u + P.rows + j]); }
+fn val_in(j: u32, j1: u32) -> f32 { return select(0.0, val_of(min(j, j1 - 1u)), j < j1); }   // 0 past the end
+fn dx_of(g: u32) -> f32 { return bitcast<f32>(sel[4u + 2u * P.rows + g]); }
+
+fn i8x4(v: u32) -> vec4<f32> {   // four signed bytes, low byte first
+    let s = bitcast<i32>(v);
+    return vec4<f32>(vec4<i32>(extractBits(s, 0u, 8u), extractBits(s, 8u, 8u), extractBits(s, 16u, 8u), extractBits(s, 24u, 8u)));
+}
+fn u4x4(v: u32, sh: u32) -> vec4<f32> {   // nibbles sh, sh + 8, sh + 16, sh + 24 minus 8
+    return vec4<f32>(f32(extractBits(v, sh, 4u)), f32(extractBits(v, sh + 8u, 4u)),
+                     f32(extractBits(v, sh + 16u, 4u)), f32(extractBits(v, sh + 24u, 4u))) - 8.0;
+}
+fn h2(v: u32) -> vec2<f32> { return unpack2x16float(v); }
+fn h4(a: u32, b: u32) -> vec4<f32> { return vec4<f32>(h2(a), h2(b)); }
+
+fn zero() -> Acc { return Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0)); }
+fn fma_acc(a: Acc, w: Acc, v: f32) -> Acc {
+    return Acc(fma(w.a0, vec4<f32>(v), a.a0), fma(w.a1, vec4<f32>(v), a.a1), fma(w.a2, vec4<f32>(v), a.a2), fma(w.a3, vec4<f32>(v), a.a3));
+}
+fn fma_scaled(y: Acc, acc: Acc, s: Acc) -> Acc {
+    return Acc(fma(acc.a0, s.a0, y.a0), fma(acc.a1, s.a1, y.a1), fma(acc.a2, s.a2, y.a2), fma(acc.a3, s.a3, y.a3));
+}
+
+// ---- Q8_0: thread t of the tile reads codes [c0, c0 + 16) of a row as one vec4<u32> ----------
+fn q8_load(row: u32, c0: u32) -> vec4<u32> { return w[(row * P.cols + c0) / 16u]; }
+fn q8_w(v: vec4<u32>) -> Acc { return Acc(i8x4(v.x), i8x4(v.y), i8x4(v.z), i8x4(v.w)); }
+// scales of outputs c0 .. c0 + 15 of group g, times dx
+fn q8_scale(g: u32, c0: u32, dx: f32) -> Acc {
+    let b = (g * P.cols + c0) / 8u;
+    let s0 = scale[b]; let s1 = scale[b + 1u];
+    return Acc(h4(s0.x, s0.y) * dx, h4(s0.z, s0.w) * dx, h4(s1.x, s1.y) * dx, h4(s1.z, s1.w) * dx);
+}
+
+// one selected row: its group's sum is flushed into y when the group changes
+fn q8_step(y: ptr<function, Acc>, acc: ptr<function, Acc>, g: ptr<function, u32>, r: u32, wv: vec4<u32>, v: f32, c0: u32) {
+    let gr = r / 32u;
+    if (gr != *g) { *y = fma_scaled(*y, *acc, q8_scale(*g, c0, dx_of(*g))); *acc = zero(); *g = gr; }
+    *acc = fma_acc(*acc, q8_w(wv), v);
+}
+
+@compute @workgroup_size(256)
+fn mv_q8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let q4 = P.R / 4u;
+    let j0 = jc + stream * q4;
+    let j1 = min(j0 + q4, cnt);
+    let cpos = (wid.x * 64u + lane) * 16u;
+    let ok = cpos < P.cols;
+    var y = zero(); var acc = zero();
+    if (ok && j0 < j1) {
+        var g = row_of(j0) / 32u;
+        for (var j = j0; j < j1; j += 8u) {
+            let last = j1 - 1u;
+            let r0 = row_of(j); let r1 = row_of(min(j + 1u, last)); let r2 = row_of(min(j + 2u, last)); let r3 = row_of(min(j + 3u, last));
+            let r4 = row_of(min(j + 4u, last)); let r5 = row_of(min(j + 5u, last)); let r6 = row_of(min(j + 6u, last)); let r7 = row_of(min(j + 7u, last));
+            let w0 = q8_load(r0, cpos); let w1 = q8_load(r1, cpos); let w2 = q8_load(r2, cpos); let w3 = q8_load(r3, cpos);
+            let w4 = q8_load(r4, cpos); let w5 = q8_load(r5, cpos); let w6 = q8_load(r6, cpos); let w7 = q8_load(r7, cpos);
+            q8_step(&y, &acc, &g, r0, w0, val_of(j), cpos);
+            q8_step(&y, &acc, &g, r1, w1, val_in(j + 1u, j1), cpos);
+            q8_step(&y, &acc, &g, r2, w2, val_in(j + 2u, j1), cpos);
+            q8_step(&y, &acc, &g, r3, w3, val_in(j + 3u, j1), cpos);
+            q8_step(&y, &acc, &g, r4, w4, val_in(j + 4u, j1), cpos);
+            q8_step(&y, &acc, &g, r5, w5, val_in(j + 5u, j1), cpos);
+            q8_step(&y, &acc, &g, r6, w6, val_in(j + 6u, j1), cpos);
+            q8_step(&y, &acc, &g, r7, w7, val_in(j + 7u, j1), cpos);
+        }
+        y = fma_scaled(y, acc, q8_scale(g, cpos, dx_of(g)));
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store16(wid.y * P.cols + cpos, y); }
+}
+
+// ---- Q4_0: runs of 64 outputs in 32 bytes (byte b: output b low nibble, b + 32 high). Thread t
+// reads 8 bytes (a vec2<u32>) of run t / 4 at byte 8 (t % 4): outputs lo = 64 run + 8 (t % 4) + 0..7
+// and hi = lo + 32. Loaded as half of a vec4 of the row.
+fn q4_load(row: u32, run: u32, q: u32) -> vec2<u32> {
+    let v = w[(row * P.cols / 2u + run * 32u + q * 8u) / 16u];
+    return select(v.xy, v.zw, (q & 1u) == 1u);
+}
+fn q4_w(v: vec2<u32>) -> Acc {   // lo outputs 0..7 then hi outputs 0..7
+    // byte b of v.x holds outputs b (lo) and b + 32 (hi); v.y bytes 4..7
+    return Acc(u4x4(v.x, 0u), u4x4(v.y, 0u), u4x4(v.x, 4u), u4x4(v.y, 4u));
+}
+fn q4_scale(g: u32, lo: u32, dx: f32) -> Acc {
+    let a = scale[(g * P.cols + lo) / 8u];
+    let b = scale[(g * P.cols + lo + 32u) / 8u];
+    return Acc(h4(a.x, a.y) * dx, h4(a.z, a.w) * dx, h4(b.x, b.y) * dx, h4(b.z, b.w) * dx);
+}
+
+fn q4_step(y: ptr<function, Acc>, acc: ptr<function, Acc>, g: ptr<function, u32>, r: u32, wv: vec2<u32>, v: f32, lo: u32) {
+    let gr = r / 32u;
+    if (gr != *g) { *y = fma_scaled(*y, *acc, q4_scale(*g, lo, dx_of(*g))); *acc = zero(); *g = gr; }
+    *acc = fma_acc(*acc, q4_w(wv), v);
+}
+
+@compute @workgroup_size(256)
+fn mv_q4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let q4 = P.R / 4u;
+    let j0 = jc + stream * q4;
+    let j1 = min(j0 + q4, cnt);
+    let tt = wid.x * 64u + lane;
+    let run = tt / 4u; let qq = tt % 4u;
+    let cpos = run * 64u + qq * 8u;
+    let ok = cpos < P.cols;
+    var y = zero(); var acc = zero();
+    if (ok && j0 < j1) {
+        var g = row_of(j0) / 32u;
+        for (var j = j0; j < j1; j += 8u) {
+            let last = j1 - 1u;
+            let r0 = row_of(j); let r1 = row_of(min(j + 1u, last)); let r2 = row_of(min(j + 2u, last)); let r3 = row_of(min(j + 3u, last));
+            let r4 = row_of(min(j + 4u, last)); let r5 = row_of(min(j + 5u, last)); let r6 = row_of(min(j + 6u, last)); let r7 = row_of(min(j + 7u, last));
+            let w0 = q4_load(r0, run, qq); let w1 = q4_load(r1, run, qq); let w2 = q4_load(r2, run, qq); let w3 = q4_load(r3, run, qq);
+            let w4 = q4_load(r4, run, qq); let w5 = q4_load(r5, run, qq); let w6 = q4_load(r6, run, qq); let w7 = q4_load(r7, run, qq);
+            q4_step(&y, &acc, &g, r0, w0, val_of(j), cpos);
+            q4_step(&y, &acc, &g, r1, w1, val_in(j + 1u, j1), cpos);
+            q4_step(&y, &acc, &g, r2, w2, val_in(j + 2u, j1), cpos);
+            q4_step(&y, &acc, &g, r3, w3, val_in(j + 3u, j1), cpos);
+            q4_step(&y, &acc, &g, r4, w4, val_in(j + 4u, j1), cpos);
+            q4_step(&y, &acc, &g, r5, w5, val_in(j + 5u, j1), cpos);
+            q4_step(&y, &acc, &g, r6, w6, val_in(j + 6u, j1), cpos);
+            q4_step(&y, &acc, &g, r7, w7, val_in(j + 7u, j1), cpos);
+        }
+        y = fma_scaled(y, acc, q4_scale(g, cpos, dx_of(g)));
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store8x2(wid.y * P.cols + cpos, y); }
+}
+
+fn store16(o: u32, y: Acc) {
+    partial[o + 0u] = y.a0.x; partial[o + 1u] = y.a0.y; partial[o + 2u] = y.a0.z; partial[o + 3u] = y.a0.w;
+    partial[o + 4u] = y.a1.x; partial[o + 5u] = y.a1.y; partial[o + 6u] = y.a1.z; partial[o + 7u] = y.a1.w;
+    partial[o + 8u] = y.a2.x; partial[o + 9u] = y.a2.y; partial[o + 10u] = y.a2.z; partial[o + 11u] = y.a2.w;
+    partial[o + 12u] = y.a3.x; partial[o + 13u] = y.a3.y; partial[o + 14u] = y.a3.z; partial[o + 15u] = y.a3.w;
+}
+
+fn store8x2(o: u32, y: Acc) {   // Q4_0: outputs o .. o + 7 and o + 32 .. o + 39
+    let h = o + 32u;
+    partial[o + 0u] = y.a0.x; partial[o + 1u] = y.a0.y; partial[o + 2u] = y.a0.z; partial[o + 3u] = y.a0.w;
+    partial[o + 4u] = y.a1.x; partial[o + 5u] = y.a1.y; partial[o + 6u] = y.a1.z; partial[o + 7u] = y.a1.w;
+    partial[h + 0u] = y.a2.x; partial[h + 1u] = y.a2.y; partial[h + 2u] = y.a2.z; partial[h + 3u] = y.a2.w;
+    partial[h + 4u] = y.a3.x; partial[h + 5u] = y.a3.y; partial[h + 6u] = y.a3.z; partial[h + 7u] = y.a3.w;
+}
+
+// streams 1..3 hand their sums to stream 0, which adds them in stream order
+var<workgroup> xch: array<Acc, 192>;
+fn streams_sum(t: u32, y: Acc) -> Acc {
+    let lane = t % 64u; let stream = t / 64u;
+    if (stream > 0u) { xch[(stream - 1u) * 64u + lane] = y; }
+    workgroupBarrier();
+    var s = y;
+    if (stream == 0u) {
+        for (var k = 0u; k < 3u; k++) {
+            let o = xch[k * 64u + lane];
+            s = Acc(s.a0 + o.a0, s.a1 + o.a1, s.a2 + o.a2, s.a3 + o.a3);
+        }
+    }
+    return s;
+}
+
+// ---- F16 / F32: float rows, float values; 16 outputs per lane, the same 4 streams ------------
+fn f16_w(row: u32, c0: u32) -> Acc {
+    let b = (row * P.cols + c0) / 8u;
+    let a = w[b]; let c = w[b + 1u];
+    return Acc(h4(a.x, a.y), h4(a.z, a.w), h4(c.x, c.y), h4(c.z, c.w));
+}
+fn f32_w(row: u32, c0: u32) -> Acc {
+    let b = (row * P.cols + c0) / 4u;
+    return Acc(bitcast<vec4<f32>>(w[b]), bitcast<vec4<f32>>(w[b + 1u]), bitcast<vec4<f32>>(w[b + 2u]), bitcast<vec4<f32>>(w[b + 3u]));
+}
+
+@compute @workgroup_size(256)
+fn mv_f16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let j0 = jc + stream * (P.R / 4u);
+    let j1 = min(j0 + P.R / 4u, cnt);
+    let cpos = (wid.x * 64u + lane) * 16u;
+    let ok = cpos < P.cols;
+    var y = zero();
+    if (ok) {
+        for (var j = j0; j < j1; j += 4u) {
+            let last = j1 - 1u;
+            let w0 = f16_w(row_of(j), cpos); let w1 = f16_w(row_of(min(j + 1u, last)), cpos);
+            let w2 = f16_w(row_of(min(j + 2u, last)), cpos); let w3 = f16_w(row_of(min(j + 3u, last)), cpos);
+            y = fma_acc(y, w0, val_of(j));
+            y = fma_acc(y, w1, val_in(j + 1u, j1));
+            y = fma_acc(y, w2, val_in(j + 2u, j1));
+            y = fma_acc(y, w3, val_in(j + 3u, j1));
+        }
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store16(wid.y * P.cols + cpos, y); }
+}
+
+@compute @workgroup_size(256)
+fn mv_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let j0 = jc + stream * (P.R / 4u);
+    let j1 = min(j0 + P.R / 4u, cnt);
+    let cpos = (wid.x * 64u + lane) * 16u;
+    let ok = cpos < P.cols;
+    var y = zero();
+    if (ok) {
+        for (var j = j0; j < j1; j++) { y = fma_acc(y, f32_w(row_of(j), cpos), val_of(j)); }
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store16(wid.y * P.cols + cpos, y); }
+}

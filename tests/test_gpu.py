@@ -1,0 +1,275 @@
+"""The GPU path (c_kernels/gpu*.c, shaders/*.wgsl) on whatever WebGPU adapter this machine has: in CI
+Mesa's lavapipe, a Vulkan device on the CPU (tools/setup.sh installs it). Every kernel against
+numpy and the CPU kernels on random data, then the whole decode step against the CPU runtime.
+Skips, saying why, where wgpu or a Vulkan / Metal adapter is missing.
+
+Tolerances: the GPU adds the same products in another order (chunks of selected rows, 32 lanes of
+a head row), so float results agree to a few float32 ulps of the sums' magnitude, not bit for bit;
+integer parts (Q8_0 codes of the activations, sums of q * xq per group) are exact on both."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from larosa._kernels import ffi, lib
+from larosa.runtime import gpu
+
+try:
+    DEV = gpu.device()
+    SKIP = None
+except gpu.GPUUnavailable as e:   # no wgpu, or no adapter
+    DEV, SKIP = None, str(e)
+pytestmark = pytest.mark.skipif(DEV is None, reason=f"no WebGPU device: {SKIP}")
+
+RNG = np.random.default_rng(1234)
+
+
+def f(a):
+    return ffi.from_buffer("float[]", a)
+
+
+def i32(a):
+    return ffi.from_buffer("int32_t[]", a)
+
+
+def select(x, mode, k=0, thr=-1.0, score=None, gate=None, quant=0, norm=0, eps=1e-5):
+    n = x.size
+    idx, vals, dx = np.zeros(n, np.int32), np.zeros(n, np.float32), np.zeros(n // 32, np.float32)
+    cnt = lib.lr_gpu_test_select(DEV._g, f(x), f(score) if score is not None else ffi.NULL,
+                                 f(gate) if gate is not None else ffi.NULL, n, mode, k, thr, quant, norm, eps,
+                                 i32(idx), f(vals), f(dx))
+    assert cnt >= 0, DEV.error()
+    return idx[:cnt], vals[:cnt], dx
+
+
+def cpu_topk(key, k):
+    idx = np.zeros(k, np.int32)
+    assert lib.lr_topk(f(key), key.size, k, i32(idx)) == k
+    return idx
+
+
+@pytest.mark.parametrize("n,k", [(64, 1), (576, 230), (1536, 921), (4096, 2458), (11008, 4403), (11008, 11007)])
+def test_select_topk_matches_cpu(n, k):
+    x = RNG.standard_normal(n).astype(np.float32)
+    idx, vals, _ = select(x, 0, k=k)
+    np.testing.assert_array_equal(idx, cpu_topk(x, k))
+    np.testing.assert_array_equal(vals, x[idx])
+
+
+def test_select_ties_take_the_lower_index():
+    x = np.round(RNG.standard_normal(4096) * 4).astype(np.float32)   # many equal magnitudes
+    x[::7] = -x[::7]
+    for k in (1, 100, 1000, 2047, 4000):
+        idx, _, _ = select(x, 0, k=k)
+        np.testing.assert_array_equal(idx, cpu_topk(x, k))
+
+
+def test_select_norm_score_gate_threshold():
+    n = 1536
+    x = (RNG.standard_normal(n) * 3).astype(np.float32)
+    score = RNG.uniform(0.5, 2.0, n).astype(np.float32)
+    gate = RNG.standard_normal(n).astype(np.float32)
+    # RMSNorm first: values are x / rms(x), the ranking that of |x| * score
+    idx, vals, _ = select(x, 0, k=700, score=score, norm=1, eps=1e-6)
+    r = 1.0 / np.sqrt(np.mean(x.astype(np.float64) ** 2) + 1e-6)
+    np.testing.assert_array_equal(idx, cpu_topk((np.abs(x * np.float32(r)) * score).astype(np.float32), 700))
+    np.testing.assert_allclose(vals, x[idx] * r, rtol=2e-6)
+    # CATS key: |silu(gate)| * score; values stay x
+    idx, vals, _ = select(x, 0, k=500, score=score, gate=gate)
+    silu = gate / (1 + np.exp(-gate.astype(np.float64)))
+    key = (np.abs(silu.astype(np.float32)) * score).astype(np.float32)
+    assert len(np.intersect1d(idx, cpu_topk(key, 500))) >= 498   # exp may differ by an ulp
+    np.testing.assert_array_equal(vals, x[idx])
+    # threshold: every key above it, ascending
+    idx, _, _ = select(x, 1, thr=2.5, score=score)
+    np.testing.assert_array_equal(idx, np.flatnonzero(np.abs(x) * score > 2.5))
+    # all
+    idx, vals, _ = select(x, 3)
+    np.testing.assert_array_equal(idx, np.arange(n))
+
+
+def test_select_quantizes_as_q8_0_blocks():
+    n = 2048
+    x = (RNG.standard_normal(n) * 5).astype(np.float32)
+    idx, q, dx = select(x, 0, k=900, quant=1)
+    np.testing.assert_array_equal(idx, cpu_topk(x, 900))
+    amax = np.zeros(n // 32, np.float32)
+    np.maximum.at(amax, idx // 32, np.abs(x[idx]))
+    np.testing.assert_allclose(dx, amax / 127, rtol=1e-7)
+    want = np.clip(np.round(x[idx] / dx[idx // 32]), -127, 127)
+    assert np.all(q == np.round(q)) and np.abs(q).max() == 127
+    assert np.mean(q == want) > 0.999 and np.abs(q - want).max() <= 1   # 1 / dx rounds differently at most
+
+
+def im_tensor(qtype, rows, cols, keep):
+    """A random input-major Q8_0 / Q4_0 weight (codes, fp16 scales) and its dense float values."""
+    scale = RNG.uniform(0.001, 0.02, (rows // 32, cols)).astype(np.float16)
+    if qtype == "q8":
+        codes = RNG.integers(-127, 128, (rows, cols), dtype=np.int8)
+        q = codes.astype(np.float32)
+        data, t = codes, lib.LR_Q8_0_IM
+    else:
+        q4 = RNG.integers(0, 16, (rows, cols), dtype=np.uint8)
+        runs = q4.reshape(rows, cols // 64, 2, 32)          # outputs j and j + 32 of each run of 64
+        data = (runs[:, :, 0, :] | (runs[:, :, 1, :] << 4)).reshape(rows, cols // 2)
+        q = q4.astype(np.float32) - 8
+        t = lib.LR_Q4_0_IM
+    keep += [data, scale]
+    ct = ffi.new("lr_tensor *")
+    ct.type, ct.rows, ct.cols = t, rows, cols
+    ct.data, ct.nbytes = ffi.from_buffer("char[]", data), data.nbytes
+    ct.scale, ct.scale_nbytes = ffi.from_buffer("char[]", scale), scale.nbytes
+    dense = q * np.repeat(scale.astype(np.float32), 32, axis=0)
+    return ct, dense
+
+
+def float_tensor(dtype, rows, cols, keep):
+    w = (RNG.standard_normal((rows, cols)) * 0.05).astype(dtype)
+    keep.append(w)
+    ct = ffi.new("lr_tensor *")
+    ct.type = lib.LR_F16 if dtype == np.float16 else lib.LR_F32
+    ct.rows, ct.cols, ct.data, ct.nbytes = rows, cols, ffi.from_buffer("char[]", w), w.nbytes
+    return ct, w.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4", "f16", "f32"])
+@pytest.mark.parametrize("rows,cols,frac", [(576, 1728, 0.6), (1536, 576, 0.4), (4096, 2048, 1.0), (1024, 4160, 0.05)])
+def test_spmv_matches_numpy_and_cpu(kind, rows, cols, frac):
+    keep = []
+    if kind in ("q8", "q4"):
+        w, dense = im_tensor(kind, rows, cols, keep)
+    else:
+        w, dense = float_tensor(np.float16 if kind == "f16" else np.float32, rows, cols, keep)
+    x = RNG.standard_normal(rows).astype(np.float32)
+    k = max(1, int(frac * rows))
+    idx = np.sort(RNG.choice(rows, k, replace=False)).astype(np.int32)
+    y = np.zeros(cols, np.float32)
+    assert lib.lr_gpu_test_spmv(DEV._g, w, f(x), i32(idx), k, f(y)) == 0, DEV.error()
+    ref = np.zeros(cols, np.float32)
+    assert lib.lr_spmv(w, f(x), i32(idx), k, f(ref)) == 0
+    mag = np.abs(x[idx]) @ np.abs(dense[idx]) + 1e-30   # the size of the sum's terms
+    assert np.max(np.abs(y - ref) / mag) < 1e-5           # the CPU kernel: same quantization, other order
+    exact = x[idx].astype(np.float64) @ dense[idx].astype(np.float64)
+    tol = 2e-2 if kind in ("q8", "q4") else 1e-5          # float math; 8-bit activations for the _IM types
+    assert np.max(np.abs(y - exact) / mag) < tol
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "F16", "F32"])
+def test_head_matches_numpy_and_cpu(qtype):
+    from gguf import GGMLQuantizationType as QT
+    from gguf.quants import quantize
+    rows, d = 1000, 576
+    w = (RNG.standard_normal((rows, d)) * 0.05).astype(np.float32)
+    x = (RNG.standard_normal(d) * 2).astype(np.float32)
+    g = RNG.uniform(0.5, 1.5, d).astype(np.float32)
+    data = quantize(w, QT[qtype]) if qtype not in ("F16", "F32") else w.astype(np.float16 if qtype == "F16" else np.float32)
+    ct = ffi.new("lr_tensor *")
+    ct.type = {"Q8_0": lib.LR_Q8_0, "Q4_0": lib.LR_Q4_0, "F16": lib.LR_F16, "F32": lib.LR_F32}[qtype]
+    ct.rows, ct.cols, ct.data, ct.nbytes = rows, d, ffi.from_buffer("char[]", data), data.nbytes
+    out = np.zeros(rows, np.float32)
+    assert lib.lr_gpu_test_head(DEV._g, ct, f(x), f(g), 1e-5, f(out)) == 0, DEV.error()
+    h = x / np.sqrt(np.mean(x.astype(np.float64) ** 2) + 1e-5) * g
+    h = h.astype(np.float32)
+    ref = np.zeros(rows, np.float32)
+    assert lib.lr_dot_rows(ct, f(h), f(ref)) == 0     # the CPU head: same Q8_0 activations
+    from gguf.quants import dequantize
+    wd = dequantize(data, QT[qtype]).reshape(rows, d) if qtype not in ("F16", "F32") else data.astype(np.float32)
+    mag = np.abs(wd) @ np.abs(h)
+    assert np.max(np.abs(out - ref) / mag) < 1e-5
+    assert np.max(np.abs(out - wd @ h) / mag) < (2e-2 if qtype in ("Q8_0", "Q4_0") else 1e-5)
+
+
+# ---- the whole decode step against the CPU runtime ---------------------------------------------
+
+def _pair(path, sparsity, **kw):
+    from larosa.runtime.model import Model
+    return (Model(path, sparsity=sparsity, n_threads=1, n_ctx=128, **kw),
+            Model(path, sparsity=sparsity, n_ctx=128, device="gpu", **kw))
+
+
+def _close(a, b):
+    """max |a - b| relative to the largest logit"""
+    return float(np.abs(a - b).max() / np.abs(a).max())
+
+
+@pytest.mark.parametrize("name", ["tied_q8", "tied_q4", "untied_f32", "odd_f16", "gqa_q4"])
+def test_step_matches_cpu_on_tiny_models(converted, name):
+    from larosa.runtime.errors import LarosaError
+    try:
+        cpu, dev = _pair(converted[name], 0.4)
+    except LarosaError as e:   # a shape the GPU kernels do not take is refused, saying why
+        assert "GPU:" in str(e), e
+        pytest.skip(str(e))
+    toks = list(np.random.default_rng(0).integers(1, cpu.hp.n_vocab, 9))
+    a, b = cpu.eval(toks[:-1], all_logits=True), dev.eval(toks[:-1], all_logits=True)
+    assert _close(a, b) < 2e-2 and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.75
+    for t in toks[-1:] + [3, 5, 7]:   # decode steps
+        a, b = cpu.eval([t]), dev.eval([t])
+        assert _close(a, b) < 2e-2
+    assert cpu.rows_read() == dev.rows_read()   # Top-K: the same number of rows in every layer
+
+
+def _last_token_masks(m, toks):
+    """logits of toks (one at a time) and the CPU model m's selections for the last one, as masks"""
+    from larosa._kernels import ffi, lib
+    hp = m.hp
+    widths = [hp.dim, hp.n_heads * hp.head_dim, hp.dim, hp.ffn_dim]
+    for t in toks[:-1]:
+        m.eval([t])
+    masks = np.zeros(sum(widths) * hp.n_layers, np.uint8)
+    lib.lr_model_trace(m._m, ffi.from_buffer("uint8_t[]", masks), masks.size)
+    logits = m.eval(toks[-1:])
+    lib.lr_model_trace(m._m, ffi.NULL, 0)
+    return logits, masks, widths
+
+
+def test_smollm2_same_greedy_text_logits_and_selections(smollm2_q8):
+    """SmolLM2 (larosa method, Q8_0, F16 adapters) against the CPU runtime on 1 thread. The GPU adds in
+    another order, and its rotated activations carry outliers that make the 8-bit codes of a group
+    coarse, so a sum's last bit can flip a code and the difference grows over the layers: the CPU on
+    2 threads (its integer products split in two parts) departs from 1 thread just as far. So: logits
+    and selections no further from the 1-thread CPU than the 2-thread CPU is (1.5x, plus 1 % of the
+    largest logit), and the same greedy start (2 threads and the GPU both part from 1 thread's text
+    after about eight tokens at a near-tie)."""
+    from larosa._kernels import ffi, lib
+    from larosa.runtime.model import Model
+    prompt = "The capital of France is"
+    for s in (0.0, 0.4):
+        cpu, dev = _pair(smollm2_q8, s)
+        cpu2 = Model(smollm2_q8, sparsity=s, n_threads=2, n_ctx=128)
+        toks = cpu.tokenize(prompt)
+        a, masks, widths = _last_token_masks(cpu, toks)
+        a2, masks2, _ = _last_token_masks(cpu2, toks)
+        for t in toks:
+            b = dev.eval([t])
+        assert a.argmax() == b.argmax() == a2.argmax()
+        assert _close(a, b) <= 1.5 * _close(a, a2) + 0.01, (s, _close(a, b), _close(a, a2))
+        got, off = [], 0
+        for layer in range(cpu.hp.n_layers):
+            for blk, n in enumerate(widths):
+                idx = np.zeros(n, np.int32)
+                k = lib.lr_gpu_model_selection(dev._m, layer, blk, ffi.from_buffer("int32_t[]", idx), n)
+                mask = np.zeros(n, np.uint8)
+                mask[idx[:k]] = 1
+                got.append(mask)
+                off += n
+        got = np.concatenate(got)
+        agree, agree2 = (got == masks).mean(), (masks2 == masks).mean()
+        assert agree >= min(agree2, 0.999) - 0.03, (s, agree, agree2)   # s = 0.4: 0.890 and 0.901 measured
+        if s == 0.0:
+            assert agree == 1.0   # dense: every input
+        ta = "".join(cpu.generate(prompt, max_tokens=4, temperature=0))
+        tb = "".join(dev.generate(prompt, max_tokens=4, temperature=0))
+        assert ta == tb and ta.startswith(" Paris"), (s, ta, tb)
+
+
+def test_gpu_model_refuses_what_it_does_not_run(converted):
+    from larosa.runtime.errors import LarosaError
+    from larosa.runtime.model import Model
+    with pytest.raises(LarosaError, match="KV cache is f16 or f32"):
+        Model(converted["tied_q8"], n_ctx=64, device="gpu", type_k="q8_0", type_v="q8_0")
+    m = Model(converted["tied_q8"], n_ctx=4, device="gpu")
+    from larosa.runtime.model import ContextError
+    with pytest.raises(ContextError):
+        m.eval([1, 2, 3, 4, 5])
+    assert m.device == "gpu" and "device='gpu'" in repr(m)
