@@ -103,6 +103,11 @@ def available() -> bool:
         return False
 
 
+# source architectures whose step the GPU path implements (llama's, with Qwen's biases and q/k norms);
+# the others' features (post norms, GeGLU, windows, soft-caps, scales, RoPE-less layers) run on the CPU only
+ARCHS = ("llama", "qwen2", "qwen3")
+
+
 def resolve(dev: str) -> str:
     """"gpu", "cpu" or "auto" -> "gpu" or "cpu" ("auto": the GPU when one opens)."""
     if dev not in ("gpu", "cpu", "auto"):

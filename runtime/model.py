@@ -21,7 +21,7 @@ from gguf import GGUFValueType as VT
 from larosa._kernels import ffi, lib
 
 from . import format as F
-from .errors import FormatError, LarosaError
+from .errors import FormatError, LarosaError, UnsupportedError
 from .generate import Sampling, generate_text, generate_tokens
 from .gguf_file import write_vocab_gguf
 from .loader import LarosaFile, load
@@ -140,6 +140,13 @@ class Model:
         self.device = gpu.resolve(device)   # GPUUnavailable (a LarosaError) says what is missing
         self.type_k, self.type_v = kv_type_name(type_k, "type_k"), kv_type_name(type_v, "type_v")
         self.file: LarosaFile = load(path)
+        arch = self.file.meta.str(F.K_SOURCE_ARCH, "llama")
+        if self.device == "gpu" and arch not in gpu.ARCHS:
+            if device == "auto":
+                self.device = "cpu"
+            else:
+                raise UnsupportedError(f"{path}: a {arch} model; the GPU step runs {', '.join(gpu.ARCHS)} files "
+                                       "(this architecture's features run on the CPU only): use --device cpu")
         # thresholds held to a per-token byte budget (LarosaFile.budget); None: as the file says,
         # which for a --method auto file may be Top-K with its scores (its thresholds unused)
         self.topk = bool(topk) if topk is not None else budget is None and self.file.topk_default

@@ -243,3 +243,17 @@ def test_gemma2_method_larosa_refused(tmp_path):
     p = gemma2(str(tmp_path / "g2.gguf"), seed=4)
     with pytest.raises(UnsupportedError, match="Gemma 2: its post-attention and post-FFN norms"):
         convert_for_test(p, str(tmp_path / "x.gguf"), "f32", method="larosa")
+
+
+def test_gpu_refuses_gemma_and_auto_runs_it_on_the_cpu(converted):
+    """The GPU step implements llama's layer (with Qwen's biases and q/k norms), not Gemma's post norms,
+    GeGLU or windows: --device gpu is refused by name before any device work; auto takes the CPU."""
+    from larosa.runtime import gpu
+    from larosa.runtime.errors import UnsupportedError
+    from larosa.runtime.model import Model
+    path = converted[("budget", "q8_0")]
+    if gpu.available():
+        with pytest.raises(UnsupportedError, match="gemma3 model; the GPU step runs llama"):
+            Model(path, device="gpu")
+    m = Model(path, device="auto")
+    assert m.device == "cpu" and np.isfinite(m.eval([1, 2, 3])).all()
