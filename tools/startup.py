@@ -7,7 +7,7 @@
     python -m larosa.tools.startup header [FILE] [-n 5]
         opening a Gemma-3-270M-shaped header (262,144-token SentencePiece vocabulary, its 236 tensor
         descriptions, data left sparse; written to FILE when absent): Model(...) on it (the header
-        checked, the architecture refused), and what a LaRoSA file with this vocabulary adds (the
+        checked, the source file refused: convert it first), and what a LaRoSA file with this vocabulary adds (the
         token checks, llama.cpp's vocab-only load as Model builds it), against llama.cpp's
         vocab-only load of the same file, each in a fresh process.
 """
@@ -119,7 +119,7 @@ from larosa.runtime.format import HParams
 from larosa.runtime.model import Model, _tokenizer
 t1 = time.perf_counter()
 try:
-    Model(sys.argv[1])                            # scan, metadata, then the architecture is refused
+    Model(sys.argv[1])                            # scan, metadata, then the source file is refused
     raise SystemExit("gemma3 accepted?")
 except UnsupportedError:
     pass
