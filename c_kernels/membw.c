@@ -22,6 +22,21 @@ static void bw_task(void *p, int ith, int nth, int thread) {
     j->sums[ith] = s;
 }
 
+/* fn over the pool once (page faults, thread start), then reps times: bytes / the fastest run */
+static double best_rate(lr_pool *pool, lr_task_fn fn, void *job, double bytes, int32_t reps) {
+    lr_pool_run(pool, fn, job);
+    double best = 0.0;
+    for (int32_t r = 0; r < reps; r++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        lr_pool_run(pool, fn, job);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        const double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        if (s > 0 && bytes / s > best) best = bytes / s;
+    }
+    return best;
+}
+
 double lr_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t reps) {
     if (bytes < (1 << 20) || n_threads < 1 || n_threads > 512 || reps < 1) return -1.0;
     const size_t n = (size_t)bytes / sizeof(uint64_t);
@@ -34,16 +49,7 @@ double lr_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t reps) {
     }
     for (size_t i = 0; i < n; i++) buf[i] = i * 0x9e3779b97f4a7c15ull;
     bw_job j = {buf, n, {0}};
-    lr_pool_run(pool, bw_task, &j);   /* warm-up: page faults, thread start */
-    double best = 0.0;
-    for (int32_t r = 0; r < reps; r++) {
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        lr_pool_run(pool, bw_task, &j);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        const double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-        if (s > 0 && (double)n * sizeof(uint64_t) / s > best) best = (double)n * sizeof(uint64_t) / s;
-    }
+    const double best = best_rate(pool, bw_task, &j, (double)n * sizeof(uint64_t), reps);
     lr_pool_free(pool);
     free(buf);
     return best;   /* bytes per second, best of reps */
@@ -88,17 +94,7 @@ double lr_read_rows_bandwidth(int64_t bytes, int32_t row_bytes, double keep, int
         if ((double)(h >> 11) * 0x1.0p-53 < keep) sel[n_sel++] = r;
     }
     rows_job j = {buf, sel, n_sel, row_bytes, {0}};
-    lr_pool_run(pool, rows_task, &j);   /* warm-up */
-    double best = 0.0;
-    for (int32_t r = 0; r < reps; r++) {
-        struct timespec t0, t1;
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        lr_pool_run(pool, rows_task, &j);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        const double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-        const double got = (double)n_sel * row_bytes / s;
-        if (s > 0 && got > best) best = got;
-    }
+    const double best = best_rate(pool, rows_task, &j, (double)n_sel * row_bytes, reps);
     lr_pool_free(pool);
     free(buf);
     free(sel);
