@@ -87,7 +87,7 @@ static void one_cycle(lr_model_desc *d, int32_t threads, int32_t type_kv) {
     for (int32_t p = 40; p < 44; p++) EXPECT(lr_eval(m, toks + p - 40, 1, p, logits, 0) == LR_OK);
     EXPECT(lr_eval(m, toks, 3, 10, logits, 0) == LR_OK);              /* rewind */
     EXPECT(lr_eval(m, toks, 1, CTX, logits, 0) == LR_ERANGE);         /* past the cache */
-    uint64_t rows[5];
+    uint64_t rows[9];   /* lr_model_rows_read: rows[4], tokens, groups[4] */
     EXPECT(lr_model_rows_read(m, rows, 1) == LR_OK && rows[4] == 47);   /* 40 + 4 + 3 tokens */
     free(logits);
     lr_model_free(m);
