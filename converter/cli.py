@@ -44,6 +44,8 @@ see also: larosa-run, larosa-chat, larosa-perplexity; FORMAT.md describes the ou
 """
 
 
+DEFAULT_METHOD = "auto"   # --method (tools/demo.py re-converts a cached file made with another)
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="larosa-convert", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-type", default="auto", choices=["auto", *F.WEIGHT_TYPES],
                    help="type of the d x d residual adapters (auto: f16, f32 with --type f32). "
                         "Their error compounds over layers: q8_0 costs ~5%% perplexity on SmolLM2")
-    p.add_argument("--method", default="auto", choices=list(F.METHODS),
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=list(F.METHODS),
                    help="sparsity method. auto (default): budget's keys, then budget or Top-K of them, "
                         "whichever has the lower perplexity on held-out calibration text (the file records "
                         "both; budget won on SmolLM2, Top-K on Gemma 3, RESULTS.md); budget: thresholds on "

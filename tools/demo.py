@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from larosa.converter.cli import DEFAULT_METHOD
 from larosa.converter.cli import main as convert_main
 from larosa.tools.fetch_model import cache_dir, fetch_smollm2
 
@@ -22,7 +23,7 @@ def main() -> int:
     src = fetch_smollm2()
     out = cache_dir() / "models" / "SmolLM2-135M-Instruct.larosa-q8_0.gguf"
     try:   # a file cached by an older larosa, or another method than the default: convert again
-        fresh = out.exists() and load(out).method == "budget"
+        fresh = out.exists() and load(out).method == DEFAULT_METHOD
     except LarosaError:
         fresh = False
     if not fresh:
