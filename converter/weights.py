@@ -68,8 +68,7 @@ def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True) -> W
 def topk_of(f: LarosaFile, sparsity: float | None = None, budget: bool | None = None) -> TopK:
     """The file's selection at `sparsity`, as the reference simulation takes it (budget: as
     Model(budget=...) selects; None: as the file says)."""
-    topk = budget is None and f.topk_default   # a --method auto file that chose Top-K
-    budget = f.budget_default if budget is None else budget
+    budget, topk = f.selection_mode(budget)
     sel = f.selection(sparsity, thresholds=not topk)
     scores: dict = {}
     for name, t in f.tensors.items():

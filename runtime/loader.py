@@ -61,6 +61,14 @@ class LarosaFile:
         """Top-K (with the file's scores) by default, although the file has threshold tables"""
         return self.auto_selection == "topk"
 
+    def selection_mode(self, budget: bool | None = None, topk: bool | None = None) -> tuple[bool, bool]:
+        """(budget, topk) a runtime uses: each as asked, else as the file says (a --method auto file
+        may say Top-K, its thresholds unused); ValueError when both are asked for."""
+        topk = bool(topk) if topk is not None else budget is None and self.topk_default
+        if topk and budget:
+            raise ValueError("budget and topk exclude each other")
+        return (False if topk else self.budget_default if budget is None else bool(budget)), topk
+
     def memory_bytes(self, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> int:
         """What lr_model_new allocates for a context of n_ctx (see memory_bytes below)."""
         return memory_bytes(self.hp, n_ctx, n_threads, type_k, type_v) + self.head8_bytes()

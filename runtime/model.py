@@ -147,12 +147,8 @@ class Model:
             else:
                 raise UnsupportedError(f"{path}: a {arch} model; the GPU step runs {', '.join(gpu.ARCHS)} files "
                                        "(this architecture's features run on the CPU only): use --device cpu")
-        # thresholds held to a per-token byte budget (LarosaFile.budget); None: as the file says,
-        # which for a --method auto file may be Top-K with its scores (its thresholds unused)
-        self.topk = bool(topk) if topk is not None else budget is None and self.file.topk_default
-        self.budget = False if self.topk else self.file.budget_default if budget is None else bool(budget)
-        if self.topk and budget:
-            raise ValueError("budget and topk exclude each other")
+        # thresholds held to a per-token byte budget (LarosaFile.budget), or Top-K on a threshold file
+        self.budget, self.topk = self.file.selection_mode(budget, topk)
         if self.budget:
             self.file.budget(self.file.sparsity)       # ValueError now for a file without thresholds
         hp = self.hp = self.file.hp
