@@ -560,6 +560,12 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
 
 int32_t lr_model_head_repacked(const lr_model *m) { return m && m->head8 ? 1 : 0; }
 
+void *lr_model_head8(const lr_model *m, int64_t *nbytes) {
+    const size_t huge = (size_t)2 << 20;
+    *nbytes = m && m->head8 ? (int64_t)((lr_x8_bytes(&m->d.head) + huge - 1) / huge * huge) : 0;
+    return m ? m->head8 : NULL;
+}
+
 void lr_model_free(lr_model *m) {
     if (!m) return;
     if (m->pool) lr_pool_free(m->pool);
@@ -577,6 +583,13 @@ void lr_model_free(lr_model *m) {
                     m->qsel_buf, m->qacc, m->hxq, m->hdx, m->head8, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
+}
+
+/* Memory for a large weight read once per token (the repacked head): 2 MiB-aligned, so that
+ * runtime/hugepages.py can collapse it onto huge pages after load (lr_model_head8). */
+static void *huge_alloc(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    return aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
 }
 
 lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threads, int32_t type_k, int32_t type_v,
@@ -643,7 +656,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->hdx = malloc((size_t)(dim / QK + 1) * sizeof(float));
     const lr_tensor *hw = &desc->head;   /* the repacked head where this CPU's kernels read it so */
     if ((hw->type == LR_Q8_0 || hw->type == LR_Q4_0) && hw->rows >= 8 && lr_qkernels()->qdot8[lr_type_slot(hw->type)] &&
-        (m->head8 = aligned_alloc(64, (size_t)(lr_x8_bytes(hw) + 63) / 64 * 64)))
+        (m->head8 = huge_alloc((size_t)lr_x8_bytes(hw))))
         lr_repack_x8(hw, m->head8);   /* out of memory: the head as stored */
     m->qb_buf = lr_qbatch_new(LR_BATCH, widest, &m->qb);
     m->bmask = malloc(B * (size_t)widest);

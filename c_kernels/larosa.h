@@ -99,6 +99,8 @@ int32_t lr_model_n_ctx(const lr_model *m);
 /* 1 when lr_model_new repacked the head (Q8_0 / Q4_0 on x86: lr_repack_x8), which then reads its
  * own copy: the mapped head's pages are read again only for embedding lookups of a tied head */
 int32_t lr_model_head_repacked(const lr_model *m);
+/* The repacked head's memory (2 MiB-aligned) and its size rounded up to 2 MiB; NULL and 0 if none */
+void *lr_model_head8(const lr_model *m, int64_t *nbytes);
 /* Per-op timers of the single-token decode step (off by default; the clock is read only when on).
  * Copies min(n, LR_NPROF) accumulated nanoseconds into out_ns (may be NULL) in the order of
  * LR_PROF_*, then sets the timers on (enable = 1) or off (0) and, if reset, zeroes them. Returns the

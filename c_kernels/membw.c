@@ -7,9 +7,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "kernels.h"
 #include "threads.h"
+
+/* The probes' buffers on 2 MiB pages where the kernel offers them, as the model's weights are
+ * (runtime/hugepages.py): the bound they give is for the same page size. */
+static void *probe_alloc(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
+#ifdef MADV_HUGEPAGE
+    if (p) madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
+#endif
+    return p;
+}
 
 typedef struct { const uint64_t *buf; size_t n; uint64_t sums[2048]; } bw_job;   /* one per share */
 
@@ -40,7 +54,7 @@ static double best_rate(lr_pool *pool, lr_task_fn fn, void *job, double bytes, i
 double lr_read_bandwidth(int64_t bytes, int32_t n_threads, int32_t reps) {
     if (bytes < (1 << 20) || n_threads < 1 || n_threads > 512 || reps < 1) return -1.0;
     const size_t n = (size_t)bytes / sizeof(uint64_t);
-    uint64_t *buf = malloc(n * sizeof(uint64_t));
+    uint64_t *buf = probe_alloc(n * sizeof(uint64_t));
     lr_pool *pool = lr_pool_new(n_threads);
     if (!buf || !pool) {
         free(buf);
@@ -77,7 +91,7 @@ double lr_read_rows_bandwidth(int64_t bytes, int32_t row_bytes, double keep, int
     if (bytes < (1 << 20) || row_bytes < 64 || row_bytes % 64 || bytes / row_bytes > INT32_MAX ||
         !(keep > 0.0 && keep <= 1.0) || n_threads < 1 || n_threads > 512 || reps < 1) return -1.0;
     const int32_t rows = (int32_t)(bytes / row_bytes);
-    uint8_t *buf = aligned_alloc(64, (size_t)rows * (size_t)row_bytes);
+    uint8_t *buf = probe_alloc((size_t)rows * (size_t)row_bytes);
     int32_t *sel = malloc((size_t)rows * sizeof(int32_t));
     lr_pool *pool = lr_pool_new(n_threads);
     if (!buf || !sel || !pool) {

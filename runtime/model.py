@@ -190,11 +190,39 @@ class Model:
             self._m = ffi.gc(ptr, lib.lr_model_free)
             if lib.lr_model_head_repacked(self._m):   # the head reads its repacked copy: drop the mapped pages
                 self.file.reader.release(self.file.tensors[F.T_EMBD if hp.tied else F.T_OUTPUT])
+            self._collapse_huge_pages()
         self.tokens: list[int] = []          # what the KV cache holds, position by position
         self.timings = Timings()
         self.set_sparsity(self.file.sparsity if sparsity is None else sparsity)
 
     # -- set-up -------------------------------------------------------------------------------
+    def _collapse_huge_pages(self) -> None:
+        """Moves the block weights' copy and the repacked head onto 2 MiB pages in the background
+        (runtime/hugepages.py); wait_huge_pages() waits for it."""
+        from . import hugepages
+        self._hugepages = None
+        regions, owners = [], []
+        if self._arena is not None:
+            regions.append((self._arena.address, self._arena.buf.nbytes))
+            owners.append(self._arena)
+        n = ffi.new("int64_t *")
+        head8 = lib.lr_model_head8(self._m, n)
+        if n[0] and hugepages.available():
+            regions.append((int(ffi.cast("uintptr_t", head8)), n[0]))
+            owners.append(self._m)
+        if regions:
+            self._hugepages = hugepages.Collapser(regions, owners)
+
+    def wait_huge_pages(self, timeout: float | None = None) -> int:
+        """Waits (at most timeout seconds) for the weights' move onto 2 MiB pages that loading
+        started; returns the bytes moved so far (0 where the kernel offers no huge pages or on
+        the GPU). Decoding is correct before, during and after; benchmarks wait for it."""
+        h = getattr(self, "_hugepages", None)
+        if h is None:
+            return 0
+        h.wait(timeout)
+        return h.huge_bytes
+
     def _tensor(self, name: str, ct) -> None:
         t = self.file.tensors.get(name)
         if t is None:
@@ -202,18 +230,38 @@ class Model:
             return
         shape, qtype = self._shapes_types[name]
         rows, cols = shape if len(shape) == 2 else (1, shape[0])
-        buf = ffi.from_buffer("char[]", t.data)
+        data = self._arena_copy(t)
+        buf = ffi.from_buffer("char[]", data)
         self._keep.arrays.append(buf)
         ct.type, ct.rows, ct.cols, ct.data, ct.nbytes = _TYPE_IDS[qtype.name], rows, cols, buf, t.data.nbytes
         if t.tensor_type == QT.I8:   # input-major Q8_0 / Q4_0: codes and their scale table
             scale = self.file.tensors[F.scale_name(name)]
-            sbuf = ffi.from_buffer("char[]", scale.data)
+            sbuf = ffi.from_buffer("char[]", self._arena_copy(scale))
             self._keep.arrays.append(sbuf)
             ct.type = _IM_TYPE_IDS[qtype.name]
             ct.scale, ct.scale_nbytes = sbuf, scale.data.nbytes
 
+    def _arena_copy(self, t):
+        """t's bytes, from the huge-page arena where t is a block weight (or its scales)."""
+        if self._arena is None or t.name not in self._arena_names:
+            return t.data
+        with open(self.file.path, "rb") as f:
+            return self._arena.place(f.fileno(), int(t.data_offset), int(t.n_bytes))
+
     def _describe(self):
         hp = self.hp
+        from . import hugepages
+        self._arena, self._arena_names = None, set()
+        if self.device == "cpu" and hugepages.available():
+            for l in range(hp.n_layers):
+                for name in (F.T_QKV(l), F.T_O(l), F.T_GATE_UP(l), F.T_DOWN(l)):
+                    if name in self.file.tensors:
+                        self._arena_names.add(name)
+                        if self.file.tensors[name].tensor_type == QT.I8:
+                            self._arena_names.add(F.scale_name(name))
+            total = sum(self.file.tensors[n].data.nbytes + 64 for n in self._arena_names)
+            if total and hugepages.fits(total):
+                self._arena = hugepages.Arena(total)
         d = ffi.new("lr_model_desc *")
         layers = ffi.new("lr_layer[]", hp.n_layers)
         self._keep.arrays += [d, layers]

@@ -239,6 +239,7 @@ class LarosaEngine:
         from larosa.runtime.model import Model
         self.model = Model(path, sparsity=0.0, n_threads=n_threads, n_ctx=n_ctx, type_k=type_k, type_v=type_v,
                            device=device)
+        self.model.wait_huge_pages()   # time the steady state: weights on 2 MiB pages where offered
 
     def set_sparsity(self, s: float) -> None:
         self.model.set_sparsity(s)
