@@ -230,38 +230,42 @@ class Model:
             return
         shape, qtype = self._shapes_types[name]
         rows, cols = shape if len(shape) == 2 else (1, shape[0])
-        data = self._arena_copy(t)
-        buf = ffi.from_buffer("char[]", data)
+        buf = ffi.from_buffer("char[]", self._copies.get(name, t.data))
         self._keep.arrays.append(buf)
         ct.type, ct.rows, ct.cols, ct.data, ct.nbytes = _TYPE_IDS[qtype.name], rows, cols, buf, t.data.nbytes
         if t.tensor_type == QT.I8:   # input-major Q8_0 / Q4_0: codes and their scale table
             scale = self.file.tensors[F.scale_name(name)]
-            sbuf = ffi.from_buffer("char[]", self._arena_copy(scale))
+            sbuf = ffi.from_buffer("char[]", self._copies.get(scale.name, scale.data))
             self._keep.arrays.append(sbuf)
             ct.type = _IM_TYPE_IDS[qtype.name]
             ct.scale, ct.scale_nbytes = sbuf, scale.data.nbytes
 
-    def _arena_copy(self, t):
-        """t's bytes, from the huge-page arena where t is a block weight (or its scales)."""
-        if self._arena is None or t.name not in self._arena_names:
-            return t.data
+    def _copy_block_weights(self) -> dict:
+        """name -> the block weights' (and their scale tables') copy in one arena that
+        _collapse_huge_pages moves onto 2 MiB pages (runtime/hugepages.py); {} where that is off,
+        not offered or too large, or on the GPU: the C model then reads the file mapping."""
+        from . import hugepages
+        self._arena = None
+        if self.device != "cpu" or not hugepages.available():
+            return {}
+        names = []
+        for l in range(self.hp.n_layers):
+            for name in (F.T_ADAPTER(l), F.T_QKV(l), F.T_O(l), F.T_GATE_UP(l), F.T_DOWN(l)):
+                if name in self.file.tensors:
+                    names.append(name)
+                    if self.file.tensors[name].tensor_type == QT.I8:
+                        names.append(F.scale_name(name))
+        total = sum(int(self.file.tensors[n].n_bytes) + 64 for n in names)
+        if not total or not hugepages.fits(total):
+            return {}
+        self._arena = hugepages.Arena(total)
         with open(self.file.path, "rb") as f:
-            return self._arena.place(f.fileno(), int(t.data_offset), int(t.n_bytes))
+            return {n: self._arena.place(f.fileno(), int(self.file.tensors[n].data_offset),
+                                         int(self.file.tensors[n].n_bytes)) for n in names}
 
     def _describe(self):
         hp = self.hp
-        from . import hugepages
-        self._arena, self._arena_names = None, set()
-        if self.device == "cpu" and hugepages.available():
-            for l in range(hp.n_layers):
-                for name in (F.T_QKV(l), F.T_O(l), F.T_GATE_UP(l), F.T_DOWN(l)):
-                    if name in self.file.tensors:
-                        self._arena_names.add(name)
-                        if self.file.tensors[name].tensor_type == QT.I8:
-                            self._arena_names.add(F.scale_name(name))
-            total = sum(self.file.tensors[n].data.nbytes + 64 for n in self._arena_names)
-            if total and hugepages.fits(total):
-                self._arena = hugepages.Arena(total)
+        self._copies = self._copy_block_weights()
         d = ffi.new("lr_model_desc *")
         layers = ffi.new("lr_layer[]", hp.n_layers)
         self._keep.arrays += [d, layers]
