@@ -13,7 +13,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["kernels.c", "qmatvec.c", "qmatvec_x86.c", "qmatvec_neon.c", "simd_x86.c", "simd_neon.c", "threads.c", "forward.c", "prefill.c", "membw.c",
+SOURCES = ["kernels.c", "topk.c", "qmatvec.c", "qmatvec_x86.c", "qmatvec_neon.c", "simd_x86.c", "simd_neon.c", "threads.c", "forward.c", "prefill.c", "membw.c",
            "gpu_device.c", "gpu.c", "gpu_test.c"]   # gpu*: the WebGPU path (gpu.h)
 
 

@@ -350,16 +350,17 @@ const int32_t *lr_select(lr_model *m, const float *x, const float *gate, int32_t
         key = keys;
     }
     int32_t *idx = m->idx + (size_t)thread * m->widest, cnt = 0;
-    uint32_t *scratch = m->topk_scratch + (size_t)thread * m->widest;
+    uint32_t *scratch = m->topk_scratch + (size_t)thread * LR_TOPK_SCRATCH(m->widest);
+    const topk_fn topk = lr_kernels()->topk;
     if (thr >= 0.0f && m->budget) {  /* budget: the count above the threshold, scaled back on plan */
         cnt = budget_k(m, key, thr, layer, block, t);
-        if (cnt < n) lr_topk_impl(key, n, cnt, idx, scratch);
+        if (cnt < n) topk(key, n, cnt, idx, scratch);
     } else if (thr >= 0.0f) {        /* threshold: every key above it */
         for (int32_t i = 0; i < n; i++)
             if (fabsf(key[i]) > thr) idx[cnt++] = i;
     } else {                         /* Top-K: the k largest keys */
         cnt = m->k[block][layer];
-        if (cnt < n) lr_topk_impl(key, n, cnt, idx, scratch);
+        if (cnt < n) topk(key, n, cnt, idx, scratch);
     }
     if (cnt >= n) {
         idx = NULL;
@@ -639,7 +640,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->idx = calloc((size_t)n_threads * widest, sizeof(int32_t));   /* per thread: prompt tokens select in parallel */
     m->iota = malloc((size_t)widest * sizeof(int32_t));
     m->out_widest = out_widest;
-    m->topk_scratch = calloc((size_t)n_threads * widest, sizeof(uint32_t));
+    m->topk_scratch = calloc((size_t)n_threads * LR_TOPK_SCRATCH(widest), sizeof(uint32_t));
     m->keys = calloc((size_t)n_threads * widest, sizeof(float));
     m->bx = calloc(B * (size_t)dim, sizeof(float));
     m->bxn = calloc(B * (size_t)widest, sizeof(float));

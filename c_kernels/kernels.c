@@ -159,6 +159,7 @@ const lr_kernel_table lr_kernels_scalar = {
     {dot_f32, dot_f16},
     {attn_scores_f32, attn_scores_f16, attn_scores_q8_0},
     {attn_values_f32, attn_values_f16, attn_values_q8_0},
+    lr_topk_impl,
 };
 
 /* ---- SIMD dispatch -------------------------------------------------------------------------- */
@@ -376,10 +377,16 @@ void lr_dequant_row(const lr_tensor *w, int64_t r, float *out) {
 
 int32_t lr_topk(const float *x, int32_t n, int32_t k, int32_t *idx) {
     if (!x || !idx || n <= 0 || k < 1 || k > n) return LR_EARG;
-    uint32_t *scratch = malloc((size_t)n * sizeof(uint32_t));
-    if (!scratch) return LR_ENOMEM;
-    int32_t got = lr_topk_impl(x, n, k, idx, scratch);
+    /* the table's Top-K writes into room for n indices: idx here has room for k */
+    uint32_t *scratch = malloc(LR_TOPK_SCRATCH(n) * sizeof(uint32_t));
+    int32_t *all = malloc((size_t)n * sizeof(int32_t));
+    int32_t got = LR_ENOMEM;
+    if (scratch && all) {
+        got = lr_kernels()->topk(x, n, k, all, scratch);
+        memcpy(idx, all, (size_t)got * sizeof(int32_t));
+    }
     free(scratch);
+    free(all);
     return got;
 }
 

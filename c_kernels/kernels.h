@@ -149,11 +149,32 @@ static inline float lr_gelu_tanh(const float *table, float x) {
     return table[fp32_to_fp16(x)];
 }
 
+/* Exact Top-K of |x[0..n)| (k of them, ties to the lower index), indices ascending into idx
+ * (room for n); scratch: LR_TOPK_SCRATCH(n) uint32. Returns how many were taken (k, or n when
+ * k >= n). The scalar table's is the reference lr_topk_impl, the others lr_topk_bracket (topk.c)
+ * with their own vector passes. */
+typedef int32_t (*topk_fn)(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch);
+#define LR_TOPK_SCRATCH(n) (2 * (size_t)(n) + 16)
+
+/* the passes of lr_topk_bracket: keys (|x| as bit patterns into u, returns the largest), the
+ * count of keys above t, the keys in (lo, hi] gathered into cand (returns how many), the indices
+ * of the keys >= t (ascending; returns how many). Each writes within n entries of its output
+ * (a vector form stores whole vectors past the last entry it counts). */
+typedef struct {
+    uint32_t (*keys)(const float *x, int32_t n, uint32_t *u);
+    int32_t (*count_gt)(const uint32_t *u, int32_t n, uint32_t t);
+    int32_t (*gather)(const uint32_t *u, int32_t n, uint32_t lo, uint32_t hi, uint32_t *cand);
+    int32_t (*take)(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx);
+} lr_topk_ops;
+int32_t lr_topk_bracket(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch,
+                        const lr_topk_ops *ops);
+
 typedef struct {
     spmv_fn spmv[2];          /* by lr_type_slot(): float weights */
     dot_rows_fn dot_rows[2];
     attn_scores_fn attn_scores[3];   /* by lr_kv_slot() */
     attn_values_fn attn_values[3];
+    topk_fn topk;
 } lr_kernel_table;
 
 /* float types: slot 0 (F32), 1 (F16); integer kernels: slot 0 (Q8_0, Q8_0_IM), 1 (Q4_0, Q4_0_IM) */

@@ -224,11 +224,102 @@ static void attn_values_q8_0_neon(const float *w, const uint8_t *v, size_t strid
     }
 }
 
+/* Top-K passes (topk.c) on 4 keys at a time; NEON has no compress: a mask's kept lanes come from a
+ * table of byte shuffles (vqtbl1q_u8), one per 4-bit mask */
+static const uint8_t lanes_of_mask[16][16] = {
+#define L(a, b, c, d) {4 * a, 4 * a + 1, 4 * a + 2, 4 * a + 3, 4 * b, 4 * b + 1, 4 * b + 2, 4 * b + 3,   \
+                       4 * c, 4 * c + 1, 4 * c + 2, 4 * c + 3, 4 * d, 4 * d + 1, 4 * d + 2, 4 * d + 3}
+    L(0, 0, 0, 0), L(0, 0, 0, 0), L(1, 0, 0, 0), L(0, 1, 0, 0), L(2, 0, 0, 0), L(0, 2, 0, 0), L(1, 2, 0, 0),
+    L(0, 1, 2, 0), L(3, 0, 0, 0), L(0, 3, 0, 0), L(1, 3, 0, 0), L(0, 1, 3, 0), L(2, 3, 0, 0), L(0, 2, 3, 0),
+    L(1, 2, 3, 0), L(0, 1, 2, 3),
+#undef L
+};
+
+static inline uint32_t mask_of(uint32x4_t m) {   /* lane i's compare result -> bit i */
+    static const uint32_t bit[4] = {1, 2, 4, 8};
+    return vaddvq_u32(vandq_u32(m, vld1q_u32(bit)));
+}
+
+static inline uint32x4_t compress_neon(uint32x4_t v, uint32_t m) {
+    return vreinterpretq_u32_u8(vqtbl1q_u8(vreinterpretq_u8_u32(v), vld1q_u8(lanes_of_mask[m])));
+}
+
+static uint32_t keys_neon(const float *x, int32_t n, uint32_t *u) {
+    const uint32x4_t abs = vdupq_n_u32(0x7fffffffu);
+    uint32x4_t mx = vdupq_n_u32(0);
+    int32_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint32x4_t v = vandq_u32(vreinterpretq_u32_f32(vld1q_f32(x + i)), abs);
+        vst1q_u32(u + i, v);
+        mx = vmaxq_u32(mx, v);
+    }
+    uint32_t m = vmaxvq_u32(mx);
+    for (; i < n; i++) {
+        uint32_t v;
+        memcpy(&v, x + i, 4);
+        u[i] = v & 0x7fffffffu;
+        m = u[i] > m ? u[i] : m;
+    }
+    return m;
+}
+
+static int32_t count_gt_neon(const uint32_t *u, int32_t n, uint32_t t) {
+    const uint32x4_t tv = vdupq_n_u32(t);
+    uint32x4_t a0 = vdupq_n_u32(0), a1 = a0;   /* a true compare is all ones: subtract it */
+    int32_t i = 0, c = 0;
+    for (; i + 8 <= n; i += 8) {
+        a0 = vsubq_u32(a0, vcgtq_u32(vld1q_u32(u + i), tv));
+        a1 = vsubq_u32(a1, vcgtq_u32(vld1q_u32(u + i + 4), tv));
+    }
+    for (; i < n; i++) c += u[i] > t;
+    return c + (int32_t)vaddvq_u32(vaddq_u32(a0, a1));
+}
+
+static int32_t gather_neon(const uint32_t *u, int32_t n, uint32_t lo, uint32_t hi, uint32_t *cand) {
+    const uint32x4_t lov = vdupq_n_u32(lo), hiv = vdupq_n_u32(hi);
+    int32_t m = 0, i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const uint32x4_t v = vld1q_u32(u + i);
+        const uint32_t k = mask_of(vandq_u32(vcgtq_u32(v, lov), vcleq_u32(v, hiv)));
+        vst1q_u32(cand + m, compress_neon(v, k));
+        m += __builtin_popcount(k);
+    }
+    for (; i < n; i++) {
+        cand[m] = u[i];
+        m += (u[i] > lo) & (u[i] <= hi);
+    }
+    return m;
+}
+
+static int32_t take_neon(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx) {
+    const uint32x4_t tv = vdupq_n_u32(t), step = vdupq_n_u32(4);
+    static const uint32_t first[4] = {0, 1, 2, 3};
+    uint32x4_t iv = vld1q_u32(first);
+    int32_t out = 0, i = 0;
+    for (; i + 4 <= n; i += 4, iv = vaddq_u32(iv, step)) {
+        const uint32_t k = mask_of(vcgeq_u32(vld1q_u32(u + i), tv));
+        vst1q_u32((uint32_t *)idx + out, compress_neon(iv, k));
+        out += __builtin_popcount(k);
+    }
+    for (; i < n; i++) {
+        idx[out] = i;
+        out += u[i] >= t;
+    }
+    return out;
+}
+
+static const lr_topk_ops topk_ops_neon = {keys_neon, count_gt_neon, gather_neon, take_neon};
+
+static int32_t topk_neon(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch) {
+    return lr_topk_bracket(x, n, k, idx, scratch, &topk_ops_neon);
+}
+
 const lr_kernel_table lr_kernels_neon = {
     {spmv_f32_neon, spmv_f16_neon},
     {dot_f32_neon, dot_f16_neon},
     {attn_scores_f32_neon, attn_scores_f16_neon, attn_scores_q8_0_neon},
     {attn_values_f32_neon, attn_values_f16_neon, attn_values_q8_0_neon},
+    topk_neon,
 };
 
 #endif

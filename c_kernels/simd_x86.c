@@ -222,11 +222,88 @@ AVX512 static void attn_values_q8_0_512(const float *w, const uint8_t *v, size_t
     }
 }
 
+/* Top-K passes (topk.c) on 16 keys at a time: compare to a mask, popcount, compress */
+AVX512 static uint32_t keys_512(const float *x, int32_t n, uint32_t *u) {
+    const __m512i abs = _mm512_set1_epi32(0x7fffffff);
+    __m512i mx = _mm512_setzero_si512();
+    int32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i v = _mm512_and_si512(_mm512_loadu_si512(x + i), abs);
+        _mm512_storeu_si512(u + i, v);
+        mx = _mm512_max_epu32(mx, v);
+    }
+    uint32_t m = _mm512_reduce_max_epu32(mx);
+    for (; i < n; i++) {
+        uint32_t v;
+        memcpy(&v, x + i, 4);
+        u[i] = v & 0x7fffffffu;
+        m = u[i] > m ? u[i] : m;
+    }
+    return m;
+}
+
+AVX512 static int32_t count_gt_512(const uint32_t *u, int32_t n, uint32_t t) {
+    /* four accumulators, each lane adds 1 where its key is above t: one masked add per 16 keys */
+    const __m512i tv = _mm512_set1_epi32((int32_t)t), one = _mm512_set1_epi32(1);
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    int32_t i = 0, c = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_mask_add_epi32(a0, _mm512_cmpgt_epu32_mask(_mm512_loadu_si512(u + i), tv), a0, one);
+        a1 = _mm512_mask_add_epi32(a1, _mm512_cmpgt_epu32_mask(_mm512_loadu_si512(u + i + 16), tv), a1, one);
+        a2 = _mm512_mask_add_epi32(a2, _mm512_cmpgt_epu32_mask(_mm512_loadu_si512(u + i + 32), tv), a2, one);
+        a3 = _mm512_mask_add_epi32(a3, _mm512_cmpgt_epu32_mask(_mm512_loadu_si512(u + i + 48), tv), a3, one);
+    }
+    for (; i + 16 <= n; i += 16)
+        a0 = _mm512_mask_add_epi32(a0, _mm512_cmpgt_epu32_mask(_mm512_loadu_si512(u + i), tv), a0, one);
+    for (; i < n; i++) c += u[i] > t;
+    return c + _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+}
+
+/* compress in a register, then a full store (Zen 4 runs the compressing store from microcode) */
+AVX512 static int32_t gather_512(const uint32_t *u, int32_t n, uint32_t lo, uint32_t hi, uint32_t *cand) {
+    const __m512i lov = _mm512_set1_epi32((int32_t)lo), hiv = _mm512_set1_epi32((int32_t)hi);
+    int32_t m = 0, i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512i v = _mm512_loadu_si512(u + i);
+        const __mmask16 k = _mm512_cmpgt_epu32_mask(v, lov) & _mm512_cmple_epu32_mask(v, hiv);
+        _mm512_storeu_si512(cand + m, _mm512_maskz_compress_epi32(k, v));
+        m += __builtin_popcount(k);
+    }
+    for (; i < n; i++) {
+        cand[m] = u[i];
+        m += (u[i] > lo) & (u[i] <= hi);
+    }
+    return m;
+}
+
+AVX512 static int32_t take_512(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx) {
+    const __m512i tv = _mm512_set1_epi32((int32_t)t), step = _mm512_set1_epi32(16);
+    __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int32_t out = 0, i = 0;
+    for (; i + 16 <= n; i += 16, iv = _mm512_add_epi32(iv, step)) {
+        const __mmask16 k = _mm512_cmpge_epu32_mask(_mm512_loadu_si512(u + i), tv);
+        _mm512_storeu_si512(idx + out, _mm512_maskz_compress_epi32(k, iv));
+        out += __builtin_popcount(k);
+    }
+    for (; i < n; i++) {
+        idx[out] = i;
+        out += u[i] >= t;
+    }
+    return out;
+}
+
+static const lr_topk_ops topk_ops_512 = {keys_512, count_gt_512, gather_512, take_512};
+
+static int32_t topk_512(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch) {
+    return lr_topk_bracket(x, n, k, idx, scratch, &topk_ops_512);
+}
+
 const lr_kernel_table lr_kernels_avx512 = {
     {spmv_f32_512, spmv_f16_512},
     {dot_f32_512, dot_f16_512},
     {attn_scores_f32_512, attn_scores_f16_512, attn_scores_q8_0_512},
     {attn_values_f32_512, attn_values_f16_512, attn_values_q8_0_512},
+    topk_512,
 };
 
 /* ================================ AVX2 ===================================================== */
@@ -402,11 +479,112 @@ AVX2 static void attn_values_q8_0_256(const float *w, const uint8_t *v, size_t s
     }
 }
 
+/* Top-K passes (topk.c) on 8 keys at a time. The keys are below 2^31, so a signed compare orders
+ * them; AVX2 has no compress: a mask's kept lanes come from a table of 256 packed index lists. */
+static uint32_t lanes_of_mask[256];   /* the indices of mask m's set bits, 4 bits each, in order */
+
+__attribute__((constructor)) static void build_lanes_of_mask(void) {
+    for (uint32_t m = 0; m < 256; m++) {
+        uint32_t packed = 0, j = 0;
+        for (uint32_t b = 0; b < 8; b++)
+            if (m >> b & 1) packed |= b << (4 * j++);
+        lanes_of_mask[m] = packed;
+    }
+}
+
+AVX2 static inline __m256i compress_256(__m256i v, uint32_t m) {
+    const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i perm = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int32_t)lanes_of_mask[m]), shifts),
+                                          _mm256_set1_epi32(7));
+    return _mm256_permutevar8x32_epi32(v, perm);
+}
+
+AVX2 static uint32_t keys_256(const float *x, int32_t n, uint32_t *u) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+    __m256i mx = _mm256_setzero_si256();
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), abs);
+        _mm256_storeu_si256((__m256i *)(u + i), v);
+        mx = _mm256_max_epu32(mx, v);
+    }
+    uint32_t lanes[8], m = 0;
+    _mm256_storeu_si256((__m256i *)lanes, mx);
+    for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
+    for (; i < n; i++) {
+        uint32_t v;
+        memcpy(&v, x + i, 4);
+        u[i] = v & 0x7fffffffu;
+        m = u[i] > m ? u[i] : m;
+    }
+    return m;
+}
+
+AVX2 static int32_t count_gt_256(const uint32_t *u, int32_t n, uint32_t t) {
+    const __m256i tv = _mm256_set1_epi32((int32_t)t);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;   /* lanes count down: a true compare is -1 */
+    int32_t i = 0, c = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_epi32(a0, _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(u + i)), tv));
+        a1 = _mm256_add_epi32(a1, _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(u + i + 8)), tv));
+    }
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, _mm256_add_epi32(a0, a1));
+    for (int j = 0; j < 8; j++) c -= lanes[j];
+    for (; i < n; i++) c += u[i] > t;
+    return c;
+}
+
+AVX2 static int32_t gather_256(const uint32_t *u, int32_t n, uint32_t lo, uint32_t hi, uint32_t *cand) {
+    const __m256i lov = _mm256_set1_epi32((int32_t)lo), hiv = _mm256_set1_epi32((int32_t)hi);
+    int32_t m = 0, i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(u + i));
+        const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(v, hiv), _mm256_cmpgt_epi32(v, lov));
+        const uint32_t k = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(in));
+        _mm256_storeu_si256((__m256i *)(cand + m), compress_256(v, k));
+        m += __builtin_popcount(k);
+    }
+    for (; i < n; i++) {
+        cand[m] = u[i];
+        m += (u[i] > lo) & (u[i] <= hi);
+    }
+    return m;
+}
+
+AVX2 static int32_t take_256(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx) {
+    const __m256i tv = _mm256_set1_epi32((int32_t)t - 1), step = _mm256_set1_epi32(8);   /* >= t: > t - 1 */
+    __m256i iv = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    int32_t out = 0, i = 0;
+    if (t == 0) {   /* every key */
+        for (; i < n; i++) idx[i] = i;
+        return n;
+    }
+    for (; i + 8 <= n; i += 8, iv = _mm256_add_epi32(iv, step)) {
+        const __m256i ge = _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(u + i)), tv);
+        const uint32_t k = (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(ge));
+        _mm256_storeu_si256((__m256i *)(idx + out), compress_256(iv, k));
+        out += __builtin_popcount(k);
+    }
+    for (; i < n; i++) {
+        idx[out] = i;
+        out += u[i] >= t;
+    }
+    return out;
+}
+
+static const lr_topk_ops topk_ops_256 = {keys_256, count_gt_256, gather_256, take_256};
+
+static int32_t topk_256(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch) {
+    return lr_topk_bracket(x, n, k, idx, scratch, &topk_ops_256);
+}
+
 const lr_kernel_table lr_kernels_avx2 = {
     {spmv_f32_256, spmv_f16_256},
     {dot_f32_256, dot_f16_256},
     {attn_scores_f32_256, attn_scores_f16_256, attn_scores_q8_0_256},
     {attn_values_f32_256, attn_values_f16_256, attn_values_q8_0_256},
+    topk_256,
 };
 
 #endif

@@ -186,7 +186,7 @@ def memory_bytes(hp: F.HParams, n_ctx: int, n_threads: int = 1, type_k: str = "f
               + (4 * n_threads if n_threads > 1 else 1) * out_widest + widest   # row-split partial sums, iota
               + 64 * (d + widest + out_widest + hp.qkv_dim + q + 2 * ff)
               + 4 * d + hp.qkv_dim + q + 3 * ff
-              + 3 * widest * n_threads                                   # Top-K keys, indices, scratch
+              + (4 * widest + 16) * n_threads                            # Top-K keys, indices, scratch (2 n + 16)
               # integer kernels: accumulators and prompt scratch per thread, a batch's partial
               # products (more than one thread), a batch's 8-bit inputs and masks, one matvec's
               + n_threads * (out_widest + 16 + 64 * out_widest + 4096)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KC = ROOT / "c_kernels"
 DRIVER = ROOT / "tests" / "c" / "kernel_check.c"
 # only what the public kernel entry points need (no threads, forward pass or bandwidth probe)
-SOURCES = [DRIVER, *(KC / f for f in ("kernels.c", "qmatvec.c", "qmatvec_x86.c", "qmatvec_neon.c", "simd_x86.c",
+SOURCES = [DRIVER, *(KC / f for f in ("kernels.c", "topk.c", "qmatvec.c", "qmatvec_x86.c", "qmatvec_neon.c", "simd_x86.c",
                                       "simd_neon.c"))]
 CFLAGS = ["-O2", "-std=c11", "-D_GNU_SOURCE", "-pthread"]
 SANITIZE = ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]

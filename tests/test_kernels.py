@@ -218,26 +218,34 @@ def test_im_rows_and_nonfinite_inputs():
 
 
 def topk_ref(x, k):
-    return np.sort(np.argsort(-np.abs(x), kind="stable")[:k])
+    """|x| ranked by its bit pattern (a NaN above inf), as the C code ranks it"""
+    keys = (x.view(np.uint32) & 0x7FFFFFFF).astype(np.int64)
+    return np.sort(np.argsort(-keys, kind="stable")[:k])
 
 
-def test_topk_exact_with_ties():
+def test_topk_exact_with_ties(simd):
+    """Scalar: the histogram reference; the SIMD levels: the bracketing search (topk.c)."""
     rng = np.random.default_rng(0)
     for trial in range(500):
-        n = int(rng.integers(1, 5000))
+        n = int(rng.integers(1, 5000)) if trial % 5 else int(rng.integers(1, 80))
         k = int(rng.integers(1, n + 1))
         x = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
         if trial % 3 == 0:
             x = np.round(x * 2) / 2              # many exact ties, including zeros and +-x
         if trial % 50 == 1:
             x[:] = x[0]                          # one key: every bucket candidate ties
+        if trial % 7 == 2:                       # heavy tails: keys over many octaves, and zeros
+            x = (x * np.exp(rng.standard_normal(n) * 4)).astype(np.float32)
+            x[rng.random(n) < 0.3] = 0.0
+        if trial % 11 == 3:                      # NaN ranks by its bit pattern, above inf, in both
+            x[rng.integers(0, n, 3)] = np.nan
         idx = np.full(k + 1, -1, np.int32)       # idx[k]: a guard, must stay untouched
         assert lib.lr_topk(fptr(x), n, k, ffi.from_buffer("int32_t[]", idx)) == k
         np.testing.assert_array_equal(idx[:k], topk_ref(x, k))
         assert idx[k] == -1
 
 
-def test_topk_tie_rule_and_specials():
+def test_topk_tie_rule_and_specials(simd):
     x = np.array([1, -3, 3, 0, -1, 2, 3], np.float32)
     idx = np.zeros(7, np.int32)
     assert lib.lr_topk(fptr(x), 7, 3, ffi.from_buffer("int32_t[]", idx)) == 3

@@ -22,7 +22,7 @@ CC=${CC:-gcc}
 PART=${1:-all}
 [ $# -gt 0 ] && shift
 KC=$ROOT/c_kernels
-KERNEL_SRC="$KC/kernels.c $KC/qmatvec.c $KC/qmatvec_x86.c $KC/qmatvec_neon.c $KC/simd_x86.c $KC/simd_neon.c"
+KERNEL_SRC="$KC/kernels.c $KC/topk.c $KC/qmatvec.c $KC/qmatvec_x86.c $KC/qmatvec_neon.c $KC/simd_x86.c $KC/simd_neon.c"
 LIB_SRC="$KERNEL_SRC $KC/threads.c $KC/forward.c $KC/prefill.c $KC/membw.c"
 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 CFLAGS="-O1 -g -std=c11 -D_GNU_SOURCE -fopenmp-simd -Wall -Wno-unused-function -Wno-unknown-pragmas"

@@ -1215,9 +1215,11 @@ static void check_topk_case(const char *kind, const float *x, int32_t n, int32_t
     free(got);
 }
 
-static void check_topk(void) {
-    static const int32_t sizes[] = {1, 2, 3, 17, 64, 257, 1000, 4096};
+static void check_topk(void) {   /* every level: the reference at scalar, topk.c's search above */
+    static const int32_t sizes[] = {1, 2, 3, 17, 64, 257, 1000, 4096, 8960};
+    for (int32_t li = 0; li < g_nlevels; li++)
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        use_level(g_levels[li]);
         const int32_t n = sizes[si];
         float *x = malloc(sizeof(float) * (size_t)n);
         if (!x) { fprintf(stderr, "out of memory\n"); exit(2); }
@@ -1251,7 +1253,9 @@ static void check_topk(void) {
             for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
                 int dup = ks[ki] < 1;
                 for (size_t kj = 0; kj < ki; kj++) dup |= ks[kj] == ks[ki];
-                if (!dup) check_topk_case(name, x, n, ks[ki]);
+                char kind_level[64];
+                snprintf(kind_level, sizeof kind_level, "%s %s", LEVEL_NAME[g_levels[li]], name);
+                if (!dup) check_topk_case(kind_level, x, n, ks[ki]);
             }
         }
         free(x);
