@@ -134,7 +134,7 @@ ARCHS = {
                    swa_period=2, swa_default=4096, attn_softcap=50.0, final_softcap=30.0, q_scale_layers=46,
                    keys=("attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping")),
     "gemma3": Arch("Gemma 3", neox=True, qk_norm=True, post_norms=True, act="gelu_tanh", embd_scale=True,
-                   norms_apart=True, swa_period=6, rope_base_swa=10000.0, q_scale_layers=62,
+                   norms_apart=True, swa_period=6, rope_base_swa=10000.0, q_scale_layers=62, swa_rope_scaled=False,
                    keys=("attention.sliding_window", "attention.sliding_window_pattern",
                          "rope.freq_base_swa", "final_logit_softcapping")),
     "granite": Arch("Granite", biases=("attn_output.bias", "ffn_down.bias"), fused_qkv=True, rope_freqs=True,
