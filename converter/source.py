@@ -1,5 +1,5 @@
-"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3, gemma2, gemma3, granite or
-smollm3 architecture,
+"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3, gemma2, gemma3, granite,
+smollm3, phi3 or mistral3 architecture,
 validated and read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
 
 Architectures (ARCHS; read in llama.cpp's llama-model.cpp, checked against its logits in
@@ -32,22 +32,39 @@ rope.scaling.finetuned is false; optional attn_output / ffn_down biases. Every s
 it is folded, so the fused LaRoSA form stays exact.
 smollm3 (models/smollm3.cpp): llama with optional q/k/v biases and no RoPE on every fourth layer
 (l + 1 a multiple of 4).
-Other architectures (phi3, mistral3, ...) are refused by name.
+phi3 (models/phi3.cpp, checked in tests/test_arch_phi_mistral.py): a fused attn_qkv (or q / k / v, with
+optional biases), ffn_up [2 ff, d] holding the gate rows then the up rows (ggml_swiglu), NEOX RoPE over
+the first rope.dimension_count values of each head (partial rotary, Phi-4-mini; the others pass
+through), LongRoPE's rope_factors_long / rope_factors_short chosen by the context size against
+rope.scaling.original_context_length (llama_model::get_rope_factors: both are written, the runtime
+chooses), rope.scaling.attn_factor scaling the rotated values of q and k; attention.sliding_window is
+read and not applied (llama.cpp switches Phi-3's window off).
+mistral3 (models/mistral3.cpp): llama with YaRN (ggml's rope_yarn: per-pair divisors and a magnitude
+factor, yarn_divisors() and _rope_scaling(), with the file's beta keys and yarn_log_multiplier), the
+attention temperature (attention.temperature_scale: q times 1 + s ln(floor(pos / n_orig) + 1) after
+RoPE, n_orig = the original context) and optional attn_output / ffn_down (and q/k/v) biases; its ffn_gate
+/ ffn_up biases are refused by name.
+Linear RoPE scaling on gemma3 applies to the global layers only (the sliding-window layers rotate at
+rope_freq_scale_train_swa = 1: HParams.rope_freqs_swa false); on gemma2 to every layer.
+Other architectures (phi2, mixture-of-experts ones, ...) are refused by name.
 
 Metadata: every <arch>.* key is either applied as llama.cpp applies it to a llama model or refused by
 name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS, the same for the three). What llama.cpp does with the
 RoPE and attention keys, as read in its llama-model.cpp / llama-context.cpp and checked against its
 logits (tests/test_source_keys.py):
-- rope.scaling.type: absent means "linear"; "none" turns any factor off; "yarn", "longrope" and
-  other types are refused here.
+- rope.scaling.type: absent means "linear"; "none" turns any factor off; "yarn" (mistral3) and
+  "longrope" (phi3, the same math as linear, its factors in tensors) where the architecture has them
+  (Arch.rope_types), other types refused.
 - rope.scaling.factor, else the legacy rope.scale_linear (0: none): linear position interpolation,
   angle = pos / factor * base^(-2i/d) / rope_freqs[i]. Folded into the rope_freqs divisors the
   runtime already applies (rope_freqs()).
-- rope.scaling.attn_factor: ggml scales the rotated q and k by it, so the scores by its square;
-  folded into attn_q (layer()).
-- rope.scaling.original_context_length, rope.scaling.finetuned: read by llama.cpp, used only by YaRN
-  or not at all: accepted, no effect in either.
-- rope.dimension_count: must equal the head size (llama.cpp refuses partial rotary for llama too).
+- rope.scaling.attn_factor: ggml scales the rotated q and k by it (times YaRN's magnitude term), so
+  the scores by its square; folded into attn_q (layer()), or into the rotated rows of q and k with a
+  partial rotary.
+- rope.scaling.original_context_length, rope.scaling.finetuned: read by llama.cpp, used only by YaRN,
+  LongRoPE and the attention temperature, or not at all: accepted, no effect on a llama file.
+- rope.dimension_count: must equal the head size (llama.cpp refuses partial rotary for llama too)
+  except on phi3.
 - feed_forward_length, attention.head_count(_kv): a number or one per layer; per-layer arrays whose
   values differ are refused as unsupported (llama.cpp aborts on them).
 - attention.scale, logit/embedding/residual scales, sliding_window, YaRN's keys: llama.cpp does not
@@ -55,7 +72,7 @@ logits (tests/test_source_keys.py):
   architecture's behaviour; refused by name, like every key not in LLAMA_KEYS.
 Tensors: a fused blk.N.attn_qkv (llama; q, k, v rows in that order, as llama.cpp splits it) is read as
 the three; the biases llama.cpp reads for the architecture (ARCHS) are applied, where one layer has a
-bias the others take zeros; other biases, mixture-of-experts and LongRoPE tensors are refused by name.
+bias the others take zeros; other biases, mixture-of-experts tensors and LongRoPE factors outside phi3 are refused by name.
 """
 from __future__ import annotations
 
