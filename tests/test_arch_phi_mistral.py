@@ -328,3 +328,22 @@ def test_gemma_linear_rope_scaling_matches_llama_cpp(arch, tmp_path):
     # ggml's half-precision GELU table, one entry apart in C and torch (4e-3 of the largest logit there,
     # 1e-5 elsewhere; the runtime and the reference otherwise agree as for Gemma without scaling)
     check_against_reference(m, np.random.default_rng(4).integers(0, m.hp.n_vocab, 39).tolist(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["phi3", "mistral3"])
+def test_cli_convert_run_perplexity_bench(even, name, tmp_path):
+    """larosa-convert (default method), larosa-run, larosa-perplexity and larosa-bench on each."""
+    from test_arch_llama_qwen import _cli
+    out = tmp_path / "x.larosa.gguf"
+    calib = tmp_path / "calib.txt"
+    calib.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    r = _cli("larosa-convert", even[name], "-o", str(out), "--calib", str(calib), "--type", "q8_0")
+    assert r.returncode == 0, r.stderr
+    r = _cli("larosa-run", "-m", str(out), "-p", "the quick", "-n", "6", "--temp", "0", "-t", "1")
+    assert r.returncode == 0 and r.stdout.startswith("the quick"), r.stderr
+    r = _cli("larosa-perplexity", "-m", str(out), "-f", str(calib), "-c", "64", "--chunks", "2", "--json", "-q")
+    assert r.returncode == 0 and '"ppl"' in r.stdout, r.stderr
+    r = _cli("larosa-bench", "-m", even[name], "-M", str(out), "--sparsity", "0.4", "-t", "1", "-n", "4",
+             "-p", "8", "--rounds", "1", "--bw-mib", "16", "--allow-type-mismatch", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"engine": "llama.cpp"' in r.stdout and '"engine": "larosa"' in r.stdout
