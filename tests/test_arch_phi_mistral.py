@@ -351,3 +351,20 @@ def test_cli_convert_run_perplexity_bench(even, name, tmp_path):
              "-p", "8", "--rounds", "1", "--bw-mib", "16", "--allow-type-mismatch", "--json")
     assert r.returncode == 0, r.stderr
     assert '"engine": "llama.cpp"' in r.stdout and '"engine": "larosa"' in r.stdout
+
+
+def test_mistral3_yarn_with_rope_freqs(tmp_path):
+    """rope_freqs.weight (Llama 3 style factors) under YaRN: ggml divides the extrapolated angle by
+    them before the ramp's mix; the converter multiplies the two sets of divisors."""
+    p = make_synthetic(str(tmp_path / "m.gguf"), 48, 80, 2, 4, 2, 320, "f32", seed=8, ctx=256, arch="mistral3",
+                       rope_freqs=True, extra_kv=MISTRAL3_KV)
+    ref = llama_cpp_logits(p, N_POS["mistral3"], 128)
+    src = SourceModel(p)
+    w = source_weights(src)
+    toks = torch.tensor([tokens(N_POS["mistral3"])])
+    assert rel(forward(w, toks)[0].numpy(), ref) < 1e-4
+    w.rope_freqs = src.yarn_divisors()                       # without the file's factors
+    assert rel(forward(w, toks)[0].numpy(), ref) > 1e-3
+    m = Model(convert_for_test(p, str(tmp_path / "o.gguf"), "f32", sparsity=0.0, method="larosa"), sparsity=0.0,
+              n_threads=1, type_k="f32", type_v="f32", n_ctx=128)
+    assert rel(m.eval(tokens(N_POS["mistral3"]), all_logits=True), ref) < 1e-4
