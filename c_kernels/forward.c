@@ -296,20 +296,35 @@ void lr_qkv_extras(const lr_model *m, const lr_layer *L, float *qkv) {
 
 void lr_rope_angles(const lr_model *m, int32_t pos, int32_t n_swa, float *c, float *s) {
     const double *inv_freq = n_swa ? m->inv_freq_swa : m->inv_freq;
-    for (int32_t i = 0; i < m->d.head_dim / 2; i++) {
+    for (int32_t i = 0; i < m->n_rot / 2; i++) {
         const double a = (double)pos * inv_freq[i];
         c[i] = (float)cos(a);
         s[i] = (float)sin(a);
     }
 }
 
-void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s) {
+/* the first n_rot values of each of n_heads heads of hd, in adjacent pairs (the rest pass through) */
+static void rope_heads(float *v, int32_t n_heads, int32_t hd, int32_t n_rot, const float *c, const float *s) {
     for (int32_t h = 0; h < n_heads; h++, v += hd)
-        for (int32_t i = 0; i < hd / 2; i++) {
+        for (int32_t i = 0; i < n_rot / 2; i++) {
             const float x0 = v[2 * i], x1 = v[2 * i + 1];
             v[2 * i] = x0 * c[i] - x1 * s[i];
             v[2 * i + 1] = x0 * s[i] + x1 * c[i];
         }
+}
+
+void lr_rope_qk(const lr_model *m, const lr_layer *L, float *qkv, int32_t pos, const float *c, const float *s) {
+    const int32_t hd = m->d.head_dim, nh = m->d.n_heads, qd = nh * hd;
+    if (!L->no_rope) {
+        rope_heads(qkv, nh, hd, m->n_rot, c, s);
+        rope_heads(qkv + qd, m->d.n_kv_heads, hd, m->n_rot, c, s);
+    }
+    if (m->d.attn_temp_scale != 0.0f) {
+        /* llama.cpp (llm_graph_input_attn_temp): float position / length, floor, log in double */
+        const float f = floorf((float)pos / (float)m->d.attn_temp_length);
+        const float t = (float)(log((double)f + 1.0) * (double)m->d.attn_temp_scale + 1.0);
+        for (int32_t i = 0; i < qd; i++) qkv[i] *= t;
+    }
 }
 
 /* Budget mode: c keys exceed the threshold; the token has spent D above its plan so far and R is
@@ -418,10 +433,7 @@ static void forward_layer(lr_model *m, int32_t l, int32_t pos) {
     const float *rc = L->n_swa ? m->rope_cos_swa : m->rope_cos, *rs = L->n_swa ? m->rope_sin_swa : m->rope_sin;
     TIMED(m, LR_PROF_ATTN, {
         lr_qkv_extras(m, L, m->qkv);
-        if (!L->no_rope) {
-            lr_rope(m->qkv, nh, hd, rc, rs);
-            lr_rope(m->qkv + qd, nkv, hd, rc, rs);
-        }
+        lr_rope_qk(m, L, m->qkv, pos, rc, rs);
         lr_kv_write(m, l, pos, m->qkv + qd, m->qkv + qd + kvd);
         attn_job aj = {m, l, pos};
         lr_pool_run(m->pool, attn_task, &aj);
@@ -504,15 +516,19 @@ static int32_t check_desc(const lr_model_desc *d, char *err, int32_t len) {
         return fail(err, len, LR_EARG, "invalid hyper-parameters");
     if (!(d->embd_scale >= 0.0f && d->embd_scale < 1e30f) || !(d->attn_softcap >= 0.0f && d->attn_softcap < 1e30f) ||
         !(d->final_softcap >= 0.0f && d->final_softcap < 1e30f) ||
-        (d->act != LR_ACT_SILU && d->act != LR_ACT_GELU_TANH))
-        return fail(err, len, LR_EARG, "invalid architecture parameters (embd_scale, soft-caps, act)");
+        (d->act != LR_ACT_SILU && d->act != LR_ACT_GELU_TANH) || d->n_rot < 0 || d->n_rot % 2 ||
+        d->n_rot > d->head_dim || (d->swa_no_freqs != 0 && d->swa_no_freqs != 1) ||
+        !(fabsf(d->attn_temp_scale) < 1e30f) || (d->attn_temp_scale != 0.0f && d->attn_temp_length <= 0))
+        return fail(err, len, LR_EARG, "invalid architecture parameters (embd_scale, soft-caps, act, n_rot, "
+                                       "swa_no_freqs, attention temperature)");
+    const int32_t n_rot = d->n_rot ? d->n_rot : d->head_dim;
     const int32_t dim = d->dim, qd = d->n_heads * d->head_dim, kvd = d->n_kv_heads * d->head_dim;
     struct { const lr_tensor *t; int32_t rows, cols, f32; const char *name; int optional; } want[] = {
         {&d->embd, d->n_vocab, dim, 0, "token_embd", 0},
         {&d->head, d->n_vocab, dim, 0, "head", 0},
         {&d->out_adapter, dim, dim, 0, "output_adapter", 1},
         {&d->out_norm, 1, dim, 1, "output_norm", 1},
-        {&d->rope_freqs, 1, d->head_dim / 2, 1, "rope_freqs", 1},
+        {&d->rope_freqs, 1, n_rot / 2, 1, "rope_freqs", 1},
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         if (want[i].optional && !want[i].t->data) continue;
@@ -698,12 +714,13 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
             m->thr[i][l] = -1.0f;
         }
     const float *freqs = desc->rope_freqs.data;
-    for (int32_t i = 0; i < hd / 2; i++) {
-        m->inv_freq[i] = pow((double)desc->rope_base, -(double)(2 * i) / (double)hd);
+    m->n_rot = desc->n_rot ? desc->n_rot : hd;
+    for (int32_t i = 0; i < m->n_rot / 2; i++) {   /* pair i turns at base^(-2i / n_rot) */
+        m->inv_freq[i] = pow((double)desc->rope_base, -(double)(2 * i) / (double)m->n_rot);
         if (freqs) m->inv_freq[i] /= (double)freqs[i];
         if (swa) {
-            m->inv_freq_swa[i] = pow((double)desc->rope_base_swa, -(double)(2 * i) / (double)hd);
-            if (freqs) m->inv_freq_swa[i] /= (double)freqs[i];
+            m->inv_freq_swa[i] = pow((double)desc->rope_base_swa, -(double)(2 * i) / (double)m->n_rot);
+            if (freqs && !desc->swa_no_freqs) m->inv_freq_swa[i] /= (double)freqs[i];
         }
     }
     for (int32_t i = 0; i < widest; i++) m->iota[i] = i;

@@ -56,6 +56,13 @@ typedef struct {
     float attn_softcap;       /* > 0: attention scores c tanh(s / c) (Gemma 2) */
     float final_softcap;      /* > 0: logits c tanh(z / c) */
     int32_t act;              /* the MLP's gate activation: LR_ACT_SILU (SwiGLU) or LR_ACT_GELU_TANH (GeGLU) */
+    int32_t n_rot;            /* RoPE rotates the first n_rot values of each head (partial rotary, Phi-3/4;
+                                 even, <= head_dim); 0: head_dim. rope_freqs then holds n_rot / 2 divisors */
+    int32_t swa_no_freqs;     /* 1: the sliding-window layers do not divide by rope_freqs (Gemma 3's
+                                 linear scaling is its global layers'); 0: every layer does */
+    float attn_temp_scale;    /* != 0: q at position p times 1 + attn_temp_scale ln(floor(p / attn_temp_length)
+                                 + 1) after RoPE (Mistral 3 / Llama 4 attention temperature) */
+    int32_t attn_temp_length; /* > 0 when attn_temp_scale is set */
 } lr_model_desc;
 
 typedef struct lr_model lr_model;

@@ -58,7 +58,8 @@ struct lr_model {
     float *scores;             /* [n_threads][scratch_len] attention scores or a head row */
     int32_t scratch_len;       /* max(n_ctx, d) */
     int32_t widest;            /* max(d, nh hd, ff) */
-    double *inv_freq;          /* [hd / 2] */
+    int32_t n_rot;             /* the desc's n_rot, 0 resolved to head_dim */
+    double *inv_freq;          /* [hd / 2], the first n_rot / 2 used */
     float *rope_cos, *rope_sin;
     double *inv_freq_swa;      /* [hd / 2] the sliding-window layers' (desc rope_base_swa), or NULL */
     float *rope_cos_swa, *rope_sin_swa;
@@ -75,7 +76,10 @@ struct lr_model {
 void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w);
 /* cos / sin of position pos for the RoPE base of a layer of sliding window n_swa (0: none) */
 void lr_rope_angles(const lr_model *m, int32_t pos, int32_t n_swa, float *c, float *s);
-void lr_rope(float *v, int32_t n_heads, int32_t hd, const float *c, const float *s);
+/* one token's q and k (qkv: q then k) rotated by c, s (unless the layer has no RoPE: the first n_rot
+ * values of each head), then q times the attention temperature of position pos, if any (the decode
+ * step and the prompt path alike) */
+void lr_rope_qk(const lr_model *m, const lr_layer *L, float *qkv, int32_t pos, const float *c, const float *s);
 /* one token's q, k, v after their product, before RoPE: the layer's bias and q/k norms, if any
  * (the decode step and the prompt path alike) */
 void lr_qkv_extras(const lr_model *m, const lr_layer *L, float *qkv);

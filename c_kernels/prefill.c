@@ -164,11 +164,8 @@ static void batch_layers(lr_model *m, int32_t t0, int32_t n, int32_t pos0) {
         for (int32_t t = 0; t < n; t++) {
             float *qkv = m->bqkv + (size_t)t * qkvd;
             lr_qkv_extras(m, L, qkv);
-            if (!L->no_rope) {
-                lr_rope_angles(m, pos0 + t, L->n_swa, m->rope_cos, m->rope_sin);
-                lr_rope(qkv, nh, hd, m->rope_cos, m->rope_sin);
-                lr_rope(qkv + qd, nkv, hd, m->rope_cos, m->rope_sin);
-            }
+            if (!L->no_rope) lr_rope_angles(m, pos0 + t, L->n_swa, m->rope_cos, m->rope_sin);
+            lr_rope_qk(m, L, qkv, pos0 + t, m->rope_cos, m->rope_sin);
             lr_kv_write(m, l, pos0 + t, qkv + qd, qkv + qd + kvd);
         }
         battn_job aj = {m, l, pos0, n};

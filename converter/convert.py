@@ -169,7 +169,7 @@ def _write_metadata(w: GGUFWriter, src: SourceModel, calib: Calibration, opts: O
     w.add_uint32(F.K_VOCAB, hp.n_vocab)
     w.add_float32(F.K_EPS, hp.norm_eps)
     w.add_float32(F.K_ROPE_BASE, hp.rope_base)
-    w.add_uint32(F.K_ROPE_DIM, hp.head_dim)
+    w.add_uint32(F.K_ROPE_DIM, hp.rot_dims)
     w.add_bool(F.K_TIED, hp.tied)
     _write_arch_keys(w, hp)
     w.add_float32(F.K_SPARSITY, float(opts.sparsity))
@@ -212,6 +212,13 @@ def _write_arch_keys(w: GGUFWriter, hp: F.HParams) -> None:
         w.add_float32(F.K_ATTN_SOFTCAP, hp.attn_softcap)
     if hp.final_softcap:
         w.add_float32(F.K_FINAL_SOFTCAP, hp.final_softcap)
+    if not hp.rope_freqs_swa:
+        w.add_bool(F.K_ROPE_FREQS_SWA, False)
+    if hp.rope_orig_ctx:
+        w.add_uint32(F.K_ROPE_ORIG_CTX, hp.rope_orig_ctx)
+    if hp.attn_temp_scale:
+        w.add_float32(F.K_ATTN_TEMP_SCALE, hp.attn_temp_scale)
+        w.add_uint32(F.K_ATTN_TEMP_LENGTH, hp.attn_temp_length)
 
 
 def check_method(src: SourceModel, m: S.Method, method: str) -> None:
@@ -228,7 +235,8 @@ def check_method(src: SourceModel, m: S.Method, method: str) -> None:
 
 def output_shapes(src: SourceModel, m: S.Method, rotated: list[bool]) -> dict[str, tuple[int, ...]]:
     scores = {(l, b) for l, r in enumerate(rotated) for b in S.SCORED[S.layer_score(m, r, src.arch.norms_apart)]}
-    return F.expected_tensors(src.hp, rotated, scores, src.has_rope_freqs(), src.vectors())
+    return F.expected_tensors(src.hp, rotated, scores, src.has_rope_freqs() and not src.longrope(), src.vectors(),
+                              src.longrope())
 
 
 def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> Summary:
@@ -327,7 +335,7 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
     x = src.weight("token_embd.weight")[torch.from_numpy(calib.tokens.astype(np.int64))]  # [n_win, T, d]
     if hp.embd_scale != 1.0:
         x = x * torch.tensor(hp.embd_scale, dtype=torch.float32)
-    freqs = src.rope_freqs()   # rope_freqs.weight and the linear RoPE factor (source.py)
+    freqs = src.rope_freqs(n_ctx=x.shape[1])   # rope_freqs.weight, LongRoPE's factors, the scaling (source.py)
     ropes = rope_sets(hp, x.shape[1], freqs)
     widths = {b: hp.block_input_width(b) for b in F.BLOCK_INPUTS}
     look = bool(m.thresholds) or m.rotation == "auto"      # does the plan need the block inputs?
@@ -345,7 +353,7 @@ def _calibrate(src: SourceModel, calib: Calibration, m: S.Method, ks: dict[str, 
         seen = TopK(**{b: [widths[b]] * hp.n_layers for b in F.BLOCK_INPUTS}, seen={}) if look else None
         outs, attn, gate = [], [], []
         for xw in x:
-            outs.append(layer_forward(orig, xw[None], hp, *ropes[hp.layer_rope_base(l)], seen, l)[0])
+            outs.append(layer_forward(orig, xw[None], hp, *ropes[hp.layer_rope(l)], seen, l)[0])
             if look:
                 attn.append(seen.seen["attn_out"][l][0])
                 gate.append(seen.seen["mlp_in"][l][0] @ orig.wgu[:, :hp.ffn_dim])
@@ -423,7 +431,10 @@ def _write_tensors(w: GGUFWriter, src: SourceModel, m: S.Method, plans: list[S.L
     else:
         put(F.T_EMBD, embd @ basis[0].float())
         put(F.T_OUTPUT, fuse.fuse_head(src.weight("output.weight"), src.output_norm(), basis[-1]))
-    if src.has_rope_freqs():
+    if src.longrope():   # both sets: the runtime chooses by its context (LarosaFile.rope_freqs_name)
+        put(F.T_ROPE_LONG, src.rope_freqs(name=F.T_ROPE_LONG))
+        put(F.T_ROPE_SHORT, src.rope_freqs(name=F.T_ROPE_SHORT))
+    elif src.has_rope_freqs():
         put(F.T_ROPE_FREQS, src.rope_freqs())
     return written
 

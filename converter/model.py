@@ -1,5 +1,6 @@
-"""A LLaMA forward pass (with what Qwen2 / Qwen3 / Gemma 2 and 3 / SmolLM3 add: biases, q/k norms,
-post norms, sliding windows, GeGLU, soft-capping, layers without RoPE; Layer and HParams) in torch:
+"""A LLaMA forward pass (with what Qwen2 / Qwen3 / Gemma 2 and 3 / SmolLM3 / Phi-3 / Mistral 3 add:
+biases, q/k norms, post norms, sliding windows, GeGLU, soft-capping, layers without RoPE, partial
+rotary, an attention temperature; Layer and HParams) in torch:
 the reference for calibration and for the C runtime.
 
 One function serves both the original model and the fused LaRoSA model; they differ only in
@@ -171,10 +172,12 @@ def topk_keep(x: torch.Tensor, k: int, score: torch.Tensor | None = None) -> tor
 
 def rope_tables(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None, offset: int = 0,
                 base: float | None = None):
-    """cos/sin [T, hd/2] for llama's pairing: (x[2i], x[2i+1]) rotates by pos * base^(-2i/hd)
-    (base: hp.rope_base unless given)."""
-    i = torch.arange(0, hp.head_dim, 2, dtype=torch.float64)
-    inv_freq = (hp.rope_base if base is None else base) ** (-i / hp.head_dim)
+    """cos/sin [T, n_rot/2] for llama's pairing: (x[2i], x[2i+1]) rotates by pos * base^(-2i/n_rot)
+    / rope_freqs[i] (base: hp.rope_base unless given; n_rot: hp.rot_dims, the head size unless
+    the rotary is partial)."""
+    n_rot = hp.rot_dims
+    i = torch.arange(0, n_rot, 2, dtype=torch.float64)
+    inv_freq = (hp.rope_base if base is None else base) ** (-i / n_rot)
     if rope_freqs is not None:
         inv_freq = inv_freq / rope_freqs.double()
     ang = torch.arange(offset, offset + n_pos, dtype=torch.float64)[:, None] * inv_freq[None, :]
@@ -182,9 +185,10 @@ def rope_tables(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None, offset
 
 
 def rope_sets(hp: HParams, n_pos: int, rope_freqs: torch.Tensor | None) -> dict:
-    """{base: (cos, sin)} for every RoPE base the layers use (hp.layer_rope_base)."""
-    bases = {hp.layer_rope_base(l) for l in range(hp.n_layers)}
-    return {b: rope_tables(hp, n_pos, rope_freqs, base=b) for b in bases}
+    """{hp.layer_rope(l): (cos, sin)} for every RoPE table the layers use (their base, and whether
+    they divide by rope_freqs)."""
+    return {(b, div): rope_tables(hp, n_pos, rope_freqs if div else None, base=b)
+            for b, div in {hp.layer_rope(l) for l in range(hp.n_layers)}}
 
 
 @functools.cache
@@ -236,10 +240,13 @@ def attention(q, k, v, window: int, softcap: float) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x [B, T, H, hd]; cos/sin [T, hd/2]
-    x0, x1 = x[..., 0::2], x[..., 1::2]
+    # x [B, T, H, hd]; cos/sin [T, n_rot/2]: the first n_rot values of each head rotate, the rest pass
+    n_rot = 2 * cos.shape[-1]
+    r = x[..., :n_rot]
+    x0, x1 = r[..., 0::2], r[..., 1::2]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+    y = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+    return y if n_rot == x.shape[-1] else torch.cat((y, x[..., n_rot:]), dim=-1)
 
 
 def add_bias(y: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -286,6 +293,8 @@ def layer_forward(lw: Layer, r: torch.Tensor, hp: HParams, cos, sin, ks: TopK | 
         k = rmsnorm(k, lw.k_norm, hp.norm_eps)
     if hp.rope(l):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if hp.attn_temp_scale:   # Mistral 3: q times the temperature of its position (HParams.attn_temperature)
+        q = q * torch.from_numpy(hp.attn_temperature(np.arange(T)))[None, :, None, None]
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(B, T, nkv, hd).transpose(1, 2)
     if kv_types[0] == "q8_0":
@@ -328,5 +337,5 @@ def forward(w: Weights, tokens: torch.Tensor, ks: TopK | None = None) -> torch.T
     ropes = rope_sets(w.hp, tokens.shape[1], w.rope_freqs)
     r = embed(w, tokens)
     for l, lw in enumerate(w.layers):
-        r = layer_forward(lw, r, w.hp, *ropes[w.hp.layer_rope_base(l)], ks, l, w.kv_types)
+        r = layer_forward(lw, r, w.hp, *ropes[w.hp.layer_rope(l)], ks, l, w.kv_types)
     return head_forward(w, r)

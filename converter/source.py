@@ -1,5 +1,5 @@
-"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3, gemma2, gemma3, granite or
-smollm3 architecture,
+"""The input of the converter: a llama.cpp GGUF of the llama, qwen2, qwen3, gemma2, gemma3, granite,
+smollm3, phi3 or mistral3 architecture,
 validated and read one tensor at a time (dequantized on demand, so a 7B model never sits in memory whole).
 
 Architectures (ARCHS; read in llama.cpp's llama-model.cpp, checked against its logits in
@@ -32,22 +32,39 @@ rope.scaling.finetuned is false; optional attn_output / ffn_down biases. Every s
 it is folded, so the fused LaRoSA form stays exact.
 smollm3 (models/smollm3.cpp): llama with optional q/k/v biases and no RoPE on every fourth layer
 (l + 1 a multiple of 4).
-Other architectures (phi3, mistral3, ...) are refused by name.
+phi3 (models/phi3.cpp, checked in tests/test_arch_phi_mistral.py): a fused attn_qkv (or q / k / v, with
+optional biases), ffn_up [2 ff, d] holding the gate rows then the up rows (ggml_swiglu), NEOX RoPE over
+the first rope.dimension_count values of each head (partial rotary, Phi-4-mini; the others pass
+through), LongRoPE's rope_factors_long / rope_factors_short chosen by the context size against
+rope.scaling.original_context_length (llama_model::get_rope_factors: both are written, the runtime
+chooses), rope.scaling.attn_factor scaling the rotated values of q and k; attention.sliding_window is
+read and not applied (llama.cpp switches Phi-3's window off).
+mistral3 (models/mistral3.cpp): llama with YaRN (ggml's rope_yarn: per-pair divisors and a magnitude
+factor, yarn_divisors() and _rope_scaling(), with the file's beta keys and yarn_log_multiplier), the
+attention temperature (attention.temperature_scale: q times 1 + s ln(floor(pos / n_orig) + 1) after
+RoPE, n_orig = the original context) and optional attn_output / ffn_down (and q/k/v) biases; its ffn_gate
+/ ffn_up biases are refused by name.
+Linear RoPE scaling on gemma3 applies to the global layers only (the sliding-window layers rotate at
+rope_freq_scale_train_swa = 1: HParams.rope_freqs_swa false); on gemma2 to every layer.
+Other architectures (phi2, mixture-of-experts ones, ...) are refused by name.
 
 Metadata: every <arch>.* key is either applied as llama.cpp applies it to a llama model or refused by
 name (UnsupportedError); none is accepted and ignored (LLAMA_KEYS, the same for the three). What llama.cpp does with the
 RoPE and attention keys, as read in its llama-model.cpp / llama-context.cpp and checked against its
 logits (tests/test_source_keys.py):
-- rope.scaling.type: absent means "linear"; "none" turns any factor off; "yarn", "longrope" and
-  other types are refused here.
+- rope.scaling.type: absent means "linear"; "none" turns any factor off; "yarn" (mistral3) and
+  "longrope" (phi3, the same math as linear, its factors in tensors) where the architecture has them
+  (Arch.rope_types), other types refused.
 - rope.scaling.factor, else the legacy rope.scale_linear (0: none): linear position interpolation,
   angle = pos / factor * base^(-2i/d) / rope_freqs[i]. Folded into the rope_freqs divisors the
   runtime already applies (rope_freqs()).
-- rope.scaling.attn_factor: ggml scales the rotated q and k by it, so the scores by its square;
-  folded into attn_q (layer()).
-- rope.scaling.original_context_length, rope.scaling.finetuned: read by llama.cpp, used only by YaRN
-  or not at all: accepted, no effect in either.
-- rope.dimension_count: must equal the head size (llama.cpp refuses partial rotary for llama too).
+- rope.scaling.attn_factor: ggml scales the rotated q and k by it (times YaRN's magnitude term), so
+  the scores by its square; folded into attn_q (layer()), or into the rotated rows of q and k with a
+  partial rotary.
+- rope.scaling.original_context_length, rope.scaling.finetuned: read by llama.cpp, used only by YaRN,
+  LongRoPE and the attention temperature, or not at all: accepted, no effect on a llama file.
+- rope.dimension_count: must equal the head size (llama.cpp refuses partial rotary for llama too)
+  except on phi3.
 - feed_forward_length, attention.head_count(_kv): a number or one per layer; per-layer arrays whose
   values differ are refused as unsupported (llama.cpp aborts on them).
 - attention.scale, logit/embedding/residual scales, sliding_window, YaRN's keys: llama.cpp does not
@@ -55,7 +72,7 @@ logits (tests/test_source_keys.py):
   architecture's behaviour; refused by name, like every key not in LLAMA_KEYS.
 Tensors: a fused blk.N.attn_qkv (llama; q, k, v rows in that order, as llama.cpp splits it) is read as
 the three; the biases llama.cpp reads for the architecture (ARCHS) are applied, where one layer has a
-bias the others take zeros; other biases, mixture-of-experts and LongRoPE tensors are refused by name.
+bias the others take zeros; other biases, mixture-of-experts tensors and LongRoPE factors outside phi3 are refused by name.
 """
 from __future__ import annotations
 
@@ -89,7 +106,7 @@ LLAMA_KEYS = {
     "rope.scaling.original_context_length", "rope.scaling.finetuned",          # no effect without YaRN
     "expert_count", "expert_used_count",                                       # 0, or refused (MoE)
 }
-ROPE_SCALING_TYPES = ("none", "linear")      # of llama.cpp's none / linear / yarn / longrope
+ROPE_SCALING_TYPES = ("none", "linear")      # of llama.cpp's none / linear / yarn / longrope (Arch.rope_types)
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,13 @@ class Arch:
     granite: bool = False           # Granite's logit / residual / embedding / attention scales (module doc)
     norms_apart: bool = False       # the block inputs' norm scales are applied at run time (fuse.py keep_norms)
     keys: tuple[str, ...] = ()      # <arch>.* keys beyond LLAMA_KEYS that the converter applies
+    rope_types: tuple[str, ...] = ROPE_SCALING_TYPES   # rope.scaling.type values applied (absent: linear)
+    swa_rope_scaled: bool = True    # the sliding-window layers take the linear RoPE factor too (Gemma 3: not)
+    up_gate: bool = False           # ffn_up [2 ff, d] holds the gate rows, then the up rows; no ffn_gate (Phi-3)
+    partial_rotary: bool = False    # rope.dimension_count may be below the head size (Phi-3/4)
+    longrope: bool = False          # rope_factors_long / rope_factors_short may be present (Phi-3)
+    swa_off: bool = False           # attention.sliding_window read and not applied (llama.cpp turns Phi-3's off)
+    attn_temp: bool = False         # attention.temperature_scale (Mistral 3 / Llama 4 attention temperature)
 
 
 ARCHS = {
@@ -127,22 +151,36 @@ ARCHS = {
                    swa_period=2, swa_default=4096, attn_softcap=50.0, final_softcap=30.0, q_scale_layers=46,
                    keys=("attention.sliding_window", "attn_logit_softcapping", "final_logit_softcapping")),
     "gemma3": Arch("Gemma 3", neox=True, qk_norm=True, post_norms=True, act="gelu_tanh", embd_scale=True,
-                   norms_apart=True, swa_period=6, rope_base_swa=10000.0, q_scale_layers=62,
+                   norms_apart=True, swa_period=6, rope_base_swa=10000.0, q_scale_layers=62, swa_rope_scaled=False,
                    keys=("attention.sliding_window", "attention.sliding_window_pattern",
                          "rope.freq_base_swa", "final_logit_softcapping")),
     "granite": Arch("Granite", biases=("attn_output.bias", "ffn_down.bias"), fused_qkv=True, rope_freqs=True,
                     granite=True, keys=("logit_scale", "residual_scale", "embedding_scale", "attention.scale")),
     "smollm3": Arch("SmolLM3", biases=("attn_q.bias", "attn_k.bias", "attn_v.bias"), no_rope_step=4),
+    # llama.cpp's models/phi3.cpp: fused attn_qkv (or q / k / v), ffn_up holding gate and up, NEOX RoPE over
+    # rope.dimension_count values of each head, LongRoPE factors; its sliding window is switched off
+    "phi3": Arch("Phi-3", neox=True, biases=("attn_q.bias", "attn_k.bias", "attn_v.bias"), fused_qkv=True,
+                 up_gate=True, partial_rotary=True, longrope=True, swa_off=True,
+                 rope_types=("none", "linear", "longrope"), keys=("attention.sliding_window",)),
+    # models/mistral3.cpp: llama with YaRN (its beta / log-multiplier keys) and the attention temperature;
+    # optional q / k / v, attn_output and ffn_down biases
+    "mistral3": Arch("Mistral 3", biases=("attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias",
+                                          "ffn_down.bias"), fused_qkv=True, rope_freqs=True, attn_temp=True,
+                     rope_types=("none", "linear", "yarn"),
+                     keys=("attention.temperature_scale", "rope.scaling.yarn_beta_fast",
+                           "rope.scaling.yarn_beta_slow", "rope.scaling.yarn_log_multiplier")),
 }
 assert tuple(ARCHS) == F.SOURCE_ARCHS
 _MOE = re.compile(r"blk\.\d+\.ffn_(gate_inp|(gate|up|down)_(exps|shexp)|gate_inp_shexp|exp_probs_b)\.")
 
 
-def neox_to_pairs(hd: int) -> torch.Tensor:
-    """[hd] row order taking a NEOX head (pairs (i, i + hd/2)) to adjacent pairs (2i, 2i + 1):
-    new row 2i is old row i, new row 2i + 1 old row i + hd/2 (pair i keeps its frequency)."""
-    half = torch.arange(hd // 2)
-    return torch.stack([half, half + hd // 2], dim=-1).reshape(-1)
+def neox_to_pairs(hd: int, n_rot: int | None = None) -> torch.Tensor:
+    """[hd] row order taking a NEOX head (pairs (i, i + n_rot/2) of its first n_rot rows) to adjacent
+    pairs (2i, 2i + 1): new row 2i is old row i, new row 2i + 1 old row i + n_rot/2 (pair i keeps
+    its frequency); the rows past n_rot (not rotated: partial rotary) stay in place."""
+    n_rot = n_rot or hd
+    half = torch.arange(n_rot // 2)
+    return torch.cat([torch.stack([half, half + n_rot // 2], dim=-1).reshape(-1), torch.arange(n_rot, hd)])
 
 
 def _dequantizable(qt: QT) -> bool:
@@ -176,11 +214,11 @@ class SourceModel:
         self.tensors = tensor_map(self.reader)
         self._check_keys()
         self.hp = self._hparams()
-        self.rope_scale, self.attn_factor = self._rope_scaling()
-        if self.rope_scale != 1.0 and self.hp.n_swa:
-            raise UnsupportedError(f"{self.path}: linear RoPE scaling ({self.prefix}rope.scaling.factor = "
-                                   f"{self.rope_scale}) with sliding-window layers is not supported (llama.cpp "
-                                   "scales the global layers only)")
+        self.rope_kind, self.rope_scale, self.mscale = self._rope_scaling()
+        if self.hp.n_swa and not self.arch.swa_rope_scaled and self.rope_scale != 1.0:
+            # llama.cpp: the sliding-window layers rotate at rope_freq_scale_train_swa (1), the global ones
+            # at the linear factor (llama_model::get_rope_freq_scale)
+            self.hp = dataclasses.replace(self.hp, rope_freqs_swa=False)
         self.q_scale = self._q_scale()
         self.fused_qkv = self.arch.fused_qkv and "blk.0.attn_qkv.weight" in self.tensors
         # the biases any layer has: every layer of the output carries them (zeros where absent)
@@ -241,15 +279,19 @@ class SourceModel:
             raise UnsupportedError(f"{self.path}: head size must be even and equal for keys and values "
                                    f"({p}attention.key_length / value_length)")
         n_rot = m.int(f"{p}rope.dimension_count", head_dim)
-        if n_rot != head_dim:
-            raise UnsupportedError(f"{self.path}: partial rotary embeddings are not supported "
-                                   f"({p}rope.dimension_count = {n_rot}, head size {head_dim})")
+        if n_rot != head_dim and not self.arch.partial_rotary:
+            raise UnsupportedError(f"{self.path}: partial rotary embeddings are not supported on {self.arch.title} "
+                                   f"({p}rope.dimension_count = {n_rot}, head size {head_dim}; llama.cpp "
+                                   "refuses or asserts on them)")
+        if not (2 <= n_rot <= head_dim and n_rot % 2 == 0):
+            raise FormatError(f"{self.path}: {p}rope.dimension_count = {n_rot} must be even and in [2, {head_dim}]")
         hp = F.HParams(
             n_vocab=n_vocab, dim=dim, n_layers=n_layers, n_heads=n_heads,
             n_kv_heads=n_kv, head_dim=head_dim, ffn_dim=self._per_layer(f"{p}feed_forward_length", n_layers),
             norm_eps=m.float(f"{p}attention.layer_norm_rms_epsilon"),
             rope_base=m.float(f"{p}rope.freq_base", 10000.0),
-            n_ctx=m.int(f"{p}context_length"), tied="output.weight" not in self.tensors)
+            n_ctx=m.int(f"{p}context_length"), tied="output.weight" not in self.tensors,
+            n_rot=0 if n_rot == head_dim else n_rot)
         for name in ("dim", "n_layers", "ffn_dim", "n_ctx"):
             if getattr(hp, name) <= 0:
                 raise FormatError(f"{self.path}: {name} = {getattr(hp, name)} must be positive")
@@ -289,10 +331,29 @@ class SourceModel:
             embd_scale = self._granite_scale("embedding_scale") or 1.0
             if not m.bool(f"{p}rope.scaling.finetuned", True):   # llama.cpp: Granite's switch for RoPE
                 no_rope = (True,) * hp.n_layers
+        if a.swa_off:   # read (a valid number) and not applied, as llama.cpp does (models/phi3.cpp)
+            if not 0 <= m.int(f"{p}attention.sliding_window", 0) <= 1 << 22:
+                raise FormatError(f"{self.path}: {p}attention.sliding_window is out of range")
+        temp_scale, temp_length = 0.0, 0
+        if a.attn_temp:   # llama.cpp: the length is the original context (n_ctx_orig_yarn)
+            temp_scale = m.float(f"{p}attention.temperature_scale", 0.0)
+            if not (math.isfinite(temp_scale) and abs(temp_scale) < 1e30):
+                raise FormatError(f"{self.path}: {p}attention.temperature_scale = {temp_scale} is invalid")
+            temp_length = self.orig_ctx(hp) if temp_scale else 0
+            if temp_scale and temp_length <= 0:
+                raise FormatError(f"{self.path}: an attention temperature needs an original context length > 0")
+        orig = self.orig_ctx(hp) if a.longrope and "rope_factors_long.weight" in self.tensors else 0
         return dataclasses.replace(
             hp, act=a.act, embd_scale=embd_scale, n_swa=n_swa, swa_layers=swa_layers, rope_base_swa=base_swa,
             attn_softcap=caps["attn_logit_softcapping"], final_softcap=caps["final_logit_softcapping"],
-            no_rope_layers=no_rope)
+            no_rope_layers=no_rope, attn_temp_scale=temp_scale, attn_temp_length=temp_length, rope_orig_ctx=orig)
+
+    def orig_ctx(self, hp: F.HParams) -> int:
+        """llama.cpp's n_ctx_orig_yarn: rope.scaling.original_context_length, else the context length."""
+        v = self.meta.int(f"{self.prefix}rope.scaling.original_context_length", hp.n_ctx)
+        if not 0 < v <= 1 << 24:
+            raise FormatError(f"{self.path}: {self.prefix}rope.scaling.original_context_length = {v} is out of range")
+        return v
 
     def _granite_scale(self, name: str, default: float = 0.0) -> float:
         """A Granite scale (0: none, as llama.cpp reads an absent one)."""
@@ -314,22 +375,26 @@ class SourceModel:
         return g
 
     def _q_scale(self) -> float:
-        """The factor on q beyond llama's: rope.scaling.attn_factor^2 (ggml scales the rotated q
-        and k each by it) and Gemma 2 / 3 27B's attention scale (module doc)."""
-        f = float(self.attn_factor) ** 2
+        """The factor on q beyond llama's: Gemma 2 / 3 27B's and Granite's attention scales (module
+        doc). RoPE's magnitude factor (mscale) is applied by layer()."""
+        f = 1.0
         if self.hp.n_layers == self.arch.q_scale_layers:
             f *= math.sqrt(self.hp.head_dim) / math.sqrt(self.hp.dim // self.hp.n_heads)
         if self.arch.granite and self._granite_scale("attention.scale"):   # llama.cpp's kq_scale
             f *= self._granite_scale("attention.scale") * math.sqrt(self.hp.head_dim)
         return f
 
-    def _rope_scaling(self) -> tuple[float, float]:
-        """(linear factor, attention factor) as llama.cpp derives them (module doc)."""
+    def _rope_scaling(self) -> tuple[str, float, float]:
+        """(kind, factor, mscale) as llama.cpp derives them (module doc, llama-context.cpp): kind of
+        none / linear / yarn / longrope, the scaling factor (1: none) and the factor ggml multiplies
+        each rotated q and k value by (rope.scaling.attn_factor, with YaRN's magnitude terms), in
+        float32 as llama.cpp computes it."""
         m, p = self.meta, self.prefix
         kind = m.str(f"{p}rope.scaling.type", "linear")     # llama.cpp's default when absent
-        if kind not in ROPE_SCALING_TYPES:
+        if kind not in self.arch.rope_types:
             raise UnsupportedError(f"{self.path}: rope scaling {kind!r} ({p}rope.scaling.type) is not "
-                                   f"supported; the converter implements {' and '.join(ROPE_SCALING_TYPES)}")
+                                   f"supported on {self.arch.title}; the converter implements "
+                                   f"{', '.join(self.arch.rope_types)}")
         key = f"{p}rope.scaling.factor" if m.has(f"{p}rope.scaling.factor") else f"{p}rope.scale_linear"
         factor = m.float(key, 0.0)
         if not math.isfinite(factor) or factor < 0:
@@ -339,7 +404,43 @@ class SourceModel:
             raise FormatError(f"{self.path}: {p}rope.scaling.attn_factor = {attn} must be finite and > 0")
         if kind == "none" or factor == 0.0:
             factor = 1.0
-        return factor, attn
+        f32 = np.float32
+        mscale = f32(1.0)
+        if kind == "yarn":   # ext_factor 1: llama_context's yarn_attn_factor, times ggml's rope_yarn term
+            fs = f32(1.0) / f32(factor)
+            fac = f32(1.0) / fs
+
+            def get_mscale(scale, ms):
+                return f32(1.0) if scale <= 1 else f32(f32(0.1) * f32(ms) * np.log(scale) + f32(1.0))
+            log_mul = f32(m.float(f"{p}rope.scaling.yarn_log_multiplier", 0.0))
+            mscale = get_mscale(fac, 1.0) / get_mscale(fac, log_mul) if log_mul != 0 else get_mscale(fac, 1.0)
+            mscale = f32(mscale * (f32(1.0) / (f32(1.0) + f32(0.1) * np.log(fac))))
+            mscale = f32(f32(mscale * f32(attn)) * (f32(1.0) + f32(0.1) * np.log(f32(1.0) / fs)))
+        else:
+            mscale = f32(attn)
+        return kind, factor, float(mscale)
+
+    def yarn_divisors(self) -> torch.Tensor:
+        """[n_rot/2] YaRN's per-pair divisors of the frequencies: ggml's rope_yarn mixes the
+        interpolated angle (times 1 / factor) and the extrapolated one by a ramp over the pairs
+        between the correction dims (ggml_rope_yarn_corr_dims, from the original context and the
+        beta keys), theta = theta_extrap (fs (1 - mix) + mix); in float32 as ggml."""
+        m, p, hp = self.meta, self.prefix, self.hp
+        f32 = np.float32
+        n_dims, base = hp.rot_dims, f32(hp.rope_base)
+        beta_fast = f32(m.float(f"{p}rope.scaling.yarn_beta_fast", 32.0))
+        beta_slow = f32(m.float(f"{p}rope.scaling.yarn_beta_slow", 1.0))
+        n_orig = f32(self.orig_ctx(hp))
+
+        def corr_dim(n_rot):
+            return f32(f32(n_dims) * np.log(n_orig / f32(n_rot * f32(2) * f32(math.pi))) / f32(f32(2) * np.log(base)))
+        low = max(f32(0), np.floor(corr_dim(beta_fast)))
+        high = min(f32(n_dims - 1), np.ceil(corr_dim(beta_slow)))
+        fs = f32(1.0) / f32(self.rope_scale)
+        i = np.arange(n_dims // 2)
+        y = (i.astype(np.float32) - low) / max(f32(0.001), f32(high - low))
+        mix = (f32(1) - np.minimum(f32(1), np.maximum(f32(0), y))).astype(np.float32)
+        return torch.from_numpy((f32(1) / (fs * (f32(1) - mix) + mix)).astype(np.float32))
 
     def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
         hp = self.hp
@@ -348,12 +449,15 @@ class SourceModel:
         if not hp.tied:
             shapes["output.weight"] = (hp.n_vocab, hp.dim)
         if F.T_ROPE_FREQS in self.tensors and self.arch.rope_freqs:
-            shapes[F.T_ROPE_FREQS] = (hp.head_dim // 2,)
+            shapes[F.T_ROPE_FREQS] = (hp.rot_dims // 2,)
+        if self.arch.longrope and (F.T_ROPE_LONG in self.tensors or F.T_ROPE_SHORT in self.tensors):
+            shapes[F.T_ROPE_LONG] = shapes[F.T_ROPE_SHORT] = (hp.rot_dims // 2,)   # both, or the file is malformed
         attn = {"attn_qkv": (q + 2 * kv, hp.dim)} if self.fused_qkv else \
             {"attn_q": (q, hp.dim), "attn_k": (kv, hp.dim), "attn_v": (kv, hp.dim)}
+        ffn = {"ffn_up": (2 * hp.ffn_dim, hp.dim)} if self.arch.up_gate else \
+            {"ffn_gate": (hp.ffn_dim, hp.dim), "ffn_up": (hp.ffn_dim, hp.dim)}
         per_layer = {"attn_norm": (hp.dim,), **attn, "attn_output": (hp.dim, q), "ffn_norm": (hp.dim,),
-                     "ffn_gate": (hp.ffn_dim, hp.dim), "ffn_up": (hp.ffn_dim, hp.dim),
-                     "ffn_down": (hp.dim, hp.ffn_dim)}
+                     **ffn, "ffn_down": (hp.dim, hp.ffn_dim)}
         if self.arch.qk_norm:
             per_layer.update(attn_q_norm=(hp.head_dim,), attn_k_norm=(hp.head_dim,))
         if self.arch.post_norms:
@@ -372,7 +476,8 @@ class SourceModel:
         extra = sorted(set(self.tensors) - set(self._expected_shapes()))
         for kind, hits in (("bias tensors", [n for n in extra if n.endswith(".bias")]),
                            ("mixture-of-experts tensors", [n for n in extra if _MOE.match(n)]),
-                           ("LongRoPE factors", [n for n in extra if n.startswith("rope_factors_")])):
+                           ("LongRoPE factors", [n for n in extra if n.startswith("rope_factors_")
+                                                 and not self.arch.longrope])):
             if hits:
                 raise UnsupportedError(f"{self.path}: {kind} are not supported ({', '.join(hits[:3])})")
         fused = [n for n in self.tensors if n.endswith(".attn_qkv.weight")]
@@ -409,16 +514,28 @@ class SourceModel:
         return torch.from_numpy(arr)
 
     def has_rope_freqs(self) -> bool:
-        """Whether the model's RoPE needs per-pair divisors (rope_freqs.weight or a linear factor)."""
+        """Whether the model's RoPE needs per-pair divisors (rope_freqs.weight, a linear or YaRN
+        factor), LongRoPE aside (longrope())."""
         return F.T_ROPE_FREQS in self.tensors or self.rope_scale != 1.0
 
-    def rope_freqs(self) -> torch.Tensor | None:
-        """[head_dim / 2] float32 divisors of the RoPE frequencies: the file's rope_freqs (Llama 3
-        factors) times the linear factor (one divisor per pair is what linear scaling is); None when
-        both are absent."""
-        if not self.has_rope_freqs():
+    def longrope(self) -> bool:
+        """Whether the file has LongRoPE's long and short factors (Phi-3), chosen by the context."""
+        return self.arch.longrope and F.T_ROPE_LONG in self.tensors
+
+    def rope_freqs(self, n_ctx: int | None = None, name: str | None = None) -> torch.Tensor | None:
+        """[n_rot / 2] float32 divisors of the RoPE frequencies: the file's factors (rope_freqs, or
+        LongRoPE's long ones for a context n_ctx beyond the original one and its short ones otherwise,
+        as llama.cpp chooses; name: that set) times the scaling's per-pair divisors (linear: the
+        factor; YaRN: yarn_divisors()); None when there are none."""
+        if self.longrope():
+            name = name or (F.T_ROPE_LONG if n_ctx is not None and n_ctx > self.hp.rope_orig_ctx else F.T_ROPE_SHORT)
+        elif not self.has_rope_freqs():
             return None
-        base = self.weight(F.T_ROPE_FREQS) if F.T_ROPE_FREQS in self.tensors else torch.ones(self.hp.head_dim // 2)
+        else:
+            name = F.T_ROPE_FREQS if F.T_ROPE_FREQS in self.tensors else None
+        base = self.weight(name).reshape(-1) if name else torch.ones(self.hp.rot_dims // 2)
+        if self.rope_kind == "yarn":
+            return (base.double() * self.yarn_divisors().double()).float()
         return (base.double() * self.rope_scale).float()
 
     def layer(self, l: int) -> dict[str, torch.Tensor]:
@@ -430,7 +547,8 @@ class SourceModel:
         scale before the norm would vanish in it), else attn_q and its bias."""
         hp = self.hp
         q, kv = hp.n_heads * hp.head_dim, hp.n_kv_heads * hp.head_dim
-        names = [n for n in LAYER_TENSORS if not (self.fused_qkv and n in ("attn_q", "attn_k", "attn_v"))]
+        names = [n for n in LAYER_TENSORS if not (self.fused_qkv and n in ("attn_q", "attn_k", "attn_v"))
+                 and not (self.arch.up_gate and n == "ffn_gate")]
         if self.arch.qk_norm:
             names += ["attn_q_norm", "attn_k_norm"]
         if self.arch.post_norms:
@@ -438,13 +556,15 @@ class SourceModel:
         w = {n: self.weight(f"blk.{l}.{n}.weight") for n in names}
         if self.fused_qkv:
             w["attn_q"], w["attn_k"], w["attn_v"] = self.weight(f"blk.{l}.attn_qkv.weight").split([q, kv, kv])
+        if self.arch.up_gate:   # ggml_swiglu: silu of the first half of the up product times the second
+            w["ffn_gate"], w["ffn_up"] = w["ffn_up"].split([hp.ffn_dim, hp.ffn_dim])
         size = {"attn_q.bias": q, "attn_k.bias": kv, "attn_v.bias": kv, "attn_output.bias": hp.dim,
                 "ffn_down.bias": hp.dim}
         for b in self.biases:
             name = f"blk.{l}.{b}"
             w[b] = self.weight(name).reshape(-1) if name in self.tensors else torch.zeros(size[b])
         if self.arch.neox:
-            perm = neox_to_pairs(hp.head_dim)
+            perm = neox_to_pairs(hp.head_dim, hp.rot_dims)
             for n in ("attn_q", "attn_k", "attn_q.bias", "attn_k.bias"):
                 if n in w:
                     heads = w[n].shape[0] // hp.head_dim
@@ -452,10 +572,27 @@ class SourceModel:
             for n in ("attn_q_norm", "attn_k_norm"):
                 if n in w:
                     w[n] = w[n][perm].contiguous()
-        if self.q_scale != 1.0:
+        q_scale = self.q_scale
+        if self.mscale != 1.0 and hp.rope(l):
+            # ggml scales the rotated values of q and k each by mscale: the scores by its square, or, with
+            # a partial rotary, the rotated rows of q and k by it (their other rows are not rotated)
+            if hp.rot_dims == hp.head_dim:
+                q_scale *= self.mscale ** 2
+            elif self.arch.qk_norm:
+                raise UnsupportedError(f"{self.path}: a RoPE attention factor with a partial rotary and q/k norms "
+                                       "is not supported")
+            else:
+                rot = torch.ones(hp.head_dim, dtype=torch.float64)
+                rot[:hp.rot_dims] = self.mscale
+                for n in ("attn_q", "attn_k", "attn_q.bias", "attn_k.bias"):
+                    if n in w:
+                        heads = w[n].shape[0] // hp.head_dim
+                        w[n] = (w[n].reshape(heads, hp.head_dim, -1).double() * rot[None, :, None]).float() \
+                            .reshape(w[n].shape)
+        if q_scale != 1.0:
             for n in (("attn_q_norm",) if self.arch.qk_norm else ("attn_q", "attn_q.bias")):
                 if n in w:
-                    w[n] = w[n] * self.q_scale
+                    w[n] = w[n] * q_scale
         rs = self._granite_scale("residual_scale") if self.arch.granite else 0.0
         if rs:   # llama.cpp scales each block's output (bias included) before the residual add
             for n in ("attn_output", "attn_output.bias", "ffn_down", "ffn_down.bias"):

@@ -17,21 +17,23 @@ from .model import Budget, Layer, TopK, Weights
 from .source import SourceModel
 
 
-def source_weights(src: SourceModel) -> Weights:
-    """The original model, in the reference's input-major form with its norm scales."""
+def source_weights(src: SourceModel, n_ctx: int | None = None) -> Weights:
+    """The original model, in the reference's input-major form with its norm scales (LongRoPE: the
+    factors of a context of n_ctx, the short ones when None)."""
     hp = src.hp
     embd = src.weight("token_embd.weight")
     return Weights(
         hp=hp, embd=embd, head=embd if hp.tied else src.weight("output.weight"),
         layers=[source_layer(src.layer(l)) for l in range(hp.n_layers)],
         out_norm=src.output_norm(),
-        rope_freqs=src.rope_freqs())
+        rope_freqs=src.rope_freqs(n_ctx))
 
 
-def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True) -> Weights:
+def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True, n_ctx: int | None = None) -> Weights:
     """The fused model exactly as stored (dequantized to float32), with the runtime's 8-bit
     activations marked where it uses them (the inputs of Q8_0 / Q4_0 weights; quantized_activations
-    False: float activations everywhere, the fusion's math alone)."""
+    False: float activations everywhere, the fusion's math alone); LongRoPE: the factors a runtime
+    of n_ctx positions uses (None: the short ones)."""
     f = load(f) if isinstance(f, str) else f
     hp = f.hp
 
@@ -62,7 +64,7 @@ def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True) -> W
     head = F.T_EMBD if hp.tied else F.T_OUTPUT
     return Weights(hp=hp, embd=embd, head=embd if hp.tied else get(F.T_OUTPUT), layers=layers,
                    out_norm=get(F.T_OUTPUT_NORM), out_adapter=get(F.T_OUTPUT_ADAPTER),
-                   rope_freqs=get(F.T_ROPE_FREQS), act_q8=q8({"out_adapter": F.T_OUTPUT_ADAPTER, "head": head}))
+                   rope_freqs=get(f.rope_freqs_name(0 if n_ctx is None else n_ctx) or F.T_ROPE_FREQS), act_q8=q8({"out_adapter": F.T_OUTPUT_ADAPTER, "head": head}))
 
 
 def topk_of(f: LarosaFile, sparsity: float | None = None, budget: bool | None = None) -> TopK:

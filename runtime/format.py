@@ -16,7 +16,7 @@ from gguf import quants
 from .errors import UnsupportedError
 
 # the llama.cpp architectures the converter reads
-SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "granite", "smollm3")
+SOURCE_ARCHS = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "granite", "smollm3", "phi3", "mistral3")
 ARCH = "larosa"            # general.architecture: stock llama.cpp refuses it (unknown architecture)
 FORMAT_VERSION = 2        # 2: input-major quantized weights as I8 codes + F16 scales (FORMAT.md)
 
@@ -87,6 +87,13 @@ K_ROPE_BASE_SWA = key("rope.freq_base_swa")  # float32: the RoPE base of the sli
 K_NO_ROPE = key("rope.no_rope_layers")      # uint8[n_layer]: 1 where layer l does not rotate q and k (SmolLM3)
 K_ATTN_SOFTCAP = key("attn_logit_softcapping")    # float32 c: attention scores c tanh(s / c) (Gemma 2)
 K_FINAL_SOFTCAP = key("final_logit_softcapping")  # float32 c: logits c tanh(z / c)
+K_ROPE_FREQS_SWA = key("rope.freqs_swa")   # bool, default true: the sliding-window layers divide by rope_freqs too
+                                            # (false: Gemma 3, whose linear scaling llama.cpp applies to its global layers only)
+# LongRoPE (Phi-3): two sets of frequency divisors, the long one for a context beyond the original one
+K_ROPE_ORIG_CTX = key("rope.scaling.original_context_length")   # uint32: the context the short factors serve
+# Llama 4 / Mistral 3 attention temperature: q at position p times 1 + scale * ln(floor(p / length) + 1)
+K_ATTN_TEMP_SCALE = key("attention.temperature_scale")    # float32 scale (0: none)
+K_ATTN_TEMP_LENGTH = key("attention.temperature_length")  # uint32 length (llama.cpp: the original context)
 ACTIVATIONS = ("silu", "gelu_tanh")
 
 
@@ -107,7 +114,9 @@ T_EMBD = "token_embd.weight"          # [vocab, d]  lookup rows (rotated by Q_0 
 T_OUTPUT = "output.weight"            # [vocab, d]  untied only: head, logits = u_rot @ output^T
 T_OUTPUT_NORM = "output_norm.weight"  # [d] F32     tied only: g_out
 T_OUTPUT_ADAPTER = "output_adapter.weight"  # [d, d] tied only: Q_{L-1}^T, back to the embedding basis
-T_ROPE_FREQS = "rope_freqs.weight"    # [head_dim/2] F32, optional (llama3-style frequency factors)
+T_ROPE_FREQS = "rope_freqs.weight"    # [n_rot/2] F32, optional (llama3-style frequency factors)
+T_ROPE_LONG = "rope_factors_long.weight"    # [n_rot/2] F32, LongRoPE: the divisors for a context > K_ROPE_ORIG_CTX
+T_ROPE_SHORT = "rope_factors_short.weight"  # [n_rot/2] F32, LongRoPE: the divisors otherwise (with T_ROPE_LONG)
 
 
 def T_ADAPTER(l: int) -> str:   # [d, d] input-major; r <- r @ A_l, where the basis changes
@@ -184,6 +193,30 @@ class HParams:
     attn_softcap: float = 0.0        # 0: none
     final_softcap: float = 0.0       # 0: none
     no_rope_layers: tuple = ()       # n_layers bools: True where the layer has no RoPE (empty: none)
+    n_rot: int = 0                   # rotated dimensions of each head (partial rotary, Phi-3/4); 0: head_dim
+    rope_freqs_swa: bool = True      # the sliding-window layers divide by rope_freqs too (Gemma 3: not)
+    attn_temp_scale: float = 0.0     # Mistral 3: q times 1 + scale ln(floor(pos / length) + 1); 0: none
+    attn_temp_length: int = 0
+    rope_orig_ctx: int = 0           # LongRoPE files: the context beyond which the long factors apply
+
+    @property
+    def rot_dims(self) -> int:
+        """The dimensions RoPE rotates in each head (the first rot_dims, in adjacent pairs)."""
+        return self.n_rot or self.head_dim
+
+    def layer_rope(self, layer: int) -> tuple[float, bool]:
+        """(base, divided by rope_freqs) of the layer's RoPE: its table (converter/model.py rope_sets)."""
+        swa = bool(self.window(layer))
+        return (self.rope_base_swa if swa else self.rope_base), (self.rope_freqs_swa or not swa)
+
+    def attn_temperature(self, pos: np.ndarray) -> np.ndarray:
+        """float32 factors on q at positions pos, as llama.cpp computes them (llm_graph_input_attn_temp:
+        the float position over the length in float, floor, then log and the rest in double)."""
+        p = np.asarray(pos, dtype=np.float32)
+        if not self.attn_temp_scale:
+            return np.ones(p.shape, np.float32)
+        f = np.floor(p / np.float32(self.attn_temp_length)).astype(np.float64)
+        return (np.log(f + 1.0) * np.float64(np.float32(self.attn_temp_scale)) + 1.0).astype(np.float32)
 
     def window(self, layer: int) -> int:
         """The sliding window of a layer (positions it attends to, itself included), 0: all."""
@@ -192,9 +225,6 @@ class HParams:
     def rope(self, layer: int) -> bool:
         """Whether the layer rotates q and k (RoPE)."""
         return not (self.no_rope_layers and self.no_rope_layers[layer])
-
-    def layer_rope_base(self, layer: int) -> float:
-        return self.rope_base_swa if self.window(layer) else self.rope_base
 
     @property
     def qkv_dim(self) -> int:
@@ -318,7 +348,8 @@ WEIGHT_INPUT = {"attn_qkv": "attn_in", "attn_output": "attn_out", "ffn_gate_up":
 
 
 def expected_tensors(hp: HParams, rotated: list[bool], scores: set[tuple[int, str]] = frozenset(),
-                     has_rope_freqs: bool = False, vectors: tuple[str, ...] = ()) -> dict[str, tuple[int, ...]]:
+                     has_rope_freqs: bool = False, vectors: tuple[str, ...] = (),
+                     longrope: bool = False) -> dict[str, tuple[int, ...]]:
     """Every tensor of a LaRoSA file and its [rows, cols] shape, in file order. rotated[l]: layer l
     has a PCA basis (else the identity); an adapter sits wherever the basis changes, the embedding
     basis counting as the identity when tied (an untied embedding is stored in layer 0's basis).
@@ -347,7 +378,9 @@ def expected_tensors(hp: HParams, rotated: list[bool], scores: set[tuple[int, st
     else:
         t[T_OUTPUT] = (hp.n_vocab, d)
     if has_rope_freqs:
-        t[T_ROPE_FREQS] = (hp.head_dim // 2,)
+        t[T_ROPE_FREQS] = (hp.rot_dims // 2,)
+    if longrope:
+        t[T_ROPE_LONG] = t[T_ROPE_SHORT] = (hp.rot_dims // 2,)
     return t
 
 

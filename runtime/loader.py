@@ -69,6 +69,14 @@ class LarosaFile:
             raise ValueError("budget and topk exclude each other")
         return (False if topk else self.budget_default if budget is None else bool(budget)), topk
 
+    def rope_freqs_name(self, n_ctx: int) -> str | None:
+        """The tensor of RoPE frequency divisors a context of n_ctx positions uses: LongRoPE's long
+        factors beyond the original context, else its short ones, as llama.cpp chooses them by its
+        context size (llama_model::get_rope_factors); rope_freqs.weight, or None, otherwise."""
+        if F.T_ROPE_LONG in self.tensors:
+            return F.T_ROPE_LONG if n_ctx > self.hp.rope_orig_ctx else F.T_ROPE_SHORT
+        return F.T_ROPE_FREQS if F.T_ROPE_FREQS in self.tensors else None
+
     def memory_bytes(self, n_ctx: int, n_threads: int = 1, type_k: str = "f16", type_v: str = "f16") -> int:
         """What lr_model_new allocates for a context of n_ctx (see memory_bytes below)."""
         return memory_bytes(self.hp, n_ctx, n_threads, type_k, type_v) + self.head8_bytes()
@@ -232,8 +240,10 @@ def _hparams(m: Metadata, path: str) -> F.HParams:
         raise FormatError(f"{path}: heads {hp.n_heads}/{hp.n_kv_heads} of size {hp.head_dim} are inconsistent")
     if hp.n_heads * hp.head_dim > MAX_DIM:
         raise FormatError(f"{path}: attention width {hp.n_heads * hp.head_dim} is too large")
-    if m.int(F.K_ROPE_DIM) != hp.head_dim:
-        raise UnsupportedError(f"{path}: partial rotary embeddings are not supported")
+    n_rot = m.int(F.K_ROPE_DIM)
+    if not (2 <= n_rot <= hp.head_dim and n_rot % 2 == 0):
+        raise FormatError(f"{path}: {F.K_ROPE_DIM} = {n_rot} must be even and in [2, {hp.head_dim}]")
+    hp = dataclasses.replace(hp, n_rot=0 if n_rot == hp.head_dim else n_rot)
     if not (math.isfinite(hp.norm_eps) and 0 < hp.norm_eps < 1):
         raise FormatError(f"{path}: {F.K_EPS} = {hp.norm_eps} is invalid")
     if not (math.isfinite(hp.rope_base) and hp.rope_base > 1):
@@ -273,10 +283,20 @@ def _arch_hparams(m: Metadata, hp: F.HParams, path: str) -> F.HParams:
         if not np.isin(a, (0, 1)).all():
             raise FormatError(f"{path}: {F.K_NO_ROPE} must hold 0 or 1")
         no_rope = tuple(bool(v) for v in a)
+    temp_scale = m.float(F.K_ATTN_TEMP_SCALE, 0.0)
+    temp_length = m.int(F.K_ATTN_TEMP_LENGTH, 0)
+    if not (math.isfinite(temp_scale) and abs(temp_scale) < 1e30) or (temp_scale and not 0 < temp_length <= MAX_CTX):
+        raise FormatError(f"{path}: {F.K_ATTN_TEMP_SCALE} = {temp_scale} / {F.K_ATTN_TEMP_LENGTH} = {temp_length} "
+                          "is invalid (a finite scale, with a length in [1, the maximum context])")
+    orig_ctx = m.int(F.K_ROPE_ORIG_CTX, 0)
+    if not 0 <= orig_ctx <= MAX_CTX:
+        raise FormatError(f"{path}: {F.K_ROPE_ORIG_CTX} = {orig_ctx} is out of range")
     return dataclasses.replace(
         hp, embd_scale=positive(F.K_EMBD_SCALE, 1.0, zero_ok=False), act=act, n_swa=n_swa, swa_layers=swa_layers,
         rope_base_swa=rope_base_swa, attn_softcap=positive(F.K_ATTN_SOFTCAP, 0.0),
-        final_softcap=positive(F.K_FINAL_SOFTCAP, 0.0), no_rope_layers=no_rope)
+        final_softcap=positive(F.K_FINAL_SOFTCAP, 0.0), no_rope_layers=no_rope,
+        rope_freqs_swa=m.bool(F.K_ROPE_FREQS_SWA, True), attn_temp_scale=temp_scale,
+        attn_temp_length=temp_length if temp_scale else 0, rope_orig_ctx=orig_ctx)
 
 
 def _per_layer(m: Metadata, key: str, kind: str, n: int, path: str) -> np.ndarray:
@@ -443,7 +463,12 @@ def load(path: str | os.PathLike) -> LarosaFile:
         if hit and int(hit[1]) < hp.n_layers:
             scores.add((int(hit[1]), hit[2]))
     vectors = tuple(k for k in F.LAYER_VECTORS if F.T_VEC(0, k) in tensors)   # then every layer's
-    expected = F.expected_tensors(hp, rotated, scores, F.T_ROPE_FREQS in tensors, vectors)
+    longrope = F.T_ROPE_LONG in tensors or F.T_ROPE_SHORT in tensors
+    if longrope and not hp.rope_orig_ctx:
+        raise FormatError(f"{path}: LongRoPE factors ({F.T_ROPE_LONG}, {F.T_ROPE_SHORT}) without {F.K_ROPE_ORIG_CTX}")
+    if longrope and F.T_ROPE_FREQS in tensors:
+        raise FormatError(f"{path}: both {F.T_ROPE_FREQS} and LongRoPE factors")
+    expected = F.expected_tensors(hp, rotated, scores, F.T_ROPE_FREQS in tensors, vectors, longrope)
     for name, shape in list(expected.items()):
         t = tensors.get(name)
         if t is None:
@@ -467,9 +492,10 @@ def load(path: str | os.PathLike) -> LarosaFile:
             raise FormatError(f"{path}: tensor {name!r} data is truncated")
         if len(shape) == 1 and not np.all(np.isfinite(t.data)):
             raise FormatError(f"{path}: tensor {name!r} holds NaN or Inf")
-    freqs = tensors.get(F.T_ROPE_FREQS)
-    if freqs is not None and not np.all(np.asarray(freqs.data) > 0):
-        raise FormatError(f"{path}: tensor {F.T_ROPE_FREQS!r} must hold positive frequency divisors")
+    for name in (F.T_ROPE_FREQS, F.T_ROPE_LONG, F.T_ROPE_SHORT):
+        freqs = tensors.get(name)
+        if freqs is not None and not np.all(np.asarray(freqs.data) > 0):
+            raise FormatError(f"{path}: tensor {name!r} must hold positive frequency divisors")
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise FormatError(f"{path}: unexpected tensors: {', '.join(extra[:5])}")

@@ -274,11 +274,13 @@ class Model:
         d.norm_eps, d.rope_base = hp.norm_eps, hp.rope_base
         d.embd_scale, d.rope_base_swa, d.act = hp.embd_scale, hp.rope_base_swa, F.ACTIVATIONS.index(hp.act)
         d.attn_softcap, d.final_softcap = hp.attn_softcap, hp.final_softcap
+        d.n_rot, d.swa_no_freqs = hp.n_rot, int(not hp.rope_freqs_swa)
+        d.attn_temp_scale, d.attn_temp_length = hp.attn_temp_scale, hp.attn_temp_length
         self._tensor(F.T_EMBD, d.embd)
         self._tensor(F.T_EMBD if hp.tied else F.T_OUTPUT, d.head)
         self._tensor(F.T_OUTPUT_ADAPTER, d.out_adapter)
         self._tensor(F.T_OUTPUT_NORM, d.out_norm)
-        self._tensor(F.T_ROPE_FREQS, d.rope_freqs)
+        self._tensor(self.file.rope_freqs_name(self.n_ctx) or F.T_ROPE_FREQS, d.rope_freqs)
         for l in range(hp.n_layers):
             L = layers[l]
             self._tensor(F.T_ADAPTER(l), L.adapter)

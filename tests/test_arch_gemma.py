@@ -169,7 +169,7 @@ def test_gemma_without_template_gets_gemma_turns(tmp_path):
 
 @pytest.mark.parametrize("key,value,match", [
     ("attention.sliding_window_pattern", None, "per layer is not supported"),
-    ("rope.scaling.factor", 4.0, "linear RoPE scaling .* sliding-window layers is not supported"),
+    ("rope.scaling.type", "yarn", "rope scaling 'yarn' .* not supported on Gemma 3"),
 ])
 def test_unsupported_gemma_keys_refused(tmp_path, key, value, match):
     kv = {"attention.sliding_window": 4, key: value} if value is not None else {"attention.sliding_window": 4}

@@ -297,7 +297,12 @@ CASES = {
     "head dim odd": (_set(F.K_HEAD_DIM, U32, scalar(U32, 15)), FormatError, "inconsistent"),
     "attention width huge": (lambda g: g.set(F.K_HEADS, U32, scalar(U32, 64)).set(F.K_HEAD_DIM, U32, scalar(U32, 4096)),
                              FormatError, "attention width 262144 is too large"),
-    "partial rope": (_set(F.K_ROPE_DIM, U32, scalar(U32, 8)), UnsupportedError, "partial rotary"),
+    "rope dims odd": (_set(F.K_ROPE_DIM, U32, scalar(U32, 7)), FormatError, "dimension_count = 7 must be even"),
+    "rope dims over head": (_set(F.K_ROPE_DIM, U32, scalar(U32, 1 << 20)), FormatError, "must be even and in"),
+    "attention temperature without length": (_set(F.K_ATTN_TEMP_SCALE, F32, scalar(F32, 0.5)), FormatError,
+                                             "temperature_scale = 0.5"),
+    "attention temperature NaN": (lambda g: g.set(F.K_ATTN_TEMP_SCALE, F32, scalar(F32, float("nan")))
+                                  .set(F.K_ATTN_TEMP_LENGTH, U32, scalar(U32, 8)), FormatError, "temperature_scale"),
     "vocab mismatch": (_set(F.K_VOCAB, U32, scalar(U32, 513)), FormatError, "shape"),
     # NaN / Inf / out-of-range floats in metadata
     "eps NaN": (_set(F.K_EPS, F32, scalar(F32, float("nan"))), FormatError, "epsilon"),

@@ -86,7 +86,7 @@ def check_against_reference(m: Model, tokens: list[int], rtol: float, batched: b
     logits, forced = traced_eval(m, tokens, batched, runtime_keys)
     ks = topk_of(m.file, m.sparsity)
     ks.forced, ks.keys = forced, {}
-    w = larosa_weights(m.file)
+    w = larosa_weights(m.file, n_ctx=m.n_ctx)
     w.kv_types = (m.type_k, m.type_v)
     ref = forward(w, torch.tensor([tokens]), ks)[0].numpy()
     floor = None

@@ -46,19 +46,26 @@ def spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 def tensor_plan(dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab: int,
                 tied: bool, rope_freqs: bool, head_dim: int | None = None, biases: tuple[str, ...] = (),
-                qk_norm: bool = False, post_norms: bool = False) -> list[tuple[str, tuple[int, ...]]]:
+                qk_norm: bool = False, post_norms: bool = False, fused_qkv: bool = False, up_gate: bool = False,
+                rope_dims: int | None = None, longrope: bool = False) -> list[tuple[str, tuple[int, ...]]]:
     """biases: of attn_q, attn_k, attn_v, attn_output, ffn_down (every layer); qk_norm: Qwen3's
-    attn_q_norm / attn_k_norm; post_norms: Gemma's post_attention_norm / post_ffw_norm."""
+    attn_q_norm / attn_k_norm; post_norms: Gemma's post_attention_norm / post_ffw_norm; fused_qkv: one
+    attn_qkv (q, k, v rows); up_gate: Phi-3's ffn_up [2 ff, d] (gate rows, then up) and no ffn_gate;
+    longrope: Phi-3's rope_factors_long / rope_factors_short [rope_dims / 2]."""
     hd = head_dim or dim // heads
+    n_rot = rope_dims or hd
     vec = {"attn_q": heads * hd, "attn_k": kv_heads * hd, "attn_v": kv_heads * hd, "attn_output": dim, "ffn_down": dim,
            "ffn_gate": ff, "ffn_up": ff}
     plan: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (vocab, dim))]
     for l in range(layers):
-        plan += [(f"blk.{l}.attn_norm.weight", (dim,)), (f"blk.{l}.attn_q.weight", (heads * hd, dim)),
-                 (f"blk.{l}.attn_k.weight", (kv_heads * hd, dim)), (f"blk.{l}.attn_v.weight", (kv_heads * hd, dim)),
+        attn = [(f"blk.{l}.attn_qkv.weight", ((heads + 2 * kv_heads) * hd, dim))] if fused_qkv else \
+            [(f"blk.{l}.attn_q.weight", (heads * hd, dim)), (f"blk.{l}.attn_k.weight", (kv_heads * hd, dim)),
+             (f"blk.{l}.attn_v.weight", (kv_heads * hd, dim))]
+        mlp = [(f"blk.{l}.ffn_up.weight", (2 * ff, dim))] if up_gate else \
+            [(f"blk.{l}.ffn_gate.weight", (ff, dim)), (f"blk.{l}.ffn_up.weight", (ff, dim))]
+        plan += [(f"blk.{l}.attn_norm.weight", (dim,)), *attn,
                  (f"blk.{l}.attn_output.weight", (dim, heads * hd)), (f"blk.{l}.ffn_norm.weight", (dim,)),
-                 (f"blk.{l}.ffn_gate.weight", (ff, dim)), (f"blk.{l}.ffn_up.weight", (ff, dim)),
-                 (f"blk.{l}.ffn_down.weight", (dim, ff))]
+                 *mlp, (f"blk.{l}.ffn_down.weight", (dim, ff))]
         plan += [(f"blk.{l}.{b}.bias", (vec[b],)) for b in biases]
         if qk_norm:
             plan += [(f"blk.{l}.attn_q_norm.weight", (hd,)), (f"blk.{l}.attn_k_norm.weight", (hd,))]
@@ -68,13 +75,18 @@ def tensor_plan(dim: int, ff: int, layers: int, heads: int, kv_heads: int, vocab
     if not tied:
         plan.append(("output.weight", (vocab, dim)))
     if rope_freqs:
-        plan.append(("rope_freqs.weight", (hd // 2,)))
+        plan.append(("rope_freqs.weight", (n_rot // 2,)))
+    if longrope:
+        plan += [("rope_factors_long.weight", (n_rot // 2,)), ("rope_factors_short.weight", (n_rot // 2,))]
     return plan
 
 
 def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
     if name == "rope_freqs.weight":
         return np.linspace(1.0, 8.0, shape[0], dtype=np.float32)
+    if name.startswith("rope_factors_"):   # LongRoPE: short factors near 1, long ones growing to ~20
+        top = 20.0 if "long" in name else 1.5
+        return (np.linspace(1.0, top, shape[0]) * rng.uniform(0.9, 1.1, shape[0])).astype(np.float32)
     if name.endswith(".bias"):
         return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.5)
     if len(shape) == 1:   # norm scales around 1 with a few strong channels, as in real models
@@ -90,17 +102,20 @@ def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_hea
                    rope_freqs: bool = False, rope_base: float = 10000.0, arch: str = "llama",
                    head_dim: int | None = None, biases: tuple[str, ...] = (), qk_norm: bool = False,
                    chat_template: str | None = None, post_norms: bool = False,
-                   extra_kv: dict | None = None) -> str:
+                   extra_kv: dict | None = None, fused_qkv: bool = False, up_gate: bool = False,
+                   rope_dims: int | None = None, longrope: bool = False) -> str:
     """arch: general.architecture (llama, qwen2, qwen3, gemma3...: the same tensors and keys; the
     caller picks the biases / q/k norms / post norms the architecture has); head_dim: a head size
     other than dim / heads (written as attention.key_length / value_length); extra_kv: more
-    <arch>.* keys, name (without the prefix) -> int (uint32), float (float32) or bool."""
+    <arch>.* keys, name (without the prefix) -> int (uint32), float (float32), bool or str;
+    rope_dims: rope.dimension_count below the head size (partial rotary); fused_qkv, up_gate,
+    longrope: tensor_plan."""
     if (head_dim is None and dim % heads) or heads % kv_heads or (head_dim or dim // heads) % 2:
         raise ValueError("dim must split into heads of even size; heads must be a multiple of kv-heads")
     qt = TYPES[qtype]
     rng = np.random.default_rng(seed)
     plan = tensor_plan(dim, ff, layers, heads, kv_heads, vocab, tied, rope_freqs, head_dim, biases, qk_norm,
-                       post_norms)
+                       post_norms, fused_qkv, up_gate, rope_dims, longrope)
     types = {n: (QT.F32 if len(s) == 1 else qt) for n, s in plan}
     w = GGUFWriter(path, arch)
     w.add_name(f"synthetic-{dim}x{layers}")
@@ -112,7 +127,7 @@ def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_hea
     w.add_block_count(layers)
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
-    w.add_rope_dimension_count(head_dim or dim // heads)
+    w.add_rope_dimension_count(rope_dims or head_dim or dim // heads)
     if head_dim:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
@@ -120,7 +135,8 @@ def make_synthetic(path: str, dim: int, ff: int, layers: int, heads: int, kv_hea
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(vocab)
     for k, v in (extra_kv or {}).items():
-        add = w.add_bool if isinstance(v, bool) else w.add_uint32 if isinstance(v, int) else w.add_float32
+        add = w.add_bool if isinstance(v, bool) else w.add_uint32 if isinstance(v, int) else \
+            w.add_string if isinstance(v, str) else w.add_float32
         add(f"{arch}.{k}", v)
     tokens, scores, ttypes = spm_vocab(vocab)
     w.add_tokenizer_model("llama")

@@ -102,6 +102,12 @@ static void refusals(lr_model_desc *d) {
     d->n_heads = 3;                                                     /* not a multiple of n_kv_heads */
     EXPECT(lr_model_new(d, CTX, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL);
     d->n_heads = HEADS;
+    d->n_rot = 3;                                                       /* partial rotary: odd */
+    EXPECT(lr_model_new(d, CTX, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL && strstr(err, "n_rot"));
+    d->n_rot = 0;
+    d->attn_temp_scale = 0.5f;                                          /* a temperature without its length */
+    EXPECT(lr_model_new(d, CTX, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL && strstr(err, "temperature"));
+    d->attn_temp_scale = 0.0f;
     EXPECT(lr_model_new(d, 0, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL);
     EXPECT(lr_model_new(d, CTX, 0, LR_F16, LR_F16, err, sizeof(err)) == NULL);
     EXPECT(lr_model_new(NULL, CTX, 1, LR_F16, LR_F16, err, sizeof(err)) == NULL);
