@@ -184,10 +184,8 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
     /* a sliding-window layer sees positions pos - n_swa + 1 .. pos (llama.cpp: key p0 is masked for
      * query p1 when p1 - p0 >= n_swa) */
     const int32_t n_swa = m->layers[layer].n_swa, first = n_swa && pos >= n_swa ? pos - n_swa + 1 : 0;
-    const uint8_t *kc = m->key_cache + ((size_t)layer * m->n_ctx + (size_t)first) * m->k_row +
-                        (size_t)kvh * lr_row_bytes(m->type_k, hd);
-    const uint8_t *vc = m->value_cache + ((size_t)layer * m->n_ctx + (size_t)first) * m->v_row +
-                        (size_t)kvh * lr_row_bytes(m->type_v, hd);
+    const size_t at = ((size_t)layer * m->d.n_kv_heads + (size_t)kvh) * m->n_ctx + (size_t)first;
+    const uint8_t *kc = m->key_cache + at * m->k_row, *vc = m->value_cache + at * m->v_row;
     const lr_kernel_table *kt = lr_kernels();
     const int32_t n = pos + 1 - first;
     const void *qk = q;
@@ -214,10 +212,12 @@ void lr_attend_head(const lr_model *m, int32_t layer, int32_t pos, int32_t head,
 }
 
 void lr_kv_write(lr_model *m, int32_t layer, int32_t pos, const float *k, const float *v) {
-    const int32_t kvd = m->d.n_kv_heads * m->d.head_dim;
-    const size_t row = (size_t)layer * m->n_ctx + (size_t)pos;
-    lr_kv_quantize(m->type_k, k, kvd, m->key_cache + row * m->k_row);
-    lr_kv_quantize(m->type_v, v, kvd, m->value_cache + row * m->v_row);
+    const int32_t hd = m->d.head_dim;
+    for (int32_t h = 0; h < m->d.n_kv_heads; h++) {
+        const size_t row = ((size_t)layer * m->d.n_kv_heads + (size_t)h) * m->n_ctx + (size_t)pos;
+        lr_kv_quantize(m->type_k, k + (size_t)h * hd, hd, m->key_cache + row * m->k_row);
+        lr_kv_quantize(m->type_v, v + (size_t)h * hd, hd, m->value_cache + row * m->v_row);
+    }
 }
 
 void lr_rmsnorm(float *out, const float *x, int32_t n, float eps, const float *w) {
@@ -641,9 +641,10 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     const size_t B = LR_BATCH;
     m->layers = malloc((size_t)L * sizeof(lr_layer));
     m->type_k = type_k, m->type_v = type_v;
-    m->k_row = lr_row_bytes(type_k, kvd), m->v_row = lr_row_bytes(type_v, kvd);
-    m->key_cache = calloc((size_t)L * (size_t)n_ctx, m->k_row);   /* pages taken as positions fill */
-    m->value_cache = calloc((size_t)L * (size_t)n_ctx, m->v_row);
+    m->k_row = lr_row_bytes(type_k, hd), m->v_row = lr_row_bytes(type_v, hd);   /* one head's */
+    const size_t kv_rows = (size_t)L * (size_t)desc->n_kv_heads * (size_t)n_ctx;
+    m->key_cache = calloc(kv_rows, m->k_row);   /* pages taken as positions fill */
+    m->value_cache = calloc(kv_rows, m->v_row);
     m->qk8 = malloc((size_t)n_threads * (size_t)(hd / QK + 1) * sizeof(block_q8_0));
     m->x = calloc((size_t)dim, sizeof(float));
     m->xn = calloc((size_t)dim, sizeof(float));

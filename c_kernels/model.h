@@ -22,8 +22,10 @@ struct lr_model {
     int32_t width[4];          /* per block input: its width n */
     uint64_t rows_read[4], rows_tokens;   /* selected inputs, for the bytes actually read */
     uint64_t groups_read[4];   /* groups of 32 inputs with a selected one: an _IM weight reads their scales */
-    /* KV cache: [L][n_ctx] rows of nkv hd values of type_k / type_v (F32, F16, Q8_0 blocks of 32
-     * along each head), k_row / v_row bytes each (lr_kv_store writes them) */
+    /* KV cache: [L][nkv][n_ctx] rows of one head's hd values of type_k / type_v (F32, F16, Q8_0
+     * blocks of 32), k_row / v_row bytes each (lr_kv_store writes them): a head's positions are
+     * one stream for attention (positions-major rows, [L][n_ctx][nkv hd], made a head's keys a
+     * stride the prefetchers followed badly: SmolLM2 at 480 positions spent 30 % of a step there) */
     uint8_t *key_cache, *value_cache;
     int32_t type_k, type_v;
     size_t k_row, v_row;
