@@ -42,6 +42,22 @@ def select(x, mode, k=0, thr=-1.0, score=None, gate=None, quant=0, norm=0, eps=1
     return idx[:cnt], vals[:cnt], dx
 
 
+IN_USE = DEV is not None and lib.lr_gpu_use_subgroups(DEV._g, -1) == 1   # LAROSA_GPU_SUBGROUPS=0: the plain one
+SUBGROUPS = DEV is not None and lib.lr_gpu_use_subgroups(DEV._g, 1) == 0
+if DEV is not None:
+    lib.lr_gpu_use_subgroups(DEV._g, int(IN_USE))
+
+
+@pytest.fixture(params=["subgroups", "plain"])
+def variant(request):
+    """each selection test on both kernels: select_sg.wgsl (subgroups, where granted) and select.wgsl"""
+    if request.param == "subgroups" and not SUBGROUPS:
+        pytest.skip("the adapter grants no subgroup operations")
+    assert lib.lr_gpu_use_subgroups(DEV._g, int(request.param == "subgroups")) == 0
+    yield request.param
+    lib.lr_gpu_use_subgroups(DEV._g, int(IN_USE))
+
+
 def cpu_topk(key, k):
     idx = np.zeros(k, np.int32)
     assert lib.lr_topk(f(key), key.size, k, i32(idx)) == k
@@ -49,22 +65,38 @@ def cpu_topk(key, k):
 
 
 @pytest.mark.parametrize("n,k", [(64, 1), (576, 230), (1536, 921), (4096, 2458), (11008, 4403), (11008, 11007)])
-def test_select_topk_matches_cpu(n, k):
+def test_select_topk_matches_cpu(variant, n, k):
     x = RNG.standard_normal(n).astype(np.float32)
     idx, vals, _ = select(x, 0, k=k)
     np.testing.assert_array_equal(idx, cpu_topk(x, k))
     np.testing.assert_array_equal(vals, x[idx])
 
 
-def test_select_ties_take_the_lower_index():
+def test_select_ties_take_the_lower_index(variant):
     x = np.round(RNG.standard_normal(4096) * 4).astype(np.float32)   # many equal magnitudes
     x[::7] = -x[::7]
-    for k in (1, 100, 1000, 2047, 4000):
+    for k in (1, 100, 1000, 2047, 4000, 4095):
         idx, _, _ = select(x, 0, k=k)
         np.testing.assert_array_equal(idx, cpu_topk(x, k))
 
 
-def test_select_norm_score_gate_threshold():
+def test_select_ties_at_every_digit_level(variant):
+    """keys equal in their high bits and differing low (the digit search's later levels), a count
+    that a bin completes exactly (its early stop), and widths that leave subgroups empty"""
+    base = np.float32(1.5).view(np.uint32)
+    for n in (32, 96, 4128):
+        bits = base + RNG.integers(0, 64, n).astype(np.uint32)        # only the low 6 bits differ
+        x = bits.view(np.float32) * np.where(RNG.random(n) < 0.5, -1, 1).astype(np.float32)
+        for k in (1, n // 3, n // 2, n - 1):
+            idx, vals, _ = select(x, 0, k=k)
+            np.testing.assert_array_equal(idx, cpu_topk(x, k))
+            np.testing.assert_array_equal(vals, x[idx])
+        x = np.repeat(np.float32([4, 3, 2, 1]), n // 4) * np.float32(1.0)   # bins of equal keys
+        for k in (n // 4, n // 2, n // 4 + 1):
+            np.testing.assert_array_equal(select(x, 0, k=k)[0], cpu_topk(x, k))
+
+
+def test_select_norm_score_gate_threshold(variant):
     n = 1536
     x = (RNG.standard_normal(n) * 3).astype(np.float32)
     score = RNG.uniform(0.5, 2.0, n).astype(np.float32)
@@ -88,7 +120,7 @@ def test_select_norm_score_gate_threshold():
     np.testing.assert_array_equal(idx, np.arange(n))
 
 
-def test_select_quantizes_as_q8_0_blocks():
+def test_select_quantizes_as_q8_0_blocks(variant):
     n = 2048
     x = (RNG.standard_normal(n) * 5).astype(np.float32)
     idx, q, dx = select(x, 0, k=900, quant=1)
@@ -132,9 +164,21 @@ def float_tensor(dtype, rows, cols, keep):
     return ct, w.astype(np.float32)
 
 
+@pytest.fixture(params=["pipelined", "plain"])
+def mv_variant(request):
+    """the Q8_0 / Q4_0 matvecs both ways: mv_q8p / mv_q4p (prefetching) and mv_q8 / mv_q4"""
+    was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, int(request.param == "pipelined"))
+    yield request.param
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
+
+
 @pytest.mark.parametrize("kind", ["q8", "q4", "f16", "f32"])
-@pytest.mark.parametrize("rows,cols,frac", [(576, 1728, 0.6), (1536, 576, 0.4), (4096, 2048, 1.0), (1024, 4160, 0.05)])
-def test_spmv_matches_numpy_and_cpu(kind, rows, cols, frac):
+@pytest.mark.parametrize("rows,cols,frac", [(576, 1728, 0.6), (1536, 576, 0.4), (4096, 2048, 1.0), (1024, 4160, 0.05),
+                                            (2048, 1024, 0.13)])
+def test_spmv_matches_numpy_and_cpu(mv_variant, kind, rows, cols, frac):
+    if mv_variant == "plain" and kind not in ("q8", "q4"):
+        pytest.skip("one float kernel")
     keep = []
     if kind in ("q8", "q4"):
         w, dense = im_tensor(kind, rows, cols, keep)
