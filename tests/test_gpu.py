@@ -127,10 +127,10 @@ def test_select_quantizes_as_q8_0_blocks(variant):
     np.testing.assert_array_equal(idx, cpu_topk(x, 900))
     amax = np.zeros(n // 32, np.float32)
     np.maximum.at(amax, idx // 32, np.abs(x[idx]))
-    np.testing.assert_allclose(dx, amax / 127, rtol=1e-7)
+    np.testing.assert_allclose(dx, amax / 127, rtol=3e-7)   # Vulkan's division: 2.5 ulp (NVIDIA's)
     want = np.clip(np.round(x[idx] / dx[idx // 32]), -127, 127)
     assert np.all(q == np.round(q)) and np.abs(q).max() == 127
-    assert np.mean(q == want) > 0.999 and np.abs(q - want).max() <= 1   # 1 / dx rounds differently at most
+    assert np.mean(q == want) > 0.99 and np.abs(q - want).max() <= 1   # 1 / dx rounds differently at most
 
 
 def im_tensor(qtype, rows, cols, keep):
@@ -196,6 +196,25 @@ def test_spmv_matches_numpy_and_cpu(mv_variant, kind, rows, cols, frac):
     exact = x[idx].astype(np.float64) @ dense[idx].astype(np.float64)
     tol = 2e-2 if kind in ("q8", "q4") else 1e-5          # float math; 8-bit activations for the _IM types
     assert np.max(np.abs(y - exact) / mag) < tol
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_pipelined_matvec_gives_the_same_bits(kind):
+    """mv_q8p / mv_q4p reorder loads and convert codes through the mantissa, not the sums"""
+    keep = []
+    w, _ = im_tensor(kind, 2048, 1088, keep)
+    x = (RNG.standard_normal(2048) * 3).astype(np.float32)
+    idx = np.sort(RNG.choice(2048, 1111, replace=False)).astype(np.int32)
+    ys = []
+    was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
+    for on in (1, 0):
+        lib.lr_gpu_use_pipelined_matvec(DEV._g, on)
+        y = np.zeros(1088, np.float32)
+        assert lib.lr_gpu_test_spmv(DEV._g, w, f(x), i32(idx), idx.size, f(y)) == 0, DEV.error()
+        ys.append(y)
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
+    assert np.abs(ys[0]).max() > 0
+    np.testing.assert_array_equal(ys[0], ys[1])
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "F16", "F32"])

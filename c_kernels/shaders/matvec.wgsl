@@ -246,11 +246,27 @@ fn mv_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     if (ok && stream == 0u) { store16(wid.y * P.cols + cpos, y); }
 }
 
+// Codes to floats without an int-to-float conversion (a quarter-rate instruction on NVIDIA, one per
+// weight): a byte b placed in the mantissa of 2^23 is the float 2^23 + b, exactly; subtracting
+// 2^23 (and the code's offset) leaves the code. Same values as i8x4 / u4x4.
+const MAGIC: u32 = 0x4b000000u;   // 2^23
+fn i8x4m(v: u32) -> vec4<f32> {   // four signed bytes, low byte first: (b ^ 0x80) = b + 128
+    let b = (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+    return bitcast<vec4<f32>>(b ^ vec4<u32>(MAGIC | 0x80u)) - 8388736.0;
+}
+fn u4x4m(v: u32, sh: u32) -> vec4<f32> {   // nibbles sh, sh + 8, sh + 16, sh + 24 minus 8
+    let b = (vec4<u32>(v >> sh) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xfu);
+    return bitcast<vec4<f32>>(b | vec4<u32>(MAGIC)) - 8388616.0;
+}
+fn q8_wm(v: vec4<u32>) -> Acc { return Acc(i8x4m(v.x), i8x4m(v.y), i8x4m(v.z), i8x4m(v.w)); }
+fn q4_wm(v: vec2<u32>) -> Acc { return Acc(u4x4m(v.x, 0u), u4x4m(v.y, 0u), u4x4m(v.x, 4u), u4x4m(v.y, 4u)); }
+
 // ---- Q8_0 / Q4_0, pipelined (mv_q8p, mv_q4p: the default): the same sums in the same order, with
 // the loads that each batch of 8 rows waited on issued a batch earlier. The next batch's rows and
 // values are loaded while this batch's weights are in flight, and so are the scales (and dx) of
 // this batch's last group: a group change then finds its scales in registers instead of waiting
-// for them (a batch that spans three groups loads the middle one's when it gets there).
+// for them (a batch that spans three groups loads the middle one's when it gets there). Codes
+// become floats through the mantissa (i8x4m, u4x4m).
 struct Rows { a: vec4<u32>, b: vec4<u32> }
 struct Vals { a: vec4<f32>, b: vec4<f32> }
 struct Sc { a: vec4<u32>, b: vec4<u32>, dx: f32 }   // 16 f16 scales of a group's outputs, its dx
@@ -287,13 +303,13 @@ fn q8_stepp(y: ptr<function, Acc>, acc: ptr<function, Acc>, g: ptr<function, u32
             gn: u32, r: u32, wv: vec4<u32>, v: f32, c0: u32) {
     let gr = r / 32u;
     if (gr != *g) { flush_to(y, acc, g, sc, gr, nx, gn, c0, false); }
-    *acc = fma_acc(*acc, q8_w(wv), v);
+    *acc = fma_acc(*acc, q8_wm(wv), v);
 }
 fn q4_stepp(y: ptr<function, Acc>, acc: ptr<function, Acc>, g: ptr<function, u32>, sc: ptr<function, Sc>, nx: Sc,
             gn: u32, r: u32, wv: vec2<u32>, v: f32, c0: u32) {
     let gr = r / 32u;
     if (gr != *g) { flush_to(y, acc, g, sc, gr, nx, gn, c0, true); }
-    *acc = fma_acc(*acc, q4_w(wv), v);
+    *acc = fma_acc(*acc, q4_wm(wv), v);
 }
 
 @compute @workgroup_size(256)

@@ -8,10 +8,15 @@
 // - the keys are computed once into a scratch buffer (keys), each thread reading back only the
 //   ones it wrote (no barrier for them);
 // - the k-th largest key T comes from a digit search, 4 bits a level from the top (8 levels at
-//   most): a 16-bin histogram per thread in registers, summed per subgroup, then over subgroups;
-//   it stops early when a digit's keys and those above make exactly the count (no tie to cut).
+//   most): a 16-bin histogram per thread in registers, summed per subgroup, then over subgroups by
+//   the first subgroup; it stops early when a digit's keys and those above make exactly the count
+//   (no tie to cut). Each subgroup keeps its own count of keys above T and equal to T from the
+//   same histograms, so the compaction needs no counting pass of its own;
+// - 1024 threads: on a GPU every pass is a few dependent loads per thread, and their latency is
+//   what a selection costs (256 threads: 4x as many, measured 36-80 us a selection on the H200).
 // Each step is 2 barriers. Subgroups must be laid out by local index (lid / size), true of
-// Vulkan's NVIDIA, AMD and Mesa drivers and Metal; tests compare every mode with the CPU.
+// Vulkan's NVIDIA, AMD and Mesa drivers and Metal, of 4 lanes or more (gpu_device.c checks the
+// adapter's minimum and limits); tests compare every mode with the CPU.
 // (no `enable subgroups;`: naga takes subgroup builtins once the device grants the feature)
 
 struct Params {
@@ -30,16 +35,14 @@ struct State { over: f32, rows: array<atomic<u32>, 4> }
 @group(0) @binding(5) var<storage, read_write> state: State;
 @group(0) @binding(6) var<storage, read_write> keys: array<u32>;   // scratch, n words
 
-const WG: u32 = 256u;
-const MAX_SG: u32 = 64u;         // subgroups of 4 lanes or more
+const WG: u32 = 1024u;
+const MAX_SG: u32 = 256u;        // subgroups of 4 lanes or more
 const MAX_GROUPS: u32 = 1024u;   // n <= 32768 (checked at load)
-var<workgroup> red: array<vec4<u32>, 256>;   // [subgroup][4]: 16 histogram bins
-var<workgroup> fred: array<f32, MAX_SG>;
-var<workgroup> fred2: array<vec2<f32>, MAX_SG>;
+var<workgroup> red: array<vec4<u32>, 1024>;  // [subgroup][4]: 16 histogram bins (24 KiB of workgroup memory in all)
+var<workgroup> tree: array<f32, 256>;
 var<workgroup> sgc: array<vec2<u32>, MAX_SG>;  // per subgroup: keys above T, keys equal to T
 var<workgroup> gmax: array<atomic<u32>, MAX_GROUPS>;
 var<workgroup> bc: vec4<u32>;
-var<workgroup> bcf: f32;
 
 fn key_of(i: u32, r: f32) -> u32 {
     var v = x[i] * r;
@@ -47,43 +50,6 @@ fn key_of(i: u32, r: f32) -> u32 {
     var kf = abs(v);
     if (P.has_score != 0u) { kf = kf * score[i]; }
     return bitcast<u32>(kf) & 0x7fffffffu;
-}
-
-// the sum over the workgroup, subgroups added in order (uniform)
-fn wg_sum(v: f32, lid: u32, lane: u32, sg: u32) -> f32 {
-    let s = subgroupAdd(v);
-    if (lane == 0u) { fred[lid / sg] = s; }
-    workgroupBarrier();
-    if (lid == 0u) {
-        var t = 0.0;
-        for (var i = 0u; i < WG / sg; i++) { t += fred[i]; }
-        bcf = t;
-    }
-    return workgroupUniformLoad(&bcf);
-}
-
-// a + b in two floats (hi, lo): Knuth's two-sum of the high parts, the low parts added
-fn add2(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    let s = a.x + b.x;
-    let bb = s - a.x;
-    let e = (a.x - (s - bb)) + (b.x - bb);
-    let lo = e + a.y + b.y;
-    let hi = s + lo;
-    return vec2<f32>(hi, lo - (hi - s));
-}
-
-// 1 / sqrt(ss / n + eps) for ss in two floats: the quotient and the sum corrected once, then one
-// Newton step on inverseSqrt's estimate with the residual taken in two floats
-fn rms_scale(ss: vec2<f32>, n: f32, eps: f32) -> f32 {
-    var q = ss.x / n;
-    q = q + (fma(-q, n, ss.x) + ss.y) / n;
-    let m = q + eps;
-    let m_lo = (q - (m - eps)) + (eps - (m - (m - eps)));   // two-sum's error of q + eps
-    let r0 = inverseSqrt(m);
-    let h = r0 * r0;
-    let h_lo = fma(r0, r0, -h);
-    let e = fma(-m, h, 1.0) - m * h_lo - m_lo * h;
-    return fma(0.5 * r0, e, r0);
 }
 
 // 16 bins, four to a vec4, as a one-hot increment of bin d
@@ -96,7 +62,22 @@ fn bump(h: ptr<function, array<vec4<u32>, 4>>, d: u32) {
     (*h)[3] += select(vec4<u32>(0u), one, w == 3u);
 }
 
-@compute @workgroup_size(256)
+// bin d of 16 (constant indices only: a dynamic one would put the bins in local memory)
+fn bin(b0: vec4<u32>, b1: vec4<u32>, b2: vec4<u32>, b3: vec4<u32>, d: u32) -> u32 {
+    var v = b0;
+    if (d >= 12u) { v = b3; } else if (d >= 8u) { v = b2; } else if (d >= 4u) { v = b1; }
+    let c = d & 3u;
+    return select(select(select(v.x, v.y, c == 1u), v.z, c == 2u), v.w, c == 3u);
+}
+
+// keys of bins above d, and of bin d (of a subgroup's or the workgroup's 16 bins)
+fn split(b0: vec4<u32>, b1: vec4<u32>, b2: vec4<u32>, b3: vec4<u32>, d: u32) -> vec2<u32> {
+    var above = 0u;
+    for (var e = 15u; e > d; e--) { above += bin(b0, b1, b2, b3, e); }
+    return vec2<u32>(above, bin(b0, b1, b2, b3, d));
+}
+
+@compute @workgroup_size(1024)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
         @builtin(subgroup_size) sg: u32) {
     let n = P.n;
@@ -107,49 +88,54 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     let G = n / 32u;
     for (var g = lid; g < G; g += WG) { atomicStore(&gmax[g], 0u); }   // ordered by the barriers below
 
-    // RMSNorm (no scale): r = 1 / sqrt(mean(x^2) + eps), as close to the CPU's (a double sum, one
-    // rounding) as f32 allows: the sum of squares in two floats, r refined by a Newton step, so
-    // that near-equal keys order as on the CPU
+    // RMSNorm (no scale): r = 1 / sqrt(mean(x^2) + eps), summed as select.wgsl sums (256 slices,
+    // then a tree), so that both kernels give the same r on every device. (A sum in two floats
+    // would match the CPU's double one more often on NVIDIA, but lavapipe neither fuses fma nor
+    // keeps a two-sum's error: no error-free transform holds there.)
     var r = 1.0;
     if (P.norm != 0u) {
-        var ss = vec2<f32>(0.0);
-        for (var c = 0u; c < per_sg; c += sg) {
-            let i = i0 + c;
-            if (i < n) { let v = x[i]; let p = v * v; ss = add2(ss, vec2<f32>(p, fma(v, v, -p))); }
+        let per = (n + 255u) / 256u;
+        var ss = 0.0;
+        if (lid < 256u) {
+            let j0 = min(lid * per, n);
+            let j1 = min(j0 + per, n);
+            for (var i = j0; i < j1; i++) { let v = x[i]; ss = fma(v, v, ss); }
+            tree[lid] = ss;
         }
-        for (var o = 1u; o < sg; o = o * 2u) { ss = add2(ss, subgroupShuffleXor(ss, o)); }
-        if (lane == 0u) { fred2[s_id] = ss; }
         workgroupBarrier();
-        if (lid == 0u) {
-            var t = vec2<f32>(0.0);
-            for (var i = 0u; i < nsg; i++) { t = add2(t, fred2[i]); }
-            bcf = rms_scale(t, f32(n), P.eps);
+        for (var off = 128u; off > 0u; off = off / 2u) {
+            if (lid < off) { tree[lid] = tree[lid] + tree[lid + off]; }
+            workgroupBarrier();
         }
-        r = workgroupUniformLoad(&bcf);
+        r = 1.0 / sqrt(tree[0] / f32(n) + P.eps);
     }
-    // the keys, once; the budget rule's count of keys above its threshold
-    var above = 0u;
+    // the keys, once; the count of keys above the threshold (mode 1's selection, the budget's count)
+    var above = 0u; var valid = 0u;
     for (var c = 0u; c < per_sg; c += sg) {
         let i = i0 + c;
         if (i < n) {
             let kb = key_of(i, r);
             keys[i] = kb;
             above += select(0u, 1u, bitcast<f32>(kb) > P.thr);
+            valid += 1u;
         }
     }
+    let sg_above = subgroupAdd(above);
 
     // how many inputs to keep
     var k = n;
     if (P.mode == 0u) { k = min(P.k, n); }
     if (P.mode == 2u) {
-        var cnt = 0.0;
-        if (P.last == 0u) { cnt = wg_sum(f32(above), lid, lane, sg); }   // exact: counts below 2^24
+        if (lane == 0u) { sgc[s_id] = vec2<u32>(sg_above, 0u); }
+        workgroupBarrier();
         if (lid == 0u) {
+            var cnt = 0u;
+            for (var s = 0u; s < nsg; s++) { cnt += sgc[s].x; }
             var over = state.over;
             if (P.first != 0u) { over = 0.0; }
             var want: f32;
             if (P.last != 0u) { want = P.plan - over / P.cost; }
-            else { want = cnt * (1.0 - over / P.remain); }
+            else { want = f32(cnt) * (1.0 - over / P.remain); }
             var kk: u32;
             if (want < 1.0) { kk = 1u; } else if (want > f32(n)) { kk = n; } else { kk = u32(round(want)); }
             state.over = over + (f32(kk) - P.plan) * P.cost;
@@ -158,10 +144,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         k = workgroupUniformLoad(&bc).x;
     }
 
-    // T: keys above tb are all taken, and the first need_eq keys equal to teq (index order)
+    // T: keys above tb are all taken, and the first need_eq keys equal to teq (index order).
+    // my_gt / my_eq: this subgroup's keys above tb / equal to teq (lane 0 keeps them)
     let topk = (P.mode == 0u || P.mode == 2u) && k < n;
     var tb = 0u; var teq = 0xffffffffu; var need_eq = 0u;
+    var my_gt = subgroupAdd(valid); var my_eq = 0u;        // all
+    if (P.mode == 1u) { my_gt = sg_above; }
     if (topk) {
+        my_gt = 0u;
         var prefix = 0u; var known = 0u; var need = k;
         for (var lev = 0u; lev < 8u; lev++) {
             let sh = 28u - 4u * lev;
@@ -173,51 +163,47 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
                     if ((kb & known) == prefix) { bump(&h, (kb >> sh) & 15u); }
                 }
             }
-            for (var q = 0u; q < 4u; q++) {
-                let t = subgroupAdd(h[q]);
-                if (lane == 0u) { red[s_id * 4u + q] = t; }
+            let s0 = subgroupAdd(h[0]); let s1 = subgroupAdd(h[1]); let s2 = subgroupAdd(h[2]); let s3 = subgroupAdd(h[3]);
+            if (lane == 0u) {
+                red[s_id * 4u] = s0; red[s_id * 4u + 1u] = s1; red[s_id * 4u + 2u] = s2; red[s_id * 4u + 3u] = s3;
             }
             workgroupBarrier();
-            if (lid == 0u) {
-                var bins = array<vec4<u32>, 4>(vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u));
-                for (var s = 0u; s < nsg; s++) {
-                    for (var q = 0u; q < 4u; q++) { bins[q] += red[s * 4u + q]; }
+            if (s_id == 0u) {   // the first subgroup adds the subgroups' bins and finds the digit
+                var b0 = vec4<u32>(0u); var b1 = vec4<u32>(0u); var b2 = vec4<u32>(0u); var b3 = vec4<u32>(0u);
+                for (var s = lane; s < nsg; s += sg) {
+                    b0 += red[s * 4u]; b1 += red[s * 4u + 1u]; b2 += red[s * 4u + 2u]; b3 += red[s * 4u + 3u];
                 }
-                var acc = 0u; var d = 15u; var stop = 0u;
-                loop {   // from the top bin down to the one holding the need-th key
-                    let hb = bins[d >> 2u][d & 3u];
-                    if (acc + hb >= need) { if (acc + hb == need) { stop = 1u; } break; }
-                    acc += hb;
-                    if (d == 0u) { break; }
-                    d -= 1u;
+                b0 = subgroupAdd(b0); b1 = subgroupAdd(b1); b2 = subgroupAdd(b2); b3 = subgroupAdd(b3);
+                if (lane == 0u) {
+                    var acc = 0u; var d = 15u; var stop = 0u;
+                    loop {   // from the top bin down to the one holding the need-th key
+                        let hb = bin(b0, b1, b2, b3, d);
+                        if (acc + hb >= need) { if (acc + hb == need) { stop = 1u; } break; }
+                        acc += hb;
+                        if (d == 0u) { break; }
+                        d -= 1u;
+                    }
+                    bc = vec4<u32>(prefix | (d << sh), need - acc, stop, d);
                 }
-                bc = vec4<u32>(prefix | (d << sh), need - acc, stop, 0u);
             }
             let b = workgroupUniformLoad(&bc);
+            let d = b.w;
+            let mine = split(s0, s1, s2, s3, d);   // this subgroup's keys above bin d, in bin d
             prefix = b.x; need = b.y;
             known = known | (15u << sh);
             if (b.z != 0u) {   // the bin's keys complete the count: take every key >= prefix
                 tb = prefix - 1u;   // prefix > 0: not every key is taken
                 teq = 0xffffffffu; need_eq = 0u;
+                my_gt += mine.x + mine.y; my_eq = 0u;
                 break;
             }
+            my_gt += mine.x; my_eq = mine.y;
             tb = prefix; teq = prefix; need_eq = need;
         }
     }
 
-    // compaction in index order: the subgroups' counts, then each subgroup its range
-    var n_gt = 0u; var n_eq = 0u;
-    for (var c = 0u; c < per_sg; c += sg) {
-        let i = i0 + c;
-        if (i < n) {
-            let kb = keys[i];
-            if (topk) { n_gt += select(0u, 1u, kb > tb); n_eq += select(0u, 1u, kb == teq); }
-            else if (P.mode == 1u) { n_gt += select(0u, 1u, bitcast<f32>(kb) > P.thr); }
-            else { n_gt += 1u; }
-        }
-    }
-    let sums = vec2<u32>(subgroupAdd(n_gt), subgroupAdd(n_eq));
-    if (lane == 0u) { sgc[s_id] = sums; }
+    // compaction in index order: each subgroup its range, at the offset of the subgroups before it
+    if (lane == 0u) { sgc[s_id] = vec2<u32>(my_gt, my_eq); }
     workgroupBarrier();
     var base = 0u; var eq_take = 0u; var total = 0u; var eq_before = 0u;
     for (var s = 0u; s < nsg; s++) {
@@ -230,9 +216,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     var eq_seen = 0u;
     for (var c = 0u; c < per_sg; c += sg) {
         let i = i0 + c;
-        var take = false; var eq = false;
+        var take = false; var eq = false; var xv = 0.0;
         if (i < n) {
             let kb = keys[i];
+            xv = x[i];
             if (topk) { take = kb > tb; eq = kb == teq; }
             else if (P.mode == 1u) { take = bitcast<f32>(kb) > P.thr; }
             else { take = true; }
@@ -244,7 +231,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         let o = base + subgroupExclusiveAdd(t);
         var m = 0u;
         if (take) {
-            let v = x[i] * r;
+            let v = xv * r;
             sel[4u + o] = i;
             sel[4u + n + o] = bitcast<u32>(v);
             m = bitcast<u32>(abs(v));
