@@ -35,7 +35,7 @@ struct lr_gpu_model {
     int32_t width[4];
     gweight *wqkv, *wo, *wgu, *wdown, *adapter, out_adapter;   /* adapter[l].codes NULL: none */
     WGPUBuffer *bqkv, *bo, *bdown, *qn, *kn, *score, *kc, *vc;  /* per layer (score: [l][4]) */
-    WGPUBuffer x, qkv, ao, gu, hm, att, partial, params, sel, state, step, hq, logits, out_norm;
+    WGPUBuffer x, qkv, ao, gu, hm, att, partial, params, sel, state, keys, step, hq, logits, out_norm;
     WGPUBuffer staging, dummy_r, dummy_w;
     head_part *head;
     int32_t n_head_parts;
@@ -186,7 +186,7 @@ static int32_t new_slot(lr_gpu_model *m, const void *p, size_t n) {
 
 static lr_gpu_slice P(lr_gpu_model *m, int32_t slot) { return (lr_gpu_slice){m->params, (uint64_t)slot * SLOT, SLOT}; }
 
-static int add_pipe(lr_gpu_model *m, WGPUComputePipeline pipe, WGPUBindGroup bg, uint32_t x, uint32_t y) {
+static int add(lr_gpu_model *m, int pipe, WGPUBindGroup bg, uint32_t x, uint32_t y) {
     if (!bg) return 0;
     if (m->n_disp == m->cap_disp) {
         const int32_t cap = m->cap_disp ? 2 * m->cap_disp : 256;
@@ -194,12 +194,8 @@ static int add_pipe(lr_gpu_model *m, WGPUComputePipeline pipe, WGPUBindGroup bg,
         if (!d) { W.BindGroupRelease(bg); return 0; }
         m->disp = d, m->cap_disp = cap;
     }
-    m->disp[m->n_disp++] = (lr_gpu_dispatch){pipe, bg, x, y};
+    m->disp[m->n_disp++] = (lr_gpu_dispatch){m->g->pipe[pipe], bg, x, y};
     return 1;
-}
-
-static int add(lr_gpu_model *m, int pipe, WGPUBindGroup bg, uint32_t x, uint32_t y) {
-    return add_pipe(m, m->g->pipe[pipe], bg, x, y);
 }
 
 static lr_gpu_slice sel_slice(lr_gpu_model *m, uint64_t off) { return (lr_gpu_slice){m->sel, off, m->sel_size}; }
@@ -240,9 +236,9 @@ static int32_t record_select(lr_gpu_model *m, int32_t b, int32_t l, int quant, W
     if (l >= 0) p.has_score = score != NULL;
     const int32_t slot = new_slot(m, &p, sizeof p);
     if (slot < 0) return -1;
-    lr_gpu_slice s[6] = {P(m, slot), S(x), S(score ? score : m->dummy_r), S(gate ? gate : m->dummy_r),
-                         sel_slice(m, off), S(m->state)};
-    return add_pipe(m, lr_gpu_select_pipe(m->g, (int32_t)p.n), lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
+    lr_gpu_slice s[7] = {P(m, slot), S(x), S(score ? score : m->dummy_r), S(gate ? gate : m->dummy_r),
+                         sel_slice(m, off), S(m->state), S(m->keys)};
+    return add(m, P_SELECT, lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
 }
 
 /* selected rows per matvec workgroup for w: m->R, halved (down to 32) while the grid of a large
@@ -349,7 +345,7 @@ void lr_gpu_model_free(lr_gpu_model *m) {
         if (m->head[i].codes) W.BufferRelease(m->head[i].codes);
         if (m->head[i].scale) W.BufferRelease(m->head[i].scale);
     }
-    WGPUBuffer bufs[] = {m->x, m->qkv, m->ao, m->gu, m->hm, m->att, m->partial, m->params, m->sel, m->state,
+    WGPUBuffer bufs[] = {m->x, m->qkv, m->ao, m->gu, m->hm, m->att, m->partial, m->params, m->sel, m->state, m->keys,
                          m->step, m->hq, m->logits, m->out_norm, m->staging, m->dummy_r, m->dummy_w};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) W.BufferRelease(bufs[i]);
@@ -483,6 +479,7 @@ lr_gpu_model *lr_gpu_model_new(lr_gpu *g, const lr_model_desc *desc, int32_t n_c
         {&m->gu, (uint64_t)2 * ff * 4, STORAGE}, {&m->hm, (uint64_t)ff * 4, STORAGE},
         {&m->att, (uint64_t)desc->n_heads * n_ctx * 4, STORAGE}, {&m->partial, part * 4, STORAGE},
         {&m->sel, (uint64_t)(4 * m->L + 1) * m->sel_size, STORAGE}, {&m->state, 32, STORAGE},
+        {&m->keys, (uint64_t)widest * 4, STORAGE},
         {&m->step, m->step_bytes, STORAGE}, {&m->hq, ((uint64_t)dim + dim / 32) * 4, STORAGE},
         {&m->logits, m->logits_bytes, STORAGE}, {&m->dummy_r, 16, STORAGE}, {&m->dummy_w, 16, STORAGE},
         {&m->staging, m->logits_bytes + 32, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst},
@@ -608,13 +605,9 @@ static int32_t step_token(lr_gpu_model *m, int32_t token, int32_t pos, float *ou
     if (m->profile) {   /* GPU time per dispatch, added up by kernel */
         uint64_t *tsv = malloc((size_t)m->n_disp * 16);
         if (tsv && lr_gpu_read(g, m->qread, (uint64_t)m->n_disp * 16, tsv) == LR_OK) {
-            for (int32_t i = 0; i < m->n_disp; i++) {
-                const WGPUComputePipeline dp = m->disp[i].pipe;
+            for (int32_t i = 0; i < m->n_disp; i++)
                 for (int p = 0; p < P_COUNT; p++)
-                    if ((g->pipe[p] == dp || (p == P_SELECT && (dp == g->sel_plain || dp == g->sel_sg))) &&
-                        tsv[2 * i + 1] > tsv[2 * i])
-                        m->prof_ns[p] += (double)(tsv[2 * i + 1] - tsv[2 * i]);
-            }
+                    if (g->pipe[p] == m->disp[i].pipe && tsv[2 * i + 1] > tsv[2 * i]) m->prof_ns[p] += (double)(tsv[2 * i + 1] - tsv[2 * i]);
             m->prof_tokens++;
         }
         free(tsv);

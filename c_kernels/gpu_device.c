@@ -80,7 +80,7 @@ static void on_map(WGPUMapAsyncStatus st, WGPUStringView msg, void *u1, void *u2
 /* ---- pipelines -------------------------------------------------------------------------------- */
 
 /* binding kinds per layout, one letter per binding: u uniform, r read-only storage, w storage */
-static const char *LAYOUTS[L_COUNT] = {"urrrww", "urrrw", "urrrww", "urwrrwwww", "urrwrrw"};
+static const char *LAYOUTS[L_COUNT] = {"urrrwww", "urrrw", "urrrww", "urwrrwwww", "urrwrrw"};
 static const struct { const char *file, *entry; int layout; } PIPES[P_COUNT] = {
     {"select.wgsl", "main", L_SELECT},
     {"matvec.wgsl", "mv_q8", L_MATVEC}, {"matvec.wgsl", "mv_q4", L_MATVEC},
@@ -172,7 +172,7 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     g->sel_plain = g->pipe[P_SELECT];
     const char *mv_env = getenv("LAROSA_GPU_PIPELINED");   /* "0": the matvecs without prefetch (timing) */
     g->mv_pipelined = !(mv_env && !strcmp(mv_env, "0"));
-    /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 21 KiB of workgroup
+    /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 24 KiB of workgroup
      * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
     if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
         g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 32768) {
@@ -214,10 +214,6 @@ int32_t lr_gpu_use_pipelined_matvec(lr_gpu *g, int32_t on) {
     if (on < 0) return g->mv_pipelined;
     g->mv_pipelined = on != 0;
     return LR_OK;
-}
-
-WGPUComputePipeline lr_gpu_select_pipe(const lr_gpu *g, int32_t n) {
-    return g->pipe[P_SELECT] == g->sel_sg && n > SG_MAX_WIDTH ? g->sel_plain : g->pipe[P_SELECT];
 }
 
 int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type) {

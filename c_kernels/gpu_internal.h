@@ -100,9 +100,6 @@ int32_t lr_gpu_upload_head(lr_gpu *g, const lr_tensor *t, head_part **parts, int
 /* size bytes at off of a storage buffer, copied back to the host (waits) */
 int32_t lr_gpu_read_back(lr_gpu *g, WGPUBuffer src, uint64_t off, uint64_t size, void *out);
 
-/* the selection pipeline for n inputs: select_sg.wgsl (when in use) holds 16 keys a thread */
-#define SG_MAX_WIDTH 16384
-WGPUComputePipeline lr_gpu_select_pipe(const lr_gpu *g, int32_t n);
 /* the matvec pipeline for a weight type, as g's settings choose */
 int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type);
 void lr_gpu_flush(lr_gpu *g);

@@ -46,14 +46,14 @@ int32_t lr_gpu_test_select(lr_gpu *g, const float *x, const float *score, const 
                                                gate != NULL, score != NULL, 0, thr, eps, 0, 0, 0, 0, 0, 0};
     owned o = {0};
     const uint64_t sel_bytes = (4 + 2 * (uint64_t)n + (uint64_t)n / 32) * 4;
-    lr_gpu_slice s[6] = {S(own(&o, lr_gpu_buffer(g, SLOT, WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst, &p, "p"))),
+    lr_gpu_slice s[7] = {S(own(&o, lr_gpu_buffer(g, SLOT, WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst, &p, "p"))),
                          S(store(g, &o, x, (uint64_t)n * 4)), S(store(g, &o, score, score ? (uint64_t)n * 4 : 16)),
                          S(store(g, &o, gate, gate ? (uint64_t)n * 4 : 16)), S(store(g, &o, NULL, sel_bytes)),
-                         S(store(g, &o, NULL, 32))};
-    for (int i = 0; i < 6; i++)
+                         S(store(g, &o, NULL, 32)), S(store(g, &o, NULL, (uint64_t)n * 4))};
+    for (int i = 0; i < 7; i++)
         if (!s[i].buf) { release(g, &o, NULL, 0); return LR_ENOMEM; }
     WGPUBindGroup bg = lr_gpu_bind(g, L_SELECT, s);
-    lr_gpu_dispatch d = {lr_gpu_select_pipe(g, n), bg, 1, 1};
+    lr_gpu_dispatch d = {g->pipe[P_SELECT], bg, 1, 1};
     int32_t rc = run(g, &d, 1);
     uint32_t *out = malloc(sel_bytes);
     if (rc == LR_OK && !out) rc = LR_ENOMEM;

@@ -24,8 +24,8 @@ GROUPS = {"select": ("select",), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32"
           "head": ("head_prep", "head_q8", "head_q4", "head_f16", "head_f32")}
 # name: (subgroup selection, pipelined matvec, min workgroups, rows per workgroup); "before": the
 # kernels of 4ee0911 (BENCHMARKS.md's first GPU run), "after": this commit's defaults
-VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "after": (1, 1, 264, 256),
-            "after+R128": (1, 1, 264, 128)}
+VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "sg+pipe": (1, 1, 0, 256),
+            "after": (1, 1, 264, 256), "after+R128": (1, 1, 264, 128), "after+wg528": (1, 1, 528, 256)}
 
 
 def run(path: str, names, sparsities=(0.0, 0.4, 0.5)) -> None:

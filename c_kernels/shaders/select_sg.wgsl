@@ -5,12 +5,13 @@
 // - every subgroup owns a contiguous range of inputs and walks it in chunks of its width (lane l
 //   takes input base + l: coalesced), so the compaction keeps index order with subgroup scans and
 //   only the subgroups' totals cross a barrier;
-// - the keys are computed once into registers (16 a thread at most: n <= 16384; gpu.c gives wider
-//   inputs to select.wgsl);
+// - the keys are computed once into a scratch buffer (keys), each thread reading back only the
+//   ones it wrote (no barrier for them);
 // - the k-th largest key T comes from a digit search, 4 bits a level from the top (8 levels at
 //   most): a 16-bin histogram per thread in registers, summed per subgroup, then over subgroups by
 //   the first subgroup; it stops early when a digit's keys and those above make exactly the count
-//   (no tie to cut);
+//   (no tie to cut). Each subgroup keeps its own count of keys above T and equal to T from the
+//   same histograms, so the compaction needs no counting pass of its own;
 // - 1024 threads: on a GPU every pass is a few dependent loads per thread, and their latency is
 //   what a selection costs (256 threads: 4x as many, measured 36-80 us a selection on the H200).
 // Each step is 2 barriers. Subgroups must be laid out by local index (lid / size), true of
@@ -32,11 +33,11 @@ struct State { over: f32, rows: array<atomic<u32>, 4> }
 @group(0) @binding(3) var<storage, read> gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> sel: array<u32>;
 @group(0) @binding(5) var<storage, read_write> state: State;
+@group(0) @binding(6) var<storage, read_write> keys: array<u32>;   // scratch, n words
 
 const WG: u32 = 1024u;
 const MAX_SG: u32 = 256u;        // subgroups of 4 lanes or more
-const MAX_GROUPS: u32 = 512u;    // n <= 16384
-const PER: u32 = 16u;            // inputs a thread: n <= PER * WG
+const MAX_GROUPS: u32 = 1024u;   // n <= 32768 (checked at load)
 var<workgroup> red: array<vec4<u32>, 1024>;  // [subgroup][4]: 16 histogram bins (24 KiB of workgroup memory in all)
 var<workgroup> tree: array<f32, 256>;
 var<workgroup> sgc: array<vec2<u32>, MAX_SG>;  // per subgroup: keys above T, keys equal to T
@@ -67,6 +68,13 @@ fn bin(b0: vec4<u32>, b1: vec4<u32>, b2: vec4<u32>, b3: vec4<u32>, d: u32) -> u3
     if (d >= 12u) { v = b3; } else if (d >= 8u) { v = b2; } else if (d >= 4u) { v = b1; }
     let c = d & 3u;
     return select(select(select(v.x, v.y, c == 1u), v.z, c == 2u), v.w, c == 3u);
+}
+
+// keys of bins above d, and of bin d (of a subgroup's or the workgroup's 16 bins)
+fn split(b0: vec4<u32>, b1: vec4<u32>, b2: vec4<u32>, b3: vec4<u32>, d: u32) -> vec2<u32> {
+    var above = 0u;
+    for (var e = 15u; e > d; e--) { above += bin(b0, b1, b2, b3, e); }
+    return vec2<u32>(above, bin(b0, b1, b2, b3, d));
 }
 
 @compute @workgroup_size(1024)
@@ -102,14 +110,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         r = 1.0 / sqrt(tree[0] / f32(n) + P.eps);
     }
     // the keys, once; the count of keys above the threshold (mode 1's selection, the budget's count)
-    // (constant trip counts everywhere below: unrolled, kr stays in registers)
-    var kr = array<u32, 16>(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
     var above = 0u; var valid = 0u;
-    for (var c = 0u; c < PER; c++) {
-        let i = i0 + c * sg;
-        if (c * sg < per_sg && i < n) {
+    for (var c = 0u; c < per_sg; c += sg) {
+        let i = i0 + c;
+        if (i < n) {
             let kb = key_of(i, r);
-            kr[c] = kb;
+            keys[i] = kb;
             above += select(0u, 1u, bitcast<f32>(kb) > P.thr);
             valid += 1u;
         }
@@ -139,19 +145,23 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     }
 
     // T: keys above tb are all taken, and the first need_eq keys equal to teq (index order).
-    // my_gt / my_eq: this subgroup's keys above tb / equal to teq
+    // my_gt / my_eq: this subgroup's keys above tb / equal to teq (lane 0 keeps them)
     let topk = (P.mode == 0u || P.mode == 2u) && k < n;
     var tb = 0u; var teq = 0xffffffffu; var need_eq = 0u;
     var my_gt = subgroupAdd(valid); var my_eq = 0u;        // all
     if (P.mode == 1u) { my_gt = sg_above; }
     if (topk) {
+        my_gt = 0u;
         var prefix = 0u; var known = 0u; var need = k;
         for (var lev = 0u; lev < 8u; lev++) {
             let sh = 28u - 4u * lev;
             var h = array<vec4<u32>, 4>(vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u));   // explicit: naga may hoist a bare var out of the loop
-            for (var c = 0u; c < PER; c++) {
-                let kb = kr[c];
-                if (c * sg < per_sg && i0 + c * sg < n && (kb & known) == prefix) { bump(&h, (kb >> sh) & 15u); }
+            for (var c = 0u; c < per_sg; c += sg) {
+                let i = i0 + c;
+                if (i < n) {
+                    let kb = keys[i];
+                    if ((kb & known) == prefix) { bump(&h, (kb >> sh) & 15u); }
+                }
             }
             let s0 = subgroupAdd(h[0]); let s1 = subgroupAdd(h[1]); let s2 = subgroupAdd(h[2]); let s3 = subgroupAdd(h[3]);
             if (lane == 0u) {
@@ -177,22 +187,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
                 }
             }
             let b = workgroupUniformLoad(&bc);
+            let d = b.w;
+            let mine = split(s0, s1, s2, s3, d);   // this subgroup's keys above bin d, in bin d
             prefix = b.x; need = b.y;
             known = known | (15u << sh);
             if (b.z != 0u) {   // the bin's keys complete the count: take every key >= prefix
                 tb = prefix - 1u;   // prefix > 0: not every key is taken
                 teq = 0xffffffffu; need_eq = 0u;
+                my_gt += mine.x + mine.y; my_eq = 0u;
                 break;
             }
+            my_gt += mine.x; my_eq = mine.y;
             tb = prefix; teq = prefix; need_eq = need;
         }
-        var gt = 0u; var eq = 0u;
-        for (var c = 0u; c < PER; c++) {
-            if (c * sg < per_sg && i0 + c * sg < n) {
-                gt += select(0u, 1u, kr[c] > tb); eq += select(0u, 1u, kr[c] == teq);
-            }
-        }
-        my_gt = subgroupAdd(gt); my_eq = subgroupAdd(eq);
     }
 
     // compaction in index order: each subgroup its range, at the offset of the subgroups before it
@@ -207,11 +214,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         eq_before += v.y;
     }
     var eq_seen = 0u;
-    for (var c = 0u; c < PER; c++) {
-        let i = i0 + c * sg;
+    for (var c = 0u; c < per_sg; c += sg) {
+        let i = i0 + c;
         var take = false; var eq = false; var xv = 0.0;
-        if (c * sg < per_sg && i < n) {
-            let kb = kr[c];
+        if (i < n) {
+            let kb = keys[i];
             xv = x[i];
             if (topk) { take = kb > tb; eq = kb == teq; }
             else if (P.mode == 1u) { take = bitcast<f32>(kb) > P.thr; }
@@ -232,7 +239,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         if (P.quant != 0u) {
             if (sg <= 32u) {   // a chunk lies inside one group of 32 inputs
                 let gm = subgroupMax(m);
-                if (lane == 0u && c * sg < per_sg && i < n) { atomicMax(&gmax[i / 32u], gm); }
+                if (lane == 0u && i < n) { atomicMax(&gmax[i / 32u], gm); }
             } else if (take) {
                 atomicMax(&gmax[i / 32u], m);
             }
