@@ -64,7 +64,8 @@ def cpu_topk(key, k):
     return idx
 
 
-@pytest.mark.parametrize("n,k", [(64, 1), (576, 230), (1536, 921), (4096, 2458), (11008, 4403), (11008, 11007)])
+@pytest.mark.parametrize("n,k", [(64, 1), (576, 230), (1536, 921), (4096, 2458), (11008, 4403), (11008, 11007),
+                                 (20480, 8191)])
 def test_select_topk_matches_cpu(variant, n, k):
     x = RNG.standard_normal(n).astype(np.float32)
     idx, vals, _ = select(x, 0, k=k)
