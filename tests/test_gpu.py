@@ -327,6 +327,33 @@ def test_smollm2_same_greedy_text_logits_and_selections(smollm2_q8):
         assert ta == tb and ta.startswith(" Paris"), (s, ta, tb)
 
 
+def test_chat_and_server_run_on_the_gpu(smollm2_q8):
+    """larosa-chat --device gpu answers as --device cpu does (greedy); larosa-server --device gpu loads
+    its slots on the GPU and answers the same"""
+    import subprocess
+    import sys
+    from larosa.runtime import server as S
+    from larosa.runtime.chat import create_chat_completion
+    code = "import sys; from larosa.runtime.chat_cli import main; sys.exit(main(sys.argv[1:]))"
+    replies = {}
+    for dev in ("cpu", "gpu"):
+        r = subprocess.run([sys.executable, "-c", code, "-m", smollm2_q8, "--device", dev, "--temp", "0", "-n", "8",
+                            "-t", "1", "-c", "256"], input="What is the capital of France?\n", capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        replies[dev] = r.stdout
+    assert "Paris" in replies["cpu"] and replies["gpu"] == replies["cpu"]
+    a = S.parse_args(["-m", smollm2_q8, "--device", "gpu", "-c", "256", "-t", "1"])
+    state = S.load_state(a)
+    assert state.front.device == "gpu"
+    msg = [{"role": "user", "content": "What is the capital of France?"}]
+    got = create_chat_completion(state.front, msg, max_tokens=8, temperature=0)["choices"][0]["message"]["content"]
+    from larosa.runtime.model import Model
+    cpu = Model(smollm2_q8, n_threads=1, n_ctx=256)
+    want = create_chat_completion(cpu, msg, max_tokens=8, temperature=0)["choices"][0]["message"]["content"]
+    assert "Paris" in want and got == want
+
+
 def test_gpu_model_refuses_what_it_does_not_run(converted):
     from larosa.runtime.errors import LarosaError
     from larosa.runtime.model import Model
