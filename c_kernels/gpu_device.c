@@ -172,10 +172,10 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     g->sel_plain = g->pipe[P_SELECT];
     const char *mv_env = getenv("LAROSA_GPU_PIPELINED");   /* "0": the matvecs without prefetch (timing) */
     g->mv_pipelined = !(mv_env && !strcmp(mv_env, "0"));
-    /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 24 KiB of workgroup
+    /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 8 KiB of workgroup
      * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
     if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
-        g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 32768) {
+        g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 16384) {
         g->sel_sg = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT);
         const char *env = getenv("LAROSA_GPU_SUBGROUPS");   /* "0": the plain selection (timing) */
         if (g->sel_sg && !(env && !strcmp(env, "0"))) g->pipe[P_SELECT] = g->sel_sg;

@@ -7,11 +7,11 @@
 //   only the subgroups' totals cross a barrier;
 // - the keys are computed once into a scratch buffer (keys), each thread reading back only the
 //   ones it wrote (no barrier for them);
-// - the k-th largest key T comes from a digit search, 4 bits a level from the top (8 levels at
-//   most): a 16-bin histogram per thread in registers, summed per subgroup, then over subgroups by
-//   the first subgroup; it stops early when a digit's keys and those above make exactly the count
-//   (no tie to cut). Each subgroup keeps its own count of keys above T and equal to T from the
-//   same histograms, so the compaction needs no counting pass of its own;
+// - the k-th largest key T comes from a digit search, 8 bits a level from the top (4 levels at
+//   most): a 256-bin histogram in workgroup memory (one atomic per chunk whose lanes share the
+//   digit, as the exponent's bits mostly do), the bin found by subgroup scans; it stops early
+//   when a digit's keys and those above make exactly the count (no tie to cut). A counting pass
+//   then gives each subgroup its keys above T and equal to T;
 // - 1024 threads: on a GPU every pass is a few dependent loads per thread, and their latency is
 //   what a selection costs (256 threads: 4x as many, measured 36-80 us a selection on the H200).
 // Each step is 2 barriers. Subgroups must be laid out by local index (lid / size), true of
@@ -38,7 +38,7 @@ struct State { over: f32, rows: array<atomic<u32>, 4> }
 const WG: u32 = 1024u;
 const MAX_SG: u32 = 256u;        // subgroups of 4 lanes or more
 const MAX_GROUPS: u32 = 1024u;   // n <= 32768 (checked at load)
-var<workgroup> red: array<vec4<u32>, 1024>;  // [subgroup][4]: 16 histogram bins (24 KiB of workgroup memory in all)
+var<workgroup> hist: array<atomic<u32>, 256>;   // a digit's 256 bins
 var<workgroup> tree: array<f32, 256>;
 var<workgroup> sgc: array<vec2<u32>, MAX_SG>;  // per subgroup: keys above T, keys equal to T
 var<workgroup> gmax: array<atomic<u32>, MAX_GROUPS>;
@@ -50,31 +50,6 @@ fn key_of(i: u32, r: f32) -> u32 {
     var kf = abs(v);
     if (P.has_score != 0u) { kf = kf * score[i]; }
     return bitcast<u32>(kf) & 0x7fffffffu;
-}
-
-// 16 bins, four to a vec4, as a one-hot increment of bin d
-fn bump(h: ptr<function, array<vec4<u32>, 4>>, d: u32) {
-    let one = select(vec4<u32>(0u), vec4<u32>(1u), vec4<u32>(d & 3u) == vec4<u32>(0u, 1u, 2u, 3u));
-    let w = d >> 2u;
-    (*h)[0] += select(vec4<u32>(0u), one, w == 0u);
-    (*h)[1] += select(vec4<u32>(0u), one, w == 1u);
-    (*h)[2] += select(vec4<u32>(0u), one, w == 2u);
-    (*h)[3] += select(vec4<u32>(0u), one, w == 3u);
-}
-
-// bin d of 16 (constant indices only: a dynamic one would put the bins in local memory)
-fn bin(b0: vec4<u32>, b1: vec4<u32>, b2: vec4<u32>, b3: vec4<u32>, d: u32) -> u32 {
-    var v = b0;
-    if (d >= 12u) { v = b3; } else if (d >= 8u) { v = b2; } else if (d >= 4u) { v = b1; }
-    let c = d & 3u;
-    return select(select(select(v.x, v.y, c == 1u), v.z, c == 2u), v.w, c == 3u);
-}
-
-// keys of bins above d, and of bin d (of a subgroup's or the workgroup's 16 bins)
-fn split(b0: vec4<u32>, b1: vec4<u32>, b2: vec4<u32>, b3: vec4<u32>, d: u32) -> vec2<u32> {
-    var above = 0u;
-    for (var e = 15u; e > d; e--) { above += bin(b0, b1, b2, b3, e); }
-    return vec2<u32>(above, bin(b0, b1, b2, b3, d));
 }
 
 @compute @workgroup_size(1024)
@@ -151,55 +126,53 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     var my_gt = subgroupAdd(valid); var my_eq = 0u;        // all
     if (P.mode == 1u) { my_gt = sg_above; }
     if (topk) {
-        my_gt = 0u;
         var prefix = 0u; var known = 0u; var need = k;
-        for (var lev = 0u; lev < 8u; lev++) {
-            let sh = 28u - 4u * lev;
-            var h = array<vec4<u32>, 4>(vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u), vec4<u32>(0u));   // explicit: naga may hoist a bare var out of the loop
-            for (var c = 0u; c < per_sg; c += sg) {
+        for (var lev = 0u; lev < 4u; lev++) {
+            let sh = 24u - 8u * lev;
+            if (lid < 256u) { atomicStore(&hist[lid], 0u); }
+            workgroupBarrier();
+            for (var c = 0u; c < per_sg; c += sg) {   // a chunk whose lanes share a digit: one atomic
                 let i = i0 + c;
-                if (i < n) {
-                    let kb = keys[i];
-                    if ((kb & known) == prefix) { bump(&h, (kb >> sh) & 15u); }
+                var d = 256u;
+                if (i < n) { let kb = keys[i]; if ((kb & known) == prefix) { d = (kb >> sh) & 255u; } }
+                let f = subgroupBroadcastFirst(d);
+                if (subgroupAll(d == f)) {
+                    if (lane == 0u && f < 256u) { atomicAdd(&hist[f], sg); }
+                } else if (d < 256u) {
+                    atomicAdd(&hist[d], 1u);
                 }
-            }
-            let s0 = subgroupAdd(h[0]); let s1 = subgroupAdd(h[1]); let s2 = subgroupAdd(h[2]); let s3 = subgroupAdd(h[3]);
-            if (lane == 0u) {
-                red[s_id * 4u] = s0; red[s_id * 4u + 1u] = s1; red[s_id * 4u + 2u] = s2; red[s_id * 4u + 3u] = s3;
             }
             workgroupBarrier();
-            if (s_id == 0u) {   // the first subgroup adds the subgroups' bins and finds the digit
-                var b0 = vec4<u32>(0u); var b1 = vec4<u32>(0u); var b2 = vec4<u32>(0u); var b3 = vec4<u32>(0u);
-                for (var s = lane; s < nsg; s += sg) {
-                    b0 += red[s * 4u]; b1 += red[s * 4u + 1u]; b2 += red[s * 4u + 2u]; b3 += red[s * 4u + 3u];
-                }
-                b0 = subgroupAdd(b0); b1 = subgroupAdd(b1); b2 = subgroupAdd(b2); b3 = subgroupAdd(b3);
-                if (lane == 0u) {
-                    var acc = 0u; var d = 15u; var stop = 0u;
-                    loop {   // from the top bin down to the one holding the need-th key
-                        let hb = bin(b0, b1, b2, b3, d);
-                        if (acc + hb >= need) { if (acc + hb == need) { stop = 1u; } break; }
-                        acc += hb;
-                        if (d == 0u) { break; }
-                        d -= 1u;
-                    }
-                    bc = vec4<u32>(prefix | (d << sh), need - acc, stop, d);
+            // thread t < 256 holds bin 255 - t: the keys in it and in the bins above, by scans
+            var h = 0u; var incl = 0u;
+            if (lid < 256u) {
+                h = atomicLoad(&hist[255u - lid]);
+                incl = subgroupInclusiveAdd(h);
+                if (lane == sg - 1u) { sgc[s_id] = vec2<u32>(incl, 0u); }
+            }
+            workgroupBarrier();
+            if (lid < 256u) {
+                for (var s = 0u; s < s_id; s++) { incl += sgc[s].x; }
+                if (incl >= need && incl - h < need) {
+                    bc = vec4<u32>(prefix | ((255u - lid) << sh), need - (incl - h), select(0u, 1u, incl == need), 0u);
                 }
             }
             let b = workgroupUniformLoad(&bc);
-            let d = b.w;
-            let mine = split(s0, s1, s2, s3, d);   // this subgroup's keys above bin d, in bin d
             prefix = b.x; need = b.y;
-            known = known | (15u << sh);
+            known = known | (255u << sh);
             if (b.z != 0u) {   // the bin's keys complete the count: take every key >= prefix
                 tb = prefix - 1u;   // prefix > 0: not every key is taken
                 teq = 0xffffffffu; need_eq = 0u;
-                my_gt += mine.x + mine.y; my_eq = 0u;
                 break;
             }
-            my_gt += mine.x; my_eq = mine.y;
             tb = prefix; teq = prefix; need_eq = need;
         }
+        var gt = 0u; var eq = 0u;   // this subgroup's keys above tb and equal to teq
+        for (var c = 0u; c < per_sg; c += sg) {
+            let i = i0 + c;
+            if (i < n) { let kb = keys[i]; gt += select(0u, 1u, kb > tb); eq += select(0u, 1u, kb == teq); }
+        }
+        my_gt = subgroupAdd(gt); my_eq = subgroupAdd(eq);
     }
 
     // compaction in index order: each subgroup its range, at the offset of the subgroups before it
