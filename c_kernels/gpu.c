@@ -43,8 +43,6 @@ struct lr_gpu_model {
     uint8_t *params_host;
     int32_t n_slots, cap_slots;
     int32_t *sel_slot;               /* [l][4] slot of each selection's params */
-    int32_t *sel_disp;               /* [l][4] its dispatch (the pipeline follows the mode: sel_pipe) */
-    int sg_topk;                     /* select_sg.wgsl for Top-K / budget selections too (LAROSA_GPU_SG_TOPK=1) */
     lr_gpu_dispatch *disp;
     int32_t n_disp, cap_disp;
     int32_t *k[4];
@@ -188,7 +186,7 @@ static int32_t new_slot(lr_gpu_model *m, const void *p, size_t n) {
 
 static lr_gpu_slice P(lr_gpu_model *m, int32_t slot) { return (lr_gpu_slice){m->params, (uint64_t)slot * SLOT, SLOT}; }
 
-static int add_pipe(lr_gpu_model *m, WGPUComputePipeline pipe, WGPUBindGroup bg, uint32_t x, uint32_t y) {
+static int add(lr_gpu_model *m, int pipe, WGPUBindGroup bg, uint32_t x, uint32_t y) {
     if (!bg) return 0;
     if (m->n_disp == m->cap_disp) {
         const int32_t cap = m->cap_disp ? 2 * m->cap_disp : 256;
@@ -196,12 +194,8 @@ static int add_pipe(lr_gpu_model *m, WGPUComputePipeline pipe, WGPUBindGroup bg,
         if (!d) { W.BindGroupRelease(bg); return 0; }
         m->disp = d, m->cap_disp = cap;
     }
-    m->disp[m->n_disp++] = (lr_gpu_dispatch){pipe, bg, x, y};
+    m->disp[m->n_disp++] = (lr_gpu_dispatch){m->g->pipe[pipe], bg, x, y};
     return 1;
-}
-
-static int add(lr_gpu_model *m, int pipe, WGPUBindGroup bg, uint32_t x, uint32_t y) {
-    return add_pipe(m, m->g->pipe[pipe], bg, x, y);
 }
 
 static lr_gpu_slice sel_slice(lr_gpu_model *m, uint64_t off) { return (lr_gpu_slice){m->sel, off, m->sel_size}; }
@@ -236,16 +230,6 @@ static sel_params select_params(const lr_gpu_model *m, int32_t b, int32_t l, int
     return p;
 }
 
-/* The selection kernel for p: select_sg.wgsl (when in use) for the selections that keep every input
- * or those above a threshold, select.wgsl for Top-K and budget ones: on the H200 select_sg takes a
- * dense 7B step's selections from 4.5 to 2.9 ms, but its digit search is slower than select.wgsl's
- * radix passes (Q4_0 s = 0.4: 5.8 against 5.0 ms; BENCHMARKS.md). */
-static WGPUComputePipeline sel_pipe(const lr_gpu_model *m, const sel_params *p) {
-    const lr_gpu *g = m->g;
-    const int topk = (p->mode == 0 && p->k < p->n) || p->mode == 2;
-    return g->pipe[P_SELECT] == g->sel_sg && topk && !m->sg_topk ? g->sel_plain : g->pipe[P_SELECT];
-}
-
 static int32_t record_select(lr_gpu_model *m, int32_t b, int32_t l, int quant, WGPUBuffer x, WGPUBuffer score,
                              WGPUBuffer gate, uint64_t off) {
     sel_params p = select_params(m, b, l, quant);
@@ -254,9 +238,7 @@ static int32_t record_select(lr_gpu_model *m, int32_t b, int32_t l, int quant, W
     if (slot < 0) return -1;
     lr_gpu_slice s[7] = {P(m, slot), S(x), S(score ? score : m->dummy_r), S(gate ? gate : m->dummy_r),
                          sel_slice(m, off), S(m->state), S(m->keys)};
-    if (!add_pipe(m, sel_pipe(m, &p), lr_gpu_bind(m->g, L_SELECT, s), 1, 1)) return -1;
-    if (l >= 0) m->sel_disp[4 * l + b] = m->n_disp - 1;
-    return slot;
+    return add(m, P_SELECT, lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
 }
 
 /* selected rows per matvec workgroup for w: m->R, halved (down to 32) while the grid of a large
@@ -368,7 +350,7 @@ void lr_gpu_model_free(lr_gpu_model *m) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) W.BufferRelease(bufs[i]);
     void *host[] = {m->wqkv, m->wo, m->wgu, m->wdown, m->adapter, m->bqkv, m->bo, m->bdown, m->qn, m->kn, m->score,
-                    m->kc, m->vc, m->head, m->sel_off, m->params_host, m->sel_slot, m->sel_disp, m->disp, m->inv_freq, m->row,
+                    m->kc, m->vc, m->head, m->sel_off, m->params_host, m->sel_slot, m->disp, m->inv_freq, m->row,
                     m->stepbuf};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     for (int i = 0; i < 4; i++) free(m->k[i]), free(m->thr[i]), free(m->plan[i]), free(m->cost[i]), free(m->remain[i]);
@@ -389,7 +371,7 @@ static int32_t alloc_host(lr_gpu_model *m) {
              (m->qn = calloc(L, sizeof(WGPUBuffer))) && (m->kn = calloc(L, sizeof(WGPUBuffer))) &&
              (m->score = calloc(4 * L, sizeof(WGPUBuffer))) && (m->kc = calloc(L, sizeof(WGPUBuffer))) &&
              (m->vc = calloc(L, sizeof(WGPUBuffer))) && (m->sel_off = calloc(4 * L + 1, sizeof(uint64_t))) &&
-             (m->sel_slot = calloc(4 * L, sizeof(int32_t))) && (m->sel_disp = calloc(4 * L, sizeof(int32_t))) &&
+             (m->sel_slot = calloc(4 * L, sizeof(int32_t))) &&
              (m->inv_freq = calloc((size_t)m->d.head_dim / 2, sizeof(double))) &&
              (m->row = calloc((size_t)m->d.dim, sizeof(float))) &&
              (m->stepbuf = calloc(4 + (size_t)m->d.head_dim, sizeof(float)));
@@ -460,8 +442,6 @@ lr_gpu_model *lr_gpu_model_new(lr_gpu *g, const lr_model_desc *desc, int32_t n_c
     m->R = r_env && atoi(r_env) >= 8 ? atoi(r_env) / 4 * 4 : 256;
     const char *wg_env = getenv("LAROSA_GPU_MIN_WG");   /* workgroups a matvec aims at (tuning; 0: off) */
     m->min_wg = wg_env ? atoi(wg_env) : MIN_WG;
-    const char *tk_env = getenv("LAROSA_GPU_SG_TOPK");
-    m->sg_topk = tk_env && !strcmp(tk_env, "1");
     m->width[ATTN_IN] = dim, m->width[ATTN_OUT] = qd, m->width[MLP_IN] = dim, m->width[MLP_OUT] = ff;
     if (alloc_host(m)) { fail(err, err_len, LR_ENOMEM, "out of memory"); goto bad; }
     if (upload_layers(m, desc, err, err_len)) goto bad;
@@ -543,7 +523,6 @@ static void write_select_params(lr_gpu_model *m) {
             sel_params *cur = (sel_params *)(m->params_host + (size_t)slot * SLOT);
             p.quant = cur->quant, p.has_score = cur->has_score;   /* fixed by the weights */
             *cur = p;
-            m->disp[m->sel_disp[4 * l + b]].pipe = sel_pipe(m, &p);
             W.QueueWriteBuffer(m->g->queue, m->params, (uint64_t)slot * SLOT, cur, sizeof p);
         }
 }
@@ -626,13 +605,9 @@ static int32_t step_token(lr_gpu_model *m, int32_t token, int32_t pos, float *ou
     if (m->profile) {   /* GPU time per dispatch, added up by kernel */
         uint64_t *tsv = malloc((size_t)m->n_disp * 16);
         if (tsv && lr_gpu_read(g, m->qread, (uint64_t)m->n_disp * 16, tsv) == LR_OK) {
-            for (int32_t i = 0; i < m->n_disp; i++) {
-                const WGPUComputePipeline dp = m->disp[i].pipe;
+            for (int32_t i = 0; i < m->n_disp; i++)
                 for (int p = 0; p < P_COUNT; p++)
-                    if ((g->pipe[p] == dp || (p == P_SELECT && (dp == g->sel_plain || dp == g->sel_sg))) &&
-                        tsv[2 * i + 1] > tsv[2 * i])
-                        m->prof_ns[p] += (double)(tsv[2 * i + 1] - tsv[2 * i]);
-            }
+                    if (g->pipe[p] == m->disp[i].pipe && tsv[2 * i + 1] > tsv[2 * i]) m->prof_ns[p] += (double)(tsv[2 * i + 1] - tsv[2 * i]);
             m->prof_tokens++;
         }
         free(tsv);

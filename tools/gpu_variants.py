@@ -5,8 +5,8 @@ one process (one device open, each variant a fresh Model): the before / after ru
     python tools/gpu_variants.py FILE [FILE ...]
 
 A variant: the selection kernel (select_sg.wgsl with subgroups, or select.wgsl), the Q8_0 / Q4_0
-matvec (mv_q8p / mv_q4p prefetching, or mv_q8 / mv_q4), LAROSA_GPU_MIN_WG (gpu.c's mv_rows),
-LAROSA_GPU_ROWS (selected rows per matvec workgroup) and LAROSA_GPU_SG_TOPK (gpu.c's sel_pipe).
+matvec (mv_q8p / mv_q4p prefetching, or mv_q8 / mv_q4), LAROSA_GPU_MIN_WG (gpu.c's mv_rows)
+and LAROSA_GPU_ROWS (selected rows per matvec workgroup).
 Each (variant, sparsity): a 32-token prompt, 40 greedy tokens one at a time, the median of the last
 32 wall times around Model.eval; then 8 tokens with per-dispatch timestamps (each dispatch in its
 own pass) for the GPU ms per kernel.
@@ -22,9 +22,9 @@ KERNELS = ("select", "mv_q8", "mv_q4", "mv_f16", "mv_f32", "red_store", "red_add
 GROUPS = {"select": ("select",), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32", "mv_q8p", "mv_q4p"),
           "reduce": ("red_store", "red_add", "red_swiglu"), "rope_kv": ("rope_kv",), "attend": ("attend",),
           "head": ("head_prep", "head_q8", "head_q4", "head_f16", "head_f32")}
-# name: (subgroup selection, pipelined matvec, min workgroups, rows per workgroup, select_sg also
-# for Top-K / budget selections); "before": the kernels of 4ee0911 (BENCHMARKS.md's first GPU run)
-VARIANTS = {"before": (0, 0, 0, 256, "0"), "after": (1, 1, 264, 256, "0"), "after+sg_topk": (1, 1, 264, 256, "1")}
+# name: (subgroup selection, pipelined matvec, min workgroups, rows per workgroup); "before": the
+# kernels of 4ee0911 (BENCHMARKS.md's first GPU run), "after": the defaults since 2026-12-01
+VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "after": (1, 1, 264, 256)}
 
 
 def run(path: str, names, sparsities=(0.0, 0.4, 0.5)) -> None:
@@ -33,14 +33,13 @@ def run(path: str, names, sparsities=(0.0, 0.4, 0.5)) -> None:
     from larosa.runtime.model import Model
     d = gpu.device()
     for name in names:
-        sg, pipe, wg, rows, topk = VARIANTS[name]
+        sg, pipe, wg, rows = VARIANTS[name]
         if lib.lr_gpu_use_subgroups(d._g, sg) != 0:
             print(f"{name}: no subgroups on this adapter, skipped", flush=True)
             continue
         lib.lr_gpu_use_pipelined_matvec(d._g, pipe)
         os.environ["LAROSA_GPU_MIN_WG"] = str(wg)
         os.environ["LAROSA_GPU_ROWS"] = str(rows)
-        os.environ["LAROSA_GPU_SG_TOPK"] = topk   # gpu.c's sel_pipe
         t0 = time.perf_counter()
         m = Model(path, sparsity=0.0, n_ctx=256, device="gpu")
         load = time.perf_counter() - t0
