@@ -268,7 +268,7 @@ static int record_matvec(lr_gpu_model *m, const gweight *w, uint64_t off, int re
     lr_gpu_slice r[6] = {P(m, slot), sel_slice(m, off), S(m->partial), S(bias ? bias : m->dummy_r), S(out),
                          S(hm ? hm : m->dummy_w)};
     const uint32_t n = red == P_RED_SWIGLU ? (uint32_t)w->cols / 2 : (uint32_t)w->cols;
-    return add(m, red, lr_gpu_bind(m->g, L_REDUCE, r), (n + 255) / 256, 1);
+    return add(m, red, lr_gpu_bind(m->g, L_REDUCE, r), (n + RED_COLS - 1) / RED_COLS, 1);
 }
 
 static int record_adapter(lr_gpu_model *m, const gweight *a) {

@@ -85,6 +85,7 @@ struct lr_gpu {
 typedef struct { WGPUBuffer buf; uint64_t off, size; } lr_gpu_slice;   /* size 0: the rest */
 typedef struct { WGPUComputePipeline pipe; WGPUBindGroup bg; uint32_t x, y; } lr_gpu_dispatch;
 
+#define RED_COLS 32u   /* output columns per reduce.wgsl workgroup (its COLS) */
 #define SLOT 256u   /* bytes per uniform slot (minUniformBufferOffsetAlignment <= 256) */
 #define STORAGE (WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst | WGPUBufferUsage_CopySrc)
 

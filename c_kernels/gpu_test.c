@@ -128,7 +128,7 @@ int32_t lr_gpu_test_spmv(lr_gpu *g, const lr_tensor *w, const float *x, const in
     WGPUBindGroup bg[2] = {lr_gpu_bind(g, L_MATVEC, ms), lr_gpu_bind(g, L_REDUCE, rs)};
     const int pipe = lr_gpu_mv_pipe(g, w->type);
     lr_gpu_dispatch d[2] = {{g->pipe[pipe], bg[0], (uint32_t)(w->cols + 1023) / 1024, chunks},
-                            {g->pipe[P_RED_STORE], bg[1], (uint32_t)(w->cols + 255) / 256, 1}};
+                            {g->pipe[P_RED_STORE], bg[1], (uint32_t)(w->cols + RED_COLS - 1) / RED_COLS, 1}};
     rc = run(g, d, 2);
     if (rc == LR_OK) rc = lr_gpu_read_back(g, out, 0, (uint64_t)w->cols * 4, y);
     release(g, &o, bg, 2);
