@@ -13,10 +13,11 @@
 //   when a digit's keys and those above make exactly the count (no tie to cut). A counting pass
 //   then gives each subgroup its keys above T and equal to T;
 // - 1024 threads: on a GPU every pass is a few dependent loads per thread, and their latency is
-//   what a selection costs (256 threads: 4x as many, measured 36-80 us a selection on the H200).
-// Each step is 2 barriers. Subgroups must be laid out by local index (lid / size), true of
-// Vulkan's NVIDIA, AMD and Mesa drivers and Metal, of 4 lanes or more (gpu_device.c checks the
-// adapter's minimum and limits); tests compare every mode with the CPU.
+//   what a selection costs (256 threads: 4x as many, measured 43-80 us a selection on the H200).
+// H200, 7B shape: 23-30 us a selection against select.wgsl's 35-47 (BENCHMARKS.md). Subgroups must
+// be laid out by local index (lid / size), true of Vulkan's NVIDIA, AMD and Mesa drivers and
+// Metal, of 4 lanes or more (WebGPU's minimum; gpu_device.c checks the workgroup limits); tests
+// compare every mode with the CPU and with select.wgsl.
 // (no `enable subgroups;`: naga takes subgroup builtins once the device grants the feature)
 
 struct Params {
