@@ -19,6 +19,7 @@
 enum { ATTN_IN = 0, ATTN_OUT = 1, MLP_IN = 2, MLP_OUT = 3 };
 #define MV_TILE 1024       /* output columns per matvec workgroup (matvec.wgsl) */
 #define MAX_WIDTH 32768    /* select.wgsl's MAX_GROUPS * 32 */
+#define MIN_WG 264         /* mv_rows: workgroups a large matvec aims at */
 
 
 typedef struct {   /* select.wgsl's Params */
@@ -30,11 +31,11 @@ typedef struct {   /* select.wgsl's Params */
 struct lr_gpu_model {
     lr_gpu *g;
     lr_model_desc d;                 /* hyper-parameters; embd points to the caller's memory */
-    int32_t L, n_ctx, n_past, type_k, type_v, R;
+    int32_t L, n_ctx, n_past, type_k, type_v, R, min_wg;
     int32_t width[4];
     gweight *wqkv, *wo, *wgu, *wdown, *adapter, out_adapter;   /* adapter[l].codes NULL: none */
     WGPUBuffer *bqkv, *bo, *bdown, *qn, *kn, *score, *kc, *vc;  /* per layer (score: [l][4]) */
-    WGPUBuffer x, qkv, ao, gu, hm, att, partial, params, sel, state, step, hq, logits, out_norm;
+    WGPUBuffer x, qkv, ao, gu, hm, att, partial, params, sel, state, keys, step, hq, logits, out_norm;
     WGPUBuffer staging, dummy_r, dummy_w;
     head_part *head;
     int32_t n_head_parts;
@@ -235,30 +236,39 @@ static int32_t record_select(lr_gpu_model *m, int32_t b, int32_t l, int quant, W
     if (l >= 0) p.has_score = score != NULL;
     const int32_t slot = new_slot(m, &p, sizeof p);
     if (slot < 0) return -1;
-    lr_gpu_slice s[6] = {P(m, slot), S(x), S(score ? score : m->dummy_r), S(gate ? gate : m->dummy_r),
-                         sel_slice(m, off), S(m->state)};
+    lr_gpu_slice s[7] = {P(m, slot), S(x), S(score ? score : m->dummy_r), S(gate ? gate : m->dummy_r),
+                         sel_slice(m, off), S(m->state), S(m->keys)};
     return add(m, P_SELECT, lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
 }
 
-static int mv_pipe(int32_t type) {
-    return type == LR_Q8_0_IM ? P_MV_Q8 : type == LR_Q4_0_IM ? P_MV_Q4 : type == LR_F16 ? P_MV_F16 : P_MV_F32;
+/* selected rows per matvec workgroup for w: m->R, halved (down to 32) while the grid of a large
+ * matrix (2^22 weights or more) would have fewer than m->min_wg workgroups, so that it spreads
+ * over the whole GPU (H200, 132 SMs: 264 took the 7B shape's Q8_0 step at s = 0.4 from 4.99 to
+ * 4.39 ms of matvec and reduce; smaller ones finish fast anyway) */
+static int32_t mv_rows(const lr_gpu_model *m, const gweight *w) {
+    int32_t R = m->R;
+    if ((int64_t)w->rows * w->cols < (1 << 22)) return R;
+    const int64_t tiles = (w->cols + MV_TILE - 1) / MV_TILE;
+    while (R >= 64 && tiles * ((w->rows + R - 1) / R) < m->min_wg) R = R / 8 * 4;   /* halved, a multiple of 4 */
+    return R;
 }
 
 /* y = x W over a selection at off, then the reduce epilogue red (P_RED_*) into out (and hm) */
 static int record_matvec(lr_gpu_model *m, const gweight *w, uint64_t off, int red, WGPUBuffer bias, WGPUBuffer out,
                          WGPUBuffer hm) {
-    const uint32_t mp[4] = {(uint32_t)w->rows, (uint32_t)w->cols, (uint32_t)m->R, 0};
+    const int32_t R = mv_rows(m, w);
+    const uint32_t mp[4] = {(uint32_t)w->rows, (uint32_t)w->cols, (uint32_t)R, 0};
     int32_t slot = new_slot(m, mp, sizeof mp);
     if (slot < 0) return 0;
     lr_gpu_slice s[5] = {P(m, slot), sel_slice(m, off), S(w->codes), S(w->scale ? w->scale : m->dummy_r), S(m->partial)};
-    const uint32_t chunks = (uint32_t)((w->rows + m->R - 1) / m->R), tiles = (uint32_t)((w->cols + MV_TILE - 1) / MV_TILE);
-    if (!add(m, mv_pipe(w->type), lr_gpu_bind(m->g, L_MATVEC, s), tiles, chunks)) return 0;
-    const uint32_t rp[4] = {(uint32_t)w->cols, (uint32_t)m->R, bias != NULL, (uint32_t)w->cols / 2};
+    const uint32_t chunks = (uint32_t)((w->rows + R - 1) / R), tiles = (uint32_t)((w->cols + MV_TILE - 1) / MV_TILE);
+    if (!add(m, lr_gpu_mv_pipe(m->g, w->type), lr_gpu_bind(m->g, L_MATVEC, s), tiles, chunks)) return 0;
+    const uint32_t rp[4] = {(uint32_t)w->cols, (uint32_t)R, bias != NULL, (uint32_t)w->cols / 2};
     if ((slot = new_slot(m, rp, sizeof rp)) < 0) return 0;
     lr_gpu_slice r[6] = {P(m, slot), sel_slice(m, off), S(m->partial), S(bias ? bias : m->dummy_r), S(out),
                          S(hm ? hm : m->dummy_w)};
     const uint32_t n = red == P_RED_SWIGLU ? (uint32_t)w->cols / 2 : (uint32_t)w->cols;
-    return add(m, red, lr_gpu_bind(m->g, L_REDUCE, r), (n + 255) / 256, 1);
+    return add(m, red, lr_gpu_bind(m->g, L_REDUCE, r), (n + RED_COLS - 1) / RED_COLS, 1);
 }
 
 static int record_adapter(lr_gpu_model *m, const gweight *a) {
@@ -335,7 +345,7 @@ void lr_gpu_model_free(lr_gpu_model *m) {
         if (m->head[i].codes) W.BufferRelease(m->head[i].codes);
         if (m->head[i].scale) W.BufferRelease(m->head[i].scale);
     }
-    WGPUBuffer bufs[] = {m->x, m->qkv, m->ao, m->gu, m->hm, m->att, m->partial, m->params, m->sel, m->state,
+    WGPUBuffer bufs[] = {m->x, m->qkv, m->ao, m->gu, m->hm, m->att, m->partial, m->params, m->sel, m->state, m->keys,
                          m->step, m->hq, m->logits, m->out_norm, m->staging, m->dummy_r, m->dummy_w};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) W.BufferRelease(bufs[i]);
@@ -430,6 +440,8 @@ lr_gpu_model *lr_gpu_model_new(lr_gpu *g, const lr_model_desc *desc, int32_t n_c
     m->L = desc->n_layers, m->n_ctx = n_ctx, m->type_k = type_k, m->type_v = type_v;
     const char *r_env = getenv("LAROSA_GPU_ROWS");   /* selected rows per matvec workgroup (tuning) */
     m->R = r_env && atoi(r_env) >= 8 ? atoi(r_env) / 4 * 4 : 256;
+    const char *wg_env = getenv("LAROSA_GPU_MIN_WG");   /* workgroups a matvec aims at (tuning; 0: off) */
+    m->min_wg = wg_env ? atoi(wg_env) : MIN_WG;
     m->width[ATTN_IN] = dim, m->width[ATTN_OUT] = qd, m->width[MLP_IN] = dim, m->width[MLP_OUT] = ff;
     if (alloc_host(m)) { fail(err, err_len, LR_ENOMEM, "out of memory"); goto bad; }
     if (upload_layers(m, desc, err, err_len)) goto bad;
@@ -445,12 +457,17 @@ lr_gpu_model *lr_gpu_model_new(lr_gpu *g, const lr_model_desc *desc, int32_t n_c
     for (int32_t l = 0; l < m->L; l++) {
         const gweight *ws[] = {&m->wqkv[l], &m->wo[l], &m->wgu[l], &m->wdown[l], &m->adapter[l]};
         for (int i = 0; i < 5; i++) {
-            const uint64_t p = (uint64_t)((ws[i]->rows + m->R - 1) / m->R) * (uint64_t)ws[i]->cols;
+            if (!ws[i]->codes) continue;
+            const int32_t R = mv_rows(m, ws[i]);
+            const uint64_t p = (uint64_t)((ws[i]->rows + R - 1) / R) * (uint64_t)ws[i]->cols;
             part = p > part ? p : part;
         }
     }
-    const uint64_t pa = (uint64_t)((dim + m->R - 1) / m->R) * (uint64_t)dim;
-    part = pa > part ? pa : part;
+    if (m->out_adapter.codes) {
+        const int32_t R = mv_rows(m, &m->out_adapter);
+        const uint64_t pa = (uint64_t)((m->out_adapter.rows + R - 1) / R) * (uint64_t)m->out_adapter.cols;
+        part = pa > part ? pa : part;
+    }
     int32_t widest = dim > qd ? dim : qd;
     widest = ff > widest ? ff : widest;
     m->sel_size = ((uint64_t)(4 + 2 * widest + widest / 32) * 4 + SLOT - 1) / SLOT * SLOT;
@@ -462,6 +479,7 @@ lr_gpu_model *lr_gpu_model_new(lr_gpu *g, const lr_model_desc *desc, int32_t n_c
         {&m->gu, (uint64_t)2 * ff * 4, STORAGE}, {&m->hm, (uint64_t)ff * 4, STORAGE},
         {&m->att, (uint64_t)desc->n_heads * n_ctx * 4, STORAGE}, {&m->partial, part * 4, STORAGE},
         {&m->sel, (uint64_t)(4 * m->L + 1) * m->sel_size, STORAGE}, {&m->state, 32, STORAGE},
+        {&m->keys, (uint64_t)widest * 4, STORAGE},
         {&m->step, m->step_bytes, STORAGE}, {&m->hq, ((uint64_t)dim + dim / 32) * 4, STORAGE},
         {&m->logits, m->logits_bytes, STORAGE}, {&m->dummy_r, 16, STORAGE}, {&m->dummy_w, 16, STORAGE},
         {&m->staging, m->logits_bytes + 32, WGPUBufferUsage_MapRead | WGPUBufferUsage_CopyDst},

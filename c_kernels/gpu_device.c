@@ -80,7 +80,7 @@ static void on_map(WGPUMapAsyncStatus st, WGPUStringView msg, void *u1, void *u2
 /* ---- pipelines -------------------------------------------------------------------------------- */
 
 /* binding kinds per layout, one letter per binding: u uniform, r read-only storage, w storage */
-static const char *LAYOUTS[L_COUNT] = {"urrrww", "urrrw", "urrrww", "urwrrwwww", "urrwrrw"};
+static const char *LAYOUTS[L_COUNT] = {"urrrwww", "urrrw", "urrrww", "urwrrwwww", "urrwrrw"};
 static const struct { const char *file, *entry; int layout; } PIPES[P_COUNT] = {
     {"select.wgsl", "main", L_SELECT},
     {"matvec.wgsl", "mv_q8", L_MATVEC}, {"matvec.wgsl", "mv_q4", L_MATVEC},
@@ -90,6 +90,7 @@ static const struct { const char *file, *entry; int layout; } PIPES[P_COUNT] = {
     {"attn.wgsl", "rope_kv", L_ATTN}, {"attn.wgsl", "attend", L_ATTN},
     {"head.wgsl", "head_prep", L_HEAD}, {"head.wgsl", "head_q8", L_HEAD}, {"head.wgsl", "head_q4", L_HEAD},
     {"head.wgsl", "head_f16", L_HEAD}, {"head.wgsl", "head_f32", L_HEAD},
+    {"matvec.wgsl", "mv_q8p", L_MATVEC}, {"matvec.wgsl", "mv_q4p", L_MATVEC},
 };
 
 static char *read_file(const char *dir, const char *name) {
@@ -108,6 +109,8 @@ static char *read_file(const char *dir, const char *name) {
     fclose(f);
     return buf;
 }
+
+static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout);
 
 static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     char msg[1400];
@@ -166,7 +169,65 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
         }
     }
     for (int i = 0; i < nmods; i++) W.ShaderModuleRelease(mods[i]);
+    g->sel_plain = g->pipe[P_SELECT];
+    const char *mv_env = getenv("LAROSA_GPU_PIPELINED");   /* "0": the matvecs without prefetch (timing) */
+    g->mv_pipelined = !(mv_env && !strcmp(mv_env, "0"));
+    /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 8 KiB of workgroup
+     * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
+    if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
+        g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 16384) {
+        g->sel_sg = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT);
+        const char *env = getenv("LAROSA_GPU_SUBGROUPS");   /* "0": the plain selection (timing) */
+        if (g->sel_sg && !(env && !strcmp(env, "0"))) g->pipe[P_SELECT] = g->sel_sg;
+        if (g->failed) {
+            snprintf(msg, sizeof msg, "shader select_sg.wgsl: %s", g->error);
+            set_err(err, len, msg);
+            rc = 0;
+        }
+    }
     return rc;
+}
+
+/* one pipeline of a shader file of its own */
+static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout) {
+    char *src = read_file(dir, file);
+    if (!src) return NULL;
+    WGPUShaderSourceWGSL wgsl = WGPU_SHADER_SOURCE_WGSL_INIT;
+    wgsl.code = sv(src);
+    WGPUShaderModuleDescriptor md = WGPU_SHADER_MODULE_DESCRIPTOR_INIT;
+    md.nextInChain = &wgsl.chain;
+    md.label = sv(file);
+    WGPUShaderModule mod = W.DeviceCreateShaderModule(g->device, &md);
+    free(src);
+    WGPUComputePipelineDescriptor cd = WGPU_COMPUTE_PIPELINE_DESCRIPTOR_INIT;
+    cd.layout = g->pl[layout];
+    cd.compute.module = mod;
+    cd.compute.entryPoint = sv(entry);
+    WGPUComputePipeline p = W.DeviceCreateComputePipeline(g->device, &cd);
+    W.ShaderModuleRelease(mod);
+    lr_gpu_flush(g);
+    return p;
+}
+
+int32_t lr_gpu_use_pipelined_matvec(lr_gpu *g, int32_t on) {
+    if (!g) return LR_EARG;
+    if (on < 0) return g->mv_pipelined;
+    g->mv_pipelined = on != 0;
+    return LR_OK;
+}
+
+int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type) {
+    if (type == LR_Q8_0_IM) return g->mv_pipelined ? P_MV_Q8P : P_MV_Q8;
+    if (type == LR_Q4_0_IM) return g->mv_pipelined ? P_MV_Q4P : P_MV_Q4;
+    return type == LR_F16 ? P_MV_F16 : P_MV_F32;
+}
+
+int32_t lr_gpu_use_subgroups(lr_gpu *g, int32_t on) {
+    if (!g) return LR_EARG;
+    if (on < 0) return g->pipe[P_SELECT] == g->sel_sg && g->sel_sg;
+    if (on && !g->sel_sg) return LR_ETYPE;
+    g->pipe[P_SELECT] = on ? g->sel_sg : g->sel_plain;
+    return LR_OK;
 }
 
 /* ---- open / close ----------------------------------------------------------------------------- */
@@ -233,9 +294,13 @@ lr_gpu *lr_gpu_open(const char *lib_path, const char *shader_dir, char *err, int
     ws = (wait_slot){0};
     WGPUDeviceDescriptor dd = WGPU_DEVICE_DESCRIPTOR_INIT;
     dd.requiredLimits = &g->limits;   /* the adapter's, not the defaults */
-    WGPUFeatureName ts = WGPUFeatureName_TimestampQuery;
-    g->timestamps = W.AdapterHasFeature(g->adapter, ts) != 0;
-    dd.requiredFeatureCount = g->timestamps ? 1 : 0, dd.requiredFeatures = &ts;
+    WGPUFeatureName feats[2];
+    size_t nf = 0;
+    if ((g->timestamps = W.AdapterHasFeature(g->adapter, WGPUFeatureName_TimestampQuery) != 0))
+        feats[nf++] = WGPUFeatureName_TimestampQuery;
+    if ((g->subgroups = W.AdapterHasFeature(g->adapter, (WGPUFeatureName)WGPUNativeFeature_Subgroup) != 0))
+        feats[nf++] = (WGPUFeatureName)WGPUNativeFeature_Subgroup;
+    dd.requiredFeatureCount = nf, dd.requiredFeatures = feats;
     dd.uncapturedErrorCallbackInfo.callback = on_error;
     dd.uncapturedErrorCallbackInfo.userdata1 = g;
     dd.deviceLostCallbackInfo.mode = WGPUCallbackMode_AllowProcessEvents;
@@ -262,7 +327,10 @@ lr_gpu *lr_gpu_open(const char *lib_path, const char *shader_dir, char *err, int
 
 static void destroy(lr_gpu *g) {
     for (int p = 0; p < P_COUNT; p++)
-        if (g->pipe[p]) W.ComputePipelineRelease(g->pipe[p]);
+        if (g->pipe[p] && (p != P_SELECT || (g->pipe[p] != g->sel_plain && g->pipe[p] != g->sel_sg)))
+            W.ComputePipelineRelease(g->pipe[p]);
+    if (g->sel_plain) W.ComputePipelineRelease(g->sel_plain);
+    if (g->sel_sg) W.ComputePipelineRelease(g->sel_sg);
     for (int l = 0; l < L_COUNT; l++) {
         if (g->pl[l]) W.PipelineLayoutRelease(g->pl[l]);
         if (g->bgl[l]) W.BindGroupLayoutRelease(g->bgl[l]);

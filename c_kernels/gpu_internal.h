@@ -59,7 +59,7 @@ extern wgpu_api W;
 /* bind group layouts (gpu_device.c's LAYOUTS) and pipelines (PIPES), one per kernel entry point */
 enum { L_SELECT, L_MATVEC, L_REDUCE, L_ATTN, L_HEAD, L_COUNT };
 enum { P_SELECT, P_MV_Q8, P_MV_Q4, P_MV_F16, P_MV_F32, P_RED_STORE, P_RED_ADD, P_RED_SWIGLU, P_ROPE_KV, P_ATTEND,
-       P_HEAD_PREP, P_HEAD_Q8, P_HEAD_Q4, P_HEAD_F16, P_HEAD_F32, P_COUNT };
+       P_HEAD_PREP, P_HEAD_Q8, P_HEAD_Q4, P_HEAD_F16, P_HEAD_F32, P_MV_Q8P, P_MV_Q4P, P_COUNT };
 
 struct lr_gpu {
     void *lib;
@@ -74,6 +74,9 @@ struct lr_gpu {
     char info[400];
     int failed;          /* the device reported an error: every later call returns LR_EGPU */
     int timestamps;      /* TimestampQuery granted: per-dispatch GPU times (lr_gpu_model_profile) */
+    int subgroups;       /* subgroup operations granted: pipe[P_SELECT] may be select_sg.wgsl */
+    WGPUComputePipeline sel_plain, sel_sg;   /* the two selections; pipe[P_SELECT] is one of them */
+    int mv_pipelined;    /* Q8_0 / Q4_0 matvecs: mv_q8p / mv_q4p (1, the default) or mv_q8 / mv_q4 (0) */
     int32_t models;      /* models on the device: lr_gpu_close waits for the last one's free */
     int closing;
     char error[1024];
@@ -82,6 +85,7 @@ struct lr_gpu {
 typedef struct { WGPUBuffer buf; uint64_t off, size; } lr_gpu_slice;   /* size 0: the rest */
 typedef struct { WGPUComputePipeline pipe; WGPUBindGroup bg; uint32_t x, y; } lr_gpu_dispatch;
 
+#define RED_COLS 32u   /* output columns per reduce.wgsl workgroup (its COLS) */
 #define SLOT 256u   /* bytes per uniform slot (minUniformBufferOffsetAlignment <= 256) */
 #define STORAGE (WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst | WGPUBufferUsage_CopySrc)
 
@@ -97,6 +101,8 @@ int32_t lr_gpu_upload_head(lr_gpu *g, const lr_tensor *t, head_part **parts, int
 /* size bytes at off of a storage buffer, copied back to the host (waits) */
 int32_t lr_gpu_read_back(lr_gpu *g, WGPUBuffer src, uint64_t off, uint64_t size, void *out);
 
+/* the matvec pipeline for a weight type, as g's settings choose */
+int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type);
 void lr_gpu_flush(lr_gpu *g);
 void lr_gpu_release(lr_gpu *g);   /* a model's free: closes g if lr_gpu_close came first */
 /* a buffer of size bytes (rounded up to 16), filled with data when not NULL */

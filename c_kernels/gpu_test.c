@@ -46,11 +46,11 @@ int32_t lr_gpu_test_select(lr_gpu *g, const float *x, const float *score, const 
                                                gate != NULL, score != NULL, 0, thr, eps, 0, 0, 0, 0, 0, 0};
     owned o = {0};
     const uint64_t sel_bytes = (4 + 2 * (uint64_t)n + (uint64_t)n / 32) * 4;
-    lr_gpu_slice s[6] = {S(own(&o, lr_gpu_buffer(g, SLOT, WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst, &p, "p"))),
+    lr_gpu_slice s[7] = {S(own(&o, lr_gpu_buffer(g, SLOT, WGPUBufferUsage_Uniform | WGPUBufferUsage_CopyDst, &p, "p"))),
                          S(store(g, &o, x, (uint64_t)n * 4)), S(store(g, &o, score, score ? (uint64_t)n * 4 : 16)),
                          S(store(g, &o, gate, gate ? (uint64_t)n * 4 : 16)), S(store(g, &o, NULL, sel_bytes)),
-                         S(store(g, &o, NULL, 32))};
-    for (int i = 0; i < 6; i++)
+                         S(store(g, &o, NULL, 32)), S(store(g, &o, NULL, (uint64_t)n * 4))};
+    for (int i = 0; i < 7; i++)
         if (!s[i].buf) { release(g, &o, NULL, 0); return LR_ENOMEM; }
     WGPUBindGroup bg = lr_gpu_bind(g, L_SELECT, s);
     lr_gpu_dispatch d = {g->pipe[P_SELECT], bg, 1, 1};
@@ -126,9 +126,9 @@ int32_t lr_gpu_test_spmv(lr_gpu *g, const lr_tensor *w, const float *x, const in
     lr_gpu_slice ms[5] = {S(pm), S(selb), S(gw.codes), S(gw.scale ? gw.scale : dummy), S(part)};
     lr_gpu_slice rs[6] = {S(pr), S(selb), S(part), S(dummy), S(out), S(dummy_w)};
     WGPUBindGroup bg[2] = {lr_gpu_bind(g, L_MATVEC, ms), lr_gpu_bind(g, L_REDUCE, rs)};
-    const int pipe = w->type == LR_Q8_0_IM ? P_MV_Q8 : w->type == LR_Q4_0_IM ? P_MV_Q4 : w->type == LR_F16 ? P_MV_F16 : P_MV_F32;
+    const int pipe = lr_gpu_mv_pipe(g, w->type);
     lr_gpu_dispatch d[2] = {{g->pipe[pipe], bg[0], (uint32_t)(w->cols + 1023) / 1024, chunks},
-                            {g->pipe[P_RED_STORE], bg[1], (uint32_t)(w->cols + 255) / 256, 1}};
+                            {g->pipe[P_RED_STORE], bg[1], (uint32_t)(w->cols + RED_COLS - 1) / RED_COLS, 1}};
     rc = run(g, d, 2);
     if (rc == LR_OK) rc = lr_gpu_read_back(g, out, 0, (uint64_t)w->cols * 4, y);
     release(g, &o, bg, 2);

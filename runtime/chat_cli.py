@@ -15,7 +15,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from .cli import add_kv_args
+from .cli import add_device_arg, add_kv_args
 from .errors import LarosaError
 
 PROG = "larosa-chat"
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampling seed (default: random)")
     p.add_argument("--sparsity", type=float, help="model sparsity in [0, 1) (default: the file's)")
     p.add_argument("-sys", "--system-prompt", help="system message opening the conversation")
+    add_device_arg(p)
     add_kv_args(p)
     return p
 
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         Sampling(temperature=a.temp, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                  repeat_penalty=a.repeat_penalty)   # bad options fail before the model loads
         model = Model(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size,
-                      type_k=a.cache_type_k, type_v=a.cache_type_v)
+                      type_k=a.cache_type_k, type_v=a.cache_type_v, device=a.device)
         with warnings.catch_warnings():   # the template's warnings: printed as notes below
             warnings.simplefilter("ignore")
             setup = chat_setup(model)     # a broken template fails here, not at the first message

@@ -20,15 +20,20 @@ def add_kv_args(p: argparse.ArgumentParser) -> None:
                    help="KV cache type for V (default f16)")
 
 
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """--device cpu|gpu|auto (Model's device)."""
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu",
+                   help="where to run: cpu (default), gpu (WebGPU: Metal, Vulkan, DX12; pip install "
+                        "\"larosa[gpu]\"), auto (the GPU when one opens)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", required=True, help="LaRoSA GGUF (from larosa-convert)")
     p.add_argument("--sparsity", type=float, help="model sparsity in [0, 1) (default: the file's)")
     p.add_argument("-t", "--threads", type=int, default=min(os.cpu_count() or 1, 8), help="CPU threads")
     p.add_argument("--budget", action=argparse.BooleanOptionalAction,
                    help="hold each token to the planned bytes (threshold files; default: as the file says)")
-    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu",
-                   help="where to run: cpu (default), gpu (WebGPU: Metal, Vulkan, DX12; pip install "
-                        "\"larosa[gpu]\"), auto (the GPU when one opens)")
+    add_device_arg(p)
     add_kv_args(p)
 
 

@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from pydantic import ValidationError
 
-from .cli import add_kv_args
+from .cli import add_device_arg, add_kv_args
 from .errors import LarosaError
 from .generate import text_pieces
 from .server_api import ApiError, Cancelled, ChatBody, CompletionBody, _Body, _validation_error
@@ -414,7 +414,7 @@ def load_state(a: argparse.Namespace) -> ServerState:
     from .chat import ChatTemplateError, chat_setup, format_chat, make_setup
     SlotModel = _slot_model_class()
     models = [SlotModel(a.model, sparsity=a.sparsity, n_threads=a.threads, n_ctx=a.ctx_size, budget=a.budget,
-                        type_k=a.cache_type_k, type_v=a.cache_type_v) for _ in range(a.parallel)]
+                        type_k=a.cache_type_k, type_v=a.cache_type_v, device=a.device) for _ in range(a.parallel)]
     front = models[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # notes are printed below
@@ -453,7 +453,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", action=argparse.BooleanOptionalAction,
                    help="hold each token to the planned bytes (threshold files; default: as the file says)")
     add_kv_args(p)
-    p.add_argument("--device", default="cpu", help="where the model runs: cpu (the only one larosa has)")
+    add_device_arg(p)   # gpu: each slot is a model on the device, its weights uploaded once per slot
     p.add_argument("-a", "--alias", help="model id in the API (default: the file's name)")
     p.add_argument("--api-key", default=os.environ.get("LAROSA_API_KEY"),
                    help="require Authorization: Bearer KEY on every endpoint but /health "
@@ -471,8 +471,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, checked (argparse's exit 2 with a message for bad values)."""
     p = _parser()
     a = p.parse_args(argv)
-    if a.device.lower() != "cpu":
-        p.error(f"--device {a.device}: larosa runs on the CPU only (--device cpu)")
     if a.parallel < 1:
         p.error("-np must be >= 1")
     if a.queue_size < 0:

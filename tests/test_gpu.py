@@ -42,29 +42,62 @@ def select(x, mode, k=0, thr=-1.0, score=None, gate=None, quant=0, norm=0, eps=1
     return idx[:cnt], vals[:cnt], dx
 
 
+IN_USE = DEV is not None and lib.lr_gpu_use_subgroups(DEV._g, -1) == 1   # LAROSA_GPU_SUBGROUPS=0: the plain one
+SUBGROUPS = DEV is not None and lib.lr_gpu_use_subgroups(DEV._g, 1) == 0
+if DEV is not None:
+    lib.lr_gpu_use_subgroups(DEV._g, int(IN_USE))
+
+
+@pytest.fixture(params=["subgroups", "plain"])
+def variant(request):
+    """each selection test on both kernels: select_sg.wgsl (subgroups, where granted) and select.wgsl"""
+    if request.param == "subgroups" and not SUBGROUPS:
+        pytest.skip("the adapter grants no subgroup operations")
+    assert lib.lr_gpu_use_subgroups(DEV._g, int(request.param == "subgroups")) == 0
+    yield request.param
+    lib.lr_gpu_use_subgroups(DEV._g, int(IN_USE))
+
+
 def cpu_topk(key, k):
     idx = np.zeros(k, np.int32)
     assert lib.lr_topk(f(key), key.size, k, i32(idx)) == k
     return idx
 
 
-@pytest.mark.parametrize("n,k", [(64, 1), (576, 230), (1536, 921), (4096, 2458), (11008, 4403), (11008, 11007)])
-def test_select_topk_matches_cpu(n, k):
+@pytest.mark.parametrize("n,k", [(64, 1), (576, 230), (1536, 921), (4096, 2458), (11008, 4403), (11008, 11007),
+                                 (20480, 8191)])
+def test_select_topk_matches_cpu(variant, n, k):
     x = RNG.standard_normal(n).astype(np.float32)
     idx, vals, _ = select(x, 0, k=k)
     np.testing.assert_array_equal(idx, cpu_topk(x, k))
     np.testing.assert_array_equal(vals, x[idx])
 
 
-def test_select_ties_take_the_lower_index():
+def test_select_ties_take_the_lower_index(variant):
     x = np.round(RNG.standard_normal(4096) * 4).astype(np.float32)   # many equal magnitudes
     x[::7] = -x[::7]
-    for k in (1, 100, 1000, 2047, 4000):
+    for k in (1, 100, 1000, 2047, 4000, 4095):
         idx, _, _ = select(x, 0, k=k)
         np.testing.assert_array_equal(idx, cpu_topk(x, k))
 
 
-def test_select_norm_score_gate_threshold():
+def test_select_ties_at_every_digit_level(variant):
+    """keys equal in their high bits and differing low (the digit search's later levels), a count
+    that a bin completes exactly (its early stop), and widths that leave subgroups empty"""
+    base = np.float32(1.5).view(np.uint32)
+    for n in (32, 96, 4128):
+        bits = base + RNG.integers(0, 64, n).astype(np.uint32)        # only the low 6 bits differ
+        x = bits.view(np.float32) * np.where(RNG.random(n) < 0.5, -1, 1).astype(np.float32)
+        for k in (1, n // 3, n // 2, n - 1):
+            idx, vals, _ = select(x, 0, k=k)
+            np.testing.assert_array_equal(idx, cpu_topk(x, k))
+            np.testing.assert_array_equal(vals, x[idx])
+        x = np.repeat(np.float32([4, 3, 2, 1]), n // 4) * np.float32(1.0)   # bins of equal keys
+        for k in (n // 4, n // 2, n // 4 + 1):
+            np.testing.assert_array_equal(select(x, 0, k=k)[0], cpu_topk(x, k))
+
+
+def test_select_norm_score_gate_threshold(variant):
     n = 1536
     x = (RNG.standard_normal(n) * 3).astype(np.float32)
     score = RNG.uniform(0.5, 2.0, n).astype(np.float32)
@@ -88,17 +121,17 @@ def test_select_norm_score_gate_threshold():
     np.testing.assert_array_equal(idx, np.arange(n))
 
 
-def test_select_quantizes_as_q8_0_blocks():
+def test_select_quantizes_as_q8_0_blocks(variant):
     n = 2048
     x = (RNG.standard_normal(n) * 5).astype(np.float32)
     idx, q, dx = select(x, 0, k=900, quant=1)
     np.testing.assert_array_equal(idx, cpu_topk(x, 900))
     amax = np.zeros(n // 32, np.float32)
     np.maximum.at(amax, idx // 32, np.abs(x[idx]))
-    np.testing.assert_allclose(dx, amax / 127, rtol=1e-7)
+    np.testing.assert_allclose(dx, amax / 127, rtol=3e-7)   # Vulkan's division: 2.5 ulp (NVIDIA's)
     want = np.clip(np.round(x[idx] / dx[idx // 32]), -127, 127)
     assert np.all(q == np.round(q)) and np.abs(q).max() == 127
-    assert np.mean(q == want) > 0.999 and np.abs(q - want).max() <= 1   # 1 / dx rounds differently at most
+    assert np.mean(q == want) > 0.99 and np.abs(q - want).max() <= 1   # 1 / dx rounds differently at most
 
 
 def im_tensor(qtype, rows, cols, keep):
@@ -132,9 +165,21 @@ def float_tensor(dtype, rows, cols, keep):
     return ct, w.astype(np.float32)
 
 
+@pytest.fixture(params=["pipelined", "plain"])
+def mv_variant(request):
+    """the Q8_0 / Q4_0 matvecs both ways: mv_q8p / mv_q4p (prefetching) and mv_q8 / mv_q4"""
+    was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, int(request.param == "pipelined"))
+    yield request.param
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
+
+
 @pytest.mark.parametrize("kind", ["q8", "q4", "f16", "f32"])
-@pytest.mark.parametrize("rows,cols,frac", [(576, 1728, 0.6), (1536, 576, 0.4), (4096, 2048, 1.0), (1024, 4160, 0.05)])
-def test_spmv_matches_numpy_and_cpu(kind, rows, cols, frac):
+@pytest.mark.parametrize("rows,cols,frac", [(576, 1728, 0.6), (1536, 576, 0.4), (4096, 2048, 1.0), (1024, 4160, 0.05),
+                                            (2048, 1024, 0.13)])
+def test_spmv_matches_numpy_and_cpu(mv_variant, kind, rows, cols, frac):
+    if mv_variant == "plain" and kind not in ("q8", "q4"):
+        pytest.skip("one float kernel")
     keep = []
     if kind in ("q8", "q4"):
         w, dense = im_tensor(kind, rows, cols, keep)
@@ -152,6 +197,25 @@ def test_spmv_matches_numpy_and_cpu(kind, rows, cols, frac):
     exact = x[idx].astype(np.float64) @ dense[idx].astype(np.float64)
     tol = 2e-2 if kind in ("q8", "q4") else 1e-5          # float math; 8-bit activations for the _IM types
     assert np.max(np.abs(y - exact) / mag) < tol
+
+
+@pytest.mark.parametrize("kind", ["q8", "q4"])
+def test_pipelined_matvec_gives_the_same_bits(kind):
+    """mv_q8p / mv_q4p reorder loads and convert codes through the mantissa, not the sums"""
+    keep = []
+    w, _ = im_tensor(kind, 2048, 1088, keep)
+    x = (RNG.standard_normal(2048) * 3).astype(np.float32)
+    idx = np.sort(RNG.choice(2048, 1111, replace=False)).astype(np.int32)
+    ys = []
+    was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
+    for on in (1, 0):
+        lib.lr_gpu_use_pipelined_matvec(DEV._g, on)
+        y = np.zeros(1088, np.float32)
+        assert lib.lr_gpu_test_spmv(DEV._g, w, f(x), i32(idx), idx.size, f(y)) == 0, DEV.error()
+        ys.append(y)
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
+    assert np.abs(ys[0]).max() > 0
+    np.testing.assert_array_equal(ys[0], ys[1])
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "F16", "F32"])
@@ -261,6 +325,33 @@ def test_smollm2_same_greedy_text_logits_and_selections(smollm2_q8):
         ta = "".join(cpu.generate(prompt, max_tokens=4, temperature=0))
         tb = "".join(dev.generate(prompt, max_tokens=4, temperature=0))
         assert ta == tb and ta.startswith(" Paris"), (s, ta, tb)
+
+
+def test_chat_and_server_run_on_the_gpu(smollm2_q8):
+    """larosa-chat --device gpu answers as --device cpu does (greedy); larosa-server --device gpu loads
+    its slots on the GPU and answers the same"""
+    import subprocess
+    import sys
+    from larosa.runtime import server as S
+    from larosa.runtime.chat import create_chat_completion
+    code = "import sys; from larosa.runtime.chat_cli import main; sys.exit(main(sys.argv[1:]))"
+    replies = {}
+    for dev in ("cpu", "gpu"):
+        r = subprocess.run([sys.executable, "-c", code, "-m", smollm2_q8, "--device", dev, "--temp", "0", "-n", "8",
+                            "-t", "1", "-c", "256"], input="What is the capital of France?\n", capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        replies[dev] = r.stdout
+    assert "Paris" in replies["cpu"] and replies["gpu"] == replies["cpu"]
+    a = S.parse_args(["-m", smollm2_q8, "--device", "gpu", "-c", "256", "-t", "1"])
+    state = S.load_state(a)
+    assert state.front.device == "gpu"
+    msg = [{"role": "user", "content": "What is the capital of France?"}]
+    got = create_chat_completion(state.front, msg, max_tokens=8, temperature=0)["choices"][0]["message"]["content"]
+    from larosa.runtime.model import Model
+    cpu = Model(smollm2_q8, n_threads=1, n_ctx=256)
+    want = create_chat_completion(cpu, msg, max_tokens=8, temperature=0)["choices"][0]["message"]["content"]
+    assert "Paris" in want and got == want
 
 
 def test_gpu_model_refuses_what_it_does_not_run(converted):

@@ -29,3 +29,14 @@ def test_run_cli_reports_a_missing_library(converted):
     r = subprocess.run([sys.executable, "-c", code, "-m", converted["tied_q8"], "-p", "x", "--device", "gpu"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 1 and "LAROSA_WGPU_LIB=/nonexistent/libwgpu_native.so: no such file" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("prog", ["chat", "server"])
+def test_chat_and_server_report_a_missing_library(converted, prog):
+    env = dict(os.environ, LAROSA_WGPU_LIB="/nonexistent/libwgpu_native.so")
+    main = {"chat": "from larosa.runtime.chat_cli import main", "server": "from larosa.runtime.server import main"}[prog]
+    code = f"import sys; {main}; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "-m", converted["tied_q8"], "--device", "gpu"],
+                       capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert f"larosa-{prog}: error:" in r.stderr and "LAROSA_WGPU_LIB=/nonexistent/libwgpu_native.so: no such file" in r.stderr

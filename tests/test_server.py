@@ -277,7 +277,7 @@ def test_page_is_served_and_packaged(srv):
 
 
 def test_command_line_refusals(capsys):
-    for argv, msg in [(["--device", "cuda"], "CPU only"), (["-np", "0"], "-np must be >= 1"),
+    for argv, msg in [(["--device", "cuda"], "invalid choice: 'cuda'"), (["-np", "0"], "-np must be >= 1"),
                       (["--queue-size", "-1"], "--queue-size"), (["--api-key", " "], "must not be empty")]:
         with pytest.raises(SystemExit) as e:
             S.parse_args(["-m", "x.gguf", *argv])

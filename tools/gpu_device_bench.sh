@@ -20,6 +20,7 @@
 #   setup   loaders, wheels, larosa built in place, llama-cpp-python with CUDA built in the background
 #   probe   the adapter, the GPU kernel tests, the copy bandwidth, decode tok/s per matvec chunk size
 #   bench   larosa-bench --device gpu on both pairs (llama.cpp on the GPU where its CUDA build finished)
+#   variants  tools/gpu_variants.py (before / after kernels, GPU ms per kernel) on both LaRoSA files
 set -u
 P=$1 OUT=$2 PHASE=$3
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
@@ -75,5 +76,11 @@ bench)
         python3 -m larosa.tools.bench -m "$M/llama2-7b.$t.gguf" -M "$M/llama2-7b.larosa-$t.gguf" --device gpu \
             --sparsity 0,0.4,0.5 -t 1 -n 64 -p 128 --rounds 3 --json 2>&1 | tee "$OUT/bench-$t.txt"
     done
+    ;;
+variants)
+    export PYTHONPATH=/tmp/site:/tmp/cpu_site
+    inflate q4_0; inflate q8_0
+    python3 "$P/src/tools/gpu_variants.py" "$M/llama2-7b.larosa-q4_0.gguf" "$M/llama2-7b.larosa-q8_0.gguf" 2>&1 \
+        | tee "$OUT/variants.txt"
     ;;
 esac

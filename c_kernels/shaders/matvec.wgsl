@@ -245,3 +245,151 @@ fn mv_f32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     y = streams_sum(lid.x, y);
     if (ok && stream == 0u) { store16(wid.y * P.cols + cpos, y); }
 }
+
+// Codes to floats without an int-to-float conversion (a quarter-rate instruction on NVIDIA, one per
+// weight): a byte b placed in the mantissa of 2^23 is the float 2^23 + b, exactly; subtracting
+// 2^23 (and the code's offset) leaves the code. Same values as i8x4 / u4x4.
+const MAGIC: u32 = 0x4b000000u;   // 2^23
+fn i8x4m(v: u32) -> vec4<f32> {   // four signed bytes, low byte first: (b ^ 0x80) = b + 128
+    let b = (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+    return bitcast<vec4<f32>>(b ^ vec4<u32>(MAGIC | 0x80u)) - 8388736.0;
+}
+fn u4x4m(v: u32, sh: u32) -> vec4<f32> {   // nibbles sh, sh + 8, sh + 16, sh + 24 minus 8
+    let b = (vec4<u32>(v >> sh) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xfu);
+    return bitcast<vec4<f32>>(b | vec4<u32>(MAGIC)) - 8388616.0;
+}
+fn q8_wm(v: vec4<u32>) -> Acc { return Acc(i8x4m(v.x), i8x4m(v.y), i8x4m(v.z), i8x4m(v.w)); }
+fn q4_wm(v: vec2<u32>) -> Acc { return Acc(u4x4m(v.x, 0u), u4x4m(v.y, 0u), u4x4m(v.x, 4u), u4x4m(v.y, 4u)); }
+
+// ---- Q8_0 / Q4_0, pipelined (mv_q8p, mv_q4p: the default): the same sums in the same order, with
+// the loads that each batch of 8 rows waited on issued a batch earlier. The next batch's rows and
+// values are loaded while this batch's weights are in flight, and so are the scales (and dx) of
+// this batch's last group: a group change then finds its scales in registers instead of waiting
+// for them (a batch that spans three groups loads the middle one's when it gets there). Codes
+// become floats through the mantissa (i8x4m, u4x4m).
+struct Rows { a: vec4<u32>, b: vec4<u32> }
+struct Vals { a: vec4<f32>, b: vec4<f32> }
+struct Sc { a: vec4<u32>, b: vec4<u32>, dx: f32 }   // 16 f16 scales of a group's outputs, its dx
+
+fn rows8(j: u32, last: u32) -> Rows {   // past the end: the last row again
+    return Rows(vec4<u32>(row_of(min(j, last)), row_of(min(j + 1u, last)), row_of(min(j + 2u, last)), row_of(min(j + 3u, last))),
+                vec4<u32>(row_of(min(j + 4u, last)), row_of(min(j + 5u, last)), row_of(min(j + 6u, last)), row_of(min(j + 7u, last))));
+}
+fn vals8(j: u32, j1: u32) -> Vals {     // past the end: 0
+    return Vals(vec4<f32>(val_in(j, j1), val_in(j + 1u, j1), val_in(j + 2u, j1), val_in(j + 3u, j1)),
+                vec4<f32>(val_in(j + 4u, j1), val_in(j + 5u, j1), val_in(j + 6u, j1), val_in(j + 7u, j1)));
+}
+fn sc_acc(s: Sc) -> Acc {
+    return Acc(h4(s.a.x, s.a.y) * s.dx, h4(s.a.z, s.a.w) * s.dx, h4(s.b.x, s.b.y) * s.dx, h4(s.b.z, s.b.w) * s.dx);
+}
+fn q8_sc(g: u32, c0: u32) -> Sc {   // as q8_scale
+    let b = (g * P.cols + c0) / 8u;
+    return Sc(scale[b], scale[b + 1u], dx_of(g));
+}
+fn q4_sc(g: u32, lo: u32) -> Sc {   // as q4_scale
+    return Sc(scale[(g * P.cols + lo) / 8u], scale[(g * P.cols + lo + 32u) / 8u], dx_of(g));
+}
+
+// a group change flushes with the held scales, then holds the next group's (prefetched: nx, of gn)
+fn flush_to(y: ptr<function, Acc>, acc: ptr<function, Acc>, g: ptr<function, u32>, sc: ptr<function, Sc>, gr: u32,
+            nx: Sc, gn: u32, c0: u32, q4: bool) {
+    *y = fma_scaled(*y, *acc, sc_acc(*sc));
+    *acc = zero();
+    *g = gr;
+    if (gr == gn) { *sc = nx; } else if (q4) { *sc = q4_sc(gr, c0); } else { *sc = q8_sc(gr, c0); }
+}
+
+fn q8_stepp(y: ptr<function, Acc>, acc: ptr<function, Acc>, g: ptr<function, u32>, sc: ptr<function, Sc>, nx: Sc,
+            gn: u32, r: u32, wv: vec4<u32>, v: f32, c0: u32) {
+    let gr = r / 32u;
+    if (gr != *g) { flush_to(y, acc, g, sc, gr, nx, gn, c0, false); }
+    *acc = fma_acc(*acc, q8_wm(wv), v);
+}
+fn q4_stepp(y: ptr<function, Acc>, acc: ptr<function, Acc>, g: ptr<function, u32>, sc: ptr<function, Sc>, nx: Sc,
+            gn: u32, r: u32, wv: vec2<u32>, v: f32, c0: u32) {
+    let gr = r / 32u;
+    if (gr != *g) { flush_to(y, acc, g, sc, gr, nx, gn, c0, true); }
+    *acc = fma_acc(*acc, q4_wm(wv), v);
+}
+
+@compute @workgroup_size(256)
+fn mv_q8p(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let j0 = jc + stream * (P.R / 4u);
+    let j1 = min(j0 + P.R / 4u, cnt);
+    let cpos = (wid.x * 64u + lane) * 16u;
+    let ok = cpos < P.cols;
+    var y = zero(); var acc = zero();
+    if (ok && j0 < j1) {
+        let last = j1 - 1u;
+        var rw = rows8(j0, last);
+        var vl = vals8(j0, j1);
+        var g = rw.a.x / 32u;
+        var sc = q8_sc(g, cpos);
+        for (var j = j0; j < j1; j += 8u) {
+            let w0 = q8_load(rw.a.x, cpos); let w1 = q8_load(rw.a.y, cpos); let w2 = q8_load(rw.a.z, cpos); let w3 = q8_load(rw.a.w, cpos);
+            let w4 = q8_load(rw.b.x, cpos); let w5 = q8_load(rw.b.y, cpos); let w6 = q8_load(rw.b.z, cpos); let w7 = q8_load(rw.b.w, cpos);
+            let gn = rw.b.w / 32u;
+            let nx = q8_sc(gn, cpos);
+            let rn = rows8(j + 8u, last);
+            let vn = vals8(j + 8u, j1);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.x, w0, vl.a.x, cpos);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.y, w1, vl.a.y, cpos);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.z, w2, vl.a.z, cpos);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.w, w3, vl.a.w, cpos);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.x, w4, vl.b.x, cpos);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.y, w5, vl.b.y, cpos);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.z, w6, vl.b.z, cpos);
+            q8_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.w, w7, vl.b.w, cpos);
+            rw = rn; vl = vn;
+        }
+        y = fma_scaled(y, acc, sc_acc(sc));
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store16(wid.y * P.cols + cpos, y); }
+}
+
+@compute @workgroup_size(256)
+fn mv_q4p(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let j0 = jc + stream * (P.R / 4u);
+    let j1 = min(j0 + P.R / 4u, cnt);
+    let tt = wid.x * 64u + lane;
+    let run = tt / 4u; let qq = tt % 4u;
+    let cpos = run * 64u + qq * 8u;
+    let ok = cpos < P.cols;
+    var y = zero(); var acc = zero();
+    if (ok && j0 < j1) {
+        let last = j1 - 1u;
+        var rw = rows8(j0, last);
+        var vl = vals8(j0, j1);
+        var g = rw.a.x / 32u;
+        var sc = q4_sc(g, cpos);
+        for (var j = j0; j < j1; j += 8u) {
+            let w0 = q4_load(rw.a.x, run, qq); let w1 = q4_load(rw.a.y, run, qq); let w2 = q4_load(rw.a.z, run, qq); let w3 = q4_load(rw.a.w, run, qq);
+            let w4 = q4_load(rw.b.x, run, qq); let w5 = q4_load(rw.b.y, run, qq); let w6 = q4_load(rw.b.z, run, qq); let w7 = q4_load(rw.b.w, run, qq);
+            let gn = rw.b.w / 32u;
+            let nx = q4_sc(gn, cpos);
+            let rn = rows8(j + 8u, last);
+            let vn = vals8(j + 8u, j1);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.x, w0, vl.a.x, cpos);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.y, w1, vl.a.y, cpos);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.z, w2, vl.a.z, cpos);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.a.w, w3, vl.a.w, cpos);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.x, w4, vl.b.x, cpos);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.y, w5, vl.b.y, cpos);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.z, w6, vl.b.z, cpos);
+            q4_stepp(&y, &acc, &g, &sc, nx, gn, rw.b.w, w7, vl.b.w, cpos);
+            rw = rn; vl = vn;
+        }
+        y = fma_scaled(y, acc, sc_acc(sc));
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store8x2(wid.y * P.cols + cpos, y); }
+}

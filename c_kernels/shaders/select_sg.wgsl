@@ -1,0 +1,251 @@
+// select.wgsl's selection (same Params, same output words, same rules: Top-K ties to the lower
+// index, threshold, budget, all) with subgroup operations, for adapters that grant `subgroups`.
+// select.wgsl spends its time in barriers (a 256-thread scan is 17 of them, ~170 a selection) and
+// in each thread's serial walk over a contiguous slice; here:
+// - every subgroup owns a contiguous range of inputs and walks it in chunks of its width (lane l
+//   takes input base + l: coalesced), so the compaction keeps index order with subgroup scans and
+//   only the subgroups' totals cross a barrier;
+// - the keys are computed once into a scratch buffer (keys), each thread reading back only the
+//   ones it wrote (no barrier for them);
+// - the k-th largest key T comes from a digit search, 8 bits a level from the top (4 levels at
+//   most): a 256-bin histogram in workgroup memory (one atomic per chunk whose lanes share the
+//   digit, as the exponent's bits mostly do), the bin found by subgroup scans; it stops early
+//   when a digit's keys and those above make exactly the count (no tie to cut). A counting pass
+//   then gives each subgroup its keys above T and equal to T;
+// - 1024 threads: on a GPU every pass is a few dependent loads per thread, and their latency is
+//   what a selection costs (256 threads: 4x as many, measured 43-80 us a selection on the H200).
+// H200, 7B shape: 23-30 us a selection against select.wgsl's 35-47 (BENCHMARKS.md). Subgroups must
+// be laid out by local index (lid / size), true of Vulkan's NVIDIA, AMD and Mesa drivers and
+// Metal, of 4 lanes or more (WebGPU's minimum; gpu_device.c checks the workgroup limits); tests
+// compare every mode with the CPU and with select.wgsl.
+// (no `enable subgroups;`: naga takes subgroup builtins once the device grants the feature)
+
+struct Params {
+    n: u32, mode: u32, k: u32, quant: u32,
+    norm: u32, key_kind: u32, has_score: u32, stat: u32,   // key_kind 1: CATS gate key; stat 4: none
+    thr: f32, eps: f32, plan: f32, cost: f32,
+    remain: f32, first: u32, last: u32, pad: u32,
+}
+struct State { over: f32, rows: array<atomic<u32>, 4> }
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> score: array<f32>;
+@group(0) @binding(3) var<storage, read> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> sel: array<u32>;
+@group(0) @binding(5) var<storage, read_write> state: State;
+@group(0) @binding(6) var<storage, read_write> keys: array<u32>;   // scratch, n words
+
+const WG: u32 = 1024u;
+const MAX_SG: u32 = 256u;        // subgroups of 4 lanes or more
+const MAX_GROUPS: u32 = 1024u;   // n <= 32768 (checked at load)
+var<workgroup> hist: array<atomic<u32>, 256>;   // a digit's 256 bins
+var<workgroup> tree: array<f32, 256>;
+var<workgroup> sgc: array<vec2<u32>, MAX_SG>;  // per subgroup: keys above T, keys equal to T
+var<workgroup> gmax: array<atomic<u32>, MAX_GROUPS>;
+var<workgroup> bc: vec4<u32>;
+
+fn key_of(i: u32, r: f32) -> u32 {
+    var v = x[i] * r;
+    if (P.key_kind == 1u) { let g = gate[i]; v = g / (1.0 + exp(-g)); }
+    var kf = abs(v);
+    if (P.has_score != 0u) { kf = kf * score[i]; }
+    return bitcast<u32>(kf) & 0x7fffffffu;
+}
+
+@compute @workgroup_size(1024)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
+        @builtin(subgroup_size) sg: u32) {
+    let n = P.n;
+    let nsg = WG / sg;
+    let s_id = lid / sg;
+    let per_sg = (n + WG - 1u) / WG * sg;   // inputs per subgroup: a whole number of chunks
+    let i0 = s_id * per_sg + lane;          // this lane's inputs: i0, i0 + sg, ... (below n)
+    let G = n / 32u;
+    for (var g = lid; g < G; g += WG) { atomicStore(&gmax[g], 0u); }   // ordered by the barriers below
+
+    // RMSNorm (no scale): r = 1 / sqrt(mean(x^2) + eps), summed as select.wgsl sums (256 slices,
+    // then a tree), so that both kernels give the same r on every device. (A sum in two floats
+    // would match the CPU's double one more often on NVIDIA, but lavapipe neither fuses fma nor
+    // keeps a two-sum's error: no error-free transform holds there.)
+    var r = 1.0;
+    if (P.norm != 0u) {
+        let per = (n + 255u) / 256u;
+        var ss = 0.0;
+        if (lid < 256u) {
+            let j0 = min(lid * per, n);
+            let j1 = min(j0 + per, n);
+            for (var i = j0; i < j1; i++) { let v = x[i]; ss = fma(v, v, ss); }
+            tree[lid] = ss;
+        }
+        workgroupBarrier();
+        for (var off = 128u; off > 0u; off = off / 2u) {
+            if (lid < off) { tree[lid] = tree[lid] + tree[lid + off]; }
+            workgroupBarrier();
+        }
+        r = 1.0 / sqrt(tree[0] / f32(n) + P.eps);
+    }
+    // the keys, once; the count of keys above the threshold (mode 1's selection, the budget's count)
+    var above = 0u; var valid = 0u;
+    for (var c = 0u; c < per_sg; c += sg) {
+        let i = i0 + c;
+        if (i < n) {
+            let kb = key_of(i, r);
+            keys[i] = kb;
+            above += select(0u, 1u, bitcast<f32>(kb) > P.thr);
+            valid += 1u;
+        }
+    }
+    let sg_above = subgroupAdd(above);
+
+    // how many inputs to keep
+    var k = n;
+    if (P.mode == 0u) { k = min(P.k, n); }
+    if (P.mode == 2u) {
+        if (lane == 0u) { sgc[s_id] = vec2<u32>(sg_above, 0u); }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var cnt = 0u;
+            for (var s = 0u; s < nsg; s++) { cnt += sgc[s].x; }
+            var over = state.over;
+            if (P.first != 0u) { over = 0.0; }
+            var want: f32;
+            if (P.last != 0u) { want = P.plan - over / P.cost; }
+            else { want = f32(cnt) * (1.0 - over / P.remain); }
+            var kk: u32;
+            if (want < 1.0) { kk = 1u; } else if (want > f32(n)) { kk = n; } else { kk = u32(round(want)); }
+            state.over = over + (f32(kk) - P.plan) * P.cost;
+            bc = vec4<u32>(kk, 0u, 0u, 0u);
+        }
+        k = workgroupUniformLoad(&bc).x;
+    }
+
+    // T: keys above tb are all taken, and the first need_eq keys equal to teq (index order).
+    // my_gt / my_eq: this subgroup's keys above tb / equal to teq (lane 0 keeps them)
+    let topk = (P.mode == 0u || P.mode == 2u) && k < n;
+    var tb = 0u; var teq = 0xffffffffu; var need_eq = 0u;
+    var my_gt = subgroupAdd(valid); var my_eq = 0u;        // all
+    if (P.mode == 1u) { my_gt = sg_above; }
+    if (topk) {
+        var prefix = 0u; var known = 0u; var need = k;
+        for (var lev = 0u; lev < 4u; lev++) {
+            let sh = 24u - 8u * lev;
+            if (lid < 256u) { atomicStore(&hist[lid], 0u); }
+            workgroupBarrier();
+            for (var c = 0u; c < per_sg; c += sg) {   // a chunk whose lanes share a digit: one atomic
+                let i = i0 + c;
+                var d = 256u;
+                if (i < n) { let kb = keys[i]; if ((kb & known) == prefix) { d = (kb >> sh) & 255u; } }
+                let f = subgroupBroadcastFirst(d);
+                if (subgroupAll(d == f)) {
+                    if (lane == 0u && f < 256u) { atomicAdd(&hist[f], sg); }
+                } else if (d < 256u) {
+                    atomicAdd(&hist[d], 1u);
+                }
+            }
+            workgroupBarrier();
+            // thread t < 256 holds bin 255 - t: the keys in it and in the bins above, by scans
+            var h = 0u; var incl = 0u;
+            if (lid < 256u) {
+                h = atomicLoad(&hist[255u - lid]);
+                incl = subgroupInclusiveAdd(h);
+                if (lane == sg - 1u) { sgc[s_id] = vec2<u32>(incl, 0u); }
+            }
+            workgroupBarrier();
+            if (lid < 256u) {
+                for (var s = 0u; s < s_id; s++) { incl += sgc[s].x; }
+                if (incl >= need && incl - h < need) {
+                    bc = vec4<u32>(prefix | ((255u - lid) << sh), need - (incl - h), select(0u, 1u, incl == need), 0u);
+                }
+            }
+            let b = workgroupUniformLoad(&bc);
+            prefix = b.x; need = b.y;
+            known = known | (255u << sh);
+            if (b.z != 0u) {   // the bin's keys complete the count: take every key >= prefix
+                tb = prefix - 1u;   // prefix > 0: not every key is taken
+                teq = 0xffffffffu; need_eq = 0u;
+                break;
+            }
+            tb = prefix; teq = prefix; need_eq = need;
+        }
+        var gt = 0u; var eq = 0u;   // this subgroup's keys above tb and equal to teq
+        for (var c = 0u; c < per_sg; c += sg) {
+            let i = i0 + c;
+            if (i < n) { let kb = keys[i]; gt += select(0u, 1u, kb > tb); eq += select(0u, 1u, kb == teq); }
+        }
+        my_gt = subgroupAdd(gt); my_eq = subgroupAdd(eq);
+    }
+
+    // compaction in index order: each subgroup its range, at the offset of the subgroups before it
+    if (lane == 0u) { sgc[s_id] = vec2<u32>(my_gt, my_eq); }
+    workgroupBarrier();
+    var base = 0u; var eq_take = 0u; var total = 0u; var eq_before = 0u;
+    for (var s = 0u; s < nsg; s++) {
+        let v = sgc[s];
+        let tk = min(v.y, need_eq - min(need_eq, eq_before));
+        if (s == s_id) { base = total; eq_take = tk; }
+        total += v.x + tk;
+        eq_before += v.y;
+    }
+    var eq_seen = 0u;
+    for (var c = 0u; c < per_sg; c += sg) {
+        let i = i0 + c;
+        var take = false; var eq = false; var xv = 0.0;
+        if (i < n) {
+            let kb = keys[i];
+            xv = x[i];
+            if (topk) { take = kb > tb; eq = kb == teq; }
+            else if (P.mode == 1u) { take = bitcast<f32>(kb) > P.thr; }
+            else { take = true; }
+        }
+        let e = select(0u, 1u, eq);
+        let rank = eq_seen + subgroupExclusiveAdd(e);
+        take = take || (eq && rank < eq_take);
+        let t = select(0u, 1u, take);
+        let o = base + subgroupExclusiveAdd(t);
+        var m = 0u;
+        if (take) {
+            let v = xv * r;
+            sel[4u + o] = i;
+            sel[4u + n + o] = bitcast<u32>(v);
+            m = bitcast<u32>(abs(v));
+        }
+        if (P.quant != 0u) {
+            if (sg <= 32u) {   // a chunk lies inside one group of 32 inputs
+                let gm = subgroupMax(m);
+                if (lane == 0u && i < n) { atomicMax(&gmax[i / 32u], gm); }
+            } else if (take) {
+                atomicMax(&gmax[i / 32u], m);
+            }
+        }
+        base += subgroupAdd(t);
+        eq_seen += subgroupAdd(e);
+    }
+    if (lid == 0u) {
+        sel[0] = total;
+        if (P.stat < 4u) { atomicAdd(&state.rows[P.stat], total); }
+    }
+    if (P.quant == 0u) { return; }
+    // Q8_0 codes of the selected values per group of 32: dx = max |x| / 127, q = round(x / dx)
+    // (lr_qsel_build: a group with a NaN or Inf gets dx NaN, a tiny max zero codes)
+    workgroupBarrier();
+    for (var g = lid; g < G; g += WG) {
+        let mb = atomicLoad(&gmax[g]);
+        var dx = bitcast<f32>(mb) / 127.0;
+        if (mb >= 0x7f800000u) { dx = bitcast<f32>(0x7fc00000u); }
+        sel[4u + 2u * n + g] = bitcast<u32>(dx);
+    }
+    storageBarrier();
+    for (var j = lid; j < total; j += WG) {
+        let v = bitcast<f32>(sel[4u + n + j]);
+        let mb = atomicLoad(&gmax[sel[4u + j] / 32u]);
+        var dx = bitcast<f32>(mb) / 127.0;
+        if (mb >= 0x7f800000u) { dx = bitcast<f32>(0x7fc00000u); }
+        var id = 0.0;
+        if (dx > 0.0) { id = 1.0 / dx; }
+        if (id > 3.4028234e38) { id = 0.0; }
+        var q = round(v * id);
+        if (q != q) { q = 0.0; }
+        sel[4u + n + j] = bitcast<u32>(clamp(q, -127.0, 127.0));
+    }
+}
