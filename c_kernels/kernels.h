@@ -168,6 +168,32 @@ typedef struct {
 } lr_topk_ops;
 int32_t lr_topk_bracket(const float *x, int32_t n, int32_t k, int32_t *idx, uint32_t *scratch,
                         const lr_topk_ops *ops);
+/* the passes' scalar tails, from key i to n (after the whole vectors) */
+static inline uint32_t lr_topk_keys_tail(const float *x, int32_t i, int32_t n, uint32_t *u, uint32_t mx) {
+    for (; i < n; i++) {
+        uint32_t v;
+        memcpy(&v, x + i, 4);
+        u[i] = v & 0x7fffffffu;
+        mx = u[i] > mx ? u[i] : mx;
+    }
+    return mx;
+}
+static inline int32_t lr_topk_gather_tail(const uint32_t *u, int32_t i, int32_t n, uint32_t lo, uint32_t hi,
+                                          uint32_t *cand, int32_t m) {
+    for (; i < n; i++) {
+        cand[m] = u[i];
+        m += (u[i] > lo) & (u[i] <= hi);
+    }
+    return m;
+}
+static inline int32_t lr_topk_take_tail(const uint32_t *u, int32_t i, int32_t n, uint32_t t, int32_t *idx,
+                                        int32_t out) {
+    for (; i < n; i++) {
+        idx[out] = i;
+        out += u[i] >= t;
+    }
+    return out;
+}
 
 typedef struct {
     spmv_fn spmv[2];          /* by lr_type_slot(): float weights */

@@ -254,13 +254,7 @@ static uint32_t keys_neon(const float *x, int32_t n, uint32_t *u) {
         mx = vmaxq_u32(mx, v);
     }
     uint32_t m = vmaxvq_u32(mx);
-    for (; i < n; i++) {
-        uint32_t v;
-        memcpy(&v, x + i, 4);
-        u[i] = v & 0x7fffffffu;
-        m = u[i] > m ? u[i] : m;
-    }
-    return m;
+    return lr_topk_keys_tail(x, i, n, u, m);
 }
 
 static int32_t count_gt_neon(const uint32_t *u, int32_t n, uint32_t t) {
@@ -284,11 +278,7 @@ static int32_t gather_neon(const uint32_t *u, int32_t n, uint32_t lo, uint32_t h
         vst1q_u32(cand + m, compress_neon(v, k));
         m += __builtin_popcount(k);
     }
-    for (; i < n; i++) {
-        cand[m] = u[i];
-        m += (u[i] > lo) & (u[i] <= hi);
-    }
-    return m;
+    return lr_topk_gather_tail(u, i, n, lo, hi, cand, m);
 }
 
 static int32_t take_neon(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx) {
@@ -301,11 +291,7 @@ static int32_t take_neon(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx)
         vst1q_u32((uint32_t *)idx + out, compress_neon(iv, k));
         out += __builtin_popcount(k);
     }
-    for (; i < n; i++) {
-        idx[out] = i;
-        out += u[i] >= t;
-    }
-    return out;
+    return lr_topk_take_tail(u, i, n, t, idx, out);
 }
 
 static const lr_topk_ops topk_ops_neon = {keys_neon, count_gt_neon, gather_neon, take_neon};

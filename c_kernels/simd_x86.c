@@ -233,13 +233,7 @@ AVX512 static uint32_t keys_512(const float *x, int32_t n, uint32_t *u) {
         mx = _mm512_max_epu32(mx, v);
     }
     uint32_t m = _mm512_reduce_max_epu32(mx);
-    for (; i < n; i++) {
-        uint32_t v;
-        memcpy(&v, x + i, 4);
-        u[i] = v & 0x7fffffffu;
-        m = u[i] > m ? u[i] : m;
-    }
-    return m;
+    return lr_topk_keys_tail(x, i, n, u, m);
 }
 
 AVX512 static int32_t count_gt_512(const uint32_t *u, int32_t n, uint32_t t) {
@@ -269,11 +263,7 @@ AVX512 static int32_t gather_512(const uint32_t *u, int32_t n, uint32_t lo, uint
         _mm512_storeu_si512(cand + m, _mm512_maskz_compress_epi32(k, v));
         m += __builtin_popcount(k);
     }
-    for (; i < n; i++) {
-        cand[m] = u[i];
-        m += (u[i] > lo) & (u[i] <= hi);
-    }
-    return m;
+    return lr_topk_gather_tail(u, i, n, lo, hi, cand, m);
 }
 
 AVX512 static int32_t take_512(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx) {
@@ -285,11 +275,7 @@ AVX512 static int32_t take_512(const uint32_t *u, int32_t n, uint32_t t, int32_t
         _mm512_storeu_si512(idx + out, _mm512_maskz_compress_epi32(k, iv));
         out += __builtin_popcount(k);
     }
-    for (; i < n; i++) {
-        idx[out] = i;
-        out += u[i] >= t;
-    }
-    return out;
+    return lr_topk_take_tail(u, i, n, t, idx, out);
 }
 
 static const lr_topk_ops topk_ops_512 = {keys_512, count_gt_512, gather_512, take_512};
@@ -511,13 +497,7 @@ AVX2 static uint32_t keys_256(const float *x, int32_t n, uint32_t *u) {
     uint32_t lanes[8], m = 0;
     _mm256_storeu_si256((__m256i *)lanes, mx);
     for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
-    for (; i < n; i++) {
-        uint32_t v;
-        memcpy(&v, x + i, 4);
-        u[i] = v & 0x7fffffffu;
-        m = u[i] > m ? u[i] : m;
-    }
-    return m;
+    return lr_topk_keys_tail(x, i, n, u, m);
 }
 
 AVX2 static int32_t count_gt_256(const uint32_t *u, int32_t n, uint32_t t) {
@@ -545,11 +525,7 @@ AVX2 static int32_t gather_256(const uint32_t *u, int32_t n, uint32_t lo, uint32
         _mm256_storeu_si256((__m256i *)(cand + m), compress_256(v, k));
         m += __builtin_popcount(k);
     }
-    for (; i < n; i++) {
-        cand[m] = u[i];
-        m += (u[i] > lo) & (u[i] <= hi);
-    }
-    return m;
+    return lr_topk_gather_tail(u, i, n, lo, hi, cand, m);
 }
 
 AVX2 static int32_t take_256(const uint32_t *u, int32_t n, uint32_t t, int32_t *idx) {
@@ -566,11 +542,7 @@ AVX2 static int32_t take_256(const uint32_t *u, int32_t n, uint32_t t, int32_t *
         _mm256_storeu_si256((__m256i *)(idx + out), compress_256(iv, k));
         out += __builtin_popcount(k);
     }
-    for (; i < n; i++) {
-        idx[out] = i;
-        out += u[i] >= t;
-    }
-    return out;
+    return lr_topk_take_tail(u, i, n, t, idx, out);
 }
 
 static const lr_topk_ops topk_ops_256 = {keys_256, count_gt_256, gather_256, take_256};
