@@ -1,5 +1,5 @@
 """(issue 17, RESULTS.md "Both models at 16 windows") Perplexity at (near) equal measured skipped bytes, through the C runtime (larosa.runtime.Model).
-usage: ppl.py MODEL MODE CTX CHUNKS OUT --s S | --target T [--probe N] [--s0 S0]
+usage: python tools/ppl_equal_bytes.py MODEL MODE CTX CHUNKS OUT -f TEXT --s S | --target T [--probe N] [--s0 S0]
 MODE: file (the file's default selection), budget, nobudget (plain thresholds), topk.
 With --target, s is solved by two secant steps on probe runs (the first N windows, or one short
 window for Top-K, whose skipped fraction does not depend on the tokens), then the scored run."""
