@@ -1,6 +1,6 @@
 """(issue 17, RESULTS.md) Paired per-token NLL difference (budget - topk) of an auto file on held-out text: the converter's window
-usage: python tools/auto_heldout.py SOURCE.gguf AUTO_FILE.gguf OUT.json LEVELS(0.25,0.5) HELDOUT_TOKENS(1024)
-(the 1024 tokens after the 8192 calibrated) and, with N > 1024, more tokens after them, in windows of 1024."""
+(the 1024 tokens after the 8192 calibrated) and, with N > 1024, more tokens after them, in windows of 1024.
+usage: python tools/auto_heldout.py SOURCE.gguf AUTO_FILE.gguf OUT.json LEVELS(0.25,0.5) HELDOUT_TOKENS(1024)"""
 import json, sys
 import numpy as np
 from larosa.converter import calibrate
