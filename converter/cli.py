@@ -68,8 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "Their error compounds over layers: q8_0 costs ~5%% perplexity on SmolLM2")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(F.METHODS),
                    help="sparsity method. auto (default): budget's keys, then budget or Top-K of them, "
-                        "whichever has the lower perplexity on held-out calibration text (the file records "
-                        "both; budget won on SmolLM2, Top-K on Gemma 3, RESULTS.md); budget: thresholds on "
+                        "Top-K only when its per-token advantage on held-out calibration text exceeds two "
+                        "standard errors (the file records both perplexities; "
+                        "budget on SmolLM2, Top-K on Gemma 3, RESULTS.md); budget: thresholds on "
                         "|x| * weight row norm, no rotation, "
                         "0.8/1.2 coefficients, each token held to the planned bytes (fixed work per token); wina: "
                         "Top-K of the same keys; larosa: the "
