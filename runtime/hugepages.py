@@ -90,13 +90,13 @@ class Arena:
 
 class Collapser:
     """Collapses [(address, nbytes)] regions (2 MiB-aligned) onto huge pages in a daemon thread,
-    2 MiB at a time. `owners` keeps the memory alive until the thread is done. wait() blocks
-    until then; huge_bytes is what the kernel did collapse (0 where it cannot)."""
+    2 MiB at a time. wait() blocks until it is done; huge_bytes is what the kernel did collapse (0
+    where it cannot). The owner of the memory calls stop() before freeing it."""
 
-    def __init__(self, regions: list[tuple[int, int]], owners: list):
-        self._regions, self._owners = regions, owners
+    def __init__(self, regions: list[tuple[int, int]]):
+        self._regions = regions
         self.huge_bytes = 0
-        self._done = threading.Event()
+        self._done, self._stop = threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, name="larosa-hugepages", daemon=True)
         self._thread.start()
 
@@ -110,6 +110,8 @@ class Collapser:
             madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
             for addr, n in self._regions:
                 for a in range(addr, addr + n, HUGE):
+                    if self._stop.is_set():
+                        return
                     if madvise(a, HUGE, MADV_COLLAPSE) == 0:
                         self.huge_bytes += HUGE
                     elif ctypes.get_errno() == 22:   # EINVAL: this kernel has no MADV_COLLAPSE
@@ -117,8 +119,13 @@ class Collapser:
         except (OSError, AttributeError):
             pass
         finally:
-            self._owners = []
             self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
+
+    def stop(self) -> None:
+        """Ends the work after the 2 MiB range in progress and waits for the thread."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()

@@ -201,17 +201,20 @@ class Model:
         (runtime/hugepages.py); wait_huge_pages() waits for it."""
         from . import hugepages
         self._hugepages = None
-        regions, owners = [], []
+        regions = []
         if self._arena is not None:
             regions.append((self._arena.address, self._arena.buf.nbytes))
-            owners.append(self._arena)
         n = ffi.new("int64_t *")
         head8 = lib.lr_model_head8(self._m, n)
         if n[0] and hugepages.available():
             regions.append((int(ffi.cast("uintptr_t", head8)), n[0]))
-            owners.append(self._m)
-        if regions:
-            self._hugepages = hugepages.Collapser(regions, owners)
+        if regions:   # __del__ stops it before the C model and the arena are freed
+            self._hugepages = hugepages.Collapser(regions)
+
+    def __del__(self):
+        h = getattr(self, "_hugepages", None)
+        if h is not None:
+            h.stop()
 
     def wait_huge_pages(self, timeout: float | None = None) -> int:
         """Waits (at most timeout seconds) for the weights' move onto 2 MiB pages that loading

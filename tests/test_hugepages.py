@@ -38,7 +38,7 @@ def test_collapse_keeps_the_bytes(tmp_path):
     arena = hugepages.Arena(data.nbytes)
     with open(p, "rb") as f:
         out = arena.place(f.fileno(), 0, data.nbytes)
-    c = hugepages.Collapser([(arena.address, arena.buf.nbytes)], [arena])
+    c = hugepages.Collapser([(arena.address, arena.buf.nbytes)])
     assert c.wait(60)
     assert c.huge_bytes % hugepages.HUGE == 0 and c.huge_bytes <= arena.buf.nbytes
     np.testing.assert_array_equal(out, data)
@@ -68,3 +68,12 @@ def test_available_follows_the_switch(monkeypatch):
     monkeypatch.setenv("LAROSA_HUGEPAGES", "1")
     assert hugepages.available() == (os.path.exists(hugepages._THP) and
                                      "[never]" not in open(hugepages._THP).read())
+
+
+@needs_thp
+def test_collapse_stops_before_the_memory_goes(tmp_path):
+    """stop() returns only once the thread has let go: a Model's memory is freed right after."""
+    arena = hugepages.Arena(64 * hugepages.HUGE)
+    c = hugepages.Collapser([(arena.address, arena.buf.nbytes)])
+    c.stop()
+    assert c.wait(0) and c.huge_bytes <= arena.buf.nbytes
