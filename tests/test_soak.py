@@ -280,6 +280,7 @@ def test_smollm2_session_memory_stays_flat(smollm2_q8):
     re-use, prompts over one 64-token batch), sampled text with a stop string, to the full context."""
     start = time.monotonic()
     m = Model(smollm2_q8, n_threads=2, n_ctx=160)
+    m.wait_huge_pages()   # load's background move (one thread until done) is not the session's
     history, samples, held, rounds = "The weather today is", [], [], 0
     while rounds < 2 + 4 or time.monotonic() - start < SMOL_SECONDS:
         prompt = m.tokenize(history)
