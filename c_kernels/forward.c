@@ -156,9 +156,9 @@ static void dot_task(void *p, int ith, int nth, int thread) {
  * Q8_0 activations); each row is one thread's, so the result does not depend on the threads */
 void lr_head_rows(lr_model *m, const float *x, float *logits) {
     const lr_tensor *w = &m->d.head;
-    lr_qx qx = {m->hxq, m->hdx, NULL};
+    lr_qx qx = {m->hxq, m->hdx, m->hsx};
     const int quant = w->type == LR_Q8_0 || w->type == LR_Q4_0;
-    if (quant) lr_quantize_blocks(x, w->cols, m->hxq, m->hdx, NULL);
+    if (quant) lr_quantize_blocks(x, w->cols, m->hxq, m->hdx, m->hsx);
     dot_job dj = {w, x, quant ? &qx : NULL, logits, quant ? m->head8 : NULL};
     lr_pool_run(m->pool, dot_task, &dj);
 }
@@ -597,7 +597,7 @@ void lr_model_free(lr_model *m) {
                     m->gu, m->hm, m->idx, m->topk_scratch, m->keys, m->bx, m->bxn, m->by, m->bqkv, m->bao, m->bgu,
                     m->scores, m->inv_freq, m->rope_cos, m->rope_sin, m->inv_freq_swa, m->rope_cos_swa,
                     m->rope_sin_swa, m->iota, m->parts,
-                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->head8, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
+                    m->qsel_buf, m->qacc, m->hxq, m->hdx, m->hsx, m->head8, m->qb_buf, m->bmask, m->qscratch, m->qparts, m->qk8};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) free(bufs[i]);
     free(m);
 }
@@ -672,6 +672,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     m->qacc = aligned_alloc(64, (size_t)n_threads * acc_bytes);
     m->hxq = malloc((size_t)dim);
     m->hdx = malloc((size_t)(dim / QK + 1) * sizeof(float));
+    m->hsx = malloc((size_t)(dim / QK + 1) * sizeof(int32_t));
     const lr_tensor *hw = &desc->head;   /* the repacked head where this CPU's kernels read it so */
     if ((hw->type == LR_Q8_0 || hw->type == LR_Q4_0) && hw->rows >= 8 && lr_qkernels()->qdot8[lr_type_slot(hw->type)] &&
         (m->head8 = huge_alloc((size_t)lr_x8_bytes(hw))))
@@ -695,7 +696,7 @@ lr_model *lr_model_new(const lr_model_desc *desc, int32_t n_ctx, int32_t n_threa
     int ok = m->layers && m->key_cache && m->value_cache && m->qk8 && m->x && m->xn && m->tmp && m->qkv && m->att &&
              m->ao && m->gu && m->hm && m->idx && m->topk_scratch && m->keys && m->bx && m->bxn && m->by && m->bqkv &&
              m->bao && m->bgu && m->scores && m->inv_freq && m->rope_cos && m->rope_sin && m->iota &&
-             m->qsel_buf && m->qacc && m->hxq && m->hdx && m->qb_buf && m->bmask && m->qscratch &&
+             m->qsel_buf && m->qacc && m->hxq && m->hdx && m->hsx && m->qb_buf && m->bmask && m->qscratch &&
              (!swa || (m->inv_freq_swa && m->rope_cos_swa && m->rope_sin_swa)) &&
              (m->qparts || n_threads == 1);
     for (int i = 0; i < 4 && ok; i++)

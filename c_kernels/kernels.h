@@ -272,10 +272,12 @@ typedef struct {
     qdot8_fn qdot8[2];        /* NULL: the level reads the head as stored */
 } lr_qkernel_table;
 
-/* The first rows / 8 * 8 rows of an output-major Q8_0 / Q4_0 w with each block of 8 rows side by
- * side: block b of row 8 g + u goes to block (g nb + b) 8 + u of dst (lr_x8_bytes(w) bytes). The
- * head read this way is one stream that 8 rows' sums take in turn; one row at a time waits on its
- * chain of fma, and two rows as two streams starved the hardware prefetchers. */
+/* The first rows / 8 * 8 rows of an output-major Q8_0 / Q4_0 w, 8 rows side by side: for group g
+ * of 8 rows and block b, at ((g nb + b) 8) block bytes of dst, the 8 rows' fp16 scales (16 bytes),
+ * then the 8 rows' codes as stored (16 bytes each for Q4_0, 32 for Q8_0); lr_x8_bytes(w) in all.
+ * The head read this way is one stream whose 8 rows' integer sums reduce into one vector, scaled by
+ * the 8 scales in one load and one fma (one row at a time waits on its chain of fma, and two rows
+ * as two streams starved the hardware prefetchers). */
 void lr_repack_x8(const lr_tensor *w, void *dst);
 static inline uint64_t lr_x8_bytes(const lr_tensor *w) {
     return (uint64_t)(w->rows / 8 * 8) * lr_row_bytes(w->type, w->cols);

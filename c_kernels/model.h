@@ -45,6 +45,7 @@ struct lr_model {
     int32_t *qacc;             /* [n_threads][out_widest] int32 accumulators (64-byte aligned) */
     int8_t *hxq;               /* [d] the head's input, quantized in blocks of 32 */
     float *hdx;                /* [d / 32] */
+    int32_t *hsx;              /* [d / 32] the blocks' sums of codes */
     void *head8;               /* the head's first vocab / 8 * 8 rows repacked (lr_repack_x8), or NULL */
     lr_qbatch qb;              /* a batch's inputs of one product, quantized (prefill.c) */
     void *qb_buf;

@@ -195,60 +195,78 @@ static void qgemm_ref(const lr_tensor *w, const lr_qbatch *b, float *Y, int32_t 
     }
 }
 
-/* Output-major rows (ggml Q8_0 / Q4_0) against x quantized by lr_quantize_blocks. Per block, eight
- * lanes of four products each (as a 256-bit integer dot product leaves them) are scaled into eight
- * float lanes; the lanes are added at the end as ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7)). */
-static inline float lanes_sum(const float a[8]) {
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+/* Output-major rows (ggml Q8_0 / Q4_0) against x quantized by lr_quantize_blocks: per block the 32
+ * products are summed exactly in int32, then scaled into one float chain per row,
+ *     y[r] = fmaf((float) isum[r][b], d[r][b] * dx[b], y[r])      over the blocks b in order.
+ * One chain per row lets the SIMD kernels reduce 8 rows' integer sums into one vector and scale
+ * them with one fma (the head's 8-row kernels, lr_repack_x8); the 8 float lanes per row kept
+ * before cost 8 conversions and fmas per block and row. */
+
+/* the 32 codes of block blk of an output-major Q8_0 / Q4_0 row starting at row, and its scale */
+static float qblock_ref(int32_t type, const uint8_t *row, int32_t blk, int32_t q[QK]) {
+    if (type == LR_Q8_0) {
+        const block_q8_0 *b = (const block_q8_0 *)row + blk;
+        for (int t = 0; t < QK; t++) q[t] = b->qs[t];
+        return fp16_to_fp32(b->d);
+    }
+    const block_q4_0 *b = (const block_q4_0 *)row + blk;
+    for (int t = 0; t < QK / 2; t++) {
+        q[t] = (b->qs[t] & 0x0f) - 8;
+        q[t + QK / 2] = (b->qs[t] >> 4) - 8;
+    }
+    return fp16_to_fp32(b->d);
 }
 
-/* row . x over nb blocks of an output-major Q8_0 / Q4_0 row whose block blk is at row + blk * step */
-static float qdot_row_ref(int32_t type, const uint8_t *row, int64_t step, int32_t nb, const lr_qx *x) {
-    float a[8] = {0};
-    for (int32_t blk = 0; blk < nb; blk++) {
-        int32_t q[QK];
-        float dw;
-        if (type == LR_Q8_0) {
-            const block_q8_0 *b = (const block_q8_0 *)(row + blk * step);
-            for (int t = 0; t < QK; t++) q[t] = b->qs[t];
-            dw = fp16_to_fp32(b->d);
-        } else {
-            const block_q4_0 *b = (const block_q4_0 *)(row + blk * step);
-            for (int t = 0; t < QK / 2; t++) {
-                q[t] = (b->qs[t] & 0x0f) - 8;
-                q[t + QK / 2] = (b->qs[t] >> 4) - 8;
-            }
-            dw = fp16_to_fp32(b->d);
-        }
-        const float sc = dw * x->dx[blk];
-        const int8_t *xq = x->xq + (int64_t)blk * QK;
-        for (int l = 0; l < 8; l++) {
-            int32_t s = 0;
-            for (int m = 0; m < 4; m++) s += q[4 * l + m] * xq[4 * l + m];
-            a[l] = fmaf((float)s, sc, a[l]);
-        }
-    }
-    return lanes_sum(a);
+static inline int32_t isum_ref(const int32_t q[QK], const int8_t *xq) {
+    int32_t s = 0;
+    for (int t = 0; t < QK; t++) s += q[t] * xq[t];
+    return s;
 }
 
 static void qdot_ref(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {
-    const int64_t bs = (int64_t)lr_row_bytes(w->type, QK);
-    for (int32_t r = r0; r < r1; r++) y[r] = qdot_row_ref(w->type, lr_row(w, r), bs, w->cols / QK, x);
+    for (int32_t r = r0; r < r1; r++) {
+        float acc = 0.0f;
+        for (int32_t blk = 0; blk < w->cols / QK; blk++) {
+            int32_t q[QK];
+            const float dw = qblock_ref(w->type, lr_row(w, r), blk, q);
+            acc = fmaf((float)isum_ref(q, x->xq + (int64_t)blk * QK), dw * x->dx[blk], acc);
+        }
+        y[r] = acc;
+    }
+}
+
+/* The head repacked 8 rows at a time (lr_repack_x8): per group of 8 rows and block, the 8 rows'
+ * fp16 scales (16 bytes), then their codes (16 bytes each for Q4_0, 32 for Q8_0), as stored. */
+static inline uint8_t *x8_block(void *w8, int32_t type, int32_t nb, int32_t g, int32_t blk) {
+    return (uint8_t *)w8 + ((int64_t)g * nb + blk) * 8 * (int64_t)lr_row_bytes(type, QK);
 }
 
 static void qdot8_ref(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) {
-    const int64_t bs = (int64_t)lr_row_bytes(w->type, QK);
-    const int32_t nb = w->cols / QK;
-    for (int32_t r = 8 * g0; r < 8 * g1; r++)   /* block blk of row r: ((r / 8) nb + blk) 8 + r % 8 */
-        y[r] = qdot_row_ref(w->type, (const uint8_t *)w8 + ((int64_t)(r / 8) * nb * 8 + r % 8) * bs, 8 * bs, nb, x);
+    const int32_t nb = w->cols / QK, cb = (int32_t)lr_row_bytes(w->type, QK) - 2;   /* code bytes */
+    for (int32_t r = 8 * g0; r < 8 * g1; r++) {
+        float acc = 0.0f;
+        for (int32_t blk = 0; blk < nb; blk++) {
+            const uint8_t *p = x8_block((void *)w8, w->type, nb, r / 8, blk);
+            uint8_t b[34];   /* the row's block as ggml stores it: scale, codes */
+            memcpy(b, p + 2 * (r % 8), 2);
+            memcpy(b + 2, p + 16 + (r % 8) * cb, (size_t)cb);
+            int32_t q[QK];
+            const float dw = qblock_ref(w->type, b, 0, q);
+            acc = fmaf((float)isum_ref(q, x->xq + (int64_t)blk * QK), dw * x->dx[blk], acc);
+        }
+        y[r] = acc;
+    }
 }
 
 void lr_repack_x8(const lr_tensor *w, void *dst) {
-    const int64_t bs = (int64_t)lr_row_bytes(w->type, QK);
-    const int32_t nb = w->cols / QK;
+    const int32_t nb = w->cols / QK, cb = (int32_t)lr_row_bytes(w->type, QK) - 2;
     for (int32_t r = 0; r < w->rows / 8 * 8; r++)
-        for (int32_t blk = 0; blk < nb; blk++)
-            memcpy((uint8_t *)dst + (((int64_t)(r / 8) * nb + blk) * 8 + r % 8) * bs, lr_row(w, r) + blk * bs, (size_t)bs);
+        for (int32_t blk = 0; blk < nb; blk++) {
+            const uint8_t *b = lr_row(w, r) + (int64_t)blk * (cb + 2);
+            uint8_t *p = x8_block(dst, w->type, nb, r / 8, blk);
+            memcpy(p + 2 * (r % 8), b, 2);
+            memcpy(p + 16 + (r % 8) * cb, b + 2, (size_t)cb);
+        }
 }
 
 const lr_qkernel_table lr_qkernels_scalar = {

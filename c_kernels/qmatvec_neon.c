@@ -252,24 +252,21 @@ static inline int32x4_t dot4_mull(int8x16_t q, int8x16_t x) {
     return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi));
 }
 
-/* y[r] = ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7)), lo = a0..a3, hi = a4..a7 */
+/* y[r]: per block the exact integer sum, then one fma per block (the reference's order, qmatvec.c) */
 #define QDOT(ATTR, NAME, BLOCK, DECODE, DOT4)                                                      \
     ATTR static void NAME(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {  \
         const int32_t nb = w->cols / QK;                                                           \
         for (int32_t r = r0; r < r1; r++) {                                                        \
             const BLOCK *b = (const BLOCK *)lr_row(w, r);                                          \
-            float32x4_t lo = vdupq_n_f32(0.0f), hi = vdupq_n_f32(0.0f);                            \
+            float acc = 0.0f;                                                                      \
             for (int32_t blk = 0; blk < nb; blk++) {                                               \
                 int8x16_t q[2];                                                                    \
                 DECODE(&b[blk], q);                                                                \
                 const int8_t *xq = x->xq + (int64_t)blk * QK;                                      \
-                const float32x4_t sc = vdupq_n_f32(fp16_to_fp32(b[blk].d) * x->dx[blk]);           \
-                lo = vfmaq_f32(lo, vcvtq_f32_s32(DOT4(q[0], vld1q_s8(xq))), sc);                   \
-                hi = vfmaq_f32(hi, vcvtq_f32_s32(DOT4(q[1], vld1q_s8(xq + 16))), sc);              \
+                const int32_t isum = vaddvq_s32(vaddq_s32(DOT4(q[0], vld1q_s8(xq)), DOT4(q[1], vld1q_s8(xq + 16)))); \
+                acc = fmaf((float)isum, fp16_to_fp32(b[blk].d) * x->dx[blk], acc);                 \
             }                                                                                      \
-            const float32x4_t v = vaddq_f32(lo, hi);            /* a0+a4, a1+a5, a2+a6, a3+a7 */   \
-            const float32x4_t u = vaddq_f32(v, vextq_f32(v, v, 2));   /* (a0+a4)+(a2+a6), ... */   \
-            y[r] = vgetq_lane_f32(u, 0) + vgetq_lane_f32(u, 1);                                    \
+            y[r] = acc;                                                                            \
         }                                                                                          \
     }
 QDOT(DOTPROD, qdot_q8_dot, block_q8_0, blk_q8, dot4_dot)

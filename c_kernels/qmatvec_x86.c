@@ -233,13 +233,6 @@ QGEMM_512(qgemm_q4_512, ld_q4_512, 1, 8)
 
 /* ---- output-major rows (the head): 256-bit dot products, as the reference's eight lanes ---------- */
 
-AVX2 static inline float hsum8(__m256 v) {   /* ((a0+a4)+(a2+a6))+((a1+a5)+(a3+a7)) */
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* the 32 signed codes of a block */
 AVX2 static inline __m256i blk_q8(const void *b) { return _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)b)->qs); }
 
@@ -264,61 +257,144 @@ AVX2 static inline __m256i sum4_avx2(__m256i u, __m256i x) {   /* u <= 15: no sa
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
 }
 
-/* A block's 8 lane sums of a row and x (xv its 32 codes, ex 8 x's lane sums for Q4_0) */
-#define Q8_ROW(SUM4, b, xv) DOT_##SUM4(blk_q8(b), xv)
-#define Q4_ROW(SUM4, b, xv) _mm256_sub_epi32(SUM4(nib_q4(b), xv), ex)
+/* the 8 int32 lanes of v added (exact) */
+AVX2 static inline int32_t hsum8_epi32(__m256i v) {
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    return _mm_cvtsi128_si32(t);
+}
+
+/* A block's integer sum of a row and x (xv its 32 codes; Q4_0: less 8 x's sum, x->sx) */
+#define Q8_ISUM(SUM4, b, xv) hsum8_epi32(DOT_##SUM4(blk_q8(b), xv))
+#define Q4_ISUM(SUM4, b, xv) (hsum8_epi32(SUM4(nib_q4(b), xv)) - 8 * x->sx[blk])
 #define DOT_sum4_vnni dot4_vnni
 #define DOT_sum4_avx2 dot4_avx2
 
-/* rows [r0, r1), one at a time: acc = fma(float(lane sums), d * dx, acc) over the blocks, the
- * reference's order */
-#define QDOT(ATTR, NAME, BLOCK, ROW, SUM4)                                                         \
+/* rows [r0, r1), one at a time, the reference's order (qmatvec.c: one fma per block and row) */
+#define QDOT(ATTR, NAME, BLOCK, ISUM, SUM4)                                                        \
     ATTR static void NAME(const lr_tensor *w, const lr_qx *x, float *y, int32_t r0, int32_t r1) {  \
         const int32_t nb = w->cols / QK;                                                           \
         for (int32_t r = r0; r < r1; r++) {                                                        \
             const BLOCK *b = (const BLOCK *)lr_row(w, r);                                          \
-            __m256 acc = _mm256_setzero_ps();                                                      \
+            float acc = 0.0f;                                                                      \
             for (int32_t blk = 0; blk < nb; blk++) {                                               \
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK));        \
-                const __m256i ex = SUM4(_mm256_set1_epi8(8), xv);   /* Q4_0: 8 x's lane sums */   \
-                (void)ex;                                                                          \
-                const float sc = _cvtsh_ss(b[blk].d) * x->dx[blk];                                 \
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ROW(SUM4, &b[blk], xv)), _mm256_set1_ps(sc), acc); \
+                acc = fmaf((float)ISUM(SUM4, &b[blk], xv), _cvtsh_ss(b[blk].d) * x->dx[blk], acc); \
             }                                                                                      \
-            y[r] = hsum8(acc);                                                                     \
+            y[r] = acc;                                                                            \
         }                                                                                          \
     }
-QDOT(VNNI, qdot_q8_vnni, block_q8_0, Q8_ROW, sum4_vnni)
-QDOT(VNNI, qdot_q4_vnni, block_q4_0, Q4_ROW, sum4_vnni)
-QDOT(AVX2, qdot_q8_avx2, block_q8_0, Q8_ROW, sum4_avx2)
-QDOT(AVX2, qdot_q4_avx2, block_q4_0, Q4_ROW, sum4_avx2)
+QDOT(VNNI, qdot_q8_vnni, block_q8_0, Q8_ISUM, sum4_vnni)
+QDOT(VNNI, qdot_q4_vnni, block_q4_0, Q4_ISUM, sum4_vnni)
+QDOT(AVX2, qdot_q8_avx2, block_q8_0, Q8_ISUM, sum4_avx2)
+QDOT(AVX2, qdot_q4_avx2, block_q4_0, Q4_ISUM, sum4_avx2)
 
-/* The head repacked 8 rows at a time (lr_repack_x8): per block, x once and 8 rows' sums as 8
- * independent chains of fma (each the reference's order); the 8 rows' blocks are one stream.
- * 151936x1536 Q4_0 from DRAM: 12-14 GB/s as stored -> 19-20 GB/s (1 thread). */
-#define QDOT8(ATTR, NAME, BLOCK, ROW, SUM4)                                                        \
-    ATTR static void NAME(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) { \
-        const int32_t nb = w->cols / QK;                                                           \
-        for (int32_t g = g0; g < g1; g++) {                                                        \
-            const BLOCK *p = (const BLOCK *)w8 + (int64_t)g * nb * 8;                              \
-            __m256 acc[8];                                                                         \
-            for (int u = 0; u < 8; u++) acc[u] = _mm256_setzero_ps();                              \
-            for (int32_t blk = 0; blk < nb; blk++, p += 8) {                                       \
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK));        \
-                const __m256i ex = SUM4(_mm256_set1_epi8(8), xv);   /* Q4: 8 x's lane sums */     \
-                const float dx = x->dx[blk];                                                       \
-                (void)ex;                                                                          \
-                for (int u = 0; u < 8; u++)                                                        \
-                    acc[u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ROW(SUM4, p + u, xv)),             \
-                                             _mm256_set1_ps(_cvtsh_ss(p[u].d) * dx), acc[u]);      \
-            }                                                                                      \
-            for (int u = 0; u < 8; u++) y[8 * g + u] = hsum8(acc[u]);                              \
-        }                                                                                          \
+/* The head repacked 8 rows at a time (lr_repack_x8: per block the 8 scales, then the 8 rows' codes):
+ * per block, the 8 rows' integer sums are reduced into one vector of 8 int32 (row order), and
+ * y[8 rows] = fma(float(isum), d * dx, y), the reference's order, in one instruction. The 8 float
+ * lanes per row kept before (a conversion, a scale broadcast and an fma per block and row) held
+ * the 1-thread head to 19-20 GB/s. */
+
+/* rows 0-3 in A and 4-7 in B, 4 int32 lanes each (128-bit lane l: row l of A, row 4 + l of B) ->
+ * the 8 rows' sums in order */
+VNNI static inline __m256i rows8_512(__m512i A, __m512i B) {
+    const __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(A, B), _mm512_unpackhi_epi64(A, B));
+    const __m512i t = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, t));
+}
+
+/* y[8 rows] = fma(float(isum - off sx), d * dx, acc) */
+AVX2 static inline __m256 scale8(__m256 acc, __m256i isum, int32_t corr, const uint8_t *p, float dx) {
+    const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), _mm256_set1_ps(dx));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum, _mm256_set1_epi32(corr))), d, acc);
+}
+
+VNNI static void qdot8_q4_vnni(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) {
+    const int32_t nb = w->cols / QK;
+    const __m512i m = _mm512_set1_epi8(0x0f);
+    for (int32_t g = g0; g < g1; g++) {
+        const uint8_t *p = (const uint8_t *)w8 + (int64_t)g * nb * 144;
+        __m256 acc = _mm256_setzero_ps();
+        for (int32_t blk = 0; blk < nb; blk++, p += 144) {
+            const int8_t *xq = x->xq + blk * QK;
+            const __m512i xlo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xq));
+            const __m512i xhi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + 16)));
+            const __m512i c0 = _mm512_loadu_si512(p + 16), c1 = _mm512_loadu_si512(p + 80);   /* rows 0-3, 4-7 */
+            __m512i A = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(c0, m), xlo);
+            __m512i B = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(c1, m), xlo);
+            A = _mm512_dpbusd_epi32(A, _mm512_and_si512(_mm512_srli_epi16(c0, 4), m), xhi);
+            B = _mm512_dpbusd_epi32(B, _mm512_and_si512(_mm512_srli_epi16(c1, 4), m), xhi);
+            acc = scale8(acc, rows8_512(A, B), 8 * x->sx[blk], p, x->dx[blk]);
+        }
+        _mm256_storeu_ps(y + 8 * g, acc);
     }
-QDOT8(VNNI, qdot8_q8_vnni, block_q8_0, Q8_ROW, sum4_vnni)
-QDOT8(VNNI, qdot8_q4_vnni, block_q4_0, Q4_ROW, sum4_vnni)
-QDOT8(AVX2, qdot8_q8_avx2, block_q8_0, Q8_ROW, sum4_avx2)
-QDOT8(AVX2, qdot8_q4_avx2, block_q4_0, Q4_ROW, sum4_avx2)
+}
+
+VNNI static void qdot8_q8_vnni(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) {
+    const int32_t nb = w->cols / QK;
+    const __m512i flip = _mm512_set1_epi8((char)0x80);   /* q + 128, unsigned; 128 sx taken off after */
+    for (int32_t g = g0; g < g1; g++) {
+        const uint8_t *p = (const uint8_t *)w8 + (int64_t)g * nb * 272;
+        __m256 acc = _mm256_setzero_ps();
+        for (int32_t blk = 0; blk < nb; blk++, p += 272) {
+            const __m512i xv = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x->xq + blk * QK)));
+            __m512i z[4];   /* rows 2 i, 2 i + 1: 8 lanes each */
+            for (int i = 0; i < 4; i++)
+                z[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_loadu_si512(p + 16 + 64 * i), flip), xv);
+            const __m512i A = _mm512_add_epi32(_mm512_shuffle_i32x4(z[0], z[1], 0x88), _mm512_shuffle_i32x4(z[0], z[1], 0xdd));
+            const __m512i B = _mm512_add_epi32(_mm512_shuffle_i32x4(z[2], z[3], 0x88), _mm512_shuffle_i32x4(z[2], z[3], 0xdd));
+            acc = scale8(acc, rows8_512(A, B), 128 * x->sx[blk], p, x->dx[blk]);
+        }
+        _mm256_storeu_ps(y + 8 * g, acc);
+    }
+}
+
+AVX2 static void qdot8_q4_avx2(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) {
+    const int32_t nb = w->cols / QK;
+    const __m256i m = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi16(1);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int32_t g = g0; g < g1; g++) {
+        const uint8_t *p = (const uint8_t *)w8 + (int64_t)g * nb * 144;
+        __m256 acc = _mm256_setzero_ps();
+        for (int32_t blk = 0; blk < nb; blk++, p += 144) {
+            const int8_t *xq = x->xq + blk * QK;
+            const __m256i xlo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xq));
+            const __m256i xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xq + 16)));
+            __m256i r[4];   /* rows 2 i, 2 i + 1: 4 lanes each (codes <= 15: no saturation) */
+            for (int i = 0; i < 4; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * i));
+                const __m256i lo = _mm256_maddubs_epi16(_mm256_and_si256(v, m), xlo);
+                const __m256i hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m), xhi);
+                r[i] = _mm256_madd_epi16(_mm256_add_epi16(lo, hi), one);
+            }
+            /* lane halves: rows 0, 2, 4, 6 | 1, 3, 5, 7 */
+            const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+            acc = scale8(acc, _mm256_permutevar8x32_epi32(h, order), 8 * x->sx[blk], p, x->dx[blk]);
+        }
+        _mm256_storeu_ps(y + 8 * g, acc);
+    }
+}
+
+AVX2 static void qdot8_q8_avx2(const lr_tensor *w, const void *w8, const lr_qx *x, float *y, int32_t g0, int32_t g1) {
+    const int32_t nb = w->cols / QK;
+    for (int32_t g = g0; g < g1; g++) {
+        const uint8_t *p = (const uint8_t *)w8 + (int64_t)g * nb * 272;
+        __m256 acc = _mm256_setzero_ps();
+        for (int32_t blk = 0; blk < nb; blk++, p += 272) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(x->xq + blk * QK));
+            __m256i r[8];   /* row u: 8 lanes */
+            for (int u = 0; u < 8; u++) r[u] = dot4_avx2(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * u)), xv);
+            const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+            const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(r[4], r[5]), _mm256_hadd_epi32(r[6], r[7]));
+            /* h0: rows 0-3 (lanes 0-3 of each row | lanes 4-7), h1 rows 4-7 */
+            const __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+            acc = scale8(acc, isum, 0, p, x->dx[blk]);
+        }
+        _mm256_storeu_ps(y + 8 * g, acc);
+    }
+}
 
 const lr_qkernel_table lr_qkernels_avx512vnni = {
     {qspmv_q8_512, qspmv_q4_512},

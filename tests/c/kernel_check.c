@@ -601,11 +601,12 @@ static void check_dot(int32_t type, int32_t rows, int32_t cols) {
         ref[r] = s;
         mag[r] = a;
     }
-    /* x of the integer kernels, as the forward pass hands it (no sx) */
+    /* x of the integer kernels, as the head hands it (codes, scales, the blocks' sums) */
     int8_t *xq = xmalloc((size_t)cols);
     float *dx = xmalloc(sizeof(float) * (size_t)(cols / QK + 1));
-    if (quant) lr_quantize_blocks(x, cols, xq, dx, NULL);
-    const lr_qx qx = {xq, dx, NULL};
+    int32_t *sx = xmalloc(sizeof(int32_t) * (size_t)(cols / QK + 1));
+    if (quant) lr_quantize_blocks(x, cols, xq, dx, sx);
+    const lr_qx qx = {xq, dx, sx};
     /* the whole tensor through lr_dot_rows, then row slices [r0, r1) through the table */
     int32_t ranges[4][2] = {{0, rows}, {0, rows / 2}, {rows / 2, rows}, {rows / 3, rows - rows / 3}};
     for (int ri = 0; ri < 4; ri++) {
@@ -637,12 +638,41 @@ static void check_dot(int32_t type, int32_t rows, int32_t cols) {
             report(level, failed, what, err, why);
         }
     }
+    /* the head's kernels over rows repacked 8 at a time (lr_repack_x8), groups [g0, g1): the same
+     * bits as the scalar qdot8 and as qdot on the rows as stored, at every level that has them */
+    if (quant && rows >= 8) {
+        void *w8 = xmalloc((size_t)lr_x8_bytes(&m.t));
+        lr_repack_x8(&m.t, w8);
+        const int32_t G = rows / 8, granges[3][2] = {{0, G}, {0, G / 2}, {G / 2, G}};
+        use_level(LR_SIMD_SCALAR);
+        lr_qkernels()->qdot[lr_type_slot(type)](&m.t, &qx, want, 0, rows);   /* rows as stored */
+        for (int gi = 0; gi < 3; gi++) {
+            const int32_t g0 = granges[gi][0], g1 = granges[gi][1];
+            if (g0 >= g1) continue;
+            for (int32_t li = 0; li < g_nlevels; li++) {
+                const int32_t level = g_levels[li];
+                use_level(level);
+                const qdot8_fn dot8 = lr_qkernels()->qdot8[lr_type_slot(type)];
+                char what[160], why[240];
+                double err = 0.0;
+                fill_sentinel(got, rows + GUARD);
+                if (dot8) dot8(&m.t, w8, &qx, got, g0, g1);
+                else lr_qkernels()->qdot[lr_type_slot(type)](&m.t, &qx, got, 8 * g0, 8 * g1);   /* as the head runs there */
+                snprintf(what, sizeof what, "qdot8%s %s rows=%d cols=%d g=[%d,%d)", dot8 ? "" : " (rows as stored)",
+                         type_name(type), rows, cols, g0, g1);
+                const int failed = compare(got, want, ref, mag, rows, 8 * g0, 8 * g1, 1, &err, why, sizeof why);
+                report(level, failed, what, err, why);
+            }
+        }
+        free(w8);
+    }
     free_matrix(&m);
     free(x);
     free(xs);
     free(all);
     free(xq);
     free(dx);
+    free(sx);
     free(ref);
     free(mag);
     free(want);
