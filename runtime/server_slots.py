@@ -151,7 +151,14 @@ class SlotPool:
                 emit(e)
 
         done = loop.run_in_executor(self._executor, work)
-        done.add_done_callback(lambda _: self.release(slot))
+        released = False
+
+        def free(_=None) -> None:   # once: here when the reply ends, else when the thread is done
+            nonlocal released
+            if not released:
+                released = True
+                self.release(slot)
+        done.add_done_callback(free)
         try:
             while (item := await items.get()) is not _END:
                 if item is _CANCELLED:
@@ -160,8 +167,14 @@ class SlotPool:
                                        code="shutting_down")
                     return
                 if isinstance(item, BaseException):
+                    await done
+                    free()
                     raise item
                 yield item
+            # the slot is free before the reply ends: a client that asks /health or sends its next
+            # request on reading the reply finds it idle (done's callback may still be queued)
+            await done
+            free()
         finally:
             cancel.set()
 

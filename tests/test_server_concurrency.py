@@ -182,3 +182,37 @@ def test_sigterm_lets_a_short_request_finish(smollm2_q8):
         assert srv.proc.wait(timeout=20) == 0
     finally:
         srv.kill()
+
+
+def test_the_slot_is_free_when_the_reply_ends():
+    """A reply's last item arrives only after its slot is released: a client that reads the reply and
+    then asks /health (or sends the next request) finds the slot idle. The release used to run a loop
+    iteration after the reply had ended (seen as test_server's /health reporting a busy slot)."""
+    import asyncio
+    from larosa.runtime.server_slots import SlotPool
+
+    class Fake:   # what the pool reads of a slot's model
+        cancel, sparsity, tokens = None, 0.0, []
+
+    async def main():
+        pool = SlotPool([Fake()], queue_size=1)
+        seen = []
+        for n in (0, 1, 3):
+            slot = await pool.acquire([1, 2], 0.0)
+            assert slot.busy
+            seen.append([x async for x in pool.run(slot, lambda m, n=n: iter(range(n)))])
+            assert not slot.busy, f"{n} items: the slot is still busy after the reply ended"
+        # a job that fails is answered with its error, the slot free by then too
+        slot = await pool.acquire([1], 0.0)
+
+        def bad(m):
+            yield 1
+            raise ValueError("boom")
+        with pytest.raises(ValueError):
+            async for _ in pool.run(slot, bad):
+                pass
+        assert not slot.busy
+        pool.close()
+        return seen
+
+    assert asyncio.run(main()) == [[], [0], [0, 1, 2]]
