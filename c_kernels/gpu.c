@@ -322,7 +322,7 @@ static int record_step(lr_gpu_model *m) {
                              S(hp->scale ? hp->scale : m->dummy_r), S(m->logits)};
         const int pipe = i < 0 ? P_HEAD_PREP : ht == LR_Q8_0 ? P_HEAD_Q8 : ht == LR_Q4_0 ? P_HEAD_Q4
                        : ht == LR_F16 ? P_HEAD_F16 : P_HEAD_F32;
-        if (!add(m, pipe, lr_gpu_bind(m->g, L_HEAD, h), i < 0 ? 1 : (uint32_t)(hp->rows + 7) / 8, 1)) return 0;
+        if (!add(m, pipe, lr_gpu_bind(m->g, L_HEAD, h), i < 0 ? 1 : lr_head_groups(pipe, hp->rows), 1)) return 0;
     }
     return 1;
 }

@@ -85,6 +85,12 @@ struct lr_gpu {
 typedef struct { WGPUBuffer buf; uint64_t off, size; } lr_gpu_slice;   /* size 0: the rest */
 typedef struct { WGPUComputePipeline pipe; WGPUBindGroup bg; uint32_t x, y; } lr_gpu_dispatch;
 
+/* workgroups of a head part of rows rows: head.wgsl's head_q8 / head_q4 take 64 rows (HR), the
+ * float heads 8 */
+static inline uint32_t lr_head_groups(int pipe, int32_t rows) {
+    return pipe == P_HEAD_Q8 || pipe == P_HEAD_Q4 ? (uint32_t)(rows + 63) / 64 : (uint32_t)(rows + 7) / 8;
+}
+
 #define RED_COLS 32u   /* output columns per reduce.wgsl workgroup (its COLS) */
 #define SLOT 256u   /* bytes per uniform slot (minUniformBufferOffsetAlignment <= 256) */
 #define STORAGE (WGPUBufferUsage_Storage | WGPUBufferUsage_CopyDst | WGPUBufferUsage_CopySrc)

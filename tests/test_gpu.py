@@ -218,11 +218,12 @@ def test_pipelined_matvec_gives_the_same_bits(kind):
     np.testing.assert_array_equal(ys[0], ys[1])
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "F16", "F32"])
-def test_head_matches_numpy_and_cpu(qtype):
+@pytest.mark.parametrize("qtype,rows,d", [("Q8_0", 1000, 576), ("Q4_0", 1000, 576), ("F16", 1000, 576),
+                                          ("F32", 1000, 576), ("Q8_0", 130, 4160), ("Q4_0", 130, 4160)])
+def test_head_matches_numpy_and_cpu(qtype, rows, d):
+    """d = 4160: the quantized heads' h in two pieces of workgroup memory (4096 inputs each)"""
     from gguf import GGMLQuantizationType as QT
     from gguf.quants import quantize
-    rows, d = 1000, 576
     w = (RNG.standard_normal((rows, d)) * 0.05).astype(np.float32)
     x = (RNG.standard_normal(d) * 2).astype(np.float32)
     g = RNG.uniform(0.5, 1.5, d).astype(np.float32)
