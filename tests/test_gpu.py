@@ -121,6 +121,20 @@ def test_select_norm_score_gate_threshold(variant):
     np.testing.assert_array_equal(idx, np.arange(n))
 
 
+@pytest.mark.parametrize("n", [1536, 11008])
+def test_select_all_is_every_input_quantized(variant, n):
+    """mode 3 (s = 0, dense inputs: the kernels' short path without keys or search) gives the words
+    of a Top-K of every input (k = n, the general path): rows, values, codes and dx"""
+    x = (RNG.standard_normal(n) * 3).astype(np.float32)
+    x[5] = 0.0
+    for quant in (0, 1):
+        a = select(x, 3, quant=quant, norm=1, eps=1e-6)
+        b = select(x, 0, k=n, quant=quant, norm=1, eps=1e-6)
+        np.testing.assert_array_equal(a[0], np.arange(n))
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_select_quantizes_as_q8_0_blocks(variant):
     n = 2048
     x = (RNG.standard_normal(n) * 5).astype(np.float32)

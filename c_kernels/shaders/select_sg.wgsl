@@ -53,6 +53,87 @@ fn key_of(i: u32, r: f32) -> u32 {
     return bitcast<u32>(kf) & 0x7fffffffu;
 }
 
+const INV: u32 = 0xffffffffu;   // no input (keys are below 2^31)
+
+// Four chunks a step: a lane's inputs i0 + c + {0, sg, 2 sg, 3 sg}, loaded together so that their
+// latencies overlap (one chunk a step waited on each load in turn: 11 round trips a pass at n =
+// 11008); ok: inside the subgroup's range and below n
+fn quad(i0: u32, c: u32, sg: u32) -> vec4<u32> { return vec4<u32>(i0 + c) + vec4<u32>(0u, sg, 2u * sg, 3u * sg); }
+fn quad_ok(c: u32, sg: u32, per_sg: u32, ii: vec4<u32>, n: u32) -> vec4<bool> {
+    let cc = vec4<u32>(c) + vec4<u32>(0u, sg, 2u * sg, 3u * sg);
+    return (cc < vec4<u32>(per_sg)) & (ii < vec4<u32>(n));
+}
+fn keys4(ii: vec4<u32>, ok: vec4<bool>, n: u32) -> vec4<u32> {
+    let cl = min(ii, vec4<u32>(n - 1u));
+    return select(vec4<u32>(INV), vec4<u32>(keys[cl.x], keys[cl.y], keys[cl.z], keys[cl.w]), ok);
+}
+fn count4(b: vec4<bool>) -> u32 { let v = select(vec4<u32>(0u), vec4<u32>(1u), b); return v.x + v.y + v.z + v.w; }
+
+// a key into the digit histogram: one atomic for a chunk whose lanes share the digit
+fn hist_add(kb: u32, known: u32, prefix: u32, sh: u32, lane: u32, sg: u32) {
+    var d = 256u;
+    if (kb != INV && (kb & known) == prefix) { d = (kb >> sh) & 255u; }
+    let f = subgroupBroadcastFirst(d);
+    if (subgroupAll(d == f)) {
+        if (lane == 0u && f < 256u) { atomicAdd(&hist[f], sg); }
+    } else if (d < 256u) {
+        atomicAdd(&hist[d], 1u);
+    }
+}
+
+// a Q8_0 group's max |value| (bits), for the values of a chunk (sg <= 32: inside one group)
+fn group_max(i: u32, ok: bool, m: u32, lane: u32, sg: u32) {
+    if (sg <= 32u) {
+        let gm = subgroupMax(m);
+        if (lane == 0u && ok) { atomicMax(&gmax[i / 32u], gm); }
+    } else if (ok) {
+        atomicMax(&gmax[i / 32u], m);
+    }
+}
+
+// lr_qsel_build's codes: dx = max |x| / 127 of the group (NaN with a NaN or Inf), q = round(v / dx)
+fn group_dx(g: u32) -> f32 {
+    let mb = atomicLoad(&gmax[g]);
+    var dx = bitcast<f32>(mb) / 127.0;
+    if (mb >= 0x7f800000u) { dx = bitcast<f32>(0x7fc00000u); }
+    return dx;
+}
+fn code(v: f32, dx: f32) -> f32 {
+    var id = 0.0;
+    if (dx > 0.0) { id = 1.0 / dx; }
+    if (id > 3.4028234e38) { id = 0.0; }
+    var q = round(v * id);
+    if (q != q) { q = 0.0; }
+    return clamp(q, -127.0, 127.0);
+}
+
+// one chunk of the compaction: the lane's input i (ok) with key kb and value xv * r
+struct Cut { topk: bool, tb: u32, teq: u32, eq_take: u32, r: f32 }
+fn compact(i: u32, ok: bool, kb: u32, xv: f32, cut: Cut, n: u32, lane: u32, sg: u32, base: ptr<function, u32>,
+           eq_seen: ptr<function, u32>) {
+    var take = false; var eq = false;
+    if (ok) {
+        if (cut.topk) { take = kb > cut.tb; eq = kb == cut.teq; }
+        else if (P.mode == 1u) { take = bitcast<f32>(kb) > P.thr; }
+        else { take = true; }
+    }
+    let e = select(0u, 1u, eq);
+    let rank = *eq_seen + subgroupExclusiveAdd(e);
+    take = take || (eq && rank < cut.eq_take);
+    let t = select(0u, 1u, take);
+    let o = *base + subgroupExclusiveAdd(t);
+    var m = 0u;
+    if (take) {
+        let v = xv * cut.r;
+        sel[4u + o] = i;
+        sel[4u + n + o] = bitcast<u32>(v);
+        m = bitcast<u32>(abs(v));
+    }
+    if (P.quant != 0u) { group_max(i, ok, m, lane, sg); }
+    *base += subgroupAdd(t);
+    *eq_seen += subgroupAdd(e);
+}
+
 @compute @workgroup_size(1024)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) lane: u32,
         @builtin(subgroup_size) sg: u32) {
@@ -85,16 +166,56 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         }
         r = 1.0 / sqrt(tree[0] / f32(n) + P.eps);
     }
+
+    // mode 3 (every input: s = 0, dense inputs, adapters): no keys, no search, no scans; input i
+    // goes to slot i, values and codes as below (the same words)
+    if (P.mode == 3u) {
+        workgroupBarrier();   // gmax cleared
+        for (var b = 0u; b < n; b += 4u * WG) {
+            let ii = vec4<u32>(b + lid) + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
+            let ok = ii < vec4<u32>(n);
+            let cl = min(ii, vec4<u32>(n - 1u));
+            let v = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]) * r;
+            for (var q = 0u; q < 4u; q++) {
+                if (ok[q]) {
+                    sel[4u + ii[q]] = ii[q];
+                    if (P.quant == 0u) { sel[4u + n + ii[q]] = bitcast<u32>(v[q]); }
+                }
+                if (P.quant != 0u) { group_max(ii[q], ok[q], select(0u, bitcast<u32>(abs(v[q])), ok[q]), lane, sg); }
+            }
+        }
+        if (lid == 0u) {
+            sel[0] = n;
+            if (P.stat < 4u) { atomicAdd(&state.rows[P.stat], n); }
+        }
+        if (P.quant == 0u) { return; }
+        workgroupBarrier();
+        for (var b = 0u; b < n; b += 4u * WG) {
+            let ii = vec4<u32>(b + lid) + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
+            let ok = ii < vec4<u32>(n);
+            let cl = min(ii, vec4<u32>(n - 1u));
+            let v = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]) * r;
+            for (var q = 0u; q < 4u; q++) {
+                if (ok[q]) {
+                    let dx = group_dx(ii[q] / 32u);
+                    sel[4u + n + ii[q]] = bitcast<u32>(code(v[q], dx));
+                    if (ii[q] % 32u == 0u) { sel[4u + 2u * n + ii[q] / 32u] = bitcast<u32>(dx); }
+                }
+            }
+        }
+        return;
+    }
+
     // the keys, once; the count of keys above the threshold (mode 1's selection, the budget's count)
     var above = 0u; var valid = 0u;
-    for (var c = 0u; c < per_sg; c += sg) {
-        let i = i0 + c;
-        if (i < n) {
-            let kb = key_of(i, r);
-            keys[i] = kb;
-            above += select(0u, 1u, bitcast<f32>(kb) > P.thr);
-            valid += 1u;
-        }
+    for (var c = 0u; c < per_sg; c += 4u * sg) {
+        let ii = quad(i0, c, sg);
+        let ok = quad_ok(c, sg, per_sg, ii, n);
+        let cl = min(ii, vec4<u32>(n - 1u));
+        let kb = vec4<u32>(key_of(cl.x, r), key_of(cl.y, r), key_of(cl.z, r), key_of(cl.w, r));
+        for (var q = 0u; q < 4u; q++) { if (ok[q]) { keys[ii[q]] = kb[q]; } }
+        above += count4(ok & (bitcast<vec4<f32>>(kb) > vec4<f32>(P.thr)));
+        valid += count4(ok);
     }
     let sg_above = subgroupAdd(above);
 
@@ -132,16 +253,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
             let sh = 24u - 8u * lev;
             if (lid < 256u) { atomicStore(&hist[lid], 0u); }
             workgroupBarrier();
-            for (var c = 0u; c < per_sg; c += sg) {   // a chunk whose lanes share a digit: one atomic
-                let i = i0 + c;
-                var d = 256u;
-                if (i < n) { let kb = keys[i]; if ((kb & known) == prefix) { d = (kb >> sh) & 255u; } }
-                let f = subgroupBroadcastFirst(d);
-                if (subgroupAll(d == f)) {
-                    if (lane == 0u && f < 256u) { atomicAdd(&hist[f], sg); }
-                } else if (d < 256u) {
-                    atomicAdd(&hist[d], 1u);
-                }
+            for (var c = 0u; c < per_sg; c += 4u * sg) {
+                let ii = quad(i0, c, sg);
+                let kb = keys4(ii, quad_ok(c, sg, per_sg, ii, n), n);
+                hist_add(kb.x, known, prefix, sh, lane, sg);
+                hist_add(kb.y, known, prefix, sh, lane, sg);
+                hist_add(kb.z, known, prefix, sh, lane, sg);
+                hist_add(kb.w, known, prefix, sh, lane, sg);
             }
             workgroupBarrier();
             // thread t < 256 holds bin 255 - t: the keys in it and in the bins above, by scans
@@ -169,9 +287,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
             tb = prefix; teq = prefix; need_eq = need;
         }
         var gt = 0u; var eq = 0u;   // this subgroup's keys above tb and equal to teq
-        for (var c = 0u; c < per_sg; c += sg) {
-            let i = i0 + c;
-            if (i < n) { let kb = keys[i]; gt += select(0u, 1u, kb > tb); eq += select(0u, 1u, kb == teq); }
+        for (var c = 0u; c < per_sg; c += 4u * sg) {
+            let ii = quad(i0, c, sg);
+            let ok = quad_ok(c, sg, per_sg, ii, n);
+            let kb = keys4(ii, ok, n);
+            gt += count4(ok & (kb > vec4<u32>(tb)));
+            eq += count4(ok & (kb == vec4<u32>(teq)));
         }
         my_gt = subgroupAdd(gt); my_eq = subgroupAdd(eq);
     }
@@ -187,39 +308,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         total += v.x + tk;
         eq_before += v.y;
     }
+    let cut = Cut(topk, tb, teq, eq_take, r);
     var eq_seen = 0u;
-    for (var c = 0u; c < per_sg; c += sg) {
-        let i = i0 + c;
-        var take = false; var eq = false; var xv = 0.0;
-        if (i < n) {
-            let kb = keys[i];
-            xv = x[i];
-            if (topk) { take = kb > tb; eq = kb == teq; }
-            else if (P.mode == 1u) { take = bitcast<f32>(kb) > P.thr; }
-            else { take = true; }
-        }
-        let e = select(0u, 1u, eq);
-        let rank = eq_seen + subgroupExclusiveAdd(e);
-        take = take || (eq && rank < eq_take);
-        let t = select(0u, 1u, take);
-        let o = base + subgroupExclusiveAdd(t);
-        var m = 0u;
-        if (take) {
-            let v = xv * r;
-            sel[4u + o] = i;
-            sel[4u + n + o] = bitcast<u32>(v);
-            m = bitcast<u32>(abs(v));
-        }
-        if (P.quant != 0u) {
-            if (sg <= 32u) {   // a chunk lies inside one group of 32 inputs
-                let gm = subgroupMax(m);
-                if (lane == 0u && i < n) { atomicMax(&gmax[i / 32u], gm); }
-            } else if (take) {
-                atomicMax(&gmax[i / 32u], m);
-            }
-        }
-        base += subgroupAdd(t);
-        eq_seen += subgroupAdd(e);
+    for (var c = 0u; c < per_sg; c += 4u * sg) {
+        let ii = quad(i0, c, sg);
+        let ok = quad_ok(c, sg, per_sg, ii, n);
+        let kb = keys4(ii, ok, n);
+        let cl = min(ii, vec4<u32>(n - 1u));
+        let xv = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]);
+        let live = (vec4<u32>(c) + vec4<u32>(0u, sg, 2u * sg, 3u * sg)) < vec4<u32>(per_sg);   // whole chunks
+        compact(ii.x, ok.x, kb.x, xv.x, cut, n, lane, sg, &base, &eq_seen);
+        if (live.y) { compact(ii.y, ok.y, kb.y, xv.y, cut, n, lane, sg, &base, &eq_seen); }
+        if (live.z) { compact(ii.z, ok.z, kb.z, xv.z, cut, n, lane, sg, &base, &eq_seen); }
+        if (live.w) { compact(ii.w, ok.w, kb.w, xv.w, cut, n, lane, sg, &base, &eq_seen); }
     }
     if (lid == 0u) {
         sel[0] = total;
@@ -229,23 +330,16 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     // Q8_0 codes of the selected values per group of 32: dx = max |x| / 127, q = round(x / dx)
     // (lr_qsel_build: a group with a NaN or Inf gets dx NaN, a tiny max zero codes)
     workgroupBarrier();
-    for (var g = lid; g < G; g += WG) {
-        let mb = atomicLoad(&gmax[g]);
-        var dx = bitcast<f32>(mb) / 127.0;
-        if (mb >= 0x7f800000u) { dx = bitcast<f32>(0x7fc00000u); }
-        sel[4u + 2u * n + g] = bitcast<u32>(dx);
-    }
+    for (var g = lid; g < G; g += WG) { sel[4u + 2u * n + g] = bitcast<u32>(group_dx(g)); }
     storageBarrier();
-    for (var j = lid; j < total; j += WG) {
-        let v = bitcast<f32>(sel[4u + n + j]);
-        let mb = atomicLoad(&gmax[sel[4u + j] / 32u]);
-        var dx = bitcast<f32>(mb) / 127.0;
-        if (mb >= 0x7f800000u) { dx = bitcast<f32>(0x7fc00000u); }
-        var id = 0.0;
-        if (dx > 0.0) { id = 1.0 / dx; }
-        if (id > 3.4028234e38) { id = 0.0; }
-        var q = round(v * id);
-        if (q != q) { q = 0.0; }
-        sel[4u + n + j] = bitcast<u32>(clamp(q, -127.0, 127.0));
+    for (var b = 0u; b < total; b += 4u * WG) {
+        let jj = vec4<u32>(b + lid) + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
+        let ok = jj < vec4<u32>(total);
+        let cl = min(jj, vec4<u32>(total - 1u));
+        let v = bitcast<vec4<f32>>(vec4<u32>(sel[4u + n + cl.x], sel[4u + n + cl.y], sel[4u + n + cl.z], sel[4u + n + cl.w]));
+        let row = vec4<u32>(sel[4u + cl.x], sel[4u + cl.y], sel[4u + cl.z], sel[4u + cl.w]);
+        for (var q = 0u; q < 4u; q++) {
+            if (ok[q]) { sel[4u + n + jj[q]] = bitcast<u32>(code(v[q], group_dx(row[q] / 32u))); }
+        }
     }
 }
