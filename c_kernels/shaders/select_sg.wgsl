@@ -107,6 +107,23 @@ fn code(v: f32, dx: f32) -> f32 {
     return clamp(q, -127.0, 127.0);
 }
 
+// mode 3: input i (ok) into slot i, its value v (or, with quant, its group's max |v|)
+fn put_all(i: u32, ok: bool, v: f32, n: u32, lane: u32, sg: u32) {
+    if (ok) {
+        sel[4u + i] = i;
+        if (P.quant == 0u) { sel[4u + n + i] = bitcast<u32>(v); }
+    }
+    if (P.quant != 0u) { group_max(i, ok, select(0u, bitcast<u32>(abs(v)), ok), lane, sg); }
+}
+// mode 3 with quant: the code of input i, and its group's dx from the group's first input
+fn put_code(i: u32, ok: bool, v: f32, n: u32) {
+    if (ok) {
+        let dx = group_dx(i / 32u);
+        sel[4u + n + i] = bitcast<u32>(code(v, dx));
+        if (i % 32u == 0u) { sel[4u + 2u * n + i / 32u] = bitcast<u32>(dx); }
+    }
+}
+
 // one chunk of the compaction: the lane's input i (ok) with key kb and value xv * r
 struct Cut { topk: bool, tb: u32, teq: u32, eq_take: u32, r: f32 }
 fn compact(i: u32, ok: bool, kb: u32, xv: f32, cut: Cut, n: u32, lane: u32, sg: u32, base: ptr<function, u32>,
@@ -156,7 +173,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         if (lid < 256u) {
             let j0 = min(lid * per, n);
             let j1 = min(j0 + per, n);
-            for (var i = j0; i < j1; i++) { let v = x[i]; ss = fma(v, v, ss); }
+            for (var i = j0; i < j1; i += 4u) {   // four loads in flight, added in index order
+                let c = min(vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n - 1u));
+                let v = vec4<f32>(x[c.x], x[c.y], x[c.z], x[c.w]);
+                ss = fma(v.x, v.x, ss);
+                if (i + 1u < j1) { ss = fma(v.y, v.y, ss); }
+                if (i + 2u < j1) { ss = fma(v.z, v.z, ss); }
+                if (i + 3u < j1) { ss = fma(v.w, v.w, ss); }
+            }
             tree[lid] = ss;
         }
         workgroupBarrier();
@@ -176,13 +200,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
             let ok = ii < vec4<u32>(n);
             let cl = min(ii, vec4<u32>(n - 1u));
             let v = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]) * r;
-            for (var q = 0u; q < 4u; q++) {
-                if (ok[q]) {
-                    sel[4u + ii[q]] = ii[q];
-                    if (P.quant == 0u) { sel[4u + n + ii[q]] = bitcast<u32>(v[q]); }
-                }
-                if (P.quant != 0u) { group_max(ii[q], ok[q], select(0u, bitcast<u32>(abs(v[q])), ok[q]), lane, sg); }
-            }
+            put_all(ii.x, ok.x, v.x, n, lane, sg); put_all(ii.y, ok.y, v.y, n, lane, sg);
+            put_all(ii.z, ok.z, v.z, n, lane, sg); put_all(ii.w, ok.w, v.w, n, lane, sg);
         }
         if (lid == 0u) {
             sel[0] = n;
@@ -195,13 +214,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
             let ok = ii < vec4<u32>(n);
             let cl = min(ii, vec4<u32>(n - 1u));
             let v = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]) * r;
-            for (var q = 0u; q < 4u; q++) {
-                if (ok[q]) {
-                    let dx = group_dx(ii[q] / 32u);
-                    sel[4u + n + ii[q]] = bitcast<u32>(code(v[q], dx));
-                    if (ii[q] % 32u == 0u) { sel[4u + 2u * n + ii[q] / 32u] = bitcast<u32>(dx); }
-                }
-            }
+            put_code(ii.x, ok.x, v.x, n); put_code(ii.y, ok.y, v.y, n);
+            put_code(ii.z, ok.z, v.z, n); put_code(ii.w, ok.w, v.w, n);
         }
         return;
     }
@@ -213,7 +227,10 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         let ok = quad_ok(c, sg, per_sg, ii, n);
         let cl = min(ii, vec4<u32>(n - 1u));
         let kb = vec4<u32>(key_of(cl.x, r), key_of(cl.y, r), key_of(cl.z, r), key_of(cl.w, r));
-        for (var q = 0u; q < 4u; q++) { if (ok[q]) { keys[ii[q]] = kb[q]; } }
+        if (ok.x) { keys[ii.x] = kb.x; }
+        if (ok.y) { keys[ii.y] = kb.y; }
+        if (ok.z) { keys[ii.z] = kb.z; }
+        if (ok.w) { keys[ii.w] = kb.w; }
         above += count4(ok & (bitcast<vec4<f32>>(kb) > vec4<f32>(P.thr)));
         valid += count4(ok);
     }
@@ -338,8 +355,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         let cl = min(jj, vec4<u32>(total - 1u));
         let v = bitcast<vec4<f32>>(vec4<u32>(sel[4u + n + cl.x], sel[4u + n + cl.y], sel[4u + n + cl.z], sel[4u + n + cl.w]));
         let row = vec4<u32>(sel[4u + cl.x], sel[4u + cl.y], sel[4u + cl.z], sel[4u + cl.w]);
-        for (var q = 0u; q < 4u; q++) {
-            if (ok[q]) { sel[4u + n + jj[q]] = bitcast<u32>(code(v[q], group_dx(row[q] / 32u))); }
-        }
+        if (ok.x) { sel[4u + n + jj.x] = bitcast<u32>(code(v.x, group_dx(row.x / 32u))); }
+        if (ok.y) { sel[4u + n + jj.y] = bitcast<u32>(code(v.y, group_dx(row.y / 32u))); }
+        if (ok.z) { sel[4u + n + jj.z] = bitcast<u32>(code(v.z, group_dx(row.z / 32u))); }
+        if (ok.w) { sel[4u + n + jj.w] = bitcast<u32>(code(v.w, group_dx(row.w / 32u))); }
     }
 }
