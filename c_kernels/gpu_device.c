@@ -294,10 +294,14 @@ lr_gpu *lr_gpu_open(const char *lib_path, const char *shader_dir, char *err, int
     ws = (wait_slot){0};
     WGPUDeviceDescriptor dd = WGPU_DEVICE_DESCRIPTOR_INIT;
     dd.requiredLimits = &g->limits;   /* the adapter's, not the defaults */
-    WGPUFeatureName feats[2];
+    WGPUFeatureName feats[3];
     size_t nf = 0;
     if ((g->timestamps = W.AdapterHasFeature(g->adapter, WGPUFeatureName_TimestampQuery) != 0))
         feats[nf++] = WGPUFeatureName_TimestampQuery;
+    /* timestamps between a pass's dispatches: the profile of the step as it runs (one pass) */
+    if (g->timestamps && (g->ts_inside = W.AdapterHasFeature(g->adapter,
+                                                            (WGPUFeatureName)WGPUNativeFeature_TimestampQueryInsidePasses) != 0))
+        feats[nf++] = (WGPUFeatureName)WGPUNativeFeature_TimestampQueryInsidePasses;
     if ((g->subgroups = W.AdapterHasFeature(g->adapter, (WGPUFeatureName)WGPUNativeFeature_Subgroup) != 0))
         feats[nf++] = (WGPUFeatureName)WGPUNativeFeature_Subgroup;
     dd.requiredFeatureCount = nf, dd.requiredFeatures = feats;
@@ -442,6 +446,19 @@ int32_t lr_gpu_read(lr_gpu *g, WGPUBuffer staging, uint64_t size, void *out) {
 
 void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncoder enc, WGPUQuerySet qs) {
     WGPUComputePassDescriptor pd = WGPU_COMPUTE_PASS_DESCRIPTOR_INIT;
+    if (qs && g->ts_inside) {   /* profiling: a timestamp after each dispatch of the one pass */
+        WGPUComputePassEncoder pass = W.CommandEncoderBeginComputePass(enc, &pd);
+        W.ComputePassEncoderWriteTimestamp(pass, qs, 0);
+        for (int32_t i = 0; i < n; i++) {
+            W.ComputePassEncoderSetPipeline(pass, d[i].pipe);
+            W.ComputePassEncoderSetBindGroup(pass, 0, d[i].bg, 0, NULL);
+            W.ComputePassEncoderDispatchWorkgroups(pass, d[i].x, d[i].y, 1);
+            W.ComputePassEncoderWriteTimestamp(pass, qs, (uint32_t)(i + 1));
+        }
+        W.ComputePassEncoderEnd(pass);
+        W.ComputePassEncoderRelease(pass);
+        return;
+    }
     if (qs) {   /* profiling: a pass per dispatch, timed on the GPU */
         for (int32_t i = 0; i < n; i++) {
             WGPUPassTimestampWrites tw = WGPU_PASS_TIMESTAMP_WRITES_INIT;
@@ -465,7 +482,6 @@ void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncod
     }
     W.ComputePassEncoderEnd(pass);
     W.ComputePassEncoderRelease(pass);
-    (void)g;
 }
 
 void lr_gpu_submit(lr_gpu *g, WGPUCommandEncoder enc) {

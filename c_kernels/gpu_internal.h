@@ -43,11 +43,13 @@
     X(WGPUProcAdapterHasFeature, AdapterHasFeature) X(WGPUProcDeviceCreateQuerySet, DeviceCreateQuerySet)   \
     X(WGPUProcCommandEncoderResolveQuerySet, CommandEncoderResolveQuerySet)                          \
     X(WGPUProcQuerySetRelease, QuerySetRelease)                                                      \
-    X(lr_proc_device_poll, DevicePoll) X(lr_proc_get_version, GetVersion)
+    X(lr_proc_device_poll, DevicePoll) X(lr_proc_get_version, GetVersion)                             \
+    X(lr_proc_pass_timestamp, ComputePassEncoderWriteTimestamp)
 
 /* wgpu.h's native functions have no proc types */
 typedef WGPUBool (*lr_proc_device_poll)(WGPUDevice, WGPUBool, WGPUSubmissionIndex const *);
 typedef uint32_t (*lr_proc_get_version)(void);
+typedef void (*lr_proc_pass_timestamp)(WGPUComputePassEncoder, WGPUQuerySet, uint32_t);
 
 typedef struct {
 #define X(type, name) type name;
@@ -74,6 +76,7 @@ struct lr_gpu {
     char info[400];
     int failed;          /* the device reported an error: every later call returns LR_EGPU */
     int timestamps;      /* TimestampQuery granted: per-dispatch GPU times (lr_gpu_model_profile) */
+    int ts_inside;       /* TimestampQueryInsidePasses granted: those times in the step's one pass */
     int subgroups;       /* subgroup operations granted: pipe[P_SELECT] may be select_sg.wgsl */
     WGPUComputePipeline sel_plain, sel_sg;   /* the two selections; pipe[P_SELECT] is one of them */
     int mv_pipelined;    /* Q8_0 / Q4_0 matvecs: mv_q8p / mv_q4p (1, the default) or mv_q8 / mv_q4 (0) */
@@ -118,7 +121,8 @@ void *lr_gpu_map_new(lr_gpu *g, uint64_t size, WGPUBuffer *out);
 WGPUBindGroup lr_gpu_bind(lr_gpu *g, int layout, const lr_gpu_slice *s);
 /* maps a MapRead buffer, waits, copies size bytes out */
 int32_t lr_gpu_read(lr_gpu *g, WGPUBuffer staging, uint64_t size, void *out);
-/* the dispatches in one compute pass of enc; with a query set, each in its own pass between the
+/* the dispatches in one compute pass of enc; with a query set, timestamp i + 1 after dispatch i
+ * and 0 before the first (g->ts_inside), or else each dispatch in its own pass between the
  * timestamps 2 i and 2 i + 1 */
 void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncoder enc, WGPUQuerySet qs);
 WGPUCommandEncoder lr_gpu_encoder(lr_gpu *g);

@@ -124,6 +124,19 @@ fn put_code(i: u32, ok: bool, v: f32, n: u32) {
     }
 }
 
+// a ballot's lanes below `lane`, and all of them: the scans of a 0 / 1 value without a scan's steps
+// (lane l is bit l % 32 of word l / 32)
+fn below(b: vec4<u32>, lane: u32) -> u32 {
+    let lo = vec4<u32>(0u, 32u, 64u, 96u);
+    let l = vec4<u32>(lane);
+    let full = l >= lo + vec4<u32>(32u);
+    let part = (vec4<u32>(1u) << ((l - lo) & vec4<u32>(31u))) - vec4<u32>(1u);
+    let m = select(select(vec4<u32>(0u), part, l >= lo), vec4<u32>(0xffffffffu), full);
+    let c = countOneBits(b & m);
+    return c.x + c.y + c.z + c.w;
+}
+fn ones(b: vec4<u32>) -> u32 { let c = countOneBits(b); return c.x + c.y + c.z + c.w; }
+
 // one chunk of the compaction: the lane's input i (ok) with key kb and value xv * r
 struct Cut { topk: bool, tb: u32, teq: u32, eq_take: u32, r: f32 }
 fn compact(i: u32, ok: bool, kb: u32, xv: f32, cut: Cut, n: u32, lane: u32, sg: u32, base: ptr<function, u32>,
@@ -134,11 +147,11 @@ fn compact(i: u32, ok: bool, kb: u32, xv: f32, cut: Cut, n: u32, lane: u32, sg: 
         else if (P.mode == 1u) { take = bitcast<f32>(kb) > P.thr; }
         else { take = true; }
     }
-    let e = select(0u, 1u, eq);
-    let rank = *eq_seen + subgroupExclusiveAdd(e);
+    let be = subgroupBallot(eq);
+    let rank = *eq_seen + below(be, lane);
     take = take || (eq && rank < cut.eq_take);
-    let t = select(0u, 1u, take);
-    let o = *base + subgroupExclusiveAdd(t);
+    let bt = subgroupBallot(take);
+    let o = *base + below(bt, lane);
     var m = 0u;
     if (take) {
         let v = xv * cut.r;
@@ -147,8 +160,8 @@ fn compact(i: u32, ok: bool, kb: u32, xv: f32, cut: Cut, n: u32, lane: u32, sg: 
         m = bitcast<u32>(abs(v));
     }
     if (P.quant != 0u) { group_max(i, ok, m, lane, sg); }
-    *base += subgroupAdd(t);
-    *eq_seen += subgroupAdd(e);
+    *base += ones(bt);
+    *eq_seen += ones(be);
 }
 
 @compute @workgroup_size(1024)
