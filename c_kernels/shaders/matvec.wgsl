@@ -393,3 +393,130 @@ fn mv_q4p(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     y = streams_sum(lid.x, y);
     if (ok && stream == 0u) { store8x2(wid.y * P.cols + cpos, y); }
 }
+
+// ---- Q8_0 / Q4_0, narrow tiles (mv_q8w, mv_q4w): 256 threads = 8 streams x 32 lanes, a tile of 256
+// columns (a row's 128 bytes of Q4_0 codes, 256 of Q8_0: one or two lines per stream), each lane 8
+// outputs; the chunk's R rows split into 8 contiguous parts, one per stream, 8 rows' loads in
+// flight, rows, values and the next group's scales a batch ahead (as mv_q8p / mv_q4p). Against the
+// 1024-column tiles: 4x the workgroups per row range, so a chunk can take 4x the rows for the same
+// grid (fewer partial sums for reduce.wgsl) and each stream walks more rows per launch.
+struct A8 { l: vec4<f32>, h: vec4<f32> }
+struct S8 { l: vec2<u32>, h: vec2<u32>, dx: f32 }   // 8 f16 scales of a lane's outputs, the group's dx
+
+fn a8_zero() -> A8 { return A8(vec4<f32>(0.0), vec4<f32>(0.0)); }
+fn a8_fma(a: A8, w: A8, v: f32) -> A8 { return A8(fma(w.l, vec4<f32>(v), a.l), fma(w.h, vec4<f32>(v), a.h)); }
+fn s8_acc(s: S8) -> A8 { return A8(h4(s.l.x, s.l.y) * s.dx, h4(s.h.x, s.h.y) * s.dx); }
+fn a8_flush(y: A8, acc: A8, s: S8) -> A8 { let f = s8_acc(s); return A8(fma(acc.l, f.l, y.l), fma(acc.h, f.h, y.h)); }
+fn half_of(v: vec4<u32>, hi: bool) -> vec2<u32> { return select(v.xy, v.zw, hi); }
+fn u32_at(i: u32) -> u32 {   // word i of w
+    let v = w[i / 4u];
+    let k = i % 4u;
+    return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u);
+}
+
+// Q4_0: lane l outputs c0 + 0..3 (low nibbles of the u32 at byte (c0 - run start) / 2 of the run)
+// and c0 + 32 + 0..3 (high nibbles), c0 = tile 256 + (l / 8) 64 + (l % 8) 4
+fn q4w_load(row: u32, c0: u32) -> u32 { return u32_at((row * P.cols + (c0 & ~63u)) / 8u + (c0 & 63u) / 4u); }
+fn q4w_dec(v: u32) -> A8 {
+    let b = vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u);
+    return A8(bitcast<vec4<f32>>((b & vec4<u32>(0xfu)) | vec4<u32>(MAGIC)) - 8388616.0,
+              bitcast<vec4<f32>>(((b >> vec4<u32>(4u)) & vec4<u32>(0xfu)) | vec4<u32>(MAGIC)) - 8388616.0);
+}
+fn q4w_sc(g: u32, c0: u32) -> S8 {
+    let a = g * P.cols + c0;
+    return S8(half_of(scale[a / 8u], (a & 4u) != 0u), half_of(scale[(a + 32u) / 8u], ((a + 32u) & 4u) != 0u), dx_of(g));
+}
+// Q8_0: lane l outputs c0 + 0..7, c0 = tile 256 + l 8: 8 bytes of the row
+fn q8w_load(row: u32, c0: u32) -> vec2<u32> { let i = (row * P.cols + c0) / 4u; return half_of(w[i / 4u], (i & 2u) != 0u); }
+fn q8w_dec(v: vec2<u32>) -> A8 { return A8(i8x4m(v.x), i8x4m(v.y)); }
+fn q8w_sc(g: u32, c0: u32) -> S8 { let s = scale[(g * P.cols + c0) / 8u]; return S8(s.xy, s.zw, dx_of(g)); }
+
+fn w_flush(y: ptr<function, A8>, acc: ptr<function, A8>, g: ptr<function, u32>, sc: ptr<function, S8>, gr: u32,
+           nx: S8, gn: u32, c0: u32, q4: bool) {
+    *y = a8_flush(*y, *acc, *sc);
+    *acc = a8_zero();
+    *g = gr;
+    if (gr == gn) { *sc = nx; } else if (q4) { *sc = q4w_sc(gr, c0); } else { *sc = q8w_sc(gr, c0); }
+}
+fn w_step(y: ptr<function, A8>, acc: ptr<function, A8>, g: ptr<function, u32>, sc: ptr<function, S8>, nx: S8,
+          gn: u32, r: u32, raw: vec2<u32>, v: f32, c0: u32, q4: bool) {
+    let gr = r / 32u;
+    if (gr != *g) { w_flush(y, acc, g, sc, gr, nx, gn, c0, q4); }
+    var wv: A8;
+    if (q4) { wv = q4w_dec(raw.x); } else { wv = q8w_dec(raw); }
+    *acc = a8_fma(*acc, wv, v);
+}
+
+var<workgroup> xw8: array<A8, 224>;   // streams 1..7's sums: [stream - 1][lane]
+fn streams8_sum(t: u32, y: A8) -> A8 {   // stream 0 adds the 8 streams' sums in stream order
+    let lane = t % 32u; let stream = t / 32u;
+    if (stream > 0u) { xw8[(stream - 1u) * 32u + lane] = y; }
+    workgroupBarrier();
+    var s = y;
+    if (stream == 0u) {
+        for (var k = 0u; k < 7u; k++) { let o = xw8[k * 32u + lane]; s = A8(s.l + o.l, s.h + o.h); }
+    }
+    return s;
+}
+
+fn mv_w(wid: vec3<u32>, t: u32, q4: bool) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = t % 32u; let stream = t / 32u;
+    let per = P.R / 8u;
+    let j0 = jc + stream * per;
+    let j1 = min(j0 + per, cnt);
+    var c0 = wid.x * 256u + lane * 8u;
+    if (q4) { c0 = wid.x * 256u + (lane / 8u) * 64u + (lane % 8u) * 4u; }
+    let ok = wid.x * 256u + (lane / 8u) * 64u < P.cols;   // cols % 64 == 0: runs of 64 are whole
+    var y = a8_zero(); var acc = a8_zero();
+    if (ok && j0 < j1) {
+        let last = j1 - 1u;
+        var rw = rows8(j0, last);
+        var vl = vals8(j0, j1);
+        var g = rw.a.x / 32u;
+        var sc: S8;
+        if (q4) { sc = q4w_sc(g, c0); } else { sc = q8w_sc(g, c0); }
+        for (var j = j0; j < j1; j += 8u) {
+            var v0: vec2<u32>; var v1: vec2<u32>; var v2: vec2<u32>; var v3: vec2<u32>;
+            var v4: vec2<u32>; var v5: vec2<u32>; var v6: vec2<u32>; var v7: vec2<u32>;
+            if (q4) {
+                v0 = vec2<u32>(q4w_load(rw.a.x, c0), 0u); v1 = vec2<u32>(q4w_load(rw.a.y, c0), 0u);
+                v2 = vec2<u32>(q4w_load(rw.a.z, c0), 0u); v3 = vec2<u32>(q4w_load(rw.a.w, c0), 0u);
+                v4 = vec2<u32>(q4w_load(rw.b.x, c0), 0u); v5 = vec2<u32>(q4w_load(rw.b.y, c0), 0u);
+                v6 = vec2<u32>(q4w_load(rw.b.z, c0), 0u); v7 = vec2<u32>(q4w_load(rw.b.w, c0), 0u);
+            } else {
+                v0 = q8w_load(rw.a.x, c0); v1 = q8w_load(rw.a.y, c0); v2 = q8w_load(rw.a.z, c0); v3 = q8w_load(rw.a.w, c0);
+                v4 = q8w_load(rw.b.x, c0); v5 = q8w_load(rw.b.y, c0); v6 = q8w_load(rw.b.z, c0); v7 = q8w_load(rw.b.w, c0);
+            }
+            let gn = rw.b.w / 32u;
+            var nx: S8;
+            if (q4) { nx = q4w_sc(gn, c0); } else { nx = q8w_sc(gn, c0); }
+            let rn = rows8(j + 8u, last);
+            let vn = vals8(j + 8u, j1);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.a.x, v0, vl.a.x, c0, q4);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.a.y, v1, vl.a.y, c0, q4);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.a.z, v2, vl.a.z, c0, q4);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.a.w, v3, vl.a.w, c0, q4);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.b.x, v4, vl.b.x, c0, q4);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.b.y, v5, vl.b.y, c0, q4);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.b.z, v6, vl.b.z, c0, q4);
+            w_step(&y, &acc, &g, &sc, nx, gn, rw.b.w, v7, vl.b.w, c0, q4);
+            rw = rn; vl = vn;
+        }
+        y = a8_flush(y, acc, sc);
+    }
+    y = streams8_sum(t, y);
+    if (ok && stream == 0u) {
+        let o = wid.y * P.cols + c0;
+        let oh = select(o + 4u, o + 32u, q4);
+        partial[o] = y.l.x; partial[o + 1u] = y.l.y; partial[o + 2u] = y.l.z; partial[o + 3u] = y.l.w;
+        partial[oh] = y.h.x; partial[oh + 1u] = y.h.y; partial[oh + 2u] = y.h.z; partial[oh + 3u] = y.h.w;
+    }
+}
+
+@compute @workgroup_size(256)
+fn mv_q8w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) { mv_w(wid, t, false); }
+@compute @workgroup_size(256)
+fn mv_q4w(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) t: u32) { mv_w(wid, t, true); }
