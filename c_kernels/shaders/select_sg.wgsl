@@ -45,8 +45,8 @@ var<workgroup> sgc: array<vec2<u32>, MAX_SG>;  // per subgroup: keys above T, ke
 var<workgroup> gmax: array<atomic<u32>, MAX_GROUPS>;
 var<workgroup> bc: vec4<u32>;
 
-fn key_of(i: u32, r: f32) -> u32 {
-    var v = x[i] * r;
+fn key_of(i: u32, xi: f32, r: f32) -> u32 {   // xi = x[i]
+    var v = xi * r;
     if (P.key_kind == 1u) { let g = gate[i]; v = g / (1.0 + exp(-g)); }
     var kf = abs(v);
     if (P.has_score != 0u) { kf = kf * score[i]; }
@@ -140,7 +140,7 @@ fn ones(b: vec4<u32>) -> u32 { let c = countOneBits(b); return c.x + c.y + c.z +
 // one chunk of the compaction: the lane's input i (ok) with key kb and value xv * r
 struct Cut { topk: bool, tb: u32, teq: u32, eq_take: u32, r: f32 }
 fn compact(i: u32, ok: bool, kb: u32, xv: f32, cut: Cut, n: u32, lane: u32, sg: u32, base: ptr<function, u32>,
-           eq_seen: ptr<function, u32>) {
+           eq_seen: ptr<function, u32>) -> u32 {   // the slot of input i, INV when not taken
     var take = false; var eq = false;
     if (ok) {
         if (cut.topk) { take = kb > cut.tb; eq = kb == cut.teq; }
@@ -162,6 +162,7 @@ fn compact(i: u32, ok: bool, kb: u32, xv: f32, cut: Cut, n: u32, lane: u32, sg: 
     if (P.quant != 0u) { group_max(i, ok, m, lane, sg); }
     *base += ones(bt);
     *eq_seen += ones(be);
+    return select(INV, o, take);
 }
 
 @compute @workgroup_size(1024)
@@ -234,16 +235,25 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     }
 
     // the keys, once; the count of keys above the threshold (mode 1's selection, the budget's count)
+    // one: a lane's inputs are one step of four chunks (n <= 4096 on 32 lanes): its keys and x stay in
+    // registers (kreg, xreg) for every pass, and its slots (oreg) for the codes; else keys in a buffer
+    let one = per_sg <= 4u * sg;
+    var kreg = vec4<u32>(INV); var xreg = vec4<f32>(0.0); var oreg = vec4<u32>(INV);
     var above = 0u; var valid = 0u;
     for (var c = 0u; c < per_sg; c += 4u * sg) {
         let ii = quad(i0, c, sg);
         let ok = quad_ok(c, sg, per_sg, ii, n);
         let cl = min(ii, vec4<u32>(n - 1u));
-        let kb = vec4<u32>(key_of(cl.x, r), key_of(cl.y, r), key_of(cl.z, r), key_of(cl.w, r));
-        if (ok.x) { keys[ii.x] = kb.x; }
-        if (ok.y) { keys[ii.y] = kb.y; }
-        if (ok.z) { keys[ii.z] = kb.z; }
-        if (ok.w) { keys[ii.w] = kb.w; }
+        let xv = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]);
+        let kb = vec4<u32>(key_of(cl.x, xv.x, r), key_of(cl.y, xv.y, r), key_of(cl.z, xv.z, r), key_of(cl.w, xv.w, r));
+        if (one) {
+            kreg = select(vec4<u32>(INV), kb, ok); xreg = xv;
+        } else {
+            if (ok.x) { keys[ii.x] = kb.x; }
+            if (ok.y) { keys[ii.y] = kb.y; }
+            if (ok.z) { keys[ii.z] = kb.z; }
+            if (ok.w) { keys[ii.w] = kb.w; }
+        }
         above += count4(ok & (bitcast<vec4<f32>>(kb) > vec4<f32>(P.thr)));
         valid += count4(ok);
     }
@@ -285,7 +295,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
             workgroupBarrier();
             for (var c = 0u; c < per_sg; c += 4u * sg) {
                 let ii = quad(i0, c, sg);
-                let kb = keys4(ii, quad_ok(c, sg, per_sg, ii, n), n);
+                var kb = kreg;
+                if (!one) { kb = keys4(ii, quad_ok(c, sg, per_sg, ii, n), n); }
                 hist_add(kb.x, known, prefix, sh, lane, sg);
                 hist_add(kb.y, known, prefix, sh, lane, sg);
                 hist_add(kb.z, known, prefix, sh, lane, sg);
@@ -320,7 +331,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         for (var c = 0u; c < per_sg; c += 4u * sg) {
             let ii = quad(i0, c, sg);
             let ok = quad_ok(c, sg, per_sg, ii, n);
-            let kb = keys4(ii, ok, n);
+            var kb = kreg;
+            if (!one) { kb = keys4(ii, ok, n); }
             gt += count4(ok & (kb > vec4<u32>(tb)));
             eq += count4(ok & (kb == vec4<u32>(teq)));
         }
@@ -343,14 +355,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     for (var c = 0u; c < per_sg; c += 4u * sg) {
         let ii = quad(i0, c, sg);
         let ok = quad_ok(c, sg, per_sg, ii, n);
-        let kb = keys4(ii, ok, n);
-        let cl = min(ii, vec4<u32>(n - 1u));
-        let xv = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]);
+        var kb = kreg; var xv = xreg;
+        if (!one) {
+            kb = keys4(ii, ok, n);
+            let cl = min(ii, vec4<u32>(n - 1u));
+            xv = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]);
+        }
         let live = (vec4<u32>(c) + vec4<u32>(0u, sg, 2u * sg, 3u * sg)) < vec4<u32>(per_sg);   // whole chunks
-        compact(ii.x, ok.x, kb.x, xv.x, cut, n, lane, sg, &base, &eq_seen);
-        if (live.y) { compact(ii.y, ok.y, kb.y, xv.y, cut, n, lane, sg, &base, &eq_seen); }
-        if (live.z) { compact(ii.z, ok.z, kb.z, xv.z, cut, n, lane, sg, &base, &eq_seen); }
-        if (live.w) { compact(ii.w, ok.w, kb.w, xv.w, cut, n, lane, sg, &base, &eq_seen); }
+        oreg.x = compact(ii.x, ok.x, kb.x, xv.x, cut, n, lane, sg, &base, &eq_seen);
+        if (live.y) { oreg.y = compact(ii.y, ok.y, kb.y, xv.y, cut, n, lane, sg, &base, &eq_seen); }
+        if (live.z) { oreg.z = compact(ii.z, ok.z, kb.z, xv.z, cut, n, lane, sg, &base, &eq_seen); }
+        if (live.w) { oreg.w = compact(ii.w, ok.w, kb.w, xv.w, cut, n, lane, sg, &base, &eq_seen); }
     }
     if (lid == 0u) {
         sel[0] = total;
@@ -361,6 +376,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     // (lr_qsel_build: a group with a NaN or Inf gets dx NaN, a tiny max zero codes)
     workgroupBarrier();
     for (var g = lid; g < G; g += WG) { sel[4u + 2u * n + g] = bitcast<u32>(group_dx(g)); }
+    if (one) {   // this lane's taken inputs, from its registers
+        let ii = quad(i0, 0u, sg);
+        let v = xreg * r;
+        if (oreg.x != INV) { sel[4u + n + oreg.x] = bitcast<u32>(code(v.x, group_dx(ii.x / 32u))); }
+        if (oreg.y != INV) { sel[4u + n + oreg.y] = bitcast<u32>(code(v.y, group_dx(ii.y / 32u))); }
+        if (oreg.z != INV) { sel[4u + n + oreg.z] = bitcast<u32>(code(v.z, group_dx(ii.z / 32u))); }
+        if (oreg.w != INV) { sel[4u + n + oreg.w] = bitcast<u32>(code(v.w, group_dx(ii.w / 32u))); }
+        return;
+    }
     storageBarrier();
     for (var b = 0u; b < total; b += 4u * WG) {
         let jj = vec4<u32>(b + lid) + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
