@@ -91,6 +91,7 @@ static const struct { const char *file, *entry; int layout; } PIPES[P_COUNT] = {
     {"head.wgsl", "head_prep", L_HEAD}, {"head.wgsl", "head_q8", L_HEAD}, {"head.wgsl", "head_q4", L_HEAD},
     {"head.wgsl", "head_f16", L_HEAD}, {"head.wgsl", "head_f32", L_HEAD},
     {"matvec.wgsl", "mv_q8p", L_MATVEC}, {"matvec.wgsl", "mv_q4p", L_MATVEC},
+    {"matvec.wgsl", "mv_q8d", L_MATVEC}, {"matvec.wgsl", "mv_q4d", L_MATVEC},
 };
 
 static char *read_file(const char *dir, const char *name) {
@@ -170,8 +171,9 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     }
     for (int i = 0; i < nmods; i++) W.ShaderModuleRelease(mods[i]);
     g->sel_plain = g->pipe[P_SELECT];
-    const char *mv_env = getenv("LAROSA_GPU_PIPELINED");   /* "0": the matvecs without prefetch (timing) */
-    g->mv_pipelined = !(mv_env && !strcmp(mv_env, "0"));
+    /* "0": the matvecs without prefetch, "1": with prefetch but no integer dots (timing) */
+    const char *mv_env = getenv("LAROSA_GPU_PIPELINED");
+    g->mv_pipelined = mv_env && (!strcmp(mv_env, "0") || !strcmp(mv_env, "1")) ? atoi(mv_env) : 2;
     /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 8 KiB of workgroup
      * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
     if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
@@ -212,13 +214,13 @@ static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char 
 int32_t lr_gpu_use_pipelined_matvec(lr_gpu *g, int32_t on) {
     if (!g) return LR_EARG;
     if (on < 0) return g->mv_pipelined;
-    g->mv_pipelined = on != 0;
+    g->mv_pipelined = on < 0 ? 0 : on > 2 ? 2 : on;
     return LR_OK;
 }
 
 int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type) {
-    if (type == LR_Q8_0_IM) return g->mv_pipelined ? P_MV_Q8P : P_MV_Q8;
-    if (type == LR_Q4_0_IM) return g->mv_pipelined ? P_MV_Q4P : P_MV_Q4;
+    if (type == LR_Q8_0_IM) return g->mv_pipelined == 2 ? P_MV_Q8D : g->mv_pipelined ? P_MV_Q8P : P_MV_Q8;
+    if (type == LR_Q4_0_IM) return g->mv_pipelined == 2 ? P_MV_Q4D : g->mv_pipelined ? P_MV_Q4P : P_MV_Q4;
     return type == LR_F16 ? P_MV_F16 : P_MV_F32;
 }
 

@@ -179,11 +179,12 @@ def float_tensor(dtype, rows, cols, keep):
     return ct, w.astype(np.float32)
 
 
-@pytest.fixture(params=["pipelined", "plain"])
+@pytest.fixture(params=["dots", "pipelined", "plain"])
 def mv_variant(request):
-    """the Q8_0 / Q4_0 matvecs both ways: mv_q8p / mv_q4p (prefetching) and mv_q8 / mv_q4"""
+    """the Q8_0 / Q4_0 matvecs three ways: mv_q8d / mv_q4d (integer dots), mv_q8p / mv_q4p
+    (prefetching) and mv_q8 / mv_q4"""
     was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
-    lib.lr_gpu_use_pipelined_matvec(DEV._g, int(request.param == "pipelined"))
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, {"dots": 2, "pipelined": 1, "plain": 0}[request.param])
     yield request.param
     lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
 
@@ -192,7 +193,7 @@ def mv_variant(request):
 @pytest.mark.parametrize("rows,cols,frac", [(576, 1728, 0.6), (1536, 576, 0.4), (4096, 2048, 1.0), (1024, 4160, 0.05),
                                             (2048, 1024, 0.13)])
 def test_spmv_matches_numpy_and_cpu(mv_variant, kind, rows, cols, frac):
-    if mv_variant == "plain" and kind not in ("q8", "q4"):
+    if mv_variant != "dots" and kind not in ("q8", "q4"):
         pytest.skip("one float kernel")
     keep = []
     if kind in ("q8", "q4"):
@@ -215,14 +216,16 @@ def test_spmv_matches_numpy_and_cpu(mv_variant, kind, rows, cols, frac):
 
 @pytest.mark.parametrize("kind", ["q8", "q4"])
 def test_pipelined_matvec_gives_the_same_bits(kind):
-    """mv_q8p / mv_q4p reorder loads and convert codes through the mantissa, not the sums"""
+    """mv_q8p / mv_q4p reorder loads and convert codes through the mantissa, not the sums; mv_q8d /
+    mv_q4d add a group's products as integers (runs of 4 rows of one group by dot4I8Packed, runs
+    that cross a group row by row: 1111 of 2048 rows have both)"""
     keep = []
     w, _ = im_tensor(kind, 2048, 1088, keep)
     x = (RNG.standard_normal(2048) * 3).astype(np.float32)
     idx = np.sort(RNG.choice(2048, 1111, replace=False)).astype(np.int32)
     ys = []
     was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
-    for on in (1, 0):
+    for on in (2, 1, 0):
         lib.lr_gpu_use_pipelined_matvec(DEV._g, on)
         y = np.zeros(1088, np.float32)
         assert lib.lr_gpu_test_spmv(DEV._g, w, f(x), i32(idx), idx.size, f(y)) == 0, DEV.error()
@@ -230,6 +233,7 @@ def test_pipelined_matvec_gives_the_same_bits(kind):
     lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
     assert np.abs(ys[0]).max() > 0
     np.testing.assert_array_equal(ys[0], ys[1])
+    np.testing.assert_array_equal(ys[0], ys[2])
 
 
 @pytest.mark.parametrize("qtype,rows,d", [("Q8_0", 1000, 576), ("Q4_0", 1000, 576), ("F16", 1000, 576),

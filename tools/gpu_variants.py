@@ -18,15 +18,18 @@ import time
 import numpy as np
 
 KERNELS = ("select", "mv_q8", "mv_q4", "mv_f16", "mv_f32", "red_store", "red_add", "red_swiglu", "rope_kv",
-           "attend", "head_prep", "head_q8", "head_q4", "head_f16", "head_f32", "mv_q8p", "mv_q4p")   # gpu.h's order
-GROUPS = {"select": ("select",), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32", "mv_q8p", "mv_q4p"),
+           "attend", "head_prep", "head_q8", "head_q4", "head_f16", "head_f32", "mv_q8p", "mv_q4p",
+           "mv_q8d", "mv_q4d")   # gpu.h's order
+GROUPS = {"select": ("select",), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32", "mv_q8p", "mv_q4p", "mv_q8d", "mv_q4d"),
           "reduce": ("red_store", "red_add", "red_swiglu"), "rope_kv": ("rope_kv",), "attend": ("attend",),
           "head": ("head_prep", "head_q8", "head_q4", "head_f16", "head_f32")}
 # name: (subgroup selection, pipelined matvec, min workgroups, rows per workgroup); "before": the
 # kernels of 4ee0911 (BENCHMARKS.md's first GPU run), "after": the defaults since 2026-12-01
-# "noprep": the step's commands encoded before each submit (LAROSA_GPU_PREENCODE=0), not while the
-# previous token runs
-VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "after": (1, 1, 264, 256), "noprep": (1, 1, 264, 256)}
+# "now": the matvecs with integer dots (mv_q8d / mv_q4d, the default since 2026-12-01 05:30; "after"
+# keeps mv_q8p / mv_q4p); "noprep": the step's commands encoded before each submit
+# (LAROSA_GPU_PREENCODE=0), not while the previous token runs
+VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "after": (1, 1, 264, 256), "now": (1, 2, 264, 256),
+            "noprep": (1, 2, 264, 256)}
 ENV = {"noprep": {"LAROSA_GPU_PREENCODE": "0"}}
 
 
