@@ -242,7 +242,7 @@ static int32_t record_select(lr_gpu_model *m, int32_t b, int32_t l, int quant, W
     if (slot < 0) return -1;
     lr_gpu_slice s[7] = {P(m, slot), S(x), S(score ? score : m->dummy_r), S(gate ? gate : m->dummy_r),
                          sel_slice(m, off), S(m->state), S(m->keys)};
-    return add(m, P_SELECT, lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
+    return add(m, lr_gpu_select_pipe(m->g, (int32_t)p.n), lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
 }
 
 /* selected rows per matvec workgroup for w: m->R, halved (down to 32) while the grid of a large

@@ -111,7 +111,8 @@ static char *read_file(const char *dir, const char *name) {
     return buf;
 }
 
-static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout);
+static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout,
+                                         const char *flag);
 
 static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     char msg[1400];
@@ -136,6 +137,7 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     WGPUShaderModule mods[P_COUNT] = {0};
     int nmods = 0, rc = 1;
     for (int p = 0; p < P_COUNT && rc; p++) {
+        if (p == P_SELECT1) continue;   /* below, with subgroups */
         WGPUShaderModule mod = NULL;
         const char *file = PIPES[p].file;
         for (int i = 0; i < nmods; i++)
@@ -178,7 +180,11 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
      * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
     if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
         g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 16384) {
-        g->sel_sg = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT);
+        g->sel_sg = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT, NULL);
+        /* n <= 4096 (3 of the 4 selections of a 7B layer): a lane's keys stay in registers; a
+         * pipeline of its own, so that the others keep their registers (H200: 14.7 against 16.3 us
+         * at n = 4096; the one kernel with both paths took 33.8 against 29.1 at 11008) */
+        if (g->sel_sg) g->pipe[P_SELECT1] = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT, "ONE");
         const char *env = getenv("LAROSA_GPU_SUBGROUPS");   /* "0": the plain selection (timing) */
         if (g->sel_sg && !(env && !strcmp(env, "0"))) g->pipe[P_SELECT] = g->sel_sg;
         if (g->failed) {
@@ -191,7 +197,9 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
 }
 
 /* one pipeline of a shader file of its own */
-static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout) {
+/* flag: an override constant set to true (NULL: none) */
+static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout,
+                                         const char *flag) {
     char *src = read_file(dir, file);
     if (!src) return NULL;
     WGPUShaderSourceWGSL wgsl = WGPU_SHADER_SOURCE_WGSL_INIT;
@@ -205,6 +213,11 @@ static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char 
     cd.layout = g->pl[layout];
     cd.compute.module = mod;
     cd.compute.entryPoint = sv(entry);
+    WGPUConstantEntry ce = WGPU_CONSTANT_ENTRY_INIT;
+    if (flag) {
+        ce.key = sv(flag), ce.value = 1.0;
+        cd.compute.constantCount = 1, cd.compute.constants = &ce;
+    }
     WGPUComputePipeline p = W.DeviceCreateComputePipeline(g->device, &cd);
     W.ShaderModuleRelease(mod);
     lr_gpu_flush(g);
@@ -222,6 +235,10 @@ int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type) {
     if (type == LR_Q8_0_IM) return g->mv_pipelined == 2 ? P_MV_Q8D : g->mv_pipelined ? P_MV_Q8P : P_MV_Q8;
     if (type == LR_Q4_0_IM) return g->mv_pipelined == 2 ? P_MV_Q4D : g->mv_pipelined ? P_MV_Q4P : P_MV_Q4;
     return type == LR_F16 ? P_MV_F16 : P_MV_F32;
+}
+
+int lr_gpu_select_pipe(const lr_gpu *g, int32_t n) {
+    return n <= 4096 && g->pipe[P_SELECT1] && g->pipe[P_SELECT] == g->sel_sg ? P_SELECT1 : P_SELECT;
 }
 
 int32_t lr_gpu_use_subgroups(lr_gpu *g, int32_t on) {

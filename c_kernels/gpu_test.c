@@ -53,7 +53,7 @@ int32_t lr_gpu_test_select(lr_gpu *g, const float *x, const float *score, const 
     for (int i = 0; i < 7; i++)
         if (!s[i].buf) { release(g, &o, NULL, 0); return LR_ENOMEM; }
     WGPUBindGroup bg = lr_gpu_bind(g, L_SELECT, s);
-    lr_gpu_dispatch d = {g->pipe[P_SELECT], bg, 1, 1};
+    lr_gpu_dispatch d = {g->pipe[lr_gpu_select_pipe(g, n)], bg, 1, 1};
     int32_t rc = run(g, &d, 1);
     uint32_t *out = malloc(sel_bytes);
     if (rc == LR_OK && !out) rc = LR_ENOMEM;

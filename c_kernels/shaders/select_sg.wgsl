@@ -37,6 +37,7 @@ struct State { over: f32, rows: array<atomic<u32>, 4> }
 @group(0) @binding(6) var<storage, read_write> keys: array<u32>;   // scratch, n words
 
 const WG: u32 = 1024u;
+override ONE: bool = false;      // the pipeline for n <= 4096 (gpu_device.c): keys in registers
 const MAX_SG: u32 = 256u;        // subgroups of 4 lanes or more
 const MAX_GROUPS: u32 = 1024u;   // n <= 32768 (checked at load)
 var<workgroup> hist: array<atomic<u32>, 256>;   // a digit's 256 bins
@@ -237,7 +238,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     // the keys, once; the count of keys above the threshold (mode 1's selection, the budget's count)
     // one: a lane's inputs are one step of four chunks (n <= 4096 on 32 lanes): its keys and x stay in
     // registers (kreg, xreg) for every pass, and its slots (oreg) for the codes; else keys in a buffer
-    let one = per_sg <= 4u * sg;
+    let one = ONE && per_sg <= 4u * sg;
     var kreg = vec4<u32>(INV); var xreg = vec4<f32>(0.0); var oreg = vec4<u32>(INV);
     var above = 0u; var valid = 0u;
     for (var c = 0u; c < per_sg; c += 4u * sg) {
