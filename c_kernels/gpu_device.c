@@ -179,7 +179,7 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 8 KiB of workgroup
      * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
     if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
-        g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 24576) {
+        g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 16384) {
         g->sel_sg = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT, NULL);
         /* n <= 4096 (3 of the 4 selections of a 7B layer): a lane's keys stay in registers; a
          * pipeline of its own, so that the others keep their registers (H200: 14.7 against 16.3 us

@@ -40,7 +40,7 @@ const WG: u32 = 1024u;
 override ONE: bool = false;      // the pipeline for n <= 4096 (gpu_device.c): keys in registers
 const MAX_SG: u32 = 256u;        // subgroups of 4 lanes or more
 const MAX_GROUPS: u32 = 1024u;   // n <= 32768 (checked at load)
-var<workgroup> hist: array<atomic<u32>, 4096>;   // a digit's bins (12 bits at most)
+var<workgroup> hist: array<atomic<u32>, 256>;   // a digit's 256 bins
 var<workgroup> tree: array<f32, 256>;
 var<workgroup> sgc: array<vec2<u32>, MAX_SG>;  // per subgroup: keys above T, keys equal to T
 var<workgroup> gmax: array<atomic<u32>, MAX_GROUPS>;
@@ -71,13 +71,13 @@ fn keys4(ii: vec4<u32>, ok: vec4<bool>, n: u32) -> vec4<u32> {
 fn count4(b: vec4<bool>) -> u32 { let v = select(vec4<u32>(0u), vec4<u32>(1u), b); return v.x + v.y + v.z + v.w; }
 
 // a key into the digit histogram: one atomic for a chunk whose lanes share the digit
-fn hist_add(kb: u32, known: u32, prefix: u32, sh: u32, dm: u32, lane: u32, sg: u32) {
-    var d = 4096u;
-    if (kb != INV && (kb & known) == prefix) { d = (kb >> sh) & dm; }
+fn hist_add(kb: u32, known: u32, prefix: u32, sh: u32, lane: u32, sg: u32) {
+    var d = 256u;
+    if (kb != INV && (kb & known) == prefix) { d = (kb >> sh) & 255u; }
     let f = subgroupBroadcastFirst(d);
     if (subgroupAll(d == f)) {
-        if (lane == 0u && f < 4096u) { atomicAdd(&hist[f], sg); }
-    } else if (d < 4096u) {
+        if (lane == 0u && f < 256u) { atomicAdd(&hist[f], sg); }
+    } else if (d < 256u) {
         atomicAdd(&hist[d], 1u);
     }
 }
@@ -290,42 +290,37 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     if (P.mode == 1u) { my_gt = sg_above; }
     if (topk) {
         var prefix = 0u; var known = 0u; var need = k;
-        for (var lev = 0u; lev < 3u; lev++) {
-            // digits of 12, 12 and 7 bits: bits 19..30 (31 is 0 in every key), 7..18, 0..6
-            let sh = select(select(0u, 7u, lev == 1u), 19u, lev == 0u);
-            let dm = select(4095u, 127u, lev == 2u);
-            for (var b = lid; b < 4096u; b += WG) { atomicStore(&hist[b], 0u); }
+        for (var lev = 0u; lev < 4u; lev++) {
+            let sh = 24u - 8u * lev;
+            if (lid < 256u) { atomicStore(&hist[lid], 0u); }
             workgroupBarrier();
             for (var c = 0u; c < per_sg; c += 4u * sg) {
                 let ii = quad(i0, c, sg);
                 var kb = kreg;
                 if (!one) { kb = keys4(ii, quad_ok(c, sg, per_sg, ii, n), n); }
-                hist_add(kb.x, known, prefix, sh, dm, lane, sg);
-                hist_add(kb.y, known, prefix, sh, dm, lane, sg);
-                hist_add(kb.z, known, prefix, sh, dm, lane, sg);
-                hist_add(kb.w, known, prefix, sh, dm, lane, sg);
+                hist_add(kb.x, known, prefix, sh, lane, sg);
+                hist_add(kb.y, known, prefix, sh, lane, sg);
+                hist_add(kb.z, known, prefix, sh, lane, sg);
+                hist_add(kb.w, known, prefix, sh, lane, sg);
             }
             workgroupBarrier();
-            // thread t holds bins 4095 - 4 t - j (j = 0..3, descending): the keys in each and in the
-            // bins above, by a scan of the threads' four-bin sums
-            let b0 = 4095u - 4u * lid;
-            let h = vec4<u32>(atomicLoad(&hist[b0]), atomicLoad(&hist[b0 - 1u]), atomicLoad(&hist[b0 - 2u]), atomicLoad(&hist[b0 - 3u]));
-            let own = vec4<u32>(h.x, h.x + h.y, h.x + h.y + h.z, h.x + h.y + h.z + h.w);   // inclusive, in the four
-            var incl = subgroupInclusiveAdd(own.w);
-            if (lane == sg - 1u) { sgc[s_id] = vec2<u32>(incl, 0u); }
+            // thread t < 256 holds bin 255 - t: the keys in it and in the bins above, by scans
+            var h = 0u; var incl = 0u;
+            if (lid < 256u) {
+                h = atomicLoad(&hist[255u - lid]);
+                incl = subgroupInclusiveAdd(h);
+                if (lane == sg - 1u) { sgc[s_id] = vec2<u32>(incl, 0u); }
+            }
             workgroupBarrier();
-            for (var s = 0u; s < s_id; s++) { incl += sgc[s].x; }
-            let cum = vec4<u32>(incl - own.w) + own;   // keys in bins >= each of the four
-            let hit = (cum >= vec4<u32>(need)) & (cum - h < vec4<u32>(need));
-            if (any(hit)) {
-                let j = select(select(select(3u, 2u, hit.z), 1u, hit.y), 0u, hit.x);
-                let cj = select(select(select(cum.w, cum.z, hit.z), cum.y, hit.y), cum.x, hit.x);
-                let hj = select(select(select(h.w, h.z, hit.z), h.y, hit.y), h.x, hit.x);
-                bc = vec4<u32>(prefix | ((b0 - j) << sh), need - (cj - hj), select(0u, 1u, cj == need), 0u);
+            if (lid < 256u) {
+                for (var s = 0u; s < s_id; s++) { incl += sgc[s].x; }
+                if (incl >= need && incl - h < need) {
+                    bc = vec4<u32>(prefix | ((255u - lid) << sh), need - (incl - h), select(0u, 1u, incl == need), 0u);
+                }
             }
             let b = workgroupUniformLoad(&bc);
             prefix = b.x; need = b.y;
-            known = known | (select(dm, 0xfffu | 0x1000u, lev == 0u) << sh);   // level 0: bit 31 too
+            known = known | (255u << sh);
             if (b.z != 0u) {   // the bin's keys complete the count: take every key >= prefix
                 tb = prefix - 1u;   // prefix > 0: not every key is taken
                 teq = 0xffffffffu; need_eq = 0u;
