@@ -2,7 +2,7 @@
  * recorded once as a list of dispatches (pipeline, bind group, grid) that every token replays in one
  * compute pass, one submission. Per layer (forward_layer):
  *   [adapter: select all, matvec, store into x]
- *   select attn_in (RMSNorm of x) -> matvec wqkv -> store q k v (+ bias) -> rope_kv -> attend
+ *   select attn_in (RMSNorm of x) -> matvec wqkv -> store q k v (+ bias) -> attend (RoPE, KV row, attention)
  *   select attn_out (ao) -> matvec wo -> x += (+ bias)
  *   select mlp_in (RMSNorm of x) -> matvec wgu -> gate, up, hm = silu(gate) up
  *   select mlp_out (hm; CATS: |silu(gate)|) -> matvec wdown -> x += (+ bias)
@@ -299,9 +299,7 @@ static int record_step(lr_gpu_model *m) {
         if (as < 0) return 0;
         lr_gpu_slice a[9] = {P(m, as), S(m->step), S(m->qkv), S(m->qn[l] ? m->qn[l] : m->dummy_r),
                              S(m->kn[l] ? m->kn[l] : m->dummy_r), S(m->kc[l]), S(m->vc[l]), S(m->att), S(m->ao)};
-        WGPUBindGroup bg = lr_gpu_bind(m->g, L_ATTN, a);
-        if (!bg || !add(m, P_ROPE_KV, bg, (uint32_t)(nh + 2 * nkv), 1)) return 0;
-        if (!add(m, P_ATTEND, lr_gpu_bind(m->g, L_ATTN, a), (uint32_t)nh, 1)) return 0;
+        if (!add(m, P_ATTEND, lr_gpu_bind(m->g, L_ATTN, a), (uint32_t)nh, 1)) return 0;   /* RoPE and the KV row too */
         if ((slot[ATTN_OUT] = record_select(m, ATTN_OUT, l, is_im(m->wo[l].type), m->ao, sc[1], NULL, off[1])) < 0 ||
             !record_matvec(m, &m->wo[l], off[1], P_RED_ADD, m->bo[l], m->x, NULL))
             return 0;
