@@ -28,8 +28,9 @@ GROUPS = {"select": ("select", "select1"), "matvec": ("mv_q8", "mv_q4", "mv_f16"
 # "now": the matvecs with integer dots (mv_q8d / mv_q4d, the default since 2026-12-01 05:30; "after"
 # keeps mv_q8p / mv_q4p); "noprep": the step's commands encoded before each submit
 # (LAROSA_GPU_PREENCODE=0), not while the previous token runs
+# "wg132" / "wg0": the matvecs' workgroup aim (gpu.c's mv_rows) at 132 and off (256 rows a chunk)
 VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "after": (1, 1, 264, 256), "now": (1, 2, 264, 256),
-            "noprep": (1, 2, 264, 256)}
+            "noprep": (1, 2, 264, 256), "wg132": (1, 2, 132, 256), "wg0": (1, 2, 0, 256)}
 ENV = {"noprep": {"LAROSA_GPU_PREENCODE": "0"}}
 
 
