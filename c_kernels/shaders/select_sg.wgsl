@@ -3,18 +3,23 @@
 // select.wgsl spends its time in barriers (a 256-thread scan is 17 of them, ~170 a selection) and
 // in each thread's serial walk over a contiguous slice; here:
 // - every subgroup owns a contiguous range of inputs and walks it in chunks of its width (lane l
-//   takes input base + l: coalesced), so the compaction keeps index order with subgroup scans and
-//   only the subgroups' totals cross a barrier;
-// - the keys are computed once into a scratch buffer (keys), each thread reading back only the
-//   ones it wrote (no barrier for them);
+//   takes input base + l: coalesced), four chunks a step (their loads in flight together), so the
+//   compaction keeps index order with ballots (subgroupBallot, countOneBits) and only the
+//   subgroups' totals cross a barrier;
+// - mode 3 (every input: s = 0, dense inputs) skips keys, search and compaction: input i to slot i;
+// - the keys are computed once: for n <= 4096 (a lane's inputs one step of four chunks) kept in
+//   registers with x and the slots, in a pipeline of its own (override constant ONE, gpu_device.c),
+//   else in a scratch buffer (keys), each thread reading back only the ones it wrote;
 // - the k-th largest key T comes from a digit search, 8 bits a level from the top (4 levels at
 //   most): a 256-bin histogram in workgroup memory (one atomic per chunk whose lanes share the
 //   digit, as the exponent's bits mostly do), the bin found by subgroup scans; it stops early
 //   when a digit's keys and those above make exactly the count (no tie to cut). A counting pass
-//   then gives each subgroup its keys above T and equal to T;
+//   then gives each subgroup its keys above T and equal to T; (12 / 12 / 7-bit digits, one level
+//   fewer, measured slower on the H200: the 4096-bin clears and scans cost more)
 // - 1024 threads: on a GPU every pass is a few dependent loads per thread, and their latency is
 //   what a selection costs (256 threads: 4x as many, measured 43-80 us a selection on the H200).
-// H200, 7B shape: 23-30 us a selection against select.wgsl's 35-47 (BENCHMARKS.md). Subgroups must
+// H200, 7B shape, GPU time per dependent dispatch (tools/gpu_kernel_bench.py): Top-K at s = 0.4
+// 14.7-17.8 us (n = 4096) and 29 us (11008), all inputs 4.3-8.2 us (BENCHMARKS.md). Subgroups must
 // be laid out by local index (lid / size), true of Vulkan's NVIDIA, AMD and Mesa drivers and
 // Metal, of 4 lanes or more (WebGPU's minimum; gpu_device.c checks the workgroup limits); tests
 // compare every mode with the CPU and with select.wgsl.
