@@ -87,7 +87,7 @@ static const struct { const char *file, *entry; int layout; } PIPES[P_COUNT] = {
     {"matvec.wgsl", "mv_f16", L_MATVEC}, {"matvec.wgsl", "mv_f32", L_MATVEC},
     {"reduce.wgsl", "red_store", L_REDUCE}, {"reduce.wgsl", "red_add", L_REDUCE},
     {"reduce.wgsl", "red_swiglu", L_REDUCE},
-    {"attn.wgsl", "rope_kv", L_ATTN}, {"attn.wgsl", "attend", L_ATTN},
+    {"attn.wgsl", "attend", L_ATTN},
     {"head.wgsl", "head_prep", L_HEAD}, {"head.wgsl", "head_q8", L_HEAD}, {"head.wgsl", "head_q4", L_HEAD},
     {"head.wgsl", "head_f16", L_HEAD}, {"head.wgsl", "head_f32", L_HEAD},
     {"matvec.wgsl", "mv_q8p", L_MATVEC}, {"matvec.wgsl", "mv_q4p", L_MATVEC},

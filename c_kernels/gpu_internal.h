@@ -60,7 +60,7 @@ extern wgpu_api W;
 
 /* bind group layouts (gpu_device.c's LAYOUTS) and pipelines (PIPES), one per kernel entry point */
 enum { L_SELECT, L_MATVEC, L_REDUCE, L_ATTN, L_HEAD, L_COUNT };
-enum { P_SELECT, P_MV_Q8, P_MV_Q4, P_MV_F16, P_MV_F32, P_RED_STORE, P_RED_ADD, P_RED_SWIGLU, P_ROPE_KV, P_ATTEND,
+enum { P_SELECT, P_MV_Q8, P_MV_Q4, P_MV_F16, P_MV_F32, P_RED_STORE, P_RED_ADD, P_RED_SWIGLU, P_ATTEND,
        P_HEAD_PREP, P_HEAD_Q8, P_HEAD_Q4, P_HEAD_F16, P_HEAD_F32, P_MV_Q8P, P_MV_Q4P, P_MV_Q8D, P_MV_Q4D, P_SELECT1,
        P_COUNT };
 

@@ -292,6 +292,24 @@ def test_step_matches_cpu_on_tiny_models(converted, name):
     assert cpu.rows_read() == dev.rows_read()   # Top-K: the same number of rows in every layer
 
 
+def test_preencoded_step_gives_the_same_logits(converted, monkeypatch):
+    """the next token's commands encoded while this one runs (the default) against each token's
+    encoded before its submit (LAROSA_GPU_PREENCODE=0): the same bits; the host's encoding and
+    waiting times are counted (lr_gpu_model_profile's last two slots)"""
+    from larosa.runtime.model import Model
+    monkeypatch.setenv("LAROSA_GPU_PREENCODE", "0")
+    plain = Model(converted["tied_q4"], sparsity=0.4, n_ctx=64, device="gpu")
+    monkeypatch.setenv("LAROSA_GPU_PREENCODE", "1")
+    pre = Model(converted["tied_q4"], sparsity=0.4, n_ctx=64, device="gpu")
+    out = ffi.new("double[]", 21)   # 19 kernels (gpu.h's order), then encoding and waiting
+    lib.lr_gpu_model_profile(pre._m, out, 0, 0)
+    np.testing.assert_array_equal(plain.eval([1, 2, 3, 4]), pre.eval([1, 2, 3, 4]))
+    for t in (5, 6, 7):
+        np.testing.assert_array_equal(plain.eval([t]), pre.eval([t]))
+    lib.lr_gpu_model_profile(pre._m, out, 21, 0)
+    assert out[19] > 0 and out[20] > 0
+
+
 def _last_token_masks(m, toks):
     """logits of toks (one at a time) and the CPU model m's selections for the last one, as masks"""
     from larosa._kernels import ffi, lib

@@ -143,7 +143,7 @@ def mv_main(entries, mv_path, red_path) -> None:
             selb = dev.create_buffer_with_data(data=sel.tobytes(), usage=S)
             for ent in entries:
                 e, _, r = ent.partition(":")
-                tiles = (cols + 255) // 256 if e.endswith("w") else (cols + 1023) // 1024
+                tiles = (cols + 1023) // 1024
                 R = int(r) if r else 256
                 if not r:
                     while R >= 64 and tiles * ((rows + R - 1) // R) < 264:

@@ -1,11 +1,11 @@
 // Attention of one token (forward.c: lr_qkv_extras, lr_rope, lr_kv_write, lr_attend_head).
 //
-// rope_kv: one workgroup per head of q, k, v (nh + 2 nkv). q and k heads: the optional per-head
-// RMSNorm (Qwen3's q/k norms), then RoPE on the pairs (2i, 2i + 1) with the token's cos / sin
-// (computed on the CPU in double, as lr_rope_angles); q is written back, k and v into the cache
-// row of position pos (f16: rounded as lr_kv_store, two values per u32; or f32).
-// attend: one workgroup per query head: rope_kv's work for its q head and its group's k and v
-// heads (the step dispatches no rope_kv: a dispatch fewer a layer), then over the positions
+// rope_head: a head of q, k or v. q and k heads: the optional per-head RMSNorm (Qwen3's q/k
+// norms), then RoPE on the pairs (2i, 2i + 1) with the token's cos / sin (computed on the CPU in
+// double, as lr_rope_angles); q is written back, k and v into the cache row of position pos (f16:
+// rounded as lr_kv_store, two values per u32; or f32).
+// attend: one workgroup per query head: rope_head for its q head and its group's k and v heads
+// (once a kernel of its own, rope_kv: a dispatch fewer a layer now), then over the positions
 // 0..pos: scores q . K[t] / sqrt(hd), softmax, out = sum_t w[t] V[t]; grouped-query: head h reads
 // kv head h / (nh / nkv).
 
@@ -60,11 +60,6 @@ fn store_pair(to_k: bool, row: u32, e: u32, a: f32, b: f32) {
     } else {
         vc[i] = bitcast<u32>(a); vc[i + 1u] = bitcast<u32>(b);
     }
-}
-
-@compute @workgroup_size(512)
-fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    rope_head(wid.x, lid.x);
 }
 
 // head h of qkv (q heads, then k, then v): q back into qkv, k and v into the cache row pos
