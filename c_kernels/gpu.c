@@ -2,7 +2,7 @@
  * recorded once as a list of dispatches (pipeline, bind group, grid) that every token replays in one
  * compute pass, one submission. Per layer (forward_layer):
  *   [adapter: select all, matvec, store into x]
- *   select attn_in (RMSNorm of x) -> matvec wqkv -> store q k v (+ bias) -> rope_kv -> attend
+ *   select attn_in (RMSNorm of x) -> matvec wqkv -> store q k v (+ bias) -> attend (RoPE, KV row, attention)
  *   select attn_out (ao) -> matvec wo -> x += (+ bias)
  *   select mlp_in (RMSNorm of x) -> matvec wgu -> gate, up, hm = silu(gate) up
  *   select mlp_out (hm; CATS: |silu(gate)|) -> matvec wdown -> x += (+ bias)
@@ -12,6 +12,7 @@
  * Kernels: the WGSL files in shaders/; device helpers: gpu_device.c. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "gpu_internal.h"
 #include "kernels.h"
@@ -59,6 +60,9 @@ struct lr_gpu_model {
     WGPUBuffer qres, qread;
     double prof_ns[P_COUNT];
     int64_t prof_tokens;
+    double host_ns[2];               /* encoding the step's commands, waiting for the logits */
+    WGPUCommandBuffer next;          /* the next token's dispatches, encoded while this one runs */
+    int preencode;                   /* LAROSA_GPU_PREENCODE=0: encode each token before its submit */
 };
 
 static int32_t fail(char *err, int32_t len, int32_t code, const char *msg) {
@@ -238,7 +242,7 @@ static int32_t record_select(lr_gpu_model *m, int32_t b, int32_t l, int quant, W
     if (slot < 0) return -1;
     lr_gpu_slice s[7] = {P(m, slot), S(x), S(score ? score : m->dummy_r), S(gate ? gate : m->dummy_r),
                          sel_slice(m, off), S(m->state), S(m->keys)};
-    return add(m, P_SELECT, lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
+    return add(m, lr_gpu_select_pipe(m->g, (int32_t)p.n), lr_gpu_bind(m->g, L_SELECT, s), 1, 1) ? slot : -1;
 }
 
 /* selected rows per matvec workgroup for w: m->R, halved (down to 32) while the grid of a large
@@ -295,9 +299,7 @@ static int record_step(lr_gpu_model *m) {
         if (as < 0) return 0;
         lr_gpu_slice a[9] = {P(m, as), S(m->step), S(m->qkv), S(m->qn[l] ? m->qn[l] : m->dummy_r),
                              S(m->kn[l] ? m->kn[l] : m->dummy_r), S(m->kc[l]), S(m->vc[l]), S(m->att), S(m->ao)};
-        WGPUBindGroup bg = lr_gpu_bind(m->g, L_ATTN, a);
-        if (!bg || !add(m, P_ROPE_KV, bg, (uint32_t)(nh + 2 * nkv), 1)) return 0;
-        if (!add(m, P_ATTEND, lr_gpu_bind(m->g, L_ATTN, a), (uint32_t)nh, 1)) return 0;
+        if (!add(m, P_ATTEND, lr_gpu_bind(m->g, L_ATTN, a), (uint32_t)nh, 1)) return 0;   /* RoPE and the KV row too */
         if ((slot[ATTN_OUT] = record_select(m, ATTN_OUT, l, is_im(m->wo[l].type), m->ao, sc[1], NULL, off[1])) < 0 ||
             !record_matvec(m, &m->wo[l], off[1], P_RED_ADD, m->bo[l], m->x, NULL))
             return 0;
@@ -322,7 +324,7 @@ static int record_step(lr_gpu_model *m) {
                              S(hp->scale ? hp->scale : m->dummy_r), S(m->logits)};
         const int pipe = i < 0 ? P_HEAD_PREP : ht == LR_Q8_0 ? P_HEAD_Q8 : ht == LR_Q4_0 ? P_HEAD_Q4
                        : ht == LR_F16 ? P_HEAD_F16 : P_HEAD_F32;
-        if (!add(m, pipe, lr_gpu_bind(m->g, L_HEAD, h), i < 0 ? 1 : (uint32_t)(hp->rows + 7) / 8, 1)) return 0;
+        if (!add(m, pipe, lr_gpu_bind(m->g, L_HEAD, h), i < 0 ? 1 : lr_head_groups(pipe, hp->rows), 1)) return 0;
     }
     return 1;
 }
@@ -354,6 +356,7 @@ void lr_gpu_model_free(lr_gpu_model *m) {
                     m->stepbuf};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     for (int i = 0; i < 4; i++) free(m->k[i]), free(m->thr[i]), free(m->plan[i]), free(m->cost[i]), free(m->remain[i]);
+    if (m->next) W.CommandBufferRelease(m->next);
     if (m->qs) W.QuerySetRelease(m->qs);
     if (m->qres) W.BufferRelease(m->qres);
     if (m->qread) W.BufferRelease(m->qread);
@@ -442,6 +445,8 @@ lr_gpu_model *lr_gpu_model_new(lr_gpu *g, const lr_model_desc *desc, int32_t n_c
     m->R = r_env && atoi(r_env) >= 8 ? atoi(r_env) / 4 * 4 : 256;
     const char *wg_env = getenv("LAROSA_GPU_MIN_WG");   /* workgroups a matvec aims at (tuning; 0: off) */
     m->min_wg = wg_env ? atoi(wg_env) : MIN_WG;
+    const char *pe_env = getenv("LAROSA_GPU_PREENCODE");   /* "0": encode each token before its submit (timing) */
+    m->preencode = !(pe_env && !strcmp(pe_env, "0"));
     m->width[ATTN_IN] = dim, m->width[ATTN_OUT] = qd, m->width[MLP_IN] = dim, m->width[MLP_OUT] = ff;
     if (alloc_host(m)) { fail(err, err_len, LR_ENOMEM, "out of memory"); goto bad; }
     if (upload_layers(m, desc, err, err_len)) goto bad;
@@ -576,7 +581,28 @@ static int32_t gpu_status(lr_gpu *g) {
     return g->failed ? LR_EGPU : LR_OK;
 }
 
-/* one token at pos; readback: its logits into out (n_vocab floats) */
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e9 * (double)ts.tv_sec + (double)ts.tv_nsec;
+}
+
+/* the step's dispatches as a command buffer: the same every token (what changes is in buffers) */
+static WGPUCommandBuffer encode_step(lr_gpu_model *m) {
+    const double t0 = now_ns();
+    WGPUCommandEncoder enc = lr_gpu_encoder(m->g);
+    lr_gpu_run(m->g, m->disp, m->n_disp, enc, NULL);
+    WGPUCommandBufferDescriptor cd = WGPU_COMMAND_BUFFER_DESCRIPTOR_INIT;
+    WGPUCommandBuffer cb = W.CommandEncoderFinish(enc, &cd);
+    W.CommandEncoderRelease(enc);
+    m->host_ns[0] += now_ns() - t0;
+    return cb;
+}
+
+/* one token at pos; readback: its logits into out (n_vocab floats). Without profiling, the
+ * dispatches were encoded while the previous token ran (m->next: the 7B shape's 416 dispatches
+ * cost the host 0.8-1.4 ms that the GPU waited for), and the next token's are encoded while this
+ * one runs; the readback's copies go in a small command buffer of their own. */
 static int32_t step_token(lr_gpu_model *m, int32_t token, int32_t pos, float *out) {
     lr_gpu *g = m->g;
     int32_t rc = lr_get_row(&m->d.embd, token, m->row);
@@ -590,10 +616,15 @@ static int32_t step_token(lr_gpu_model *m, int32_t token, int32_t pos, float *ou
         m->stepbuf[4 + 2 * i + 1] = (float)sin(a);
     }
     W.QueueWriteBuffer(g->queue, m->step, 0, m->stepbuf, (size_t)m->step_bytes);
+    WGPUCommandBuffer cbs[2];
+    uint32_t ncb = 0;
+    if (!m->profile) cbs[ncb++] = m->next ? m->next : encode_step(m);
+    else if (m->next) W.CommandBufferRelease(m->next);
+    m->next = NULL;
     WGPUCommandEncoder enc = lr_gpu_encoder(g);
-    lr_gpu_run(g, m->disp, m->n_disp, enc, m->profile ? m->qs : NULL);
     if (m->profile) {
-        W.CommandEncoderResolveQuerySet(enc, m->qs, 0, (uint32_t)(2 * m->n_disp), m->qres, 0);
+        lr_gpu_run(g, m->disp, m->n_disp, enc, m->qs);
+        W.CommandEncoderResolveQuerySet(enc, m->qs, 0, (uint32_t)(g->ts_inside ? m->n_disp + 1 : 2 * m->n_disp), m->qres, 0);
         W.CommandEncoderCopyBufferToBuffer(enc, m->qres, 0, m->qread, 0, (uint64_t)m->n_disp * 16);
     }
     if (out) {
@@ -601,13 +632,20 @@ static int32_t step_token(lr_gpu_model *m, int32_t token, int32_t pos, float *ou
         W.CommandEncoderCopyBufferToBuffer(enc, m->state, 0, m->staging, m->logits_bytes, 32);
         W.CommandEncoderClearBuffer(enc, m->state, 0, 32);   /* the row counters restart */
     }
-    lr_gpu_submit(g, enc);
+    WGPUCommandBufferDescriptor cd = WGPU_COMMAND_BUFFER_DESCRIPTOR_INIT;
+    cbs[ncb++] = W.CommandEncoderFinish(enc, &cd);
+    W.CommandEncoderRelease(enc);
+    W.QueueSubmit(g->queue, ncb, cbs);
+    for (uint32_t i = 0; i < ncb; i++) W.CommandBufferRelease(cbs[i]);
+    if (!m->profile && m->preencode) m->next = encode_step(m);
     if (m->profile) {   /* GPU time per dispatch, added up by kernel */
         uint64_t *tsv = malloc((size_t)m->n_disp * 16);
         if (tsv && lr_gpu_read(g, m->qread, (uint64_t)m->n_disp * 16, tsv) == LR_OK) {
-            for (int32_t i = 0; i < m->n_disp; i++)
+            for (int32_t i = 0; i < m->n_disp; i++) {   /* dispatch i: timestamps a to b */
+                const uint64_t a = g->ts_inside ? tsv[i] : tsv[2 * i], b = g->ts_inside ? tsv[i + 1] : tsv[2 * i + 1];
                 for (int p = 0; p < P_COUNT; p++)
-                    if (g->pipe[p] == m->disp[i].pipe && tsv[2 * i + 1] > tsv[2 * i]) m->prof_ns[p] += (double)(tsv[2 * i + 1] - tsv[2 * i]);
+                    if (g->pipe[p] == m->disp[i].pipe && b > a) m->prof_ns[p] += (double)(b - a);
+            }
             m->prof_tokens++;
         }
         free(tsv);
@@ -615,7 +653,9 @@ static int32_t step_token(lr_gpu_model *m, int32_t token, int32_t pos, float *ou
     if (!out) return gpu_status(g);
     float *tmp = malloc((size_t)m->logits_bytes + 32);
     if (!tmp) return LR_ENOMEM;
+    const double t0 = now_ns();
     rc = lr_gpu_read(g, m->staging, m->logits_bytes + 32, tmp);
+    m->host_ns[1] += now_ns() - t0;
     if (rc == LR_OK) {
         memcpy(out, tmp, (size_t)m->logits_bytes);
         uint32_t counts[4];
@@ -699,9 +739,10 @@ int32_t lr_gpu_model_read(lr_gpu_model *m, int32_t which, float *out, int32_t n)
 
 int64_t lr_gpu_model_profile(lr_gpu_model *m, double *out_ns, int32_t n, int32_t enable) {
     if (!m || n < 0 || (n && !out_ns)) return LR_EARG;
-    for (int32_t i = 0; i < n && i < P_COUNT; i++) out_ns[i] = m->prof_ns[i];
+    for (int32_t i = 0; i < n && i < P_COUNT + 2; i++) out_ns[i] = i < P_COUNT ? m->prof_ns[i] : m->host_ns[i - P_COUNT];
     const int64_t tokens = m->prof_tokens;
     memset(m->prof_ns, 0, sizeof m->prof_ns);
+    memset(m->host_ns, 0, sizeof m->host_ns);
     m->prof_tokens = 0;
     if (enable && !m->g->timestamps) return LR_ETYPE;
     if (enable && !m->qs) {

@@ -31,8 +31,9 @@ double lr_gpu_copy_bandwidth(lr_gpu *g, int64_t bytes, int32_t reps);
  * (subgroup operations; the default where the adapter grants them, unless LAROSA_GPU_SUBGROUPS=0),
  * 0 select.wgsl; LR_ETYPE when the adapter has no subgroups. on < 0: which one is in use (1, 0) */
 int32_t lr_gpu_use_subgroups(lr_gpu *g, int32_t on);
-/* the Q8_0 / Q4_0 matvec of the models made from now on and of lr_gpu_test_spmv: 1 mv_q8p / mv_q4p
- * (the default, unless LAROSA_GPU_PIPELINED=0), 0 mv_q8 / mv_q4; on < 0: which one is in use */
+/* the Q8_0 / Q4_0 matvec of the models made from now on and of lr_gpu_test_spmv: 2 mv_q8d / mv_q4d
+ * (integer dots; the default, unless LAROSA_GPU_PIPELINED is 0 or 1), 1 mv_q8p / mv_q4p, 0 mv_q8 /
+ * mv_q4; on < 0: which one is in use */
 int32_t lr_gpu_use_pipelined_matvec(lr_gpu *g, int32_t on);
 /* the adapter's maxStorageBufferBindingSize (bytes) */
 int64_t lr_gpu_max_binding(const lr_gpu *g);
@@ -56,12 +57,14 @@ int64_t lr_gpu_model_bytes(const lr_gpu_model *m);
  * count, at most cap of them into idx */
 int32_t lr_gpu_model_selection(lr_gpu_model *m, int32_t layer, int32_t block, int32_t *idx, int32_t cap);
 
-/* Per-kernel GPU time (timestamp queries, each dispatch in its own pass while on): copies
- * min(n, 17) accumulated nanoseconds into out_ns in the order select, mv_q8, mv_q4, mv_f16, mv_f32,
- * red_store, red_add, red_swiglu, rope_kv, attend, head_prep, head_q8, head_q4, head_f16, head_f32,
- * mv_q8p, mv_q4p,
- * resets them, sets profiling on (enable 1) or off; returns the tokens timed, or LR_ETYPE when the
- * adapter has no timestamp queries */
+/* Per-kernel GPU time (timestamp queries while on: between the dispatches of the step's one pass
+ * where the adapter grants timestamps inside passes, else each dispatch in its own pass): copies
+ * min(n, 21) accumulated nanoseconds into out_ns in the order select, mv_q8, mv_q4, mv_f16, mv_f32,
+ * red_store, red_add, red_swiglu, attend (with RoPE and the KV row), head_prep, head_q8, head_q4,
+ * head_f16, head_f32, mv_q8p, mv_q4p, mv_q8d, mv_q4d, select1 (select_sg for n <= 4096), then the
+ * host's nanoseconds encoding the step's commands and waiting for the logits (counted with
+ * profiling off too); resets them, sets profiling on (enable 1) or off; returns the tokens timed,
+ * or LR_ETYPE when the adapter has no timestamp queries */
 int64_t lr_gpu_model_profile(lr_gpu_model *m, double *out_ns, int32_t n, int32_t enable);
 
 /* Test hook: the last token's activations of the last layer: which 0 x (the residual, d), 1 q k v

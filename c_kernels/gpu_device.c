@@ -87,10 +87,11 @@ static const struct { const char *file, *entry; int layout; } PIPES[P_COUNT] = {
     {"matvec.wgsl", "mv_f16", L_MATVEC}, {"matvec.wgsl", "mv_f32", L_MATVEC},
     {"reduce.wgsl", "red_store", L_REDUCE}, {"reduce.wgsl", "red_add", L_REDUCE},
     {"reduce.wgsl", "red_swiglu", L_REDUCE},
-    {"attn.wgsl", "rope_kv", L_ATTN}, {"attn.wgsl", "attend", L_ATTN},
+    {"attn.wgsl", "attend", L_ATTN},
     {"head.wgsl", "head_prep", L_HEAD}, {"head.wgsl", "head_q8", L_HEAD}, {"head.wgsl", "head_q4", L_HEAD},
     {"head.wgsl", "head_f16", L_HEAD}, {"head.wgsl", "head_f32", L_HEAD},
     {"matvec.wgsl", "mv_q8p", L_MATVEC}, {"matvec.wgsl", "mv_q4p", L_MATVEC},
+    {"matvec.wgsl", "mv_q8d", L_MATVEC}, {"matvec.wgsl", "mv_q4d", L_MATVEC},
 };
 
 static char *read_file(const char *dir, const char *name) {
@@ -110,7 +111,8 @@ static char *read_file(const char *dir, const char *name) {
     return buf;
 }
 
-static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout);
+static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout,
+                                         const char *flag);
 
 static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     char msg[1400];
@@ -135,6 +137,7 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     WGPUShaderModule mods[P_COUNT] = {0};
     int nmods = 0, rc = 1;
     for (int p = 0; p < P_COUNT && rc; p++) {
+        if (p == P_SELECT1) continue;   /* below, with subgroups */
         WGPUShaderModule mod = NULL;
         const char *file = PIPES[p].file;
         for (int i = 0; i < nmods; i++)
@@ -170,13 +173,18 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     }
     for (int i = 0; i < nmods; i++) W.ShaderModuleRelease(mods[i]);
     g->sel_plain = g->pipe[P_SELECT];
-    const char *mv_env = getenv("LAROSA_GPU_PIPELINED");   /* "0": the matvecs without prefetch (timing) */
-    g->mv_pipelined = !(mv_env && !strcmp(mv_env, "0"));
+    /* "0": the matvecs without prefetch, "1": with prefetch but no integer dots (timing) */
+    const char *mv_env = getenv("LAROSA_GPU_PIPELINED");
+    g->mv_pipelined = mv_env && (!strcmp(mv_env, "0") || !strcmp(mv_env, "1")) ? atoi(mv_env) : 2;
     /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 8 KiB of workgroup
      * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
     if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
         g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 16384) {
-        g->sel_sg = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT);
+        g->sel_sg = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT, NULL);
+        /* n <= 4096 (3 of the 4 selections of a 7B layer): a lane's keys stay in registers; a
+         * pipeline of its own, so that the others keep their registers (H200: 14.7 against 16.3 us
+         * at n = 4096; the one kernel with both paths took 33.8 against 29.1 at 11008) */
+        if (g->sel_sg) g->pipe[P_SELECT1] = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT, "ONE");
         const char *env = getenv("LAROSA_GPU_SUBGROUPS");   /* "0": the plain selection (timing) */
         if (g->sel_sg && !(env && !strcmp(env, "0"))) g->pipe[P_SELECT] = g->sel_sg;
         if (g->failed) {
@@ -189,7 +197,9 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
 }
 
 /* one pipeline of a shader file of its own */
-static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout) {
+/* flag: an override constant set to true (NULL: none) */
+static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char *file, const char *entry, int layout,
+                                         const char *flag) {
     char *src = read_file(dir, file);
     if (!src) return NULL;
     WGPUShaderSourceWGSL wgsl = WGPU_SHADER_SOURCE_WGSL_INIT;
@@ -203,6 +213,11 @@ static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char 
     cd.layout = g->pl[layout];
     cd.compute.module = mod;
     cd.compute.entryPoint = sv(entry);
+    WGPUConstantEntry ce = WGPU_CONSTANT_ENTRY_INIT;
+    if (flag) {
+        ce.key = sv(flag), ce.value = 1.0;
+        cd.compute.constantCount = 1, cd.compute.constants = &ce;
+    }
     WGPUComputePipeline p = W.DeviceCreateComputePipeline(g->device, &cd);
     W.ShaderModuleRelease(mod);
     lr_gpu_flush(g);
@@ -212,14 +227,18 @@ static WGPUComputePipeline make_pipeline(lr_gpu *g, const char *dir, const char 
 int32_t lr_gpu_use_pipelined_matvec(lr_gpu *g, int32_t on) {
     if (!g) return LR_EARG;
     if (on < 0) return g->mv_pipelined;
-    g->mv_pipelined = on != 0;
+    g->mv_pipelined = on < 0 ? 0 : on > 2 ? 2 : on;
     return LR_OK;
 }
 
 int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type) {
-    if (type == LR_Q8_0_IM) return g->mv_pipelined ? P_MV_Q8P : P_MV_Q8;
-    if (type == LR_Q4_0_IM) return g->mv_pipelined ? P_MV_Q4P : P_MV_Q4;
+    if (type == LR_Q8_0_IM) return g->mv_pipelined == 2 ? P_MV_Q8D : g->mv_pipelined ? P_MV_Q8P : P_MV_Q8;
+    if (type == LR_Q4_0_IM) return g->mv_pipelined == 2 ? P_MV_Q4D : g->mv_pipelined ? P_MV_Q4P : P_MV_Q4;
     return type == LR_F16 ? P_MV_F16 : P_MV_F32;
+}
+
+int lr_gpu_select_pipe(const lr_gpu *g, int32_t n) {
+    return n <= 4096 && g->pipe[P_SELECT1] && g->pipe[P_SELECT] == g->sel_sg ? P_SELECT1 : P_SELECT;
 }
 
 int32_t lr_gpu_use_subgroups(lr_gpu *g, int32_t on) {
@@ -294,10 +313,14 @@ lr_gpu *lr_gpu_open(const char *lib_path, const char *shader_dir, char *err, int
     ws = (wait_slot){0};
     WGPUDeviceDescriptor dd = WGPU_DEVICE_DESCRIPTOR_INIT;
     dd.requiredLimits = &g->limits;   /* the adapter's, not the defaults */
-    WGPUFeatureName feats[2];
+    WGPUFeatureName feats[3];
     size_t nf = 0;
     if ((g->timestamps = W.AdapterHasFeature(g->adapter, WGPUFeatureName_TimestampQuery) != 0))
         feats[nf++] = WGPUFeatureName_TimestampQuery;
+    /* timestamps between a pass's dispatches: the profile of the step as it runs (one pass) */
+    if (g->timestamps && (g->ts_inside = W.AdapterHasFeature(g->adapter,
+                                                            (WGPUFeatureName)WGPUNativeFeature_TimestampQueryInsidePasses) != 0))
+        feats[nf++] = (WGPUFeatureName)WGPUNativeFeature_TimestampQueryInsidePasses;
     if ((g->subgroups = W.AdapterHasFeature(g->adapter, (WGPUFeatureName)WGPUNativeFeature_Subgroup) != 0))
         feats[nf++] = (WGPUFeatureName)WGPUNativeFeature_Subgroup;
     dd.requiredFeatureCount = nf, dd.requiredFeatures = feats;
@@ -442,6 +465,19 @@ int32_t lr_gpu_read(lr_gpu *g, WGPUBuffer staging, uint64_t size, void *out) {
 
 void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncoder enc, WGPUQuerySet qs) {
     WGPUComputePassDescriptor pd = WGPU_COMPUTE_PASS_DESCRIPTOR_INIT;
+    if (qs && g->ts_inside) {   /* profiling: a timestamp after each dispatch of the one pass */
+        WGPUComputePassEncoder pass = W.CommandEncoderBeginComputePass(enc, &pd);
+        W.ComputePassEncoderWriteTimestamp(pass, qs, 0);
+        for (int32_t i = 0; i < n; i++) {
+            W.ComputePassEncoderSetPipeline(pass, d[i].pipe);
+            W.ComputePassEncoderSetBindGroup(pass, 0, d[i].bg, 0, NULL);
+            W.ComputePassEncoderDispatchWorkgroups(pass, d[i].x, d[i].y, 1);
+            W.ComputePassEncoderWriteTimestamp(pass, qs, (uint32_t)(i + 1));
+        }
+        W.ComputePassEncoderEnd(pass);
+        W.ComputePassEncoderRelease(pass);
+        return;
+    }
     if (qs) {   /* profiling: a pass per dispatch, timed on the GPU */
         for (int32_t i = 0; i < n; i++) {
             WGPUPassTimestampWrites tw = WGPU_PASS_TIMESTAMP_WRITES_INIT;
@@ -465,7 +501,6 @@ void lr_gpu_run(lr_gpu *g, const lr_gpu_dispatch *d, int32_t n, WGPUCommandEncod
     }
     W.ComputePassEncoderEnd(pass);
     W.ComputePassEncoderRelease(pass);
-    (void)g;
 }
 
 void lr_gpu_submit(lr_gpu *g, WGPUCommandEncoder enc) {

@@ -53,7 +53,7 @@ int32_t lr_gpu_test_select(lr_gpu *g, const float *x, const float *score, const 
     for (int i = 0; i < 7; i++)
         if (!s[i].buf) { release(g, &o, NULL, 0); return LR_ENOMEM; }
     WGPUBindGroup bg = lr_gpu_bind(g, L_SELECT, s);
-    lr_gpu_dispatch d = {g->pipe[P_SELECT], bg, 1, 1};
+    lr_gpu_dispatch d = {g->pipe[lr_gpu_select_pipe(g, n)], bg, 1, 1};
     int32_t rc = run(g, &d, 1);
     uint32_t *out = malloc(sel_bytes);
     if (rc == LR_OK && !out) rc = LR_ENOMEM;
@@ -161,7 +161,7 @@ int32_t lr_gpu_test_head(lr_gpu *g, const lr_tensor *w, const float *x, const fl
         bg[i + 1] = lr_gpu_bind(g, L_HEAD, s);
         const int pipe = i < 0 ? P_HEAD_PREP : w->type == LR_Q8_0 ? P_HEAD_Q8 : w->type == LR_Q4_0 ? P_HEAD_Q4
                        : w->type == LR_F16 ? P_HEAD_F16 : P_HEAD_F32;
-        d[i + 1] = (lr_gpu_dispatch){g->pipe[pipe], bg[i + 1], i < 0 ? 1 : (uint32_t)(hp->rows + 7) / 8, 1};
+        d[i + 1] = (lr_gpu_dispatch){g->pipe[pipe], bg[i + 1], i < 0 ? 1 : lr_head_groups(pipe, hp->rows), 1};
     }
     if (rc == LR_OK) rc = run(g, d, np + 1);
     if (rc == LR_OK) rc = lr_gpu_read_back(g, lg, 0, (uint64_t)w->rows * 4, logits);

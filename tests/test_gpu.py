@@ -121,6 +121,20 @@ def test_select_norm_score_gate_threshold(variant):
     np.testing.assert_array_equal(idx, np.arange(n))
 
 
+@pytest.mark.parametrize("n", [1536, 11008])
+def test_select_all_is_every_input_quantized(variant, n):
+    """mode 3 (s = 0, dense inputs: the kernels' short path without keys or search) gives the words
+    of a Top-K of every input (k = n, the general path): rows, values, codes and dx"""
+    x = (RNG.standard_normal(n) * 3).astype(np.float32)
+    x[5] = 0.0
+    for quant in (0, 1):
+        a = select(x, 3, quant=quant, norm=1, eps=1e-6)
+        b = select(x, 0, k=n, quant=quant, norm=1, eps=1e-6)
+        np.testing.assert_array_equal(a[0], np.arange(n))
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_select_quantizes_as_q8_0_blocks(variant):
     n = 2048
     x = (RNG.standard_normal(n) * 5).astype(np.float32)
@@ -165,11 +179,12 @@ def float_tensor(dtype, rows, cols, keep):
     return ct, w.astype(np.float32)
 
 
-@pytest.fixture(params=["pipelined", "plain"])
+@pytest.fixture(params=["dots", "pipelined", "plain"])
 def mv_variant(request):
-    """the Q8_0 / Q4_0 matvecs both ways: mv_q8p / mv_q4p (prefetching) and mv_q8 / mv_q4"""
+    """the Q8_0 / Q4_0 matvecs three ways: mv_q8d / mv_q4d (integer dots), mv_q8p / mv_q4p
+    (prefetching) and mv_q8 / mv_q4"""
     was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
-    lib.lr_gpu_use_pipelined_matvec(DEV._g, int(request.param == "pipelined"))
+    lib.lr_gpu_use_pipelined_matvec(DEV._g, {"dots": 2, "pipelined": 1, "plain": 0}[request.param])
     yield request.param
     lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
 
@@ -178,7 +193,7 @@ def mv_variant(request):
 @pytest.mark.parametrize("rows,cols,frac", [(576, 1728, 0.6), (1536, 576, 0.4), (4096, 2048, 1.0), (1024, 4160, 0.05),
                                             (2048, 1024, 0.13)])
 def test_spmv_matches_numpy_and_cpu(mv_variant, kind, rows, cols, frac):
-    if mv_variant == "plain" and kind not in ("q8", "q4"):
+    if mv_variant != "dots" and kind not in ("q8", "q4"):
         pytest.skip("one float kernel")
     keep = []
     if kind in ("q8", "q4"):
@@ -201,14 +216,16 @@ def test_spmv_matches_numpy_and_cpu(mv_variant, kind, rows, cols, frac):
 
 @pytest.mark.parametrize("kind", ["q8", "q4"])
 def test_pipelined_matvec_gives_the_same_bits(kind):
-    """mv_q8p / mv_q4p reorder loads and convert codes through the mantissa, not the sums"""
+    """mv_q8p / mv_q4p reorder loads and convert codes through the mantissa, not the sums; mv_q8d /
+    mv_q4d add a group's products as integers (runs of 4 rows of one group by dot4I8Packed, runs
+    that cross a group row by row: 1111 of 2048 rows have both)"""
     keep = []
     w, _ = im_tensor(kind, 2048, 1088, keep)
     x = (RNG.standard_normal(2048) * 3).astype(np.float32)
     idx = np.sort(RNG.choice(2048, 1111, replace=False)).astype(np.int32)
     ys = []
     was = lib.lr_gpu_use_pipelined_matvec(DEV._g, -1)
-    for on in (1, 0):
+    for on in (2, 1, 0):
         lib.lr_gpu_use_pipelined_matvec(DEV._g, on)
         y = np.zeros(1088, np.float32)
         assert lib.lr_gpu_test_spmv(DEV._g, w, f(x), i32(idx), idx.size, f(y)) == 0, DEV.error()
@@ -216,13 +233,15 @@ def test_pipelined_matvec_gives_the_same_bits(kind):
     lib.lr_gpu_use_pipelined_matvec(DEV._g, was)
     assert np.abs(ys[0]).max() > 0
     np.testing.assert_array_equal(ys[0], ys[1])
+    np.testing.assert_array_equal(ys[0], ys[2])
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "F16", "F32"])
-def test_head_matches_numpy_and_cpu(qtype):
+@pytest.mark.parametrize("qtype,rows,d", [("Q8_0", 1000, 576), ("Q4_0", 1000, 576), ("F16", 1000, 576),
+                                          ("F32", 1000, 576), ("Q8_0", 130, 4160), ("Q4_0", 130, 4160)])
+def test_head_matches_numpy_and_cpu(qtype, rows, d):
+    """d = 4160: the quantized heads' h in two pieces of workgroup memory (4096 inputs each)"""
     from gguf import GGMLQuantizationType as QT
     from gguf.quants import quantize
-    rows, d = 1000, 576
     w = (RNG.standard_normal((rows, d)) * 0.05).astype(np.float32)
     x = (RNG.standard_normal(d) * 2).astype(np.float32)
     g = RNG.uniform(0.5, 1.5, d).astype(np.float32)
@@ -271,6 +290,24 @@ def test_step_matches_cpu_on_tiny_models(converted, name):
         a, b = cpu.eval([t]), dev.eval([t])
         assert _close(a, b) < 2e-2
     assert cpu.rows_read() == dev.rows_read()   # Top-K: the same number of rows in every layer
+
+
+def test_preencoded_step_gives_the_same_logits(converted, monkeypatch):
+    """the next token's commands encoded while this one runs (the default) against each token's
+    encoded before its submit (LAROSA_GPU_PREENCODE=0): the same bits; the host's encoding and
+    waiting times are counted (lr_gpu_model_profile's last two slots)"""
+    from larosa.runtime.model import Model
+    monkeypatch.setenv("LAROSA_GPU_PREENCODE", "0")
+    plain = Model(converted["tied_q4"], sparsity=0.4, n_ctx=64, device="gpu")
+    monkeypatch.setenv("LAROSA_GPU_PREENCODE", "1")
+    pre = Model(converted["tied_q4"], sparsity=0.4, n_ctx=64, device="gpu")
+    out = ffi.new("double[]", 21)   # 19 kernels (gpu.h's order), then encoding and waiting
+    lib.lr_gpu_model_profile(pre._m, out, 0, 0)
+    np.testing.assert_array_equal(plain.eval([1, 2, 3, 4]), pre.eval([1, 2, 3, 4]))
+    for t in (5, 6, 7):
+        np.testing.assert_array_equal(plain.eval([t]), pre.eval([t]))
+    lib.lr_gpu_model_profile(pre._m, out, 21, 0)
+    assert out[19] > 0 and out[20] > 0
 
 
 def _last_token_masks(m, toks):

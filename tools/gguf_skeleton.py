@@ -64,6 +64,7 @@ def _pattern(rng, ttype: int, name: str, nbytes: int) -> np.ndarray:
 def inflate(skel: str, out: str) -> None:
     z = np.load(skel + ".npz")
     rng = np.random.default_rng(0)
+    made: dict[int, np.ndarray] = {}   # one pattern per tensor type (each tensor its own took minutes at 7B)
     with open(out, "wb") as f:
         f.write(z["header"].tobytes())
         order = np.argsort(z["table"][:, 0])
@@ -74,7 +75,9 @@ def inflate(skel: str, out: str) -> None:
             if "t:" + name in z:
                 f.write(z["t:" + name].tobytes())
                 continue
-            pat = _pattern(rng, ttype, name, nbytes)
+            if ttype not in made or made[ttype].size < min(nbytes, 64 << 20):
+                made[ttype] = _pattern(rng, ttype, name, 64 << 20)
+            pat = made[ttype]
             left = nbytes
             while left > 0:
                 piece = pat[:min(left, pat.size)]

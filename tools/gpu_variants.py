@@ -17,14 +17,21 @@ import time
 
 import numpy as np
 
-KERNELS = ("select", "mv_q8", "mv_q4", "mv_f16", "mv_f32", "red_store", "red_add", "red_swiglu", "rope_kv",
-           "attend", "head_prep", "head_q8", "head_q4", "head_f16", "head_f32", "mv_q8p", "mv_q4p")   # gpu.h's order
-GROUPS = {"select": ("select",), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32", "mv_q8p", "mv_q4p"),
-          "reduce": ("red_store", "red_add", "red_swiglu"), "rope_kv": ("rope_kv",), "attend": ("attend",),
+KERNELS = ("select", "mv_q8", "mv_q4", "mv_f16", "mv_f32", "red_store", "red_add", "red_swiglu",
+           "attend", "head_prep", "head_q8", "head_q4", "head_f16", "head_f32", "mv_q8p", "mv_q4p",
+           "mv_q8d", "mv_q4d", "select1")   # gpu.h's order
+GROUPS = {"select": ("select", "select1"), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32", "mv_q8p", "mv_q4p", "mv_q8d", "mv_q4d"),
+          "reduce": ("red_store", "red_add", "red_swiglu"), "attend": ("attend",),
           "head": ("head_prep", "head_q8", "head_q4", "head_f16", "head_f32")}
 # name: (subgroup selection, pipelined matvec, min workgroups, rows per workgroup); "before": the
 # kernels of 4ee0911 (BENCHMARKS.md's first GPU run), "after": the defaults since 2026-12-01
-VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "after": (1, 1, 264, 256)}
+# "now": the matvecs with integer dots (mv_q8d / mv_q4d, the default since 2026-12-01 05:30; "after"
+# keeps mv_q8p / mv_q4p); "noprep": the step's commands encoded before each submit
+# (LAROSA_GPU_PREENCODE=0), not while the previous token runs
+# "wg132" / "wg0": the matvecs' workgroup aim (gpu.c's mv_rows) at 132 and off (256 rows a chunk)
+VARIANTS = {"before": (0, 0, 0, 256), "sg": (1, 0, 0, 256), "after": (1, 1, 264, 256), "now": (1, 2, 264, 256),
+            "noprep": (1, 2, 264, 256), "wg132": (1, 2, 132, 256), "wg0": (1, 2, 0, 256)}
+ENV = {"noprep": {"LAROSA_GPU_PREENCODE": "0"}}
 
 
 def run(path: str, names, sparsities=(0.0, 0.4, 0.5)) -> None:
@@ -40,6 +47,7 @@ def run(path: str, names, sparsities=(0.0, 0.4, 0.5)) -> None:
         lib.lr_gpu_use_pipelined_matvec(d._g, pipe)
         os.environ["LAROSA_GPU_MIN_WG"] = str(wg)
         os.environ["LAROSA_GPU_ROWS"] = str(rows)
+        os.environ["LAROSA_GPU_PREENCODE"] = ENV.get(name, {}).get("LAROSA_GPU_PREENCODE", "1")
         t0 = time.perf_counter()
         m = Model(path, sparsity=0.0, n_ctx=256, device="gpu")
         load = time.perf_counter() - t0
@@ -47,6 +55,8 @@ def run(path: str, names, sparsities=(0.0, 0.4, 0.5)) -> None:
             m.set_sparsity(s)
             m.reset()
             logits = m.eval(list(range(1, 33)))
+            out = ffi.new("double[]", len(KERNELS) + 2)
+            lib.lr_gpu_model_profile(m._m, out, 0, 0)   # resets the host times
             times = []
             for _ in range(40):
                 tok = int(np.argmax(logits))
@@ -57,7 +67,9 @@ def run(path: str, names, sparsities=(0.0, 0.4, 0.5)) -> None:
             bpt = m.bytes_per_token()
             line = (f"{os.path.basename(path)} {name} s {s}: {1 / dt:.1f} tok/s ({dt * 1e3:.2f} ms), "
                     f"{bpt / 2**20:.0f} MiB/token, {bpt / dt / 1e9:.0f} GB/s; load {load:.1f} s")
-            out = ffi.new("double[]", len(KERNELS))
+            lib.lr_gpu_model_profile(m._m, out, len(KERNELS) + 2, 0)
+            line += (f"; host ms/token: encoding {out[len(KERNELS)] / 1e6 / len(times):.2f}, "
+                     f"waiting {out[len(KERNELS) + 1] / 1e6 / len(times):.2f}")
             if lib.lr_gpu_model_profile(m._m, out, len(KERNELS), 1) >= 0:
                 for _ in range(8):
                     logits = m.eval([int(np.argmax(logits))])

@@ -1,11 +1,13 @@
 // Attention of one token (forward.c: lr_qkv_extras, lr_rope, lr_kv_write, lr_attend_head).
 //
-// rope_kv: one workgroup per head of q, k, v (nh + 2 nkv). q and k heads: the optional per-head
-// RMSNorm (Qwen3's q/k norms), then RoPE on the pairs (2i, 2i + 1) with the token's cos / sin
-// (computed on the CPU in double, as lr_rope_angles); q is written back, k and v into the cache
-// row of position pos (f16: rounded as lr_kv_store, two values per u32; or f32).
-// attend: one workgroup per query head over the positions 0..pos: scores q . K[t] / sqrt(hd),
-// softmax, out = sum_t w[t] V[t]; grouped-query: head h reads kv head h / (nh / nkv).
+// rope_head: a head of q, k or v. q and k heads: the optional per-head RMSNorm (Qwen3's q/k
+// norms), then RoPE on the pairs (2i, 2i + 1) with the token's cos / sin (computed on the CPU in
+// double, as lr_rope_angles); q is written back, k and v into the cache row of position pos (f16:
+// rounded as lr_kv_store, two values per u32; or f32).
+// attend: one workgroup per query head: rope_head for its q head and its group's k and v heads
+// (once a kernel of its own, rope_kv: a dispatch fewer a layer now), then over the positions
+// 0..pos: scores q . K[t] / sqrt(hd), softmax, out = sum_t w[t] V[t]; grouped-query: head h reads
+// kv head h / (nh / nkv).
 
 struct Params { nh: u32, nkv: u32, hd: u32, f16: u32, has_qn: u32, has_kn: u32, n_ctx: u32, pad: u32, eps: f32 }
 struct Step { pos: u32, pad0: u32, pad1: u32, pad2: u32, cs: array<vec2<f32>> }   // (cos, sin) per pair
@@ -60,10 +62,8 @@ fn store_pair(to_k: bool, row: u32, e: u32, a: f32, b: f32) {
     }
 }
 
-@compute @workgroup_size(512)
-fn rope_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let h = wid.x;
-    let t = lid.x;
+// head h of qkv (q heads, then k, then v): q back into qkv, k and v into the cache row pos
+fn rope_head(h: u32, t: u32) {
     let hd = P.hd;
     let base = h * hd;   // q heads, then k heads, then v heads in qkv
     let is_q = h < P.nh;
@@ -124,6 +124,14 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     let t = lid.x;
     let hd = P.hd;
     let kvh = h / (P.nh / P.nkv);
+    // rope_kv's work for this head first (one dispatch fewer a layer): q head h, and the k and v
+    // heads of its group into the cache row pos; the workgroups of a group write the same bits there,
+    // each reading back its own
+    rope_head(h, t);
+    rope_head(P.nh + kvh, t);
+    rope_head(P.nh + P.nkv + kvh, t);
+    storageBarrier();
+    workgroupBarrier();
     let n = step.pos + 1u;
     let scale = 1.0 / sqrt(f32(hd));
     let a0 = h * P.n_ctx;

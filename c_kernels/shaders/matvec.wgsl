@@ -393,3 +393,176 @@ fn mv_q4p(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     y = streams_sum(lid.x, y);
     if (ok && stream == 0u) { store8x2(wid.y * P.cols + cpos, y); }
 }
+
+// ---- Q8_0 / Q4_0 with integer dots (mv_q8d, mv_q4d): mv_q8p / mv_q4p's rows, loads and order, but
+// a run of 4 selected rows in one group of 32 inputs is added as integer dots (dot4I8Packed): the
+// 4 rows' code words transposed bytewise (a word per output column, a byte per row) against the
+// rows' 4 activation codes packed. The sums of q * xq per group are integers either way (below
+// 2^24), so the flushes see the same values: the same bits as mv_q8p / mv_q4p (tested); the work
+// per weight falls from a conversion and an fma to about two integer operations. Runs that cross a
+// group go row by row.
+struct IAcc { a0: vec4<i32>, a1: vec4<i32>, a2: vec4<i32>, a3: vec4<i32> }
+fn izero() -> IAcc { return IAcc(vec4<i32>(0), vec4<i32>(0), vec4<i32>(0), vec4<i32>(0)); }
+fn ifloat(a: IAcc) -> Acc { return Acc(vec4<f32>(a.a0), vec4<f32>(a.a1), vec4<f32>(a.a2), vec4<f32>(a.a3)); }
+
+// words of rows 0..3 (bytes: columns 0..3) -> per column the 4 rows' bytes
+fn tr4(w0: u32, w1: u32, w2: u32, w3: u32) -> vec4<u32> {
+    let m = 0x00ff00ffu;
+    let a = (w0 & m) | ((w1 & m) << 8u);      // c0 r0, c0 r1, c2 r0, c2 r1
+    let b = ((w0 >> 8u) & m) | (w1 & ~m);     // c1 r0, c1 r1, c3 r0, c3 r1
+    let c = (w2 & m) | ((w3 & m) << 8u);
+    let d = ((w2 >> 8u) & m) | (w3 & ~m);
+    return vec4<u32>((a & 0xffffu) | (c << 16u), (b & 0xffffu) | (d << 16u), (a >> 16u) | (c & 0xffff0000u),
+                     (b >> 16u) | (d & 0xffff0000u));
+}
+fn dot4c(t: vec4<u32>, xq: u32) -> vec4<i32> {
+    return vec4<i32>(dot4I8Packed(t.x, xq), dot4I8Packed(t.y, xq), dot4I8Packed(t.z, xq), dot4I8Packed(t.w, xq));
+}
+fn pack_vals(v: vec4<f32>) -> u32 { return pack4xI8(vec4<i32>(v)); }
+
+// 4 rows' Q8_0 words (16 outputs each) against their codes
+fn q8_dot4(a: ptr<function, IAcc>, w0: vec4<u32>, w1: vec4<u32>, w2: vec4<u32>, w3: vec4<u32>, v: vec4<f32>) {
+    let xq = pack_vals(v);
+    (*a).a0 += dot4c(tr4(w0.x, w1.x, w2.x, w3.x), xq);
+    (*a).a1 += dot4c(tr4(w0.y, w1.y, w2.y, w3.y), xq);
+    (*a).a2 += dot4c(tr4(w0.z, w1.z, w2.z, w3.z), xq);
+    (*a).a3 += dot4c(tr4(w0.w, w1.w, w2.w, w3.w), xq);
+}
+// Q4_0: low nibbles of a word's bytes are outputs lo, high nibbles lo + 32 (q4_w's order); nibble - 8
+fn q4_dot4(a: ptr<function, IAcc>, w0: vec2<u32>, w1: vec2<u32>, w2: vec2<u32>, w3: vec2<u32>, v: vec4<f32>) {
+    let xq = pack_vals(v);
+    let m = 0x0f0f0f0fu;
+    let e = vec4<i32>(dot4I8Packed(0x08080808u, xq));
+    (*a).a0 += dot4c(tr4(w0.x & m, w1.x & m, w2.x & m, w3.x & m), xq) - e;
+    (*a).a1 += dot4c(tr4(w0.y & m, w1.y & m, w2.y & m, w3.y & m), xq) - e;
+    (*a).a2 += dot4c(tr4((w0.x >> 4u) & m, (w1.x >> 4u) & m, (w2.x >> 4u) & m, (w3.x >> 4u) & m), xq) - e;
+    (*a).a3 += dot4c(tr4((w0.y >> 4u) & m, (w1.y >> 4u) & m, (w2.y >> 4u) & m, (w3.y >> 4u) & m), xq) - e;
+}
+// one row, as integers (a run that crosses a group)
+fn i8x4i(v: u32) -> vec4<i32> {
+    let s = bitcast<i32>(v);
+    return vec4<i32>(extractBits(s, 0u, 8u), extractBits(s, 8u, 8u), extractBits(s, 16u, 8u), extractBits(s, 24u, 8u));
+}
+fn u4x4i(v: u32, sh: u32) -> vec4<i32> {
+    return vec4<i32>(bitcast<vec4<i32>>((vec4<u32>(v >> sh) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xfu))) - vec4<i32>(8);
+}
+fn row_add(a: ptr<function, IAcc>, q: IAcc, v: f32) {
+    let x = i32(v);
+    (*a).a0 += q.a0 * x; (*a).a1 += q.a1 * x; (*a).a2 += q.a2 * x; (*a).a3 += q.a3 * x;
+}
+
+// a group change flushes the integer sums with the held scales (as flush_to)
+fn iflush_to(y: ptr<function, Acc>, acc: ptr<function, IAcc>, g: ptr<function, u32>, sc: ptr<function, Sc>, gr: u32,
+             nx: Sc, gn: u32, c0: u32, q4: bool) {
+    *y = fma_scaled(*y, ifloat(*acc), sc_acc(*sc));
+    *acc = izero();
+    *g = gr;
+    if (gr == gn) { *sc = nx; } else if (q4) { *sc = q4_sc(gr, c0); } else { *sc = q8_sc(gr, c0); }
+}
+fn istep(y: ptr<function, Acc>, acc: ptr<function, IAcc>, g: ptr<function, u32>, sc: ptr<function, Sc>, nx: Sc,
+         gn: u32, r: u32, q: IAcc, v: f32, c0: u32, q4: bool) {
+    let gr = r / 32u;
+    if (gr != *g) { iflush_to(y, acc, g, sc, gr, nx, gn, c0, q4); }
+    row_add(acc, q, v);
+}
+fn q8_rowi(w: vec4<u32>) -> IAcc { return IAcc(i8x4i(w.x), i8x4i(w.y), i8x4i(w.z), i8x4i(w.w)); }
+fn q4_rowi(w: vec2<u32>) -> IAcc { return IAcc(u4x4i(w.x, 0u), u4x4i(w.y, 0u), u4x4i(w.x, 4u), u4x4i(w.y, 4u)); }
+
+// four rows r (ascending) with codes: one group -> integer dots (after a flush when it is a new
+// group), else row by row
+fn q8_run4(y: ptr<function, Acc>, acc: ptr<function, IAcc>, g: ptr<function, u32>, sc: ptr<function, Sc>, nx: Sc,
+           gn: u32, r: vec4<u32>, w0: vec4<u32>, w1: vec4<u32>, w2: vec4<u32>, w3: vec4<u32>, v: vec4<f32>, c0: u32) {
+    let g0 = r.x / 32u;
+    if (g0 == r.w / 32u) {
+        if (g0 != *g) { iflush_to(y, acc, g, sc, g0, nx, gn, c0, false); }
+        q8_dot4(acc, w0, w1, w2, w3, v);
+    } else {
+        istep(y, acc, g, sc, nx, gn, r.x, q8_rowi(w0), v.x, c0, false);
+        istep(y, acc, g, sc, nx, gn, r.y, q8_rowi(w1), v.y, c0, false);
+        istep(y, acc, g, sc, nx, gn, r.z, q8_rowi(w2), v.z, c0, false);
+        istep(y, acc, g, sc, nx, gn, r.w, q8_rowi(w3), v.w, c0, false);
+    }
+}
+fn q4_run4(y: ptr<function, Acc>, acc: ptr<function, IAcc>, g: ptr<function, u32>, sc: ptr<function, Sc>, nx: Sc,
+           gn: u32, r: vec4<u32>, w0: vec2<u32>, w1: vec2<u32>, w2: vec2<u32>, w3: vec2<u32>, v: vec4<f32>, c0: u32) {
+    let g0 = r.x / 32u;
+    if (g0 == r.w / 32u) {
+        if (g0 != *g) { iflush_to(y, acc, g, sc, g0, nx, gn, c0, true); }
+        q4_dot4(acc, w0, w1, w2, w3, v);
+    } else {
+        istep(y, acc, g, sc, nx, gn, r.x, q4_rowi(w0), v.x, c0, true);
+        istep(y, acc, g, sc, nx, gn, r.y, q4_rowi(w1), v.y, c0, true);
+        istep(y, acc, g, sc, nx, gn, r.z, q4_rowi(w2), v.z, c0, true);
+        istep(y, acc, g, sc, nx, gn, r.w, q4_rowi(w3), v.w, c0, true);
+    }
+}
+
+@compute @workgroup_size(256)
+fn mv_q8d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let j0 = jc + stream * (P.R / 4u);
+    let j1 = min(j0 + P.R / 4u, cnt);
+    let cpos = (wid.x * 64u + lane) * 16u;
+    let ok = cpos < P.cols;
+    var y = zero(); var acc = izero();
+    if (ok && j0 < j1) {
+        let last = j1 - 1u;
+        var rw = rows8(j0, last);
+        var vl = vals8(j0, j1);
+        var g = rw.a.x / 32u;
+        var sc = q8_sc(g, cpos);
+        for (var j = j0; j < j1; j += 8u) {
+            let w0 = q8_load(rw.a.x, cpos); let w1 = q8_load(rw.a.y, cpos); let w2 = q8_load(rw.a.z, cpos); let w3 = q8_load(rw.a.w, cpos);
+            let w4 = q8_load(rw.b.x, cpos); let w5 = q8_load(rw.b.y, cpos); let w6 = q8_load(rw.b.z, cpos); let w7 = q8_load(rw.b.w, cpos);
+            let gn = rw.b.w / 32u;
+            let nx = q8_sc(gn, cpos);
+            let rn = rows8(j + 8u, last);
+            let vn = vals8(j + 8u, j1);
+            q8_run4(&y, &acc, &g, &sc, nx, gn, rw.a, w0, w1, w2, w3, vl.a, cpos);
+            q8_run4(&y, &acc, &g, &sc, nx, gn, rw.b, w4, w5, w6, w7, vl.b, cpos);
+            rw = rn; vl = vn;
+        }
+        y = fma_scaled(y, ifloat(acc), sc_acc(sc));
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store16(wid.y * P.cols + cpos, y); }
+}
+
+@compute @workgroup_size(256)
+fn mv_q4d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let cnt = sel[0];
+    let jc = wid.y * P.R;
+    if (jc >= cnt) { return; }
+    let lane = lid.x % 64u; let stream = lid.x / 64u;
+    let j0 = jc + stream * (P.R / 4u);
+    let j1 = min(j0 + P.R / 4u, cnt);
+    let tt = wid.x * 64u + lane;
+    let run = tt / 4u; let qq = tt % 4u;
+    let cpos = run * 64u + qq * 8u;
+    let ok = cpos < P.cols;
+    var y = zero(); var acc = izero();
+    if (ok && j0 < j1) {
+        let last = j1 - 1u;
+        var rw = rows8(j0, last);
+        var vl = vals8(j0, j1);
+        var g = rw.a.x / 32u;
+        var sc = q4_sc(g, cpos);
+        for (var j = j0; j < j1; j += 8u) {
+            let w0 = q4_load(rw.a.x, run, qq); let w1 = q4_load(rw.a.y, run, qq); let w2 = q4_load(rw.a.z, run, qq); let w3 = q4_load(rw.a.w, run, qq);
+            let w4 = q4_load(rw.b.x, run, qq); let w5 = q4_load(rw.b.y, run, qq); let w6 = q4_load(rw.b.z, run, qq); let w7 = q4_load(rw.b.w, run, qq);
+            let gn = rw.b.w / 32u;
+            let nx = q4_sc(gn, cpos);
+            let rn = rows8(j + 8u, last);
+            let vn = vals8(j + 8u, j1);
+            q4_run4(&y, &acc, &g, &sc, nx, gn, rw.a, w0, w1, w2, w3, vl.a, cpos);
+            q4_run4(&y, &acc, &g, &sc, nx, gn, rw.b, w4, w5, w6, w7, vl.b, cpos);
+            rw = rn; vl = vn;
+        }
+        y = fma_scaled(y, ifloat(acc), sc_acc(sc));
+    }
+    y = streams_sum(lid.x, y);
+    if (ok && stream == 0u) { store8x2(wid.y * P.cols + cpos, y); }
+}
