@@ -153,6 +153,10 @@ class Model:
         # thresholds held to a per-token byte budget (LarosaFile.budget), or Top-K on a threshold file
         self.budget, self.topk = self.file.selection_mode(budget, topk)
         self.scores = self.file.scores_mode(budget, topk, scores)
+        if not self.scores and not self.topk and self.file.thr_table and \
+                any(".score_" in name for name in self.file.tensors):
+            raise ValueError("scores=False ranks by |x| under Top-K only: this file's threshold tables "
+                             "were calibrated on the scored keys (use topk=True)")
         if self.budget:
             self.file.budget(self.file.sparsity)       # ValueError now for a file without thresholds
         hp = self.hp = self.file.hp

@@ -398,6 +398,9 @@ def test_auto_file_records_each_choice_and_the_runtime_follows_it(tiny, tmp_path
     assert m.scores and P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(ppl[1], rel=1e-5)
     m = Model(out, n_ctx=40, topk=True, scores=False)
     assert not m.scores and P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(ppl[2], rel=1e-5)
+    for kw in ({"budget": True, "scores": False}, {"budget": False, "scores": False}):
+        with pytest.raises(ValueError, match="Top-K only"):   # thresholds were calibrated on scored keys
+            Model(out, n_ctx=40, **kw)
     # an index past the three selections is refused with the list
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(open(out, "rb").read())
