@@ -67,10 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="type of the d x d residual adapters (auto: f16, f32 with --type f32). "
                         "Their error compounds over layers: q8_0 costs ~5%% perplexity on SmolLM2")
     p.add_argument("--method", default=DEFAULT_METHOD, choices=list(F.METHODS),
-                   help="sparsity method. auto (default): budget's keys, then budget or Top-K of them, "
-                        "Top-K only when its per-token advantage on held-out calibration text exceeds two "
-                        "standard errors (the file records both perplexities; "
-                        "budget on SmolLM2, Top-K on Gemma 3, RESULTS.md); budget: thresholds on "
+                   help="sparsity method. auto (default): budget's keys, then one of three selections "
+                        "of them: budget, Top-K of the same keys (topk) or Top-K of |x| alone (topk_abs); "
+                        "another than budget only when its per-token advantage on held-out calibration text "
+                        "exceeds two standard errors (the file records the three perplexities; "
+                        "budget on SmolLM2, topk_abs on Gemma 3, RESULTS.md); budget: thresholds on "
                         "|x| * weight row norm, no rotation, "
                         "0.8/1.2 coefficients, each token held to the planned bytes (fixed work per token); wina: "
                         "Top-K of the same keys; larosa: the "
@@ -115,7 +116,8 @@ def print_summary(s, src_hp, total_seconds: float) -> None:
     if s.auto:
         choice, ppl = s.auto
         print(f"selection (--method auto): {choice}; held-out perplexity "
-              + ", ".join(f"{n} {v:.3f}" for n, v in zip(F.AUTO_SELECTIONS, ppl)))
+              + ", ".join(f"{n} {v:.3f}" for n, v in zip(F.AUTO_SELECTIONS, ppl))
+              + " (topk: Top-K of budget's keys; topk_abs: Top-K of |x|, the scores unused)")
     print(f"weight bytes read per token: {s.bytes_per_token / mib:.1f} MiB sparse, "
           f"{s.dense_bytes_per_token / mib:.1f} MiB at sparsity 0 "
           f"({s.bytes_per_token / s.dense_bytes_per_token:.2f}x); "

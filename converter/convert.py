@@ -295,7 +295,7 @@ def convert(src_path: str, out_path: str, calib: Calibration, opts: Options) -> 
         types={n: t.name for n, t in types.items()}, auto=auto)
 
 
-AUTO_MARGIN_SE = 2.0   # Top-K replaces the budget rule only when better by this many standard errors
+AUTO_MARGIN_SE = 2.0   # another selection replaces the budget rule only when better by this many standard errors
 
 
 def token_nll(m, window: np.ndarray) -> np.ndarray:
@@ -307,17 +307,28 @@ def token_nll(m, window: np.ndarray) -> np.ndarray:
     return lse - x[np.arange(len(window) - 1), window[1:]]
 
 
-def auto_choice(nll_budget: np.ndarray, nll_topk: np.ndarray) -> str:
-    """--method auto's rule: Top-K of the keys only when its paired per-token advantage on the
-    held-out text exceeds AUTO_MARGIN_SE standard errors, else the budget rule. One held-out window
-    of 1024 tokens cannot resolve differences of a few percent (RESULTS.md, issue 17: on SmolLM2 at
-    25 % it preferred Top-K by 0.8 standard errors, and the test text then found the budget rule
-    1.7 % better); on Gemma 3 the gap is many standard errors."""
-    d = np.asarray(nll_budget, np.float64) - np.asarray(nll_topk, np.float64)
-    if d.size < 2:
-        return "budget" if d.sum() <= 0 else "topk"
-    se = d.std(ddof=1) / np.sqrt(d.size)
-    return "topk" if d.mean() > AUTO_MARGIN_SE * se else "budget"
+def auto_choice(nll_budget: np.ndarray, *challengers: np.ndarray,
+                names: tuple[str, ...] = F.AUTO_SELECTIONS[1:]) -> str:
+    """--method auto's rule: the budget rule, unless a challenger (Top-K of the same keys, Top-K of
+    |x| alone) has a paired per-token advantage on the held-out text of more than AUTO_MARGIN_SE
+    standard errors; among the challengers that clear it, the one with the lowest mean NLL. One
+    held-out window of 1024 tokens cannot resolve differences of a few percent (RESULTS.md, issue
+    17: on SmolLM2 at 25 % it preferred Top-K by 0.8 standard errors, and the test text then found
+    the budget rule 1.7 % better); on Gemma 3 the gaps are many standard errors."""
+    if len(challengers) > len(names):
+        raise ValueError(f"{len(challengers)} challengers, {len(names)} names")
+    base = np.asarray(nll_budget, np.float64)
+    best, best_mean = "budget", None
+    for name, nll in zip(names, challengers):
+        d = base - np.asarray(nll, np.float64)
+        if d.size < 2:
+            clear = d.sum() > 0
+        else:
+            clear = d.mean() > AUTO_MARGIN_SE * d.std(ddof=1) / np.sqrt(d.size)
+        mean = float(np.mean(nll))
+        if clear and (best_mean is None or mean < best_mean):
+            best, best_mean = name, mean
+    return best
 
 
 AUTO_SELECTIONS_INDEX = {name: i for i, name in enumerate(F.AUTO_SELECTIONS)}
@@ -325,9 +336,11 @@ AUTO_SELECTIONS_INDEX = {name: i for i, name in enumerate(F.AUTO_SELECTIONS)}
 
 def choose_selection(path: str, calib: Calibration, opts: Options) -> tuple[str, list[float]]:
     """--method auto: the written file (budget's keys and tables) scored on the held-out calibration
-    windows at its sparsity through the C runtime, once as budget and once as Top-K of the same keys;
-    Top-K becomes the file's default selection only when clearly better (auto_choice), and both
-    perplexities are its evidence, set in place in the placeholders _write_metadata left (fixed-size values: nothing moves)."""
+    windows at its sparsity through the C runtime, as budget, as Top-K of the same keys (|x| times
+    the score tensors) and as Top-K of |x| alone (the score tensors unused); another selection
+    replaces budget as the file's default only when clearly better (auto_choice). All read the
+    same bytes per token (Top-K's k is budget's plan). The perplexities are its evidence, set in
+    place in the placeholders _write_metadata left (fixed-size values: nothing moves)."""
     from larosa.runtime.gguf_file import scan_gguf
     from larosa.runtime.model import Model
     held = calib.heldout
@@ -339,11 +352,11 @@ def choose_selection(path: str, calib: Calibration, opts: Options) -> tuple[str,
         # at the file's sparsity (float32, as Model reads it by default: 0.4 and float32(0.4) pick
         # slightly different thresholds, and near-ties then move perplexity by ~0.5 %)
         m = Model(path, n_ctx=int(held.shape[1]), n_threads=opts.threads,
-                  budget=sel == "budget", topk=sel == "topk")
+                  budget=sel == "budget", topk=sel != "budget", scores=sel != "topk_abs")
         nll.append(np.concatenate([token_nll(m, w) for w in held]))
         del m
     ppl = [float(np.exp(v.mean())) for v in nll]
-    choice = AUTO_SELECTIONS_INDEX[auto_choice(nll[0], nll[1])]
+    choice = AUTO_SELECTIONS_INDEX[auto_choice(*nll)]
     keys = scan_gguf(path).keys
     with open(path, "r+b") as f:
         f.seek(keys[F.K_AUTO_SELECTION].value_at)

@@ -3,9 +3,11 @@ and the threshold tables (FORMAT.md, "Selection"). Pass 1 of the converter feeds
 each layer's calibration activations; `decide` turns them into the layer's plan.
 
 Methods (all run by the same kernels; a threshold also yields an index list):
-  auto    the default: budget's keys and tables, then budget or Top-K of those keys (wina), whichever
-          gives the lower perplexity on held-out calibration text (RESULTS.md: budget wins on SmolLM2,
-          Top-K on Gemma 3); both read fixed bytes per token
+  auto    the default: budget's keys and tables, then one of three selections of them: budget, Top-K
+          of those keys (wina) or Top-K of |x| alone (the scores unused: topk's key where the norm
+          scales are applied at run time), budget unless another is clearly better on held-out
+          calibration text (convert.auto_choice; RESULTS.md: budget on SmolLM2, Top-K of |x| on
+          Gemma 3); all read fixed bytes per token
   budget  the default: no rotation, thresholds on |x| * ||row of W||, 0.8 / 1.2, each token held to
           the planned bytes: a threshold's count is scaled by how far the token is above or below its
           plan so far (RESULTS.md: better than every fixed-K method at equal bytes on SmolLM2)
@@ -43,8 +45,8 @@ class Method:
 
 
 METHODS = {
-    # auto: budget's tables; the converter then scores budget and Top-K of the same keys on held-out
-    # text and records the better as the file's default (convert.choose_selection)
+    # auto: budget's tables; the converter then scores budget, Top-K of the same keys and Top-K of |x|
+    # on held-out text and records the file's default (convert.choose_selection)
     "auto": Method("identity", "wina", dict(F.PAPER_COEFS), F.BLOCK_INPUTS, budget=True),
     "budget": Method("identity", "wina", dict(F.PAPER_COEFS), F.BLOCK_INPUTS, budget=True),
     "wina": Method("identity", "wina", dict(F.PAPER_COEFS), ()),

@@ -70,10 +70,11 @@ def larosa_weights(f: LarosaFile | str, quantized_activations: bool = True, n_ct
 def topk_of(f: LarosaFile, sparsity: float | None = None, budget: bool | None = None) -> TopK:
     """The file's selection at `sparsity`, as the reference simulation takes it (budget: as
     Model(budget=...) selects; None: as the file says)."""
+    use_scores = f.scores_mode(budget)
     budget, topk = f.selection_mode(budget)
     sel = f.selection(sparsity, thresholds=not topk)
     scores: dict = {}
-    for name, t in f.tensors.items():
+    for name, t in f.tensors.items() if use_scores else ():
         parts = name.split(".")
         if name.startswith("blk.") and parts[2].startswith("score_"):
             arr = torch.from_numpy(np.array(t.data, dtype=np.float32))

@@ -74,9 +74,11 @@ K_BUDGET = key("threshold.budget")          # bool: hold the thresholds to a per
 # --method auto (FORMAT.md "Automatic selection"): the converter scored both selections of the same
 # thresholds and scores on held-out calibration text and keeps the better as the file's default
 K_AUTO_SELECTION = key("auto.selection")    # uint32: an index into AUTO_SELECTIONS
-K_AUTO_PPL = key("auto.perplexity")         # float32 [2]: held-out perplexity of each, AUTO_SELECTIONS order
+K_AUTO_PPL = key("auto.perplexity")         # float32 [3]: held-out perplexity of each, AUTO_SELECTIONS order
 K_AUTO_TOKENS = key("auto.tokens")          # uint32: held-out tokens scored
-AUTO_SELECTIONS = ("budget", "topk")        # thresholds held to the per-token budget | Top-K, same keys
+# thresholds held to the per-token budget | Top-K, same keys (|x| times the score) | Top-K of |x| alone
+# (the score tensors unused: the key of --method topk where the norm scales are applied at run time)
+AUTO_SELECTIONS = ("budget", "topk", "topk_abs")
 # what an architecture adds to llama's forward pass (FORMAT.md "Architecture keys"); each optional,
 # its absence meaning llama's behaviour
 K_EMBD_SCALE = key("embedding_scale")       # float32: the looked-up embedding row times this (Gemma: sqrt(d))

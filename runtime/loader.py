@@ -53,13 +53,19 @@ class LarosaFile:
     budget_default: bool                  # thresholds held to a per-token budget unless told otherwise
     tensors: dict[str, ReaderTensor]
     layout: GGUFLayout | None = None      # the header as gguf_file.scan_gguf checked it
-    auto_selection: str | None = None     # --method auto: "budget" or "topk" (the thresholds unused)
+    auto_selection: str | None = None     # --method auto: one of F.AUTO_SELECTIONS (Top-K: thresholds unused)
     auto_ppl: list[float] | None = None   # its evidence: held-out perplexity per F.AUTO_SELECTIONS
 
     @property
     def topk_default(self) -> bool:
-        """Top-K (with the file's scores) by default, although the file has threshold tables"""
-        return self.auto_selection == "topk"
+        """Top-K (with or without the file's scores) by default, although the file has threshold tables"""
+        return self.auto_selection in ("topk", "topk_abs")
+
+    @property
+    def scores_default(self) -> bool:
+        """Ranks by |x| times the file's score tensors by default; False where --method auto chose
+        Top-K of |x| alone (topk_abs)"""
+        return self.auto_selection != "topk_abs"
 
     def selection_mode(self, budget: bool | None = None, topk: bool | None = None) -> tuple[bool, bool]:
         """(budget, topk) a runtime uses: each as asked, else as the file says (a --method auto file
@@ -68,6 +74,14 @@ class LarosaFile:
         if topk and budget:
             raise ValueError("budget and topk exclude each other")
         return (False if topk else self.budget_default if budget is None else bool(budget)), topk
+
+    def scores_mode(self, budget: bool | None = None, topk: bool | None = None, scores: bool | None = None) -> bool:
+        """Whether a runtime ranks by |x| times the file's score tensors (else by |x| alone): as
+        asked, else as the file says where the selection is the file's own (budget and topk left
+        to it), else True."""
+        if scores is not None:
+            return bool(scores)
+        return self.scores_default if budget is None and topk is None else True
 
     def rope_freqs_name(self, n_ctx: int) -> str | None:
         """The tensor of RoPE frequency divisors a context of n_ctx positions uses: LongRoPE's long
@@ -451,9 +465,13 @@ def load(path: str | os.PathLike) -> LarosaFile:
     if m.has(F.K_AUTO_SELECTION):   # --method auto: the selection the converter measured best
         i = m.int(F.K_AUTO_SELECTION)
         if not 0 <= i < len(F.AUTO_SELECTIONS) or not budget_default:
-            raise FormatError(f"{path}: {F.K_AUTO_SELECTION} = {i} (0 or 1, on a file with {F.K_BUDGET} set)")
+            raise FormatError(f"{path}: {F.K_AUTO_SELECTION} = {i} (0 to {len(F.AUTO_SELECTIONS) - 1}: "
+                              f"{', '.join(F.AUTO_SELECTIONS)}; on a file with {F.K_BUDGET} set)")
         auto_selection = F.AUTO_SELECTIONS[i]
         auto_ppl = [float(v) for v in m.array(F.K_AUTO_PPL, "float")] if m.has(F.K_AUTO_PPL) else None
+        if auto_ppl is not None and len(auto_ppl) not in (2, len(F.AUTO_SELECTIONS)):
+            raise FormatError(f"{path}: {F.K_AUTO_PPL} holds {len(auto_ppl)} values, expected "
+                              f"{len(F.AUTO_SELECTIONS)} (one per selection: {', '.join(F.AUTO_SELECTIONS)})")
         budget_default = auto_selection == "budget"
 
     tensors = tensor_map(reader)

@@ -129,11 +129,14 @@ class Model:
     def __init__(self, path: str | os.PathLike, sparsity: float | None = None,
                  n_threads: int | None = None, n_ctx: int | None = None, budget: bool | None = None,
                  type_k: str | int | None = None, type_v: str | int | None = None, topk: bool | None = None,
-                 device: str = "cpu"):
+                 device: str = "cpu", scores: bool | None = None):
         """type_k, type_v: the KV cache's types, "f32", "f16" (default, as llama.cpp) or "q8_0"
         (or their GGML type ids 0, 1, 8, as llama-cpp-python takes them); q8_0 needs a head
         dimension that is a multiple of 32. topk=True runs Top-K with the file's scores on a file
         with threshold tables (what a --method auto file may choose; None: as the file says).
+        scores=False ranks by |x| alone, the file's score tensors unused (with topk=True: a --method
+        auto file's topk_abs selection; None: as the file says when budget and topk are left to it,
+        else the scores are used).
         device: "cpu" (default), "gpu" (WebGPU through wgpu-native: pip install "larosa[gpu]";
         f16 / f32 KV cache) or "auto" (the GPU when one opens)."""
         from . import gpu
@@ -149,6 +152,11 @@ class Model:
                                        "(this architecture's features run on the CPU only): use --device cpu")
         # thresholds held to a per-token byte budget (LarosaFile.budget), or Top-K on a threshold file
         self.budget, self.topk = self.file.selection_mode(budget, topk)
+        self.scores = self.file.scores_mode(budget, topk, scores)
+        if not self.scores and not self.topk and self.file.thr_table and \
+                any(".score_" in name for name in self.file.tensors):
+            raise ValueError("scores=False ranks by |x| under Top-K only: this file's threshold tables "
+                             "were calibrated on the scored keys (use topk=True)")
         if self.budget:
             self.file.budget(self.file.sparsity)       # ValueError now for a file without thresholds
         hp = self.hp = self.file.hp
@@ -291,8 +299,8 @@ class Model:
             self._tensor(F.T_O(l), L.wo)
             self._tensor(F.T_GATE_UP(l), L.wgu)
             self._tensor(F.T_DOWN(l), L.wdown)
-            for i, b in enumerate(F.BLOCK_INPUTS):
-                self._tensor(F.T_SCORE(l, b), L.score[i])
+            for i, b in enumerate(F.BLOCK_INPUTS):   # scores=False: keys |x| (absent scores)
+                self._tensor(F.T_SCORE(l, b) if self.scores else "", L.score[i])
             for kind, attr in F.LAYER_VECTOR_FIELDS.items():
                 self._tensor(F.T_VEC(l, kind), getattr(L, attr))
             L.n_swa, L.no_rope = hp.window(l), int(not hp.rope(l))
@@ -441,6 +449,7 @@ class Model:
     def __repr__(self) -> str:
         return (f"Model({os.path.basename(self.file.path)!r}, sparsity={self.sparsity}, "
                 f"n_threads={self.n_threads}, n_ctx={self.n_ctx}{', budget=True' if self.budget else ''}"
+                f"{', topk=True' if self.topk else ''}{', scores=False' if not self.scores else ''}"
                 f"{', device=' + repr(self.device) if self.device != 'cpu' else ''})")
 
     def generate_tokens(self, prompt: list[int], max_tokens: int = 128, sampling: Sampling | None = None):

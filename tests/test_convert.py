@@ -306,12 +306,14 @@ def test_cli_smollm2_q8_0_with_calibration_file(smollm2, calib_text, tmp_path, c
     # used; the lower perplexity is the file's default selection, and its figures reproduce
     assert f.auto_selection in F.AUTO_SELECTIONS and f.meta.int(F.K_AUTO_TOKENS) == 1024
     held = calibrate.from_file(smollm2, calib_text, 2048, 2048, 1024).heldout
+    assert len(f.auto_ppl) == len(F.AUTO_SELECTIONS) == 3
     for name, recorded in zip(F.AUTO_SELECTIONS, f.auto_ppl):
-        m = Model(str(out), n_ctx=1024, budget=name == "budget", topk=name == "topk")
+        m = Model(str(out), n_ctx=1024, budget=name == "budget", topk=name != "budget", scores=name != "topk_abs")
         assert P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(recorded, rel=1e-5)
-    assert f.auto_selection == "budget" or f.auto_ppl[1] < f.auto_ppl[0]   # Top-K only when better
+    i = F.AUTO_SELECTIONS.index(f.auto_selection)
+    assert i == 0 or f.auto_ppl[i] == min(f.auto_ppl)   # another than budget only when better, the best
     m = Model(str(out))
-    assert (m.budget, m.topk) == ((True, False) if f.auto_selection == "budget" else (False, True))
+    assert (m.budget, m.topk, m.scores) == (i == 0, i > 0, i != 2)
     # Q8_0 weights: close to the original, not equal
     # (random tokens: near-ties flip; measured on WikiText-2, 8 x 512 tokens: ppl 30.54 against
     # llama.cpp's 30.50 on the Q4_1 original)
@@ -340,6 +342,75 @@ def test_auto_choice_needs_a_clear_margin():
     assert C.auto_choice(budget, budget) == "budget"                    # a tie
 
 
+def test_auto_choice_among_three():
+    """Three candidates (budget, Top-K of the same keys, Top-K of |x|): budget unless a challenger
+    clears the margin; among those that do, the lowest mean NLL; one that does not clear it is never
+    chosen, even when its mean is the lowest."""
+    rng = np.random.default_rng(5)
+    budget = rng.gamma(2.0, 1.5, 1023)
+    noise = lambda: rng.normal(0, 1.0, 1023)
+    clear, clearer, unclear = budget - 0.15 + noise(), budget - 0.3 + noise(), budget - 0.02 + noise()
+    assert C.auto_choice(budget, unclear, unclear) == "budget"
+    assert C.auto_choice(budget, clear, unclear) == "topk"
+    assert C.auto_choice(budget, unclear, clear) == "topk_abs"
+    assert C.auto_choice(budget, clear, clearer) == "topk_abs"           # both clear: the better
+    assert C.auto_choice(budget, clearer, clear) == "topk"
+    assert C.auto_choice(budget, budget + 0.5, clear) == "topk_abs"      # one worse, one clear
+    # a paired margin, not the means: a challenger with the lowest mean but a noisy difference
+    # (below two standard errors) loses to one with a slightly higher mean and a clear margin
+    steady = budget - 0.1
+    noisy = budget - 0.12 + rng.normal(0, 4.0, 1023)
+    assert C.auto_choice(budget, noisy, steady) == "topk_abs"
+    assert C.auto_choice(budget, clear) == "topk"                         # two candidates still work
+    with pytest.raises(ValueError):
+        C.auto_choice(budget, clear, clear, clear)
+
+
+def test_auto_file_records_each_choice_and_the_runtime_follows_it(tiny, tmp_path, monkeypatch):
+    """Each of the three selections, forced by the rule, is recorded in the file with the three
+    perplexities and becomes the runtime's default; topk_abs runs without the score tensors (its
+    figure differs from topk's), and the reference simulation selects as the runtime."""
+    from larosa.converter.calibrate import Calibration
+    from larosa.runtime.gguf_file import scan_gguf
+    src = tiny["tied_gqa_q8"]
+    n_vocab = SourceModel(src).hp.n_vocab
+    calib = random_calibration(n_vocab)
+    held = np.random.default_rng(11).integers(0, n_vocab, (1, 40), dtype=np.int32)
+    calib = Calibration(calib.tokens, calib.source, calib.sha256, heldout=held)
+    out = str(tmp_path / "auto.gguf")
+    s = C.convert(src, out, calib, C.Options(sparsity=0.5, wtype="q8_0", method="auto", progress=False))
+    assert s.auto[0] in F.AUTO_SELECTIONS and len(s.auto[1]) == 3
+    ppl = s.auto[1]
+    assert ppl[1] != ppl[2]       # the scores change the ranking: topk_abs is not topk
+    for i, name in enumerate(F.AUTO_SELECTIONS):
+        monkeypatch.setattr(C, "auto_choice", lambda *nll, _n=name: _n)
+        choice, again = C.choose_selection(out, calib, C.Options(sparsity=0.5, method="auto"))
+        assert choice == name and again == pytest.approx(ppl, rel=1e-6)
+        f = load(out)
+        assert f.auto_selection == name and f.meta.int(F.K_AUTO_SELECTION) == i
+        m = Model(out, n_ctx=40)
+        assert (m.budget, m.topk, m.scores) == (i == 0, i > 0, i != 2)
+        assert P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(ppl[i], rel=1e-5)
+        assert (topk_of(f).score is None) == (name == "topk_abs")
+        assert (topk_of(f, budget=True).score is not None)   # asked for: the file's scores
+    # asked for explicitly, whatever the file says
+    m = Model(out, n_ctx=40, topk=True)
+    assert m.scores and P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(ppl[1], rel=1e-5)
+    m = Model(out, n_ctx=40, topk=True, scores=False)
+    assert not m.scores and P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(ppl[2], rel=1e-5)
+    for kw in ({"budget": True, "scores": False}, {"budget": False, "scores": False}):
+        with pytest.raises(ValueError, match="Top-K only"):   # thresholds were calibrated on scored keys
+            Model(out, n_ctx=40, **kw)
+    # an index past the three selections is refused with the list
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(open(out, "rb").read())
+    with open(bad, "r+b") as fh:
+        fh.seek(scan_gguf(str(bad)).keys[F.K_AUTO_SELECTION].value_at)
+        fh.write(np.uint32(3).tobytes())
+    with pytest.raises(FormatError, match="topk_abs"):
+        load(str(bad))
+
+
 def test_auto_records_its_choice_and_the_runtime_follows_it(tiny, tmp_path):
     """--method auto on a tiny model: both selections scored on the held-out windows, the argmin
     recorded with its evidence, the runtime's default selection set by it; a bad index or no
@@ -355,14 +426,15 @@ def test_auto_records_its_choice_and_the_runtime_follows_it(tiny, tmp_path):
     f = load(out)
     choice, ppl = s.auto
     assert f.method == "auto" and (f.auto_selection, f.auto_ppl) == (choice, pytest.approx(ppl, rel=1e-6))
-    assert (choice == "budget" or ppl[1] < ppl[0]) and f.meta.int(F.K_AUTO_TOKENS) == held.size
-    assert all(math.isfinite(v) and v > 1 for v in ppl) and ppl[0] != ppl[1]
+    i = F.AUTO_SELECTIONS.index(choice)
+    assert (i == 0 or ppl[i] == min(ppl)) and f.meta.int(F.K_AUTO_TOKENS) == held.size
+    assert all(math.isfinite(v) and v > 1 for v in ppl) and ppl[0] != ppl[1] and len(ppl) == 3
     for name, recorded in zip(F.AUTO_SELECTIONS, ppl):
-        m = Model(out, n_ctx=40, budget=name == "budget", topk=name == "topk")
+        m = Model(out, n_ctx=40, budget=name == "budget", topk=name != "budget", scores=name != "topk_abs")
         assert P.score(held, P.larosa_logits(m), progress=False).ppl == pytest.approx(recorded, rel=1e-5)
     m = Model(out)
-    assert (m.topk, m.budget) == (choice == "topk", choice == "budget")
-    if choice == "topk":   # thresholds unused: every layer's k as Top-K reads it
+    assert (m.topk, m.budget) == (i > 0, i == 0)
+    if i > 0:   # thresholds unused: every layer's k as Top-K reads it
         assert all(t == -1.0 for b in F.BLOCK_INPUTS for t in m.thresholds[b])
     with pytest.raises(ValueError, match="exclude"):
         Model(out, budget=True, topk=True)

@@ -1,9 +1,13 @@
-"""(issue 17, RESULTS.md) Paired per-token NLL difference (budget - topk) of an auto file on held-out text: the converter's window
-(the 1024 tokens after the 8192 calibrated) and, with N > 1024, more tokens after them, in windows of 1024.
+"""(issue 17, RESULTS.md) What --method auto would record at other levels: per selection (budget, topk, topk_abs: F.AUTO_SELECTIONS)
+the held-out perplexity of an auto file, the paired per-token NLL difference (budget - each) with its standard error, and
+the choice convert.auto_choice makes; on the converter's window (the 1024 tokens after the 8192 calibrated) and, with
+N > 1024, more tokens after them, in windows of 1024.
 usage: python tools/auto_heldout.py SOURCE.gguf AUTO_FILE.gguf OUT.json LEVELS(0.25,0.5) HELDOUT_TOKENS(1024)"""
 import json, sys
 import numpy as np
 from larosa.converter import calibrate
+from larosa.converter.convert import auto_choice
+from larosa.runtime import format as F
 from larosa.runtime.model import Model
 src, path, out, levels, n_held = sys.argv[1], sys.argv[2], sys.argv[3], [float(v) for v in sys.argv[4].split(",")], int(sys.argv[5])
 calib = calibrate.from_file(src, "/work/shared/data/calibration/wikitext2_raw_train_first1MB.txt", 8192, 2048, n_held)
@@ -20,12 +24,16 @@ def nlls(m):
     return np.concatenate(out)
 for s in levels:
     r = {}
-    for sel in ("budget", "topk"):
-        m = Model(path, n_ctx=1024, n_threads=1, budget=sel == "budget", topk=sel == "topk", sparsity=float(np.float32(s)))
+    for sel in F.AUTO_SELECTIONS:
+        m = Model(path, n_ctx=1024, n_threads=1, budget=sel == "budget", topk=sel != "budget", scores=sel != "topk_abs",
+                  sparsity=float(np.float32(s)))
         r[sel] = nlls(m); del m
-    d = r["budget"] - r["topk"]
-    se = d.std(ddof=1) / np.sqrt(len(d))
-    res["levels"][str(s)] = {"ppl_budget": float(np.exp(r["budget"].mean())), "ppl_topk": float(np.exp(r["topk"].mean())),
-                             "mean_diff": float(d.mean()), "se": float(se), "tokens": int(len(d))}
+    lv = {"tokens": int(len(r["budget"])), "choice": auto_choice(*[r[k] for k in F.AUTO_SELECTIONS])}
+    for sel in F.AUTO_SELECTIONS:
+        lv["ppl_" + sel] = float(np.exp(r[sel].mean()))
+        if sel != "budget":
+            d = r["budget"] - r[sel]
+            lv["mean_diff_" + sel], lv["se_" + sel] = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+    res["levels"][str(s)] = lv
     print(s, res["levels"][str(s)], flush=True)
 json.dump(res, open(out, "w"))

@@ -1,6 +1,7 @@
 """(issue 17, RESULTS.md "Both models at 16 windows") Perplexity at (near) equal measured skipped bytes, through the C runtime (larosa.runtime.Model).
 usage: python tools/ppl_equal_bytes.py MODEL MODE CTX CHUNKS OUT -f TEXT --s S | --target T [--probe N] [--s0 S0]
-MODE: file (the file's default selection), budget, nobudget (plain thresholds), topk.
+MODE: file (the file's default selection), budget, nobudget (plain thresholds), topk (Top-K of the file's
+keys), topk_abs (Top-K of |x|, the file's score tensors unused).
 With --target, s is solved by two secant steps on probe runs (the first N windows, or one short
 window for Top-K, whose skipped fraction does not depend on the tokens), then the scored run."""
 import argparse, json, sys, time
@@ -13,13 +14,15 @@ a.add_argument("out"); a.add_argument("--s", type=float); a.add_argument("--targ
 a.add_argument("--s0", type=float); a.add_argument("--probe", type=int, default=1)
 a.add_argument("-f", required=True, help="text file: the first 149,288 bytes of wiki.test.raw in RESULTS")
 x = a.parse_args()
-kw = {"file": {}, "budget": {"budget": True}, "nobudget": {"budget": False}, "topk": {"topk": True}}[x.mode]
+kw = {"file": {}, "budget": {"budget": True}, "nobudget": {"budget": False}, "topk": {"topk": True},
+      "topk_abs": {"topk": True, "scores": False}}[x.mode]
 m = Model(x.model, n_threads=1, n_ctx=x.ctx, **kw)
 text = open(x.f, encoding="utf-8", errors="replace").read()
 ids = m.tokenizer.encode(text)
 bos = m.tokenizer.bos_id if m.tokenizer.add_bos else None
 fn = P.larosa_logits(m)
-log = {"model": x.model, "mode": x.mode, "budget": m.budget, "topk": m.topk, "ctx": x.ctx, "probes": []}
+log = {"model": x.model, "mode": x.mode, "budget": m.budget, "topk": m.topk, "scores": m.scores,
+       "auto_selection": m.file.auto_selection, "ctx": x.ctx, "probes": []}
 
 def frac(s, windows):
     m.set_sparsity(s); m.skipped_fraction(reset=True)
