@@ -249,7 +249,9 @@ void *lr_qbatch_new(int32_t n, int32_t rows, lr_qbatch *b);
 /* token t of b: x (rows values) over the inputs with mask[i] != 0 */
 void lr_qbatch_row(lr_qbatch *b, int32_t t, int32_t rows, const float *x, const uint8_t *mask);
 
-/* x of an output-major Q8_0 / Q4_0 product (the head): blocks of 32 along the columns */
+/* x of an output-major Q8_0 / Q4_0 product (the head): blocks of 32 along the columns; sx (the
+ * blocks' sums of codes) is required by the x86 qdot / qdot8 kernels (Q4_0's code offset, Q8_0's
+ * flipped codes in qdot8), which lr_head_rows and lr_dot_rows pass */
 typedef struct { const int8_t *xq; const float *dx; const int32_t *sx; } lr_qx;
 /* xq, dx (and sx, if not NULL) of n / 32 blocks of 32 values */
 void lr_quantize_blocks(const float *x, int32_t n, int8_t *xq, float *dx, int32_t *sx);
