@@ -366,17 +366,22 @@ def test_auto_choice_among_three():
         C.auto_choice(budget, clear, clear, clear)
 
 
+
+def _with_heldout(src: str, seed: int):
+    """random_calibration for src plus one held-out window of 40 random tokens (what --method auto scores)"""
+    from larosa.converter.calibrate import Calibration
+    n_vocab = SourceModel(src).hp.n_vocab
+    calib = random_calibration(n_vocab)
+    held = np.random.default_rng(seed).integers(0, n_vocab, (1, 40), dtype=np.int32)
+    return Calibration(calib.tokens, calib.source, calib.sha256, heldout=held), held
+
 def test_auto_file_records_each_choice_and_the_runtime_follows_it(tiny, tmp_path, monkeypatch):
     """Each of the three selections, forced by the rule, is recorded in the file with the three
     perplexities and becomes the runtime's default; topk_abs runs without the score tensors (its
     figure differs from topk's), and the reference simulation selects as the runtime."""
-    from larosa.converter.calibrate import Calibration
     from larosa.runtime.gguf_file import scan_gguf
     src = tiny["tied_gqa_q8"]
-    n_vocab = SourceModel(src).hp.n_vocab
-    calib = random_calibration(n_vocab)
-    held = np.random.default_rng(11).integers(0, n_vocab, (1, 40), dtype=np.int32)
-    calib = Calibration(calib.tokens, calib.source, calib.sha256, heldout=held)
+    calib, held = _with_heldout(src, seed=11)
     out = str(tmp_path / "auto.gguf")
     s = C.convert(src, out, calib, C.Options(sparsity=0.5, wtype="q8_0", method="auto", progress=False))
     assert s.auto[0] in F.AUTO_SELECTIONS and len(s.auto[1]) == 3
@@ -415,12 +420,8 @@ def test_auto_records_its_choice_and_the_runtime_follows_it(tiny, tmp_path):
     """--method auto on a tiny model: both selections scored on the held-out windows, the argmin
     recorded with its evidence, the runtime's default selection set by it; a bad index or no
     held-out text is refused with a message."""
-    from larosa.converter.calibrate import Calibration
     src = tiny["tied_gqa_q8"]
-    n_vocab = SourceModel(src).hp.n_vocab
-    calib = random_calibration(n_vocab)
-    held = np.random.default_rng(7).integers(0, n_vocab, (1, 40), dtype=np.int32)
-    calib = Calibration(calib.tokens, calib.source, calib.sha256, heldout=held)
+    calib, held = _with_heldout(src, seed=7)
     out = str(tmp_path / "auto.gguf")
     s = C.convert(src, out, calib, C.Options(sparsity=0.5, wtype="q8_0", method="auto", progress=False))
     f = load(out)
@@ -448,6 +449,6 @@ def test_auto_records_its_choice_and_the_runtime_follows_it(tiny, tmp_path):
     with pytest.raises(FormatError, match="auto.selection"):
         load(str(bad))
     with pytest.raises(LarosaError, match="held-out"):
-        C.convert(src, str(tmp_path / "x.gguf"), random_calibration(n_vocab),
+        C.convert(src, str(tmp_path / "x.gguf"), random_calibration(SourceModel(src).hp.n_vocab),
                   C.Options(sparsity=0.5, wtype="q8_0", method="auto", progress=False))
     assert not os.path.exists(tmp_path / "x.gguf")
