@@ -362,7 +362,8 @@ def choose_selection(path: str, calib: Calibration, opts: Options) -> tuple[str,
         f.seek(keys[F.K_AUTO_SELECTION].value_at)
         f.write(np.uint32(choice).tobytes())
         f.seek(keys[F.K_AUTO_PPL].value_at)
-        f.write(np.asarray(ppl, dtype="<f4").tobytes())
+        with np.errstate(over="ignore"):   # past float32's range (random weights): stored as inf
+            f.write(np.asarray(ppl, dtype="<f4").tobytes())
         f.seek(keys[F.K_AUTO_TOKENS].value_at)
         f.write(np.uint32(held.size).tobytes())
     return F.AUTO_SELECTIONS[choice], ppl
