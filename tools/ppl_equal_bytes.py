@@ -4,7 +4,7 @@ MODE: file (the file's default selection), budget, nobudget (plain thresholds), 
 keys), topk_abs (Top-K of |x|, the file's score tensors unused).
 With --target, s is solved by two secant steps on probe runs (the first N windows, or one short
 window for Top-K, whose skipped fraction does not depend on the tokens), then the scored run."""
-import argparse, json, sys, time
+import argparse, json, math, sys, time
 from larosa.runtime.model import Model
 from larosa.runtime import perplexity as P
 
@@ -61,8 +61,14 @@ else:
     s = x.s
 m.set_sparsity(s); m.skipped_fraction(reset=True)
 w = P.make_windows(ids, x.ctx, x.chunks, bos)
-r = P.score(w, fn, progress=False)
+per = [P.score(w[i:i + 1], fn, progress=False) for i in range(len(w))]   # one window at a time: paired comparisons
+total, count = 0.0, 0
+for q in per:
+    total += q.nll * q.tokens; count += q.tokens
+r = P.Result(ppl=math.exp(total / count), nll=total / count, tokens=count, windows=len(w),
+             seconds=sum(q.seconds for q in per))
 log.update({"s": s, "target": x.target, "ppl": r.ppl, "nll": r.nll, "tokens": r.tokens, "windows": r.windows,
+            "window_nll": [q.nll for q in per], "window_tokens": [q.tokens for q in per],
             "skipped_fraction": m.skipped_fraction(reset=True), "seconds": r.seconds,
             "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())})
 json.dump(log, open(x.out, "w")); print(json.dumps(log))
