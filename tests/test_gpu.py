@@ -292,6 +292,25 @@ def test_step_matches_cpu_on_tiny_models(converted, name):
     assert cpu.rows_read() == dev.rows_read()   # Top-K: the same number of rows in every layer
 
 
+@pytest.mark.parametrize("name,kv,n,tol", [("untied_f32", "f32", 100, 1e-4), ("untied_f32", "f32", 530, 1e-4),
+                                            ("gqa_q4", "f16", 100, 2e-2)])
+def test_step_matches_cpu_over_a_long_context(converted, name, kv, n, tol):
+    """attend's scores (TP threads a position, WG / TP positions a round) and its softmax sums over
+    many rounds and more positions than threads (530 > 512), both cache types, GQA"""
+    from larosa.runtime.model import Model
+    path = converted[name]
+    cpu = Model(path, sparsity=0.0, n_threads=1, n_ctx=640, type_k=kv, type_v=kv)
+    dev = Model(path, sparsity=0.0, n_ctx=640, device="gpu", type_k=kv, type_v=kv)
+    toks = [int(t) for t in np.random.default_rng(1).integers(1, cpu.hp.n_vocab, n)]
+    a, b = cpu.eval(toks[:-2]), dev.eval(toks[:-2])
+    # float weights and cache, dense: the sums' order alone (one position's score left out of 100
+    # gave 8e-3 on a Q4_0 model); Q4_0 with Q8_0 codes of the activations: a flipped code grows
+    assert _close(a, b) < tol
+    for t in toks[-2:]:
+        a, b = cpu.eval([t]), dev.eval([t])
+        assert _close(a, b) < tol, _close(a, b)
+
+
 def test_preencoded_step_gives_the_same_logits(converted, monkeypatch):
     """the next token's commands encoded while this one runs (the default) against each token's
     encoded before its submit (LAROSA_GPU_PREENCODE=0): the same bits; the host's encoding and
