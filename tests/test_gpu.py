@@ -121,6 +121,22 @@ def test_select_norm_score_gate_threshold(variant):
     np.testing.assert_array_equal(idx, np.arange(n))
 
 
+@pytest.mark.parametrize("n", [160, 1536, 4096, 11008, 20480])
+def test_select_norm_same_bits_in_both_kernels(n):
+    """select_sg.wgsl's RMSNorm (slices of 16 loads, the tree's last levels by subgroup shuffles) adds
+    in select.wgsl's order: the same values, bit for bit"""
+    if not SUBGROUPS:
+        pytest.skip("the adapter grants no subgroup operations")
+    x = (RNG.standard_normal(n) * 3).astype(np.float32)
+    out = []
+    for sg in (1, 0):
+        assert lib.lr_gpu_use_subgroups(DEV._g, sg) == 0
+        out.append(select(x, 0, k=n // 2, norm=1, eps=1e-6))
+    lib.lr_gpu_use_subgroups(DEV._g, int(IN_USE))
+    for u, v in zip(*out):
+        np.testing.assert_array_equal(u, v)
+
+
 @pytest.mark.parametrize("n", [1536, 11008])
 def test_select_all_is_every_input_quantized(variant, n):
     """mode 3 (s = 0, dense inputs: the kernels' short path without keys or search) gives the words
