@@ -59,10 +59,10 @@ int32_t lr_gpu_model_selection(lr_gpu_model *m, int32_t layer, int32_t block, in
 
 /* Per-kernel GPU time (timestamp queries while on: between the dispatches of the step's one pass
  * where the adapter grants timestamps inside passes, else each dispatch in its own pass): copies
- * min(n, 22) accumulated nanoseconds into out_ns in the order select, mv_q8, mv_q4, mv_f16, mv_f32,
+ * min(n, 21) accumulated nanoseconds into out_ns in the order select, mv_q8, mv_q4, mv_f16, mv_f32,
  * red_store, red_add, red_swiglu, attend (with RoPE and the KV row), head_prep, head_q8, head_q4,
- * head_f16, head_f32, mv_q8p, mv_q4p, mv_q8d, mv_q4d, select1 (select_sg for n <= 4096), select3
- * (select_sg for 4096 < n <= 12288), then the host's nanoseconds encoding the step's commands and waiting for the logits (counted with
+ * head_f16, head_f32, mv_q8p, mv_q4p, mv_q8d, mv_q4d, select1 (select_sg for n <= 4096), then the
+ * host's nanoseconds encoding the step's commands and waiting for the logits (counted with
  * profiling off too); resets them, sets profiling on (enable 1) or off; returns the tokens timed,
  * or LR_ETYPE when the adapter has no timestamp queries */
 int64_t lr_gpu_model_profile(lr_gpu_model *m, double *out_ns, int32_t n, int32_t enable);

@@ -137,7 +137,7 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     WGPUShaderModule mods[P_COUNT] = {0};
     int nmods = 0, rc = 1;
     for (int p = 0; p < P_COUNT && rc; p++) {
-        if (p == P_SELECT1 || p == P_SELECT3) continue;   /* below, with subgroups */
+        if (p == P_SELECT1) continue;   /* below, with subgroups */
         WGPUShaderModule mod = NULL;
         const char *file = PIPES[p].file;
         for (int i = 0; i < nmods; i++)
@@ -185,9 +185,6 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
          * pipeline of its own, so that the others keep their registers (H200: 14.7 against 16.3 us
          * at n = 4096; the one kernel with both paths took 33.8 against 29.1 at 11008) */
         if (g->sel_sg) g->pipe[P_SELECT1] = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT, "ONE");
-        /* 4096 < n <= 12288 (the 7B shape's mlp_out, 11008): three quads a lane in registers, a
-         * pipeline of its own likewise (the keys were written to a buffer and read back in every pass) */
-        if (g->sel_sg) g->pipe[P_SELECT3] = make_pipeline(g, dir, "select_sg.wgsl", "main", L_SELECT, "THREE");
         const char *env = getenv("LAROSA_GPU_SUBGROUPS");   /* "0": the plain selection (timing) */
         if (g->sel_sg && !(env && !strcmp(env, "0"))) g->pipe[P_SELECT] = g->sel_sg;
         if (g->failed) {
@@ -241,9 +238,7 @@ int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type) {
 }
 
 int lr_gpu_select_pipe(const lr_gpu *g, int32_t n) {
-    if (g->pipe[P_SELECT] != g->sel_sg || !g->sel_sg) return P_SELECT;
-    if (n <= 4096 && g->pipe[P_SELECT1]) return P_SELECT1;
-    return n <= 12288 && g->pipe[P_SELECT3] ? P_SELECT3 : P_SELECT;
+    return n <= 4096 && g->pipe[P_SELECT1] && g->pipe[P_SELECT] == g->sel_sg ? P_SELECT1 : P_SELECT;
 }
 
 int32_t lr_gpu_use_subgroups(lr_gpu *g, int32_t on) {

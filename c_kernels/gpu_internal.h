@@ -62,7 +62,6 @@ extern wgpu_api W;
 enum { L_SELECT, L_MATVEC, L_REDUCE, L_ATTN, L_HEAD, L_COUNT };
 enum { P_SELECT, P_MV_Q8, P_MV_Q4, P_MV_F16, P_MV_F32, P_RED_STORE, P_RED_ADD, P_RED_SWIGLU, P_ATTEND,
        P_HEAD_PREP, P_HEAD_Q8, P_HEAD_Q4, P_HEAD_F16, P_HEAD_F32, P_MV_Q8P, P_MV_Q4P, P_MV_Q8D, P_MV_Q4D, P_SELECT1,
-       P_SELECT3,
        P_COUNT };
 
 struct lr_gpu {
@@ -81,8 +80,7 @@ struct lr_gpu {
     int ts_inside;       /* TimestampQueryInsidePasses granted: those times in the step's one pass */
     int subgroups;       /* subgroup operations granted: pipe[P_SELECT] may be select_sg.wgsl */
     WGPUComputePipeline sel_plain, sel_sg;   /* the two selections; pipe[P_SELECT] is one of them */
-    /* pipe[P_SELECT1]: select_sg.wgsl with ONE (n <= 4096: keys in registers), or NULL;
-     * pipe[P_SELECT3]: with THREE (4096 < n <= 12288: three quads of keys in registers), or NULL */
+    /* pipe[P_SELECT1]: select_sg.wgsl with ONE (n <= 4096: keys in registers), or NULL */
     int mv_pipelined;    /* Q8_0 / Q4_0 matvecs: mv_q8d / mv_q4d (2, the default), mv_q8p / mv_q4p (1) or
                           * mv_q8 / mv_q4 (0) */
     int32_t models;      /* models on the device: lr_gpu_close waits for the last one's free */
@@ -115,8 +113,7 @@ int32_t lr_gpu_upload_head(lr_gpu *g, const lr_tensor *t, head_part **parts, int
 /* size bytes at off of a storage buffer, copied back to the host (waits) */
 int32_t lr_gpu_read_back(lr_gpu *g, WGPUBuffer src, uint64_t off, uint64_t size, void *out);
 
-/* the selection pipeline for n inputs: where select_sg.wgsl is in use, P_SELECT1 for n <= 4096 and
- * P_SELECT3 for n <= 12288 */
+/* the selection pipeline for n inputs: P_SELECT1 where select_sg.wgsl is in use and n <= 4096 */
 int lr_gpu_select_pipe(const lr_gpu *g, int32_t n);
 /* the matvec pipeline for a weight type, as g's settings choose */
 int lr_gpu_mv_pipe(const lr_gpu *g, int32_t type);

@@ -40,13 +40,10 @@ def main() -> None:
         src = open(path).read()
         mod = dev.create_shader_module(code=src)
         pipe = dev.create_compute_pipeline(layout=pl, compute={"module": mod, "entry_point": "main"})
-        pipe1 = pipe3 = pipe   # select_sg's n <= 4096 and n <= 12288 pipelines (gpu_device.c), where the source has them
+        pipe1 = pipe   # select_sg's n <= 4096 pipeline (gpu_device.c), where the source has it
         if "override ONE" in src:
             pipe1 = dev.create_compute_pipeline(layout=pl, compute={"module": mod, "entry_point": "main",
                                                                     "constants": {"ONE": 1}})
-        if "override THREE" in src:
-            pipe3 = dev.create_compute_pipeline(layout=pl, compute={"module": mod, "entry_point": "main",
-                                                                    "constants": {"THREE": 1}})
         for n, mode, k, norm, quant in CASES:
             p = np.zeros(16, np.uint32)
             p[:8] = [n, mode, k, quant, norm, 0, 0, 4]
@@ -66,7 +63,7 @@ def main() -> None:
                 enc = dev.create_command_encoder()
                 cp = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 0,
                                                               "end_of_pass_write_index": 1})
-                cp.set_pipeline(pipe1 if n <= 4096 else pipe3 if n <= 12288 else pipe)
+                cp.set_pipeline(pipe1 if n <= 4096 else pipe)
                 for _ in range(REPS):
                     cp.set_bind_group(0, bg)
                     cp.dispatch_workgroups(1, 1, 1)

@@ -19,8 +19,8 @@ import numpy as np
 
 KERNELS = ("select", "mv_q8", "mv_q4", "mv_f16", "mv_f32", "red_store", "red_add", "red_swiglu",
            "attend", "head_prep", "head_q8", "head_q4", "head_f16", "head_f32", "mv_q8p", "mv_q4p",
-           "mv_q8d", "mv_q4d", "select1", "select3")   # gpu.h's order
-GROUPS = {"select": ("select", "select1", "select3"), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32", "mv_q8p", "mv_q4p", "mv_q8d", "mv_q4d"),
+           "mv_q8d", "mv_q4d", "select1")   # gpu.h's order
+GROUPS = {"select": ("select", "select1"), "matvec": ("mv_q8", "mv_q4", "mv_f16", "mv_f32", "mv_q8p", "mv_q4p", "mv_q8d", "mv_q4d"),
           "reduce": ("red_store", "red_add", "red_swiglu"), "attend": ("attend",),
           "head": ("head_prep", "head_q8", "head_q4", "head_f16", "head_f32")}
 # name: (subgroup selection, pipelined matvec, min workgroups, rows per workgroup); "before": the

@@ -43,7 +43,6 @@ struct State { over: f32, rows: array<atomic<u32>, 4> }
 
 const WG: u32 = 1024u;
 override ONE: bool = false;      // the pipeline for n <= 4096 (gpu_device.c): keys in registers
-override THREE: bool = false;    // the pipeline for 4096 < n <= 12288: three quads of keys in registers
 const MAX_SG: u32 = 256u;        // subgroups of 4 lanes or more
 const MAX_GROUPS: u32 = 1024u;   // n <= 32768 (checked at load)
 var<workgroup> hist: array<atomic<u32>, 256>;   // a digit's 256 bins
@@ -89,16 +88,6 @@ fn sq4(ss: f32, v: vec4<f32>, i: u32, j1: u32) -> f32 {
     if (i + 2u < j1) { s = fma(v.z, v.z, s); }
     if (i + 3u < j1) { s = fma(v.w, v.w, s); }
     return s;
-}
-
-// a lane's quad q of keys, values or slots in registers (one of three with THREE, else the first)
-fn pick_u(a: vec4<u32>, b: vec4<u32>, c: vec4<u32>, q: u32) -> vec4<u32> {
-    if (!THREE) { return a; }
-    return select(select(a, b, q == 1u), c, q == 2u);
-}
-fn pick_f(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>, q: u32) -> vec4<f32> {
-    if (!THREE) { return a; }
-    return select(select(a, b, q == 1u), c, q == 2u);
 }
 
 // a key into the digit histogram: one atomic for a chunk whose lanes share the digit
@@ -287,13 +276,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     // the keys, once; the count of keys above the threshold (mode 1's selection, the budget's count)
     // one: a lane's inputs are one step of four chunks (n <= 4096 on 32 lanes): its keys and x stay in
     // registers (kreg, xreg) for every pass, and its slots (oreg) for the codes; else keys in a buffer
-    // (THREE: three such steps, n <= 12288: mlp_out's 11008, which read keys back from the buffer
-    // in every pass)
-    let nq = select(1u, 3u, THREE);
-    let one = (ONE || THREE) && per_sg <= 4u * nq * sg;
+    let one = ONE && per_sg <= 4u * sg;
     var kreg = vec4<u32>(INV); var xreg = vec4<f32>(0.0); var oreg = vec4<u32>(INV);
-    var kreg1 = vec4<u32>(INV); var xreg1 = vec4<f32>(0.0); var oreg1 = vec4<u32>(INV);
-    var kreg2 = vec4<u32>(INV); var xreg2 = vec4<f32>(0.0); var oreg2 = vec4<u32>(INV);
     var above = 0u; var valid = 0u;
     for (var c = 0u; c < per_sg; c += 4u * sg) {
         let ii = quad(i0, c, sg);
@@ -302,11 +286,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         let xv = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]);
         let kb = vec4<u32>(key_of(cl.x, xv.x, r), key_of(cl.y, xv.y, r), key_of(cl.z, xv.z, r), key_of(cl.w, xv.w, r));
         if (one) {
-            let kk = select(vec4<u32>(INV), kb, ok);
-            let q = c / (4u * sg);
-            if (q == 0u || !THREE) { kreg = kk; xreg = xv; }
-            else if (q == 1u) { kreg1 = kk; xreg1 = xv; }
-            else { kreg2 = kk; xreg2 = xv; }
+            kreg = select(vec4<u32>(INV), kb, ok); xreg = xv;
         } else {
             if (ok.x) { keys[ii.x] = kb.x; }
             if (ok.y) { keys[ii.y] = kb.y; }
@@ -359,7 +339,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
             workgroupBarrier();
             for (var c = 0u; c < per_sg; c += 4u * sg) {
                 let ii = quad(i0, c, sg);
-                var kb = pick_u(kreg, kreg1, kreg2, c / (4u * sg));
+                var kb = kreg;
                 if (!one) { kb = keys4(ii, quad_ok(c, sg, per_sg, ii, n), n); }
                 hist_add(kb.x, known, prefix, sh, lane, sg);
                 hist_add(kb.y, known, prefix, sh, lane, sg);
@@ -395,7 +375,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         for (var c = 0u; c < per_sg; c += 4u * sg) {
             let ii = quad(i0, c, sg);
             let ok = quad_ok(c, sg, per_sg, ii, n);
-            var kb = pick_u(kreg, kreg1, kreg2, c / (4u * sg));
+            var kb = kreg;
             if (!one) { kb = keys4(ii, ok, n); }
             gt += count4(ok & (kb > vec4<u32>(tb)));
             eq += count4(ok & (kb == vec4<u32>(teq)));
@@ -442,20 +422,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     for (var c = 0u; c < per_sg; c += 4u * sg) {
         let ii = quad(i0, c, sg);
         let ok = quad_ok(c, sg, per_sg, ii, n);
-        let q = c / (4u * sg);
-        var kb = pick_u(kreg, kreg1, kreg2, q); var xv = pick_f(xreg, xreg1, xreg2, q);
+        var kb = kreg; var xv = xreg;
         if (!one) {
             kb = keys4(ii, ok, n);
             let cl = min(ii, vec4<u32>(n - 1u));
             xv = vec4<f32>(x[cl.x], x[cl.y], x[cl.z], x[cl.w]);
         }
         let live = (vec4<u32>(c) + vec4<u32>(0u, sg, 2u * sg, 3u * sg)) < vec4<u32>(per_sg);   // whole chunks
-        var o = vec4<u32>(INV);
-        o.x = compact(ii.x, ok.x, kb.x, xv.x, cut, n, lane, sg, &base, &eq_seen);
-        if (live.y) { o.y = compact(ii.y, ok.y, kb.y, xv.y, cut, n, lane, sg, &base, &eq_seen); }
-        if (live.z) { o.z = compact(ii.z, ok.z, kb.z, xv.z, cut, n, lane, sg, &base, &eq_seen); }
-        if (live.w) { o.w = compact(ii.w, ok.w, kb.w, xv.w, cut, n, lane, sg, &base, &eq_seen); }
-        if (q == 0u || !THREE) { oreg = o; } else if (q == 1u) { oreg1 = o; } else { oreg2 = o; }
+        oreg.x = compact(ii.x, ok.x, kb.x, xv.x, cut, n, lane, sg, &base, &eq_seen);
+        if (live.y) { oreg.y = compact(ii.y, ok.y, kb.y, xv.y, cut, n, lane, sg, &base, &eq_seen); }
+        if (live.z) { oreg.z = compact(ii.z, ok.z, kb.z, xv.z, cut, n, lane, sg, &base, &eq_seen); }
+        if (live.w) { oreg.w = compact(ii.w, ok.w, kb.w, xv.w, cut, n, lane, sg, &base, &eq_seen); }
     }
     if (lid == 0u) {
         sel[0] = total;
@@ -467,17 +444,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     workgroupBarrier();
     set_groups(lid, G, n);
     if (one) {   // this lane's taken inputs, from its registers
-        for (var q = 0u; q < nq; q++) {
-            let c = q * 4u * sg;
-            if (c >= per_sg) { break; }
-            let ii = quad(i0, c, sg);
-            let v = pick_f(xreg, xreg1, xreg2, q) * r;
-            let o = pick_u(oreg, oreg1, oreg2, q);
-            if (o.x != INV) { sel[4u + n + o.x] = bitcast<u32>(code(v.x, gid[ii.x / 32u])); }
-            if (o.y != INV) { sel[4u + n + o.y] = bitcast<u32>(code(v.y, gid[ii.y / 32u])); }
-            if (o.z != INV) { sel[4u + n + o.z] = bitcast<u32>(code(v.z, gid[ii.z / 32u])); }
-            if (o.w != INV) { sel[4u + n + o.w] = bitcast<u32>(code(v.w, gid[ii.w / 32u])); }
-        }
+        let ii = quad(i0, 0u, sg);
+        let v = xreg * r;
+        if (oreg.x != INV) { sel[4u + n + oreg.x] = bitcast<u32>(code(v.x, gid[ii.x / 32u])); }
+        if (oreg.y != INV) { sel[4u + n + oreg.y] = bitcast<u32>(code(v.y, gid[ii.y / 32u])); }
+        if (oreg.z != INV) { sel[4u + n + oreg.z] = bitcast<u32>(code(v.z, gid[ii.z / 32u])); }
+        if (oreg.w != INV) { sel[4u + n + oreg.w] = bitcast<u32>(code(v.w, gid[ii.w / 32u])); }
         return;
     }
     storageBarrier();
