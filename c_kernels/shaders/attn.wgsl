@@ -93,28 +93,19 @@ fn rope_head(h: u32, t: u32) {
     }
 }
 
-// the scores: TP threads a position (t = position part * TP + j), thread j adds the products of
-// the pairs j, j + TP, ... of q . K[row] in order, and the TP parts are added in order (a fixed
-// order: the same bits on every device). One thread a position (the first form) walked the whole
-// row alone, hd / 2 loads in turn on rows hd words apart: ~20 us an attention on the H200 at 50
-// positions, now four coalesced loads a thread (hd = 128).
-const TP: u32 = 16u;
-fn k_part(row: u32, kvh: u32, j: u32) -> f32 {
+fn k_dot(q0: u32, row: u32, kvh: u32) -> f32 {   // q . K[row] for kv head kvh
     let hd = P.hd;
     var s = 0.0;
     if (P.f16 != 0u) {
         let b = (row * P.nkv * hd + kvh * hd) / 2u;
-        for (var i = j; i < hd / 2u; i += TP) {
+        for (var i = 0u; i < hd / 2u; i++) {
             let k = unpack2x16float(kc[b + i]);
-            s = fma(qs[2u * i], k.x, s);
-            s = fma(qs[2u * i + 1u], k.y, s);
+            s = fma(qkv[q0 + 2u * i], k.x, s);
+            s = fma(qkv[q0 + 2u * i + 1u], k.y, s);
         }
     } else {
         let b = row * P.nkv * hd + kvh * hd;
-        for (var i = j; i < hd / 2u; i += TP) {
-            s = fma(qs[2u * i], bitcast<f32>(kc[b + 2u * i]), s);
-            s = fma(qs[2u * i + 1u], bitcast<f32>(kc[b + 2u * i + 1u]), s);
-        }
+        for (var i = 0u; i < hd; i++) { s = fma(qkv[q0 + i], bitcast<f32>(kc[b + i]), s); }
     }
     return s;
 }
@@ -126,11 +117,6 @@ fn v_pair(row: u32, e: u32) -> vec2<f32> {   // values e, e + 1 of cache row `ro
 }
 
 var<workgroup> vsum: array<vec2<f32>, 512>;
-var<workgroup> qs: array<f32, 256>;   // q of this head after RoPE (hd <= 256)
-var<workgroup> wn: u32;                 // positions to attend: step.pos + 1
-
-// the smallest power of two >= n, at most WG: the threads of a reduction with n values
-fn span(n: u32) -> u32 { return min(WG, 1u << firstLeadingBit(max(n, 1u) * 2u - 1u)); }
 
 @compute @workgroup_size(512)
 fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -146,36 +132,19 @@ fn attend(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     rope_head(P.nh + P.nkv + kvh, t);
     storageBarrier();
     workgroupBarrier();
-    if (t == 0u) { wn = step.pos + 1u; }
-    let n = workgroupUniformLoad(&wn);   // uniform: the barriers below depend on it
+    let n = step.pos + 1u;
     let scale = 1.0 / sqrt(f32(hd));
     let a0 = h * P.n_ctx;
-    for (var i = t; i < hd; i += WG) { qs[i] = qkv[h * hd + i]; }
-    workgroupBarrier();
-    // scores, WG / TP positions a round: thread t adds its part of position base + t / TP into
-    // red, then thread t < WG / TP adds position base + t's TP parts in order
-    let npr = WG / TP;
     var mx = -3.4028235e38;
-    for (var base = 0u; base < n; base += npr) {
-        let p = base + t / TP;
-        var s = 0.0;
-        if (p < n) { s = k_part(p, kvh, t % TP); }
-        red[t] = s;
-        workgroupBarrier();
-        if (t < npr && base + t < n) {
-            var sc = 0.0;
-            for (var j = 0u; j < TP; j++) { sc += red[t * TP + j]; }
-            sc = sc * scale;
-            att[a0 + base + t] = sc;
-            mx = max(mx, sc);
-        }
-        workgroupBarrier();
+    for (var p = t; p < n; p += WG) {
+        let s = k_dot(h * hd, p, kvh) * scale;
+        att[a0 + p] = s;
+        mx = max(mx, s);
     }
-    storageBarrier();   // att, written by thread p % (WG / TP), read by thread p % WG below
-    mx = wg_max(t, mx, span(min(n, npr)));
+    mx = wg_max(t, mx, WG);
     var sum = 0.0;
     for (var p = t; p < n; p += WG) { let e = exp(att[a0 + p] - mx); att[a0 + p] = e; sum += e; }
-    sum = wg_sum(t, sum, span(n));
+    sum = wg_sum(t, sum, WG);
     storageBarrier();
     workgroupBarrier();
     // values: thread = (pair, part); the parts split the positions, four loads in flight
