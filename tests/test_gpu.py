@@ -311,8 +311,8 @@ def test_step_matches_cpu_on_tiny_models(converted, name):
 @pytest.mark.parametrize("name,kv,n,tol", [("untied_f32", "f32", 100, 1e-4), ("untied_f32", "f32", 530, 1e-4),
                                             ("gqa_q4", "f16", 100, 2e-2)])
 def test_step_matches_cpu_over_a_long_context(converted, name, kv, n, tol):
-    """attend's scores (TP threads a position, WG / TP positions a round) and its softmax sums over
-    many rounds and more positions than threads (530 > 512), both cache types, GQA"""
+    """attend's scores and softmax sums over many positions, more than its threads (530 > 512), both
+    cache types, GQA, against the CPU"""
     from larosa.runtime.model import Model
     path = converted[name]
     cpu = Model(path, sparsity=0.0, n_threads=1, n_ctx=640, type_k=kv, type_v=kv)
