@@ -176,7 +176,7 @@ static int make_pipelines(lr_gpu *g, const char *dir, char *err, int32_t len) {
     /* "0": the matvecs without prefetch, "1": with prefetch but no integer dots (timing) */
     const char *mv_env = getenv("LAROSA_GPU_PIPELINED");
     g->mv_pipelined = mv_env && (!strcmp(mv_env, "0") || !strcmp(mv_env, "1")) ? atoi(mv_env) : 2;
-    /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 8 KiB of workgroup
+    /* the selection with subgroup operations (select_sg.wgsl): 1024 threads, 12 KiB of workgroup
      * memory, subgroups of 4 lanes or more (WebGPU's minimum) */
     if (rc && g->subgroups && g->limits.maxComputeInvocationsPerWorkgroup >= 1024 &&
         g->limits.maxComputeWorkgroupSizeX >= 1024 && g->limits.maxComputeWorkgroupStorageSize >= 16384) {

@@ -121,6 +121,22 @@ def test_select_norm_score_gate_threshold(variant):
     np.testing.assert_array_equal(idx, np.arange(n))
 
 
+@pytest.mark.parametrize("n", [160, 1536, 4096, 11008, 20480])
+def test_select_norm_same_bits_in_both_kernels(n):
+    """select_sg.wgsl's RMSNorm (slices of 16 loads, the tree's last levels by subgroup shuffles) adds
+    in select.wgsl's order: the same values, bit for bit"""
+    if not SUBGROUPS:
+        pytest.skip("the adapter grants no subgroup operations")
+    x = (RNG.standard_normal(n) * 3).astype(np.float32)
+    out = []
+    for sg in (1, 0):
+        assert lib.lr_gpu_use_subgroups(DEV._g, sg) == 0
+        out.append(select(x, 0, k=n // 2, norm=1, eps=1e-6))
+    lib.lr_gpu_use_subgroups(DEV._g, int(IN_USE))
+    for u, v in zip(*out):
+        np.testing.assert_array_equal(u, v)
+
+
 @pytest.mark.parametrize("n", [1536, 11008])
 def test_select_all_is_every_input_quantized(variant, n):
     """mode 3 (s = 0, dense inputs: the kernels' short path without keys or search) gives the words
@@ -290,6 +306,25 @@ def test_step_matches_cpu_on_tiny_models(converted, name):
         a, b = cpu.eval([t]), dev.eval([t])
         assert _close(a, b) < 2e-2
     assert cpu.rows_read() == dev.rows_read()   # Top-K: the same number of rows in every layer
+
+
+@pytest.mark.parametrize("name,kv,n,tol", [("untied_f32", "f32", 100, 1e-4), ("untied_f32", "f32", 530, 1e-4),
+                                            ("gqa_q4", "f16", 100, 2e-2)])
+def test_step_matches_cpu_over_a_long_context(converted, name, kv, n, tol):
+    """attend's scores and softmax sums over many positions, more than its threads (530 > 512), both
+    cache types, GQA, against the CPU"""
+    from larosa.runtime.model import Model
+    path = converted[name]
+    cpu = Model(path, sparsity=0.0, n_threads=1, n_ctx=640, type_k=kv, type_v=kv)
+    dev = Model(path, sparsity=0.0, n_ctx=640, device="gpu", type_k=kv, type_v=kv)
+    toks = [int(t) for t in np.random.default_rng(1).integers(1, cpu.hp.n_vocab, n)]
+    a, b = cpu.eval(toks[:-2]), dev.eval(toks[:-2])
+    # float weights and cache, dense: the sums' order alone (one position's score left out of 100
+    # gave 8e-3 on a Q4_0 model); Q4_0 with Q8_0 codes of the activations: a flipped code grows
+    assert _close(a, b) < tol
+    for t in toks[-2:]:
+        a, b = cpu.eval([t]), dev.eval([t])
+        assert _close(a, b) < tol, _close(a, b)
 
 
 def test_preencoded_step_gives_the_same_logits(converted, monkeypatch):

@@ -50,6 +50,7 @@ var<workgroup> tree: array<f32, 256>;
 var<workgroup> sgc: array<vec2<u32>, MAX_SG>;  // per subgroup: keys above T, keys equal to T
 var<workgroup> gmax: array<atomic<u32>, MAX_GROUPS>;
 var<workgroup> bc: vec4<u32>;
+var<workgroup> gid: array<f32, MAX_GROUPS>;   // per group: 1 / dx as code() takes it (set_groups)
 
 fn key_of(i: u32, xi: f32, r: f32) -> u32 {   // xi = x[i]
     var v = xi * r;
@@ -74,6 +75,20 @@ fn keys4(ii: vec4<u32>, ok: vec4<bool>, n: u32) -> vec4<u32> {
     return select(vec4<u32>(INV), vec4<u32>(keys[cl.x], keys[cl.y], keys[cl.z], keys[cl.w]), ok);
 }
 fn count4(b: vec4<bool>) -> u32 { let v = select(vec4<u32>(0u), vec4<u32>(1u), b); return v.x + v.y + v.z + v.w; }
+
+// x[i .. i + 3] (indices clamped below n), and their squares added into ss in order, those below j1
+fn x4(i: u32, n: u32) -> vec4<f32> {
+    let c = min(vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n - 1u));
+    return vec4<f32>(x[c.x], x[c.y], x[c.z], x[c.w]);
+}
+fn sq4(ss: f32, v: vec4<f32>, i: u32, j1: u32) -> f32 {
+    var s = ss;
+    if (i < j1) { s = fma(v.x, v.x, s); }
+    if (i + 1u < j1) { s = fma(v.y, v.y, s); }
+    if (i + 2u < j1) { s = fma(v.z, v.z, s); }
+    if (i + 3u < j1) { s = fma(v.w, v.w, s); }
+    return s;
+}
 
 // a key into the digit histogram: one atomic for a chunk whose lanes share the digit
 fn hist_add(kb: u32, known: u32, prefix: u32, sh: u32, lane: u32, sg: u32) {
@@ -104,13 +119,27 @@ fn group_dx(g: u32) -> f32 {
     if (mb >= 0x7f800000u) { dx = bitcast<f32>(0x7fc00000u); }
     return dx;
 }
-fn code(v: f32, dx: f32) -> f32 {
+fn inv_dx(dx: f32) -> f32 {
     var id = 0.0;
     if (dx > 0.0) { id = 1.0 / dx; }
     if (id > 3.4028234e38) { id = 0.0; }
+    return id;
+}
+// the code of v in a group whose 1 / dx is id (inv_dx)
+fn code(v: f32, id: f32) -> f32 {
     var q = round(v * id);
     if (q != q) { q = 0.0; }
     return clamp(q, -127.0, 127.0);
+}
+// every group's dx into sel and its 1 / dx into gid, once (a division or two a group instead of
+// a key); all threads call it after the group maxima are complete (its barrier publishes gid)
+fn set_groups(lid: u32, G: u32, n: u32) {
+    for (var g = lid; g < G; g += WG) {
+        let dx = group_dx(g);
+        sel[4u + 2u * n + g] = bitcast<u32>(dx);
+        gid[g] = inv_dx(dx);
+    }
+    workgroupBarrier();
 }
 
 // mode 3: input i (ok) into slot i, its value v (or, with quant, its group's max |v|)
@@ -121,18 +150,15 @@ fn put_all(i: u32, ok: bool, v: f32, n: u32, lane: u32, sg: u32) {
     }
     if (P.quant != 0u) { group_max(i, ok, select(0u, bitcast<u32>(abs(v)), ok), lane, sg); }
 }
-// mode 3 with quant: the code of input i, and its group's dx from the group's first input
+// mode 3 with quant: the code of input i (set_groups wrote the groups' dx)
 fn put_code(i: u32, ok: bool, v: f32, n: u32) {
-    if (ok) {
-        let dx = group_dx(i / 32u);
-        sel[4u + n + i] = bitcast<u32>(code(v, dx));
-        if (i % 32u == 0u) { sel[4u + 2u * n + i / 32u] = bitcast<u32>(dx); }
-    }
+    if (ok) { sel[4u + n + i] = bitcast<u32>(code(v, gid[i / 32u])); }
 }
 
 // a ballot's lanes below `lane`, and all of them: the scans of a 0 / 1 value without a scan's steps
 // (lane l is bit l % 32 of word l / 32)
 fn below(b: vec4<u32>, lane: u32) -> u32 {
+    if (lane < 32u) { return countOneBits(b.x & ((1u << lane) - 1u)); }   // the other words: lanes >= 32
     let lo = vec4<u32>(0u, 32u, 64u, 96u);
     let l = vec4<u32>(lane);
     let full = l >= lo + vec4<u32>(32u);
@@ -193,21 +219,27 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         if (lid < 256u) {
             let j0 = min(lid * per, n);
             let j1 = min(j0 + per, n);
-            for (var i = j0; i < j1; i += 4u) {   // four loads in flight, added in index order
-                let c = min(vec4<u32>(i) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n - 1u));
-                let v = vec4<f32>(x[c.x], x[c.y], x[c.z], x[c.w]);
-                ss = fma(v.x, v.x, ss);
-                if (i + 1u < j1) { ss = fma(v.y, v.y, ss); }
-                if (i + 2u < j1) { ss = fma(v.z, v.z, ss); }
-                if (i + 3u < j1) { ss = fma(v.w, v.w, ss); }
+            for (var i = j0; i < j1; i += 16u) {   // sixteen loads in flight (a slice at n <= 4096), added in index order
+                let v0 = x4(i, n); let v1 = x4(i + 4u, n); let v2 = x4(i + 8u, n); let v3 = x4(i + 12u, n);
+                ss = sq4(ss, v0, i, j1); ss = sq4(ss, v1, i + 4u, j1);
+                ss = sq4(ss, v2, i + 8u, j1); ss = sq4(ss, v3, i + 12u, j1);
             }
             tree[lid] = ss;
         }
         workgroupBarrier();
-        for (var off = 128u; off > 0u; off = off / 2u) {
+        // the tree's levels across subgroups with barriers, then the levels inside subgroup 0 by
+        // shuffles (lane l adds lane l + off, as tree[l] + tree[l + off]: the same sums, 5 barriers
+        // fewer on 32 lanes)
+        for (var off = 128u; off >= sg; off = off / 2u) {
             if (lid < off) { tree[lid] = tree[lid] + tree[lid + off]; }
             workgroupBarrier();
         }
+        if (s_id == 0u) {
+            var v = tree[min(lane, 255u)];
+            for (var off = min(sg, 256u) / 2u; off > 0u; off = off / 2u) { v = v + subgroupShuffleDown(v, off); }
+            if (lane == 0u) { tree[0] = v; }
+        }
+        workgroupBarrier();
         r = 1.0 / sqrt(tree[0] / f32(n) + P.eps);
     }
 
@@ -229,6 +261,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         }
         if (P.quant == 0u) { return; }
         workgroupBarrier();
+        set_groups(lid, G, n);
         for (var b = 0u; b < n; b += 4u * WG) {
             let ii = vec4<u32>(b + lid) + vec4<u32>(0u, WG, 2u * WG, 3u * WG);
             let ok = ii < vec4<u32>(n);
@@ -271,9 +304,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     if (P.mode == 2u) {
         if (lane == 0u) { sgc[s_id] = vec2<u32>(sg_above, 0u); }
         workgroupBarrier();
+        var cnt = 0u;
+        if (s_id == 0u) {   // subgroup 0 adds the subgroups' counts, lane l those of its run (integers)
+            let m = (nsg + sg - 1u) / sg;
+            var c = 0u;
+            for (var s = lane * m; s < min(lane * m + m, nsg); s++) { c += sgc[s].x; }
+            cnt = subgroupAdd(c);
+        }
         if (lid == 0u) {
-            var cnt = 0u;
-            for (var s = 0u; s < nsg; s++) { cnt += sgc[s].x; }
             var over = state.over;
             if (P.first != 0u) { over = 0.0; }
             var want: f32;
@@ -348,14 +386,37 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     // compaction in index order: each subgroup its range, at the offset of the subgroups before it
     if (lane == 0u) { sgc[s_id] = vec2<u32>(my_gt, my_eq); }
     workgroupBarrier();
-    var base = 0u; var eq_take = 0u; var total = 0u; var eq_before = 0u;
-    for (var s = 0u; s < nsg; s++) {
-        let v = sgc[s];
-        let tk = min(v.y, need_eq - min(need_eq, eq_before));
-        if (s == s_id) { base = total; eq_take = tk; }
-        total += v.x + tk;
-        eq_before += v.y;
+    // subgroup 0 gives each subgroup s its offset and its share of the keys equal to T (the first
+    // need_eq of them in index order) into sgc[s], the total into bc: lane l takes the run of
+    // subgroups [l m, l m + m) (m = 1 on 32 lanes), the runs joined by scans (integers: exact).
+    // (every thread walked all subgroups before: 32 shared loads each, ~1 us a selection on the H200)
+    if (s_id == 0u) {
+        let m = (nsg + sg - 1u) / sg;
+        let s0 = lane * m; let s1 = min(s0 + m, nsg);
+        var ys = 0u; var xs = 0u;
+        for (var s = s0; s < s1; s++) { ys += sgc[s].y; }
+        let eq0 = subgroupExclusiveAdd(ys);
+        var eqb = eq0;
+        for (var s = s0; s < s1; s++) {
+            let v = sgc[s];
+            xs += v.x + min(v.y, need_eq - min(need_eq, eqb));
+            eqb += v.y;
+        }
+        var b = subgroupExclusiveAdd(xs);
+        let tot = subgroupAdd(xs);
+        eqb = eq0;
+        for (var s = s0; s < s1; s++) {
+            let v = sgc[s];
+            let tk = min(v.y, need_eq - min(need_eq, eqb));
+            sgc[s] = vec2<u32>(b, tk);
+            b += v.x + tk;
+            eqb += v.y;
+        }
+        if (lane == 0u) { bc = vec4<u32>(tot, 0u, 0u, 0u); }
     }
+    workgroupBarrier();
+    let base0 = sgc[s_id];
+    var base = base0.x; let eq_take = base0.y; let total = bc.x;
     let cut = Cut(topk, tb, teq, eq_take, r);
     var eq_seen = 0u;
     for (var c = 0u; c < per_sg; c += 4u * sg) {
@@ -381,14 +442,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
     // Q8_0 codes of the selected values per group of 32: dx = max |x| / 127, q = round(x / dx)
     // (lr_qsel_build: a group with a NaN or Inf gets dx NaN, a tiny max zero codes)
     workgroupBarrier();
-    for (var g = lid; g < G; g += WG) { sel[4u + 2u * n + g] = bitcast<u32>(group_dx(g)); }
+    set_groups(lid, G, n);
     if (one) {   // this lane's taken inputs, from its registers
         let ii = quad(i0, 0u, sg);
         let v = xreg * r;
-        if (oreg.x != INV) { sel[4u + n + oreg.x] = bitcast<u32>(code(v.x, group_dx(ii.x / 32u))); }
-        if (oreg.y != INV) { sel[4u + n + oreg.y] = bitcast<u32>(code(v.y, group_dx(ii.y / 32u))); }
-        if (oreg.z != INV) { sel[4u + n + oreg.z] = bitcast<u32>(code(v.z, group_dx(ii.z / 32u))); }
-        if (oreg.w != INV) { sel[4u + n + oreg.w] = bitcast<u32>(code(v.w, group_dx(ii.w / 32u))); }
+        if (oreg.x != INV) { sel[4u + n + oreg.x] = bitcast<u32>(code(v.x, gid[ii.x / 32u])); }
+        if (oreg.y != INV) { sel[4u + n + oreg.y] = bitcast<u32>(code(v.y, gid[ii.y / 32u])); }
+        if (oreg.z != INV) { sel[4u + n + oreg.z] = bitcast<u32>(code(v.z, gid[ii.z / 32u])); }
+        if (oreg.w != INV) { sel[4u + n + oreg.w] = bitcast<u32>(code(v.w, gid[ii.w / 32u])); }
         return;
     }
     storageBarrier();
@@ -398,9 +459,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_
         let cl = min(jj, vec4<u32>(total - 1u));
         let v = bitcast<vec4<f32>>(vec4<u32>(sel[4u + n + cl.x], sel[4u + n + cl.y], sel[4u + n + cl.z], sel[4u + n + cl.w]));
         let row = vec4<u32>(sel[4u + cl.x], sel[4u + cl.y], sel[4u + cl.z], sel[4u + cl.w]);
-        if (ok.x) { sel[4u + n + jj.x] = bitcast<u32>(code(v.x, group_dx(row.x / 32u))); }
-        if (ok.y) { sel[4u + n + jj.y] = bitcast<u32>(code(v.y, group_dx(row.y / 32u))); }
-        if (ok.z) { sel[4u + n + jj.z] = bitcast<u32>(code(v.z, group_dx(row.z / 32u))); }
-        if (ok.w) { sel[4u + n + jj.w] = bitcast<u32>(code(v.w, group_dx(row.w / 32u))); }
+        if (ok.x) { sel[4u + n + jj.x] = bitcast<u32>(code(v.x, gid[row.x / 32u])); }
+        if (ok.y) { sel[4u + n + jj.y] = bitcast<u32>(code(v.y, gid[row.y / 32u])); }
+        if (ok.z) { sel[4u + n + jj.z] = bitcast<u32>(code(v.z, gid[row.z / 32u])); }
+        if (ok.w) { sel[4u + n + jj.w] = bitcast<u32>(code(v.w, gid[row.w / 32u])); }
     }
 }
